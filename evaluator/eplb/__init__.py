@@ -1,0 +1,1 @@
+"""The EPLB problem: its shape, workloads, invariants and scores."""
