@@ -1,0 +1,17 @@
+"""One module per subcommand of `python -m evaluator`.
+
+Each module defines `NAME`, `HELP`, `add_arguments(parser)` and `run(args) -> int`.
+A command reports bad input by raising `CommandError`; `evaluator.cli` prints it.
+"""
+
+from __future__ import annotations
+
+from evaluator.exitcodes import ExitCode
+
+
+class CommandError(Exception):
+    """An error to show the user as-is, with the exit code it ends the command with."""
+
+    def __init__(self, message: str, exit_code: ExitCode = ExitCode.BAD_INPUT) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

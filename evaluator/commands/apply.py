@@ -1,0 +1,128 @@
+"""`apply PATCH`: turn an LLM's patch into a stored candidate program."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from evaluator import __version__
+from evaluator.commands import CommandError
+from evaluator.commands.inputs import read_bytes_argument
+from evaluator.exitcodes import ExitCode
+from evaluator.parent import ParentError, ParentProgram, resolve_parent
+from evaluator.patch import Application, Patch, PatchError, apply_parsed, decode_patch, parse_patch
+from evaluator.paths import DEFAULT_STORE
+from evaluator.store import CandidateStore, StoredCandidate, sha256_text
+
+NAME = "apply"
+HELP = "Apply a patch to the seed (or to --parent) and store the candidate program."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("patch", metavar="PATCH", help="the patch file, or - to read it from standard input")
+    parser.add_argument(
+        "--parent", metavar="FILE_OR_ID", help="the program to patch: a file or a stored candidate id (default: the seed)"
+    )
+    parser.add_argument(
+        "--rewrite",
+        action="store_true",
+        help="the patch is a whole new program (a ```python block, or the text itself), not SEARCH/REPLACE blocks",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print the unified diff and write nothing")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument(
+        "--store", type=Path, default=DEFAULT_STORE, metavar="DIR", help="where candidates live (default: ./candidates)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    patch_bytes = read_bytes_argument(args.patch, "patch")
+    store = CandidateStore(args.store)
+    try:
+        parent = resolve_parent(args.parent, store)
+    except ParentError as error:
+        raise CommandError(str(error)) from None
+    try:
+        patch_text = decode_patch(patch_bytes)
+        patch = parse_patch(patch_text, rewrite=args.rewrite)
+        applied = apply_parsed(parent.source, patch)
+    except PatchError as error:
+        return _report_patch_error(error, parent, args.json)
+    if args.dry_run:
+        diff = _unified_diff(parent, applied.program)
+        if args.json:
+            print(json.dumps({"status": "ok", "dry_run": True, "diff": diff}))
+        else:
+            sys.stdout.write(diff)
+        return ExitCode.OK
+    try:
+        stored, created = store.add(applied.program, patch_text, _metadata(patch, applied, parent))
+    except OSError as error:
+        raise CommandError(f"cannot write the candidate under {store.root}: {error}", ExitCode.INFRA_ERROR) from None
+    _report_stored(stored, created, applied, parent, args.json)
+    return ExitCode.OK
+
+
+def _metadata(patch: Patch, applied: Application, parent: ParentProgram) -> dict[str, object]:
+    return {
+        "name": patch.name,
+        "description": patch.description,
+        "parent": parent.ref,
+        "program_sha256": sha256_text(applied.program),
+        "patch_format": patch.format,
+        "blocks": [
+            {"number": b.number, "lines": [b.first_line, b.last_line], "match": b.tolerance} for b in applied.blocks
+        ],
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "evaluator_version": __version__,
+    }
+
+
+def _unified_diff(parent: ParentProgram, program: str) -> str:
+    return "".join(
+        difflib.unified_diff(
+            parent.source.splitlines(keepends=True), program.splitlines(keepends=True), parent.label, "candidate"
+        )
+    )
+
+
+def _report_patch_error(error: PatchError, parent: ParentProgram, as_json: bool) -> int:
+    if as_json:
+        block = error.block.number if error.block else None
+        print(json.dumps({"status": "apply_error", "error_kind": error.kind, "block": block, "error": str(error)}))
+    else:
+        print(f"error: the patch does not apply to {parent.label}: {error}", file=sys.stderr)
+    return ExitCode.PATCH_ERROR
+
+
+def _report_stored(
+    stored: StoredCandidate, created: bool, applied: Application, parent: ParentProgram, as_json: bool
+) -> None:
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "status": "ok",
+                    "candidate": {"id": stored.id, "path": str(stored.path), **stored.meta},
+                    "created": created,
+                }
+            )
+        )
+        return
+    name = stored.meta.get("name") or "(unnamed)"
+    state = "stored in" if created else "already stored (same program) in"
+    print(f"candidate {stored.id} {state} {stored.path}")
+    print(f"  name:   {name}")
+    print(f"  parent: {parent.label}")
+    if applied.blocks:
+        exact = sum(block.tolerance == "exact" for block in applied.blocks)
+        print(f"  blocks: {len(applied.blocks)} applied, {exact} exactly")
+        for block in applied.blocks:
+            if block.tolerance != "exact":
+                print(f"    block {block.number} matched lines {block.first_line}-{block.last_line} ({block.tolerance} forgiven)")
+    else:
+        print("  rewrite of the EVOLVE-BLOCK" if "EVOLVE-BLOCK" in parent.source else "  rewrite of the whole program")

@@ -1,0 +1,9 @@
+"""Where the project's files live."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SEED_PROGRAM = PROJECT_ROOT / "seeds" / "eplb.py"
+DEFAULT_STORE = Path("candidates")  # relative to the working directory, like a repository's own folders
