@@ -9,6 +9,7 @@ from evaluator.patch.closest import closest_region
 from evaluator.patch.errors import (
     CandidateSyntaxError,
     NoChangeError,
+    PatchError,
     ProtectedRegionError,
     SearchNotFoundError,
 )
@@ -105,10 +106,11 @@ def _rewrite(lines: list[str], code: str) -> list[str]:
         raise ProtectedRegionError("the parent has several EVOLVE-BLOCKs; a rewrite must go through SEARCH/REPLACE edits")
     block = ranges[0]
     before, after = lines[: block.first], lines[block.last + 1 :]
-    new_ranges = editable_ranges(new_lines)
+    try:
+        new_ranges = editable_ranges(new_lines, "the rewrite")
+    except PatchError as error:  # a marker without its partner: the rewrite, not the parent, is at fault
+        raise ProtectedRegionError(str(error)) from None
     if new_ranges is None:
-        if any(is_marker(line) for line in new_lines):
-            raise ProtectedRegionError("the rewrite has only one of the two EVOLVE-BLOCK markers")
         return before + new_lines + after
     if len(new_ranges) > 1:
         raise ProtectedRegionError("the rewrite has several EVOLVE-BLOCKs; the program has one")

@@ -26,20 +26,26 @@ def closest_region(lines: list[str], search: str) -> ClosestRegion | None:
         return None
     size = min(len(search.splitlines()), len(program))
     stripped_search = [line.strip() for line in search_lines]
+    search_text = "\n".join(stripped_search)
     matcher = difflib.SequenceMatcher(autojunk=False)
     matcher.set_seq2(stripped_search)
+    # Ties on whole lines (every line differs a little, as in a one-line SEARCH with a typo) are broken by the
+    # characters the window shares with the SEARCH text, so the refined windows are not just the first ones.
+    characters = difflib.SequenceMatcher(autojunk=False)
+    characters.set_seq2(search_text)
     ranked = []
     for start in range(len(program) - size + 1):
-        matcher.set_seq1([line.strip() for line in program[start : start + size]])
-        ranked.append((matcher.ratio(), start))
-    ranked.sort(key=lambda item: (-item[0], item[1]))
-    search_text = "\n".join(stripped_search)
+        window = [line.strip() for line in program[start : start + size]]
+        matcher.set_seq1(window)
+        characters.set_seq1("\n".join(line for line in window if line))
+        ranked.append((matcher.ratio(), characters.quick_ratio(), start))
+    ranked.sort(key=lambda item: (-item[0], -item[1], item[2]))
 
     def character_similarity(start: int) -> float:
         window = "\n".join(line.strip() for line in program[start : start + size] if line.strip())
         return difflib.SequenceMatcher(None, window, search_text, autojunk=False).ratio()
 
-    best = max((start for _, start in ranked[:_CANDIDATES_REFINED]), key=lambda s: (character_similarity(s), -s))
+    best = max((start for *_, start in ranked[:_CANDIDATES_REFINED]), key=lambda s: (character_similarity(s), -s))
     region = program[best : best + size]
     width = len(str(best + size))
     listing = "\n".join(f"{best + 1 + i:>{width}} | {line}" for i, line in enumerate(region))

@@ -10,13 +10,14 @@ class BlockRef:
     """Which SEARCH/REPLACE block an error is about, as the patch's author would find it."""
 
     number: int  # 1-based, in patch order
-    total: int
+    total: int | None  # None while the patch is still being read (a block that never ends)
     patch_line: int  # 1-based line of the block's SEARCH marker in the patch text
     first_line: str  # first non-blank line of the SEARCH text, stripped
 
     def __str__(self) -> str:
         first = f', SEARCH begins "{self.first_line}"' if self.first_line else ""
-        return f"block {self.number} of {self.total} (patch line {self.patch_line}{first})"
+        of = f" of {self.total}" if self.total is not None else ""
+        return f"block {self.number}{of} (patch line {self.patch_line}{first})"
 
 
 class PatchError(Exception):

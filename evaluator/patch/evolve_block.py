@@ -26,8 +26,8 @@ def is_marker(line: str) -> bool:
     return stripped.startswith("#") and (START in stripped or END in stripped)
 
 
-def editable_ranges(lines: list[str]) -> list[EditableRange] | None:
-    """The program's EVOLVE-BLOCKs, or None when it has no markers (then every line is editable)."""
+def editable_ranges(lines: list[str], source: str = "the parent program") -> list[EditableRange] | None:
+    """The EVOLVE-BLOCKs of `source`, or None when it has no markers (then every line is editable)."""
     ranges = []
     open_at = None
     for index, line in enumerate(lines):
@@ -35,13 +35,13 @@ def editable_ranges(lines: list[str]) -> list[EditableRange] | None:
             continue
         if START in line:
             if open_at is not None:
-                raise PatchError(f"the parent program opens a second EVOLVE-BLOCK on line {index + 1} before closing one")
+                raise PatchError(f"{source} opens a second EVOLVE-BLOCK on line {index + 1} before closing one")
             open_at = index
         else:
             if open_at is None:
-                raise PatchError(f"the parent program closes an EVOLVE-BLOCK on line {index + 1} that was never opened")
+                raise PatchError(f"{source} closes an EVOLVE-BLOCK on line {index + 1} that was never opened")
             ranges.append(EditableRange(open_at + 1, index - 1))
             open_at = None
     if open_at is not None:
-        raise PatchError(f"the parent program's EVOLVE-BLOCK opened on line {open_at + 1} is never closed")
+        raise PatchError(f"{source}'s EVOLVE-BLOCK opened on line {open_at + 1} is never closed")
     return ranges or None

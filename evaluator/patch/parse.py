@@ -116,16 +116,21 @@ def _sections(text: str, tag: str) -> list[tuple[int, str]]:
 
 def _parse_blocks(text: str) -> list[Edit]:
     """SEARCH/REPLACE blocks, from the <DIFF> sections when there are any, else from the whole text."""
-    regions = _sections(text, "DIFF") or [(1, text)]
+    try:
+        regions = _sections(text, "DIFF") or [(1, text)]
+    except PatchFormatError:
+        # An answer cut off mid-block also leaves its <DIFF> open; the unterminated block is the news to report.
+        start = text.rfind("<DIFF>")
+        _scan_region(text[start + len("<DIFF>") :], text.count("\n", 0, start) + 1, text[:start].count(SEARCH_MARKER))
+        raise
     raw_blocks: list[tuple[int, list[str], list[str]]] = []
     for first_line, region in regions:
-        raw_blocks.extend(_scan_region(region, first_line))
+        raw_blocks.extend(_scan_region(region, first_line, len(raw_blocks)))
     total = len(raw_blocks)
     edits = []
     for number, (patch_line, search_lines, replace_lines) in enumerate(raw_blocks, start=1):
-        first = next((line.strip() for line in search_lines if line.strip()), "")
-        ref = BlockRef(number, total, patch_line, first)
-        if not first:
+        ref = BlockRef(number, total, patch_line, _first_line(search_lines))
+        if not ref.first_line:
             raise PatchFormatError(
                 "the SEARCH text is empty; quote the exact lines of the current program to replace "
                 "(to insert, quote the line next to the insertion point and repeat it in REPLACE)",
@@ -135,17 +140,25 @@ def _parse_blocks(text: str) -> list[Edit]:
     return edits
 
 
+def _first_line(lines: list[str]) -> str:
+    return next((line.strip() for line in lines if line.strip()), "")
+
+
 def _join(lines: list[str]) -> str:
     return "".join(line + "\n" for line in lines)
 
 
-def _scan_region(region: str, first_line: int) -> list[tuple[int, list[str], list[str]]]:
+def _scan_region(region: str, first_line: int, blocks_before: int) -> list[tuple[int, list[str], list[str]]]:
     """Split one region into (patch line, SEARCH lines, REPLACE lines); markers count only alone on a line."""
-    blocks = []
+    blocks: list[tuple[int, list[str], list[str]]] = []
     state = "outside"
     start = 0
     search: list[str] = []
     replace: list[str] = []
+
+    def open_block() -> BlockRef:
+        return BlockRef(blocks_before + len(blocks) + 1, None, start, _first_line(search))
+
     for offset, line in enumerate(region.split("\n")):
         number = first_line + offset
         marker = line.strip()
@@ -159,7 +172,7 @@ def _scan_region(region: str, first_line: int) -> list[tuple[int, list[str], lis
                 state = "replace"
             elif marker in (SEARCH_MARKER, REPLACE_MARKER):
                 raise PatchFormatError(
-                    f"the block opened on patch line {start} has no '{DIVIDER}' line before '{marker}' on line {number}"
+                    f"the block has no '{DIVIDER}' line before '{marker}' on patch line {number}", open_block()
                 )
             else:
                 search.append(line)
@@ -168,15 +181,15 @@ def _scan_region(region: str, first_line: int) -> list[tuple[int, list[str], lis
             state = "outside"
         elif marker in (SEARCH_MARKER, DIVIDER):
             raise PatchFormatError(
-                f"the block opened on patch line {start} is not closed with '{REPLACE_MARKER}' "
-                f"before '{marker}' on line {number}"
+                f"the block is not closed with '{REPLACE_MARKER}' before '{marker}' on patch line {number}",
+                open_block(),
             )
         else:
             replace.append(line)
     if state != "outside":
         missing = DIVIDER if state == "search" else REPLACE_MARKER
         raise PatchFormatError(
-            f"the block opened on patch line {start} is unterminated: the patch ends before its '{missing}' line "
-            "(was the answer cut off?)"
+            f"the block is unterminated: the patch ends before its '{missing}' line (was the answer cut off?)",
+            open_block(),
         )
     return blocks
