@@ -1,0 +1,1 @@
+"""Benchmarks of the evaluator's own work (`python -m evaluator bench ...`)."""

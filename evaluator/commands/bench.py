@@ -1,0 +1,75 @@
+"""`bench BENCHMARK`: measure the evaluator's own performance on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from evaluator.bench import trace_load
+from evaluator.commands import CommandError
+from evaluator.exitcodes import ExitCode
+
+NAME = "bench"
+HELP = "Measure the evaluator's own performance on this machine."
+
+
+@dataclass(frozen=True)
+class _Benchmark:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def _add_trace_load_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--size-mb", type=float, default=trace_load.DEFAULT_SIZE_BYTES / 1e6, metavar="MB",
+        help="size of the trace file to write and load, in megabytes (default: %(default)s)",
+    )
+    parser.add_argument("--window", type=int, default=100, metavar="N", help="steps per window (default: 100)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def _run_trace_load(args: argparse.Namespace) -> int:
+    if args.size_mb <= 0 or args.window < 1:
+        raise CommandError("--size-mb must be positive and --window at least 1")
+    try:
+        result = trace_load.measure(round(args.size_mb * 1e6), args.window)
+    except RuntimeError as error:
+        raise CommandError(str(error), ExitCode.INFRA_ERROR) from None
+    except OSError as error:
+        raise CommandError(f"cannot write the trace file: {error}", ExitCode.INFRA_ERROR) from None
+    if args.json:
+        print(json.dumps(dataclasses.asdict(result)))
+    else:
+        print(
+            f"loaded {result.file_bytes / 1e6:.0f} MB ({result.steps} steps, {result.windows} windows of "
+            f"{result.window}) in {result.seconds:.1f} s; peak memory {result.peak_rss_bytes / 2**20:.0f} MiB "
+            f"({result.imports_rss_bytes / 2**20:.0f} MiB before loading); {result.cpus} CPUs, {result.machine}"
+        )
+    return ExitCode.OK
+
+
+BENCHMARKS = (
+    _Benchmark(
+        "trace-load",
+        "Write a synthetic trace in the published JSON format and time loading it in a fresh process.",
+        _add_trace_load_arguments,
+        _run_trace_load,
+    ),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    benchmarks = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    for benchmark in BENCHMARKS:
+        sub = benchmarks.add_parser(benchmark.name, help=benchmark.help, description=benchmark.help)
+        benchmark.add_arguments(sub)
+        sub.set_defaults(run_benchmark=benchmark.run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return args.run_benchmark(args)
