@@ -83,12 +83,12 @@ def test_workload_for_another_shape_exits_2(tmp_path: Path) -> None:
     assert "load_history[0].logical_expert_load has 2 layers, but the problem has 58" in done.stderr
 
 
-def test_default_trace_for_another_shape_exits_2(tmp_path: Path) -> None:
-    done = evaluator("trace", "--experts", "128", "--replicas", "128", cwd=tmp_path)
-    assert done.returncode == 2
-    assert done.stderr == (
-        "error: trace default has 58 layers x 256 experts, but the problem has 58 layers x 128 experts\n"
-    )
+def test_another_shape_gets_the_default_generator_trace_of_that_shape(tmp_path: Path) -> None:
+    done = evaluator("trace", "--layers", "4", "--experts", "128", "--replicas", "128", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["source"] == "synthetic(seed=0)"
+    assert (summary["num_layers"], summary["num_experts"]) == (4, 128)
 
 
 def test_bad_options_exit_2(tmp_path: Path) -> None:
