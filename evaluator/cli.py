@@ -6,10 +6,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from evaluator.commands import CommandError, apply
+from evaluator.commands import CommandError, apply, bench, evaluate, trace
 from evaluator.exitcodes import ExitCode
 
-COMMANDS = (apply,)
+COMMANDS = (apply, evaluate, trace, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,15 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 PROGRAM_FILE = "program.py"
 PATCH_FILE = "patch.diff"
 META_FILE = "meta.json"
+RESULTS_DIR = "results"
 ID_LENGTH = 12
 MIN_PREFIX = 4
 
@@ -43,6 +46,17 @@ class StoredCandidate:
 
     def program(self) -> str:
         return self.program_path.read_text(encoding="utf-8")
+
+    def add_result(self, result: dict[str, Any]) -> Path:
+        """Keep one evaluation's result beside the candidate, as results/<UTC time>-<random>.json."""
+        folder = self.path / RESULTS_DIR
+        folder.mkdir(exist_ok=True)
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        path = folder / f"{stamp}-{secrets.token_hex(3)}.json"
+        staging = folder / f".{path.name}.incoming"
+        _write(staging, json.dumps(result, indent=2) + "\n")
+        os.replace(staging, path)
+        return path
 
 
 class CandidateStore:

@@ -11,7 +11,9 @@ from pathlib import Path
 
 from evaluator import __version__
 from evaluator.commands import CommandError
+from evaluator.commands.evaluate import add_evaluation_arguments, exit_code_of, note_cpu_fallback, open_evaluator, report
 from evaluator.commands.inputs import read_bytes_argument
+from evaluator.evaluation import Result
 from evaluator.exitcodes import ExitCode
 from evaluator.parent import ParentError, ParentProgram, resolve_parent
 from evaluator.patch import Application, Patch, PatchError, apply_parsed, decode_patch, parse_patch
@@ -19,7 +21,7 @@ from evaluator.paths import DEFAULT_STORE
 from evaluator.store import CandidateStore, StoredCandidate, sha256_text
 
 NAME = "apply"
-HELP = "Apply a patch to the seed (or to --parent) and store the candidate program."
+HELP = "Apply a patch to the seed (or to --parent), store the candidate program and evaluate it."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--store", type=Path, default=DEFAULT_STORE, metavar="DIR", help="where candidates live (default: ./candidates)"
     )
+    parser.add_argument("--no-evaluate", action="store_true", help="store the candidate without evaluating it")
+    add_evaluation_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,8 +67,15 @@ def run(args: argparse.Namespace) -> int:
         stored, created = store.add(applied.program, patch_text, _metadata(patch, applied, parent))
     except OSError as error:
         raise CommandError(f"cannot write the candidate under {store.root}: {error}", ExitCode.INFRA_ERROR) from None
-    _report_stored(stored, created, applied, parent, args.json)
-    return ExitCode.OK
+    if args.no_evaluate:
+        _report_stored(stored, created, applied, parent, args.json, None)
+        return ExitCode.OK
+    with open_evaluator(args) as evaluator:
+        result = evaluator.evaluate(stored.program_path)
+    stored.add_result(result.to_json())
+    note_cpu_fallback(result, args.device, first=True)
+    _report_stored(stored, created, applied, parent, args.json, result)
+    return exit_code_of(result)
 
 
 def _metadata(patch: Patch, applied: Application, parent: ParentProgram) -> dict[str, object]:
@@ -100,18 +111,17 @@ def _report_patch_error(error: PatchError, parent: ParentProgram, as_json: bool)
 
 
 def _report_stored(
-    stored: StoredCandidate, created: bool, applied: Application, parent: ParentProgram, as_json: bool
+    stored: StoredCandidate,
+    created: bool,
+    applied: Application,
+    parent: ParentProgram,
+    as_json: bool,
+    result: Result | None,
 ) -> None:
     if as_json:
-        print(
-            json.dumps(
-                {
-                    "status": "ok",
-                    "candidate": {"id": stored.id, "path": str(stored.path), **stored.meta},
-                    "created": created,
-                }
-            )
-        )
+        candidate = {"id": stored.id, "path": str(stored.path), **stored.meta}
+        reply = {"status": "ok" if result is None else result.status, "candidate": candidate, "created": created}
+        print(json.dumps(reply if result is None else {**reply, "result": result.to_json()}))
         return
     name = stored.meta.get("name") or "(unnamed)"
     state = "stored in" if created else "already stored (same program) in"
@@ -126,3 +136,5 @@ def _report_stored(
                 print(f"    block {block.number} matched lines {block.first_line}-{block.last_line} ({block.tolerance} forgiven)")
     else:
         print("  rewrite of the EVOLVE-BLOCK" if "EVOLVE-BLOCK" in parent.source else "  rewrite of the whole program")
+    if result is not None:
+        report(result, f"candidate {stored.id}", as_json=False)

@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from evaluator.bench import trace_load
+from evaluator.bench import evaluation, trace_load
 from evaluator.commands import CommandError
 from evaluator.exitcodes import ExitCode
 
@@ -53,7 +53,48 @@ def _run_trace_load(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _add_evaluator_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repeats", type=int, default=10, metavar="N",
+                        help="A/A runs of the same candidate (default: %(default)s)")
+    parser.add_argument("--candidates", type=int, default=60, metavar="N",
+                        help="candidates evaluated back to back for the throughput (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=2, metavar="N",
+                        help="threads submitting candidates for the throughput (default: %(default)s)")
+    parser.add_argument("--spares", type=int, default=8, metavar="N",
+                        help="workers kept started ahead (default: %(default)s)")
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def _run_evaluator(args: argparse.Namespace) -> int:
+    if min(args.repeats, args.candidates, args.threads, args.spares) < 1:
+        raise CommandError("--repeats, --candidates, --threads and --spares must be at least 1")
+    try:
+        result = evaluation.measure(args.repeats, args.candidates, args.threads, args.spares, args.device)
+    except RuntimeError as error:
+        raise CommandError(str(error), ExitCode.INFRA_ERROR) from None
+    if args.json:
+        print(json.dumps(dataclasses.asdict(result)))
+        return ExitCode.OK
+    print(f"device              {result.device} ({result.card}), torch {result.torch_version}, {result.cpus} CPUs")
+    print(f"candidate           seed patch, {result.candidate_time_ms:.3f} ms per call; seed {result.seed_time_ms:.1f} ms")
+    print(f"overhead            {result.overhead_s_median:.3f} s per candidate (median; max {result.overhead_s_max:.3f} s), "
+          f"evaluation {result.evaluation_s_median:.3f} s")
+    print(f"throughput          {result.candidates_per_minute:.1f} candidates per minute ({result.throughput_candidates} "
+          f"candidates, {result.threads} threads, {result.spares} spare workers)")
+    print(f"A/A speedup         mean {result.aa_speedup_mean:.2f}x, coefficient of variation "
+          f"{100 * result.aa_speedup_cv:.2f}% over {result.aa_runs} runs")
+    print(f"scoring a trace     {result.scoring_ms:.2f} ms")
+    return ExitCode.OK
+
+
 BENCHMARKS = (
+    _Benchmark(
+        "evaluator",
+        "Overhead per candidate, candidates per minute and A/A noise, on the seed patch's program.",
+        _add_evaluator_arguments,
+        _run_evaluator,
+    ),
     _Benchmark(
         "trace-load",
         "Write a synthetic trace in the published JSON format and time loading it in a fresh process.",

@@ -1,0 +1,102 @@
+"""What the evaluator costs per candidate beyond the candidate's own compute, how many candidates it gets
+through per minute, and how much a speedup moves when the same candidate is evaluated again (A/A noise).
+
+The candidate is the seed patch's program (a "seed-patch-class" candidate). The seed is timed once first, as
+in any session, and left out of the figures.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from evaluator.eplb.default_trace import default_trace
+from evaluator.eplb.scoring import balancedness_scores
+from evaluator.evaluation import Evaluator, Result, Settings
+from evaluator.evaluation.reference import SEED_PATCH, seed_plans
+from evaluator.evaluation.timing import SeedTimingCache
+from evaluator.patch import apply_patch
+from evaluator.paths import SEED_PROGRAM
+
+
+@dataclass(frozen=True)
+class EvaluationBenchResult:
+    device: str
+    card: str
+    torch_version: str
+    cpus: int
+    machine: str
+    candidate_time_ms: float  # median per call, from the A/A runs
+    seed_time_ms: float
+    overhead_s_median: float  # evaluation wall time minus the candidate's own compute, a spare worker ready
+    overhead_s_max: float
+    evaluation_s_median: float
+    candidates_per_minute: float  # back to back from `threads` threads, spares started in parallel
+    throughput_candidates: int
+    threads: int
+    spares: int
+    aa_runs: int
+    aa_speedup_mean: float
+    aa_speedup_cv: float  # standard deviation / mean of the speedup over the A/A runs
+    scoring_ms: float  # balancedness of a whole trace's plans (plus the seed reference), median of 20
+
+
+def measure(repeats: int = 10, throughput_candidates: int = 60, threads: int = 2, spares: int = 8,
+            device: str = "auto") -> EvaluationBenchResult:
+    """Run the three measurements on the default trace and return their figures."""
+    trace = default_trace()
+    with tempfile.TemporaryDirectory(prefix="eplb-bench-") as folder:
+        candidate = Path(folder) / "candidate.py"
+        candidate.write_text(apply_patch(SEED_PROGRAM.read_text(), SEED_PATCH.read_text()), encoding="utf-8")
+        with Evaluator(trace, Settings(), device=device, spares=spares, seed_timings=SeedTimingCache(None)) as evaluator:
+            _require_ok(evaluator.evaluate(candidate))  # times the seed, once
+            aa = []
+            for _ in range(repeats):
+                evaluator.pool.wait_for_spares()
+                aa.append(_require_ok(evaluator.evaluate(candidate)))
+            evaluator.pool.wait_for_spares()
+            started = time.perf_counter()
+            with ThreadPoolExecutor(threads) as pool:
+                done = list(pool.map(lambda _: evaluator.evaluate(candidate), range(throughput_candidates)))
+            elapsed = time.perf_counter() - started
+            for result in done:
+                _require_ok(result)
+    overheads = [(r.timing["evaluation_ms"] - r.timing["candidate_compute_ms"]) / 1e3 for r in aa]
+    speedups = [r.speedup for r in aa]
+    return EvaluationBenchResult(
+        device=aa[0].device, card=aa[0].card, torch_version=torch.__version__, cpus=os.cpu_count() or 0,
+        machine=platform.machine(),
+        candidate_time_ms=statistics.median(r.time_ms for r in aa), seed_time_ms=aa[0].seed_time_ms,
+        overhead_s_median=statistics.median(overheads), overhead_s_max=max(overheads),
+        evaluation_s_median=statistics.median(r.timing["evaluation_ms"] / 1e3 for r in aa),
+        candidates_per_minute=throughput_candidates / elapsed * 60, throughput_candidates=throughput_candidates,
+        threads=threads, spares=spares, aa_runs=repeats, aa_speedup_mean=statistics.fmean(speedups),
+        aa_speedup_cv=statistics.pstdev(speedups) / statistics.fmean(speedups), scoring_ms=_scoring_ms(),
+    )
+
+
+def _require_ok(result: Result) -> Result:
+    if not result.ok:
+        raise RuntimeError(f"the benchmark's candidate failed its evaluation ({result.status}): {result.error}")
+    return result
+
+
+def _scoring_ms() -> float:
+    trace = default_trace()
+    problem = Settings().problem
+    plans = seed_plans(trace.windows, problem).on_window
+    loads = torch.from_numpy(trace.windows.astype("float64"))
+    times = []
+    for _ in range(20):
+        started = time.perf_counter()
+        balancedness_scores(list(plans[:-1]), loads, problem, reference_plans=list(plans[1:]))
+        times.append((time.perf_counter() - started) * 1e3)
+    return statistics.median(times)

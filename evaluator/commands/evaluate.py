@@ -1,0 +1,98 @@
+"""`evaluate PROGRAM...`: run candidate programs in isolation, validate and score them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from evaluator.commands import CommandError
+from evaluator.commands.workload import add_workload_arguments, problem_from, trace_from
+from evaluator.evaluation import Evaluator, Result, Settings
+from evaluator.evaluation.timing import SeedTimingCache, default_cache_path
+from evaluator.exitcodes import ExitCode
+from evaluator.sandbox import Limits
+
+NAME = "evaluate"
+HELP = "Run candidate programs in isolated workers, validate every output and score them."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("programs", nargs="+", metavar="PROGRAM", type=Path, help="candidate program files")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per program instead of text")
+    add_evaluation_arguments(parser)
+
+
+def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of every command that evaluates: limits, device, seed timing, workload and problem shape."""
+    defaults = Settings()
+    parser.add_argument("--timeout", type=float, default=defaults.timeout_s, metavar="S",
+                        help="wall-clock limit for one candidate, import and every call (default: %(default)s)")
+    parser.add_argument("--memory-mb", type=int, default=defaults.limits.memory_mb, metavar="MB",
+                        help="host memory limit of a candidate's process tree (default: %(default)s)")
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                        help="where candidates run: cuda when there is a GPU, else cpu (default: auto)")
+    parser.add_argument("--retime-seed", action="store_true",
+                        help="time the seed again instead of using its cached time for this device and software")
+    add_workload_arguments(parser)
+
+
+def open_evaluator(args: argparse.Namespace) -> Evaluator:
+    """An Evaluator configured from the command's options."""
+    if args.timeout <= 0 or args.memory_mb <= 0:
+        raise CommandError("--timeout and --memory-mb must be positive")
+    problem = problem_from(args)
+    trace = trace_from(args, problem)
+    limits = Limits(timeout_s=args.timeout, import_timeout_s=args.timeout, memory_mb=args.memory_mb)
+    return Evaluator(trace, Settings(problem=problem, timeout_s=args.timeout, limits=limits), device=args.device,
+                     seed_timings=SeedTimingCache(default_cache_path()), retime_seed=args.retime_seed)
+
+
+def run(args: argparse.Namespace) -> int:
+    missing = [str(path) for path in args.programs if not path.is_file()]
+    if missing:
+        raise CommandError(f"no such program file: {', '.join(missing)}")
+    exit_code = ExitCode.OK
+    with open_evaluator(args) as evaluator:
+        for number, program in enumerate(args.programs, start=1):
+            if len(args.programs) > 1:
+                print(f"[{number}/{len(args.programs)}] evaluating {program} ...", file=sys.stderr, flush=True)
+            result = evaluator.evaluate(program)
+            note_cpu_fallback(result, args.device, first=number == 1)
+            report(result, str(program), args.json)
+            exit_code = max(exit_code, exit_code_of(result))
+    return exit_code
+
+
+def exit_code_of(result: Result) -> ExitCode:
+    if result.ok:
+        return ExitCode.OK
+    return ExitCode.INFRA_ERROR if result.status == "infra_error" else ExitCode.CANDIDATE_FAILED
+
+
+def note_cpu_fallback(result: Result, device: str, first: bool) -> None:
+    if first and device == "auto" and result.device == "cpu":
+        print("note: no GPU found, so candidates run on the CPU; the seed is timed on the same CPU, so speedups "
+              "stay comparable, but GPU-only tricks show no gain here", file=sys.stderr)
+
+
+def report(result: Result, label: str, as_json: bool) -> None:
+    """Print one result: a JSON object, or a short text for people."""
+    if as_json:
+        print(json.dumps({"program": label, **result.to_json()}))
+        return
+    print(f"{label}: {result.status}")
+    if not result.ok:
+        print(f"  {result.error}")
+        if result.stderr.strip():
+            print("  stderr (last lines):\n    " + "\n    ".join(result.stderr.strip().splitlines()[-15:]))
+        return
+    print(f"  balancedness   {result.balancedness_score:.4f}  (seed {result.seed_balancedness:.4f}, seed planning "
+          f"on the future {result.reference_balancedness:.4f}, per slot {result.slot_balancedness:.4f})")
+    print(f"  time per call  {result.time_ms:.3f} ms  (seed {result.seed_time_ms:.3f} ms): {result.speedup:.2f}x, "
+          f"speed_score {result.speed_score:.4f}")
+    print(f"  combined_score {result.combined_score:.4f}")
+    print(f"  device         {result.device} ({result.card}), torch {result.software.get('torch')}")
+    if result.timing.get("clock_check") != "agrees":
+        print(f"  clock check    {result.timing.get('clock_check')}")

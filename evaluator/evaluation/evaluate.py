@@ -1,0 +1,326 @@
+"""Evaluate one candidate program: run it in a fresh worker on the schedule, validate every output, score it.
+
+The candidate's process only ever sees the windows it plans on, one call at a time; validation, scoring and
+the seed's yardsticks all happen here, in the evaluator process.
+"""
+
+from __future__ import annotations
+
+import platform
+import secrets
+import statistics
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from evaluator import __version__
+from evaluator.eplb.invariants import PlanCheck, Violation
+from evaluator.eplb.plan import Plan
+from evaluator.eplb.problem import Problem
+from evaluator.eplb.scoring import balancedness_scores, combined_score, gpu_balancedness, speed_score, speedup
+from evaluator.eplb.trace import Trace, check_matches
+from evaluator.evaluation.outputs import check_call
+from evaluator.evaluation.reference import seed_plans
+from evaluator.evaluation.result import Result
+from evaluator.evaluation.schedule import build_schedule
+from evaluator.evaluation.timing import SeedTiming, SeedTimingCache, Timing, measure
+from evaluator.paths import SEED_PROGRAM
+from evaluator.sandbox import (
+    CallResult,
+    Failure,
+    FailureKind,
+    Limits,
+    Output,
+    SandboxFailure,
+    Worker,
+    WorkerInfo,
+    WorkerPool,
+)
+from evaluator.store import sha256_text
+
+OUTPUT_TAIL_CHARS = 4000  # of the candidate's stdout and stderr kept in a result
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How candidates are evaluated. The defaults are the documented protocol; change them knowingly."""
+
+    problem: Problem = field(default_factory=Problem)
+    timeout_s: float = 120.0  # one candidate, import and every call included
+    variants_per_window: int = 2  # timed-only calls per planned window
+    warmup_calls: int = 3
+    timing_budget_s: float = 3.0  # candidate time after which the remaining variant calls are skipped
+    # Plans made on variants of a window must score (on the next window) within this of the plan made on the
+    # window itself; a candidate whose output does not follow its input (a cached or stale plan, a table
+    # looked up from a known trace) falls far below.
+    freshness_tolerance: float = 0.03
+    rechecks: int = 3  # calls repeated in a fresh process, which must give the same plan
+    limits: Limits = field(default_factory=Limits)
+
+
+class _Failed(Exception):
+    """Ends an evaluation early with a failure result."""
+
+    def __init__(self, status: str, error: str, violations: tuple[Violation, ...] = (), stdout: str = "",
+                 stderr: str = "") -> None:
+        super().__init__(error)
+        self.status, self.error, self.violations, self.stdout, self.stderr = status, error, violations, stdout, stderr
+
+    @classmethod
+    def from_sandbox(cls, failure: Failure) -> _Failed:
+        return cls(failure.kind.value, failure.message, (), failure.stdout.last_lines(OUTPUT_TAIL_CHARS),
+                   failure.stderr.last_lines(OUTPUT_TAIL_CHARS))
+
+
+@dataclass(frozen=True)
+class _Run:
+    """A program that went through the whole schedule with every output valid."""
+
+    info: WorkerInfo
+    scored: dict[int, Plan]  # window -> the plan made on it
+    variants: list[tuple[int, float]]  # (window it varies, GPU balancedness on the next window of its plan)
+    timed: list[CallResult]
+    skipped_variants: int
+    duplicate_gpus: float
+    compute_ns: int  # the candidate's own time in every call, rechecks included
+    stdout: str
+    stderr: str
+
+
+class Evaluator:
+    """Evaluates candidate programs on one trace. Keeps spare workers warm; use as a context manager.
+
+    Thread-safe: candidates may be evaluated from several threads; their timed phases never overlap, so no
+    two candidates are timed on one device at once.
+    """
+
+    def __init__(self, trace: Trace, settings: Settings | None = None, *, device: str = "auto", spares: int = 2,
+                 seed_timings: SeedTimingCache | None = None, retime_seed: bool = False) -> None:
+        self.settings = settings or Settings()
+        check_matches(trace, self.settings.problem)
+        self.trace = trace
+        self._inputs = trace.windows if trace.windows.dtype == np.int64 else trace.windows.astype(np.float32)
+        self._loads = torch.from_numpy(np.array(trace.windows, dtype=np.float64))
+        self._seed_timings = seed_timings or SeedTimingCache(None)
+        self._retime_seed = retime_seed  # ignore the cached seed time once
+        self._timing_lock = threading.Lock()
+        self.pool = WorkerPool(self.settings.limits, device=device, spares=spares)
+
+    def __enter__(self) -> Evaluator:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def evaluate(self, program: str | Path) -> Result:
+        """Run, validate and score `program`; every failure is a Result with score 0, never an exception."""
+        started = time.perf_counter()
+        try:
+            run = self._run(Path(program))
+            seed = self._seed_timing(run.info)
+        except _Failed as failed:
+            return Result(failed.status, failed.error, [asdict(v) for v in failed.violations],
+                          workload=self._workload(), stdout=failed.stdout, stderr=failed.stderr)
+        result = self._score(run, seed)
+        # What the evaluation cost beyond the candidate's own compute (the seed's timing, once, included).
+        costs = {"evaluation_ms": (time.perf_counter() - started) * 1e3, "candidate_compute_ms": run.compute_ns / 1e6}
+        return replace(result, timing={**result.timing, **costs})
+
+    def _run(self, program: Path) -> _Run:
+        settings = self.settings
+        deadline = time.monotonic() + settings.timeout_s
+        rng = np.random.default_rng(secrets.randbits(128))
+        schedule = build_schedule(self._inputs, settings.variants_per_window, settings.warmup_calls, rng)
+        timed_positions = [k for k, call in enumerate(schedule) if not call.warmup]
+        rechecked = set(rng.choice(timed_positions, min(settings.rechecks, len(timed_positions)), replace=False))
+        kept: dict[int, CallResult] = {}
+        scored: dict[int, Plan] = {}
+        variants: list[tuple[int, float]] = []
+        timed: list[CallResult] = []
+        duplicates: list[int] = []
+        spent_ns, skipped = 0, 0
+        pending: deque[tuple[int, CallResult, Future[PlanCheck]]] = deque()
+
+        def settle(wait: bool) -> None:
+            """Take in validated calls, in order; validation runs beside the worker's next call."""
+            while pending and (wait or pending[0][2].done()):
+                position, result, verdict = pending.popleft()
+                call, check = schedule[position], verdict.result()
+                if check.plan is None:
+                    what = f"window {call.window}" if call.scored else f"a variant of window {call.window}"
+                    raise _Failed("invalid_output", f"call {position + 1} (planning on {what}) returned an invalid "
+                                  f"plan: {check.violations[0].message}", check.violations, *_tails(worker.output()))
+                if call.scored:
+                    scored[call.window] = check.plan
+                    duplicates.append(check.gpus_with_duplicate_expert or 0)
+                elif not call.warmup:
+                    variants.append((call.window, self._score_on_next_window(check.plan, call.window)))
+                if position in rechecked:
+                    kept[position] = result
+
+        with self._launch(program, deadline) as worker, self._timing_lock, ThreadPoolExecutor(1) as validator:
+            deadline = time.monotonic() + settings.timeout_s  # waiting for the device is not the candidate's time
+            for position, call in enumerate(schedule):
+                if not (call.scored or call.warmup) and spent_ns > settings.timing_budget_s * 1e9:
+                    skipped += 1
+                    continue
+                result = self._call(worker, call.weight, deadline)
+                spent_ns += result.worker_ns
+                pending.append((position, result, validator.submit(check_call, result, settings.problem)))
+                if not call.warmup:
+                    timed.append(replace(result, outputs=()))  # times only: outputs are megabytes each
+                settle(wait=False)
+            settle(wait=True)
+            stdout, stderr = _tails(worker.output())
+            recheck_ns = self._recheck(
+                program, [(schedule[k].weight, kept[k], k + 1) for k in rng.permutation(list(kept))], deadline
+            )
+        return _Run(worker.info, scored, variants, timed, skipped, statistics.fmean(duplicates),
+                    spent_ns + recheck_ns, stdout, stderr)
+
+    @contextmanager
+    def _launch(self, program: Path, deadline: float) -> Iterator[Worker]:
+        """A fresh worker with `program` loaded; sandbox failures become failed evaluations."""
+        try:
+            worker = self.pool.acquire()
+        except SandboxFailure as error:
+            raise _Failed.from_sandbox(error.failure) from None
+        try:
+            worker.load(program, timeout_s=_remaining(deadline, self.settings.timeout_s))
+            yield worker
+        except SandboxFailure as error:
+            raise _Failed.from_sandbox(error.failure) from None
+        finally:
+            worker.close(wait=False)  # killed now; the CUDA teardown finishes in the background
+
+    def _call(self, worker: Worker, weight: np.ndarray, deadline: float) -> CallResult:
+        return worker.call(weight, self.settings.problem.rebalance_args(),
+                           timeout_s=_remaining(deadline, self.settings.timeout_s))
+
+    def _recheck(self, program: Path, calls: list[tuple[np.ndarray, CallResult, int]], deadline: float) -> int:
+        """Give some inputs again, in another order, to a fresh process: a plan that depended on earlier calls
+        (a cache, a stale plan) or on chance comes out different. Returns the candidate's time in those calls."""
+        spent_ns = 0
+        if not calls:
+            return spent_ns
+        with self._launch(program, deadline) as worker:
+            for weight, first, number in calls:
+                again = self._call(worker, weight, deadline)
+                spent_ns += again.worker_ns
+                if len(first.outputs) != len(again.outputs) or not all(map(_same_array, first.outputs, again.outputs)):
+                    violation = Violation(
+                        "plan.not_reproducible", None,
+                        f"call {number}'s plan differs when the same input is given to a fresh process; the plan "
+                        "must be a deterministic function of its input alone, not of earlier calls (a cache or a "
+                        "stale plan), of chance, or of timing")
+                    raise _Failed("invalid_output", violation.message, (violation,), *_tails(worker.output()))
+        return spent_ns
+
+    def _score_on_next_window(self, plan: Plan, window: int) -> float:
+        loads = self._loads[window + 1][None]
+        return float(gpu_balancedness(plan.phy2log[None], plan.logcnt[None], loads, self.settings.problem)[0])
+
+    def _seed_timing(self, info: WorkerInfo) -> SeedTiming:
+        """The seed timed on this device with this software: from the cache, else measured now."""
+        key = " | ".join([info.device, info.card, f"torch {info.torch_version}", f"cuda {info.cuda_version}",
+                          f"python {platform.python_version()}", f"evaluator {__version__}",
+                          f"seed {sha256_text(SEED_PROGRAM.read_text(encoding='utf-8'))[:12]}",
+                          repr(self.settings.problem)])
+        cached = None if self._retime_seed else self._seed_timings.get(key)
+        if cached is not None:
+            return cached
+        try:
+            run = self._run(SEED_PROGRAM)
+        except _Failed as failed:
+            raise _Failed("infra_error", f"timing the seed failed ({failed.status}): {failed.error}") from None
+        timing = measure(run.timed, None)
+        seed = SeedTiming(timing.time_ms, timing.overhead_ms, timing.summary.relative_spread, timing.summary.count)
+        self._seed_timings.put(key, seed)
+        self._retime_seed = False
+        return seed
+
+    def _score(self, run: _Run, seed: SeedTiming) -> Result:
+        problem = self.settings.problem
+        windows = sorted(run.scored)
+        plans = [run.scored[i] for i in windows]
+        reference = seed_plans(self.trace.windows, problem).on_window
+        report = balancedness_scores(plans, self._loads, problem, reference_plans=list(reference[1:]))
+        seed_report = balancedness_scores(list(reference[:-1]), self._loads, problem)
+        stale = self._staleness(run, report.per_window)
+        if stale is not None:
+            return Result("invalid_output", stale.message, [asdict(stale)], workload=self._workload(),
+                          stdout=run.stdout, stderr=run.stderr, **_device(run.info))
+        timing = measure(run.timed, seed.overhead_ms)
+        gain = speedup(seed.time_ms, timing.time_ms)
+        fast = speed_score(gain)
+        return Result(
+            "ok",
+            balancedness_score=report.balancedness_score,
+            speed_score=fast,
+            combined_score=combined_score(report.balancedness_score, fast),
+            speedup=gain,
+            time_ms=timing.time_ms,
+            seed_time_ms=seed.time_ms,
+            slot_balancedness=report.slot_balancedness_score,
+            reference_balancedness=report.reference_score,
+            seed_balancedness=seed_report.balancedness_score,
+            gpus_with_duplicate_expert=run.duplicate_gpus,
+            timing={**timing.to_json(), "seed": asdict(seed), "variant_calls": len(run.variants),
+                    "skipped_variant_calls": run.skipped_variants},
+            workload=self._workload(),
+            stdout=run.stdout,
+            stderr=run.stderr,
+            **_device(run.info),
+        )
+
+    def _staleness(self, run: _Run, scored_per_window: tuple[float, ...]) -> Violation | None:
+        """A violation when plans made on variants score clearly worse than plans made on the windows."""
+        if not run.variants:
+            return None
+        position = {window: k for k, window in enumerate(sorted(run.scored))}
+        gap = statistics.fmean(scored_per_window[position[window]] - score for window, score in run.variants)
+        if gap <= self.settings.freshness_tolerance:
+            return None
+        return Violation("plan.input_dependence", None,
+                         f"plans for fresh inputs near the trace's windows balance the next window {gap:.3f} worse "
+                         f"than plans for the windows themselves (tolerance {self.settings.freshness_tolerance}); "
+                         "the plan must be computed from the input it is given, not cached, stale or looked up")
+
+    def _workload(self) -> dict[str, object]:
+        return {"source": self.trace.source, "windows": int(self.trace.windows.shape[0]),
+                "steps_per_window": self.trace.steps_per_window, "problem": asdict(self.settings.problem)}
+
+
+def _remaining(deadline: float, total_s: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise SandboxFailure(Failure(FailureKind.TIMEOUT, f"the evaluation ran past its time limit of {total_s:g} s"))
+    return left
+
+
+def _same_array(first: Output, again: Output) -> bool:
+    if not (isinstance(first, np.ndarray) and isinstance(again, np.ndarray)):
+        return first == again
+    return first.dtype == again.dtype and first.shape == again.shape and bool(np.array_equal(first, again))
+
+
+def _tails(outputs: tuple[object, object]) -> tuple[str, str]:
+    stdout, stderr = outputs
+    return stdout.last_lines(OUTPUT_TAIL_CHARS), stderr.last_lines(OUTPUT_TAIL_CHARS)
+
+
+def _device(info: WorkerInfo) -> dict[str, object]:
+    software = {"torch": info.torch_version, "cuda": info.cuda_version, "python": platform.python_version(),
+                "evaluator": __version__}
+    return {"device": info.device, "card": info.card, "software": software}

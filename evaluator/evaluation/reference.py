@@ -1,0 +1,62 @@
+"""The seed's own plans on a trace, computed in the evaluator process: the yardsticks a candidate is read against.
+
+The seed is slow by design (Python loops, a round trip through the CPU), so the plans come from the seed
+with the seed patch applied, which vectorises it without changing a single output (the tests hold both to
+that on random inputs). This is trusted code of the project's own; no candidate code runs here.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import types
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from evaluator.eplb.invariants import check_plan
+from evaluator.eplb.plan import Plan
+from evaluator.eplb.problem import Problem
+from evaluator.patch import apply_patch
+from evaluator.paths import PROJECT_ROOT, SEED_PROGRAM
+
+SEED_PATCH = PROJECT_ROOT / "patches" / "vectorized_packing_and_replication.diff"
+
+
+@dataclass(frozen=True)
+class SeedPlans:
+    on_window: tuple[Plan, ...]  # [i]: the seed planned on window i, for i in 0..n-1 (all windows)
+
+
+@functools.lru_cache(maxsize=1)
+def _seed_module() -> types.ModuleType:
+    source = apply_patch(SEED_PROGRAM.read_text(encoding="utf-8"), SEED_PATCH.read_text(encoding="utf-8"))
+    module = types.ModuleType("eplb_seed_reference")
+    exec(compile(source, str(SEED_PROGRAM), "exec"), module.__dict__)
+    return module
+
+
+_CACHED_TRACES = 4
+_cache: dict[tuple[str, tuple[int, ...], Problem], SeedPlans] = {}
+
+
+def seed_plans(windows: np.ndarray, problem: Problem) -> SeedPlans:
+    """The seed's plan on every window (cached by content: the default trace is planned once per process)."""
+    key = (hashlib.sha256(np.ascontiguousarray(windows).tobytes()).hexdigest(), windows.shape, problem)
+    if key not in _cache:
+        if len(_cache) >= _CACHED_TRACES:
+            _cache.clear()
+        _cache[key] = _plan_every_window(windows, problem)
+    return _cache[key]
+
+
+def _plan_every_window(windows: np.ndarray, problem: Problem) -> SeedPlans:
+    plans = []
+    for index, window in enumerate(windows):
+        outputs = _seed_module().rebalance_experts(torch.from_numpy(np.array(window)), *problem.rebalance_args())
+        check = check_plan(outputs, problem)
+        if check.plan is None:
+            raise RuntimeError(f"the seed's plan for window {index} is invalid: {check.violations[0].message}")
+        plans.append(check.plan)
+    return SeedPlans(tuple(plans))

@@ -1,0 +1,56 @@
+"""The result of evaluating one candidate: plain data, and its JSON form (the schema is in docs/results.md)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Failures a candidate is responsible for, then the evaluator's own. Any failure scores 0.
+CANDIDATE_FAILURES = (
+    "apply_error",
+    "import_error",
+    "missing_function",
+    "exception",
+    "timeout",
+    "crash",
+    "memory_limit",
+    "invalid_output",
+)
+STATUSES = ("ok", *CANDIDATE_FAILURES, "infra_error")
+
+
+@dataclass(frozen=True)
+class Result:
+    """Scores and diagnostics of one evaluation. Every score is 0 unless `status` is "ok"."""
+
+    status: str
+    error: str | None = None
+    violations: list[dict[str, Any]] = field(default_factory=list)
+    balancedness_score: float = 0.0
+    speed_score: float = 0.0
+    combined_score: float = 0.0
+    speedup: float | None = None
+    time_ms: float | None = None
+    seed_time_ms: float | None = None
+    slot_balancedness: float | None = None
+    reference_balancedness: float | None = None  # the seed planned on the future window itself
+    seed_balancedness: float | None = None  # the seed planned as the candidate is: on the past window
+    gpus_with_duplicate_expert: float | None = None  # per plan, (layer, GPU) pairs holding an expert twice
+    timing: dict[str, Any] = field(default_factory=dict)
+    device: str | None = None
+    card: str | None = None
+    software: dict[str, Any] = field(default_factory=dict)
+    workload: dict[str, Any] = field(default_factory=dict)
+    stdout: str = ""
+    stderr: str = ""
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"unknown status {self.status!r}; expected one of {', '.join(STATUSES)}")
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)

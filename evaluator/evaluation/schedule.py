@@ -1,0 +1,43 @@
+"""Which inputs a candidate is called on, and in what order.
+
+Every call is timed and every output validated. The calls on the trace's own windows are the ones whose
+plans give `balancedness_score`; the others are fresh variants of those windows (each load scaled by a small
+random factor, drawn from a secret generator), so that a candidate cannot tell a scored call from a timed
+one, cannot have seen a timed input before, and cannot look a variant up in a table built from a known
+trace. The order is shuffled with the same secret generator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+VARIANT_NOISE = 0.05  # relative spread of the per-expert scale factor of a variant
+
+
+@dataclass(frozen=True, eq=False)
+class Call:
+    weight: np.ndarray  # [L, E], the candidate plans on this
+    window: int  # the trace window it is (or varies); its plan is scored on window + 1
+    scored: bool  # the trace's own window: counts towards balancedness_score
+    warmup: bool  # neither timed nor scored; absorbs first-call costs (allocator, kernels, caches)
+
+
+def build_schedule(windows: np.ndarray, variants_per_window: int, warmup: int, rng: np.random.Generator) -> list[Call]:
+    """Calls on windows[0..n-2] (the last window is only a future), `variants_per_window` variants of each,
+    shuffled, preceded by `warmup` variants."""
+    planned = range(len(windows) - 1)
+    calls = [Call(windows[i], i, scored=True, warmup=False) for i in planned]
+    calls += [Call(vary(windows[i], rng), i, False, False) for i in planned for _ in range(variants_per_window)]
+    order = rng.permutation(len(calls))
+    first = [Call(vary(windows[i], rng), i, False, True) for i in rng.integers(0, len(windows) - 1, size=warmup)]
+    return first + [calls[i] for i in order]
+
+
+def vary(weight: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A plausible new input near `weight`: each load scaled by its own factor, integers kept integers."""
+    varied = weight * rng.lognormal(0.0, VARIANT_NOISE, size=weight.shape)
+    if np.issubdtype(weight.dtype, np.integer):
+        return np.rint(varied).astype(weight.dtype)
+    return varied.astype(weight.dtype)

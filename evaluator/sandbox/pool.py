@@ -1,0 +1,176 @@
+"""Spare workers started ahead, so a candidate never waits for torch to import or CUDA to start."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+import time
+import weakref
+from collections.abc import Mapping
+
+from evaluator.sandbox.failures import Failure, FailureKind, SandboxFailure
+from evaluator.sandbox.limits import Limits
+from evaluator.sandbox.process import DEFAULT_ENTRY_POINT, Worker
+
+_live_pools: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
+
+
+class WorkerPool:
+    """Keeps `spares` ready workers (torch imported, device initialised) and hands out one per candidate.
+
+    Thread-safe: several threads may `acquire` at once. Spares start in parallel, in the background;
+    each handed-out worker is replaced at once. A worker serves one candidate and is then closed by
+    its user. `close()` (also on context exit and at interpreter exit) kills every spare.
+    """
+
+    def __init__(self, limits: Limits = Limits(), device: str = "auto", spares: int = 1,
+                 environment: Mapping[str, str] | None = None) -> None:
+        if spares < 0:
+            raise ValueError(f"spares must be at least 0, got {spares}")
+        if device not in ("auto", "cuda", "cpu"):
+            raise ValueError(f"device must be 'auto', 'cuda' or 'cpu', got {device!r}")
+        self.limits = limits
+        self.device = device
+        self.spares = spares
+        self._environment = dict(environment or {})
+        self._condition = threading.Condition()
+        self._ready: list[Worker] = []
+        self._starting: set[Worker] = set()
+        self._launching = 0  # start threads that have not yet created their Worker
+        self._waiters = 0
+        self._start_failure: Failure | None = None
+        self._closed = False
+        _live_pools.add(self)
+        with self._condition:
+            self._replenish()
+
+    # ---- public -------------------------------------------------------------------------------
+
+    def acquire(self, timeout_s: float | None = None) -> Worker:
+        """A ready worker, for one candidate; the caller closes it. Raises `SandboxFailure` (infra_error)
+        when no worker could be started."""
+        timeout = self.limits.start_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            self._start_failure = None
+            self._waiters += 1
+            try:
+                while True:
+                    if self._closed:
+                        raise RuntimeError("the worker pool is closed")
+                    worker = self._take_ready()
+                    if worker is not None:
+                        return worker
+                    self._replenish()
+                    if self._start_failure is not None and not self._starting and not self._launching:
+                        raise SandboxFailure(self._start_failure)
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise SandboxFailure(Failure(FailureKind.INFRA_ERROR,
+                                                     f"no worker became ready within {timeout:.0f} s"))
+                    self._condition.wait(remaining)
+            finally:
+                self._waiters -= 1
+                self._replenish()
+
+    def launch(self, program: str | os.PathLike[str], entry_point: str = DEFAULT_ENTRY_POINT,
+               import_timeout_s: float | None = None) -> Worker:
+        """A ready worker with `program` loaded; raises `SandboxFailure` (the worker is then already gone)."""
+        worker = self.acquire()
+        try:
+            worker.load(program, entry_point, import_timeout_s)
+        except BaseException:
+            worker.close()
+            raise
+        return worker
+
+    @property
+    def ready_count(self) -> int:
+        with self._condition:
+            return sum(worker.is_ready() for worker in self._ready)
+
+    def wait_for_spares(self, timeout_s: float | None = None) -> bool:
+        """Wait until all `spares` workers are ready; True if they are."""
+        deadline = time.monotonic() + (self.limits.start_timeout_s if timeout_s is None else timeout_s)
+        with self._condition:
+            while len(self._ready) < self.spares:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._closed or (
+                        self._start_failure is not None and not self._starting and not self._launching):
+                    return False
+                self._condition.wait(remaining)
+            return True
+
+    def close(self) -> None:
+        """Kill every spare, and those still starting. Workers already handed out stay with their users."""
+        with self._condition:
+            self._closed = True
+            workers = [*self._ready, *self._starting]
+            self._ready.clear()
+            self._condition.notify_all()
+        for worker in workers:
+            worker.close()
+        _live_pools.discard(self)
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ---- background starts ---------------------------------------------------------------------
+
+    def _take_ready(self) -> Worker | None:
+        while self._ready:
+            worker = self._ready.pop(0)
+            if worker.is_ready():
+                return worker
+            worker.close()  # a spare that died while waiting
+        return None
+
+    def _replenish(self) -> None:
+        """Start as many workers as the spares and the waiting callers need. Holds the condition."""
+        if self._closed:
+            return
+        needed = self.spares + self._waiters - len(self._ready) - len(self._starting) - self._launching
+        for _ in range(max(0, needed)):
+            self._launching += 1
+            threading.Thread(target=self._start_one, name="sandbox-spare", daemon=True).start()
+
+    def _start_one(self) -> None:
+        worker: Worker | None = None
+        failure: Failure | None = None
+        try:
+            worker = Worker(self.limits, self.device, self._environment)
+        except SandboxFailure as error:
+            failure = error.failure
+        with self._condition:
+            self._launching -= 1
+            if worker is not None:
+                self._starting.add(worker)
+            closed = self._closed
+        if worker is not None and not closed:
+            try:
+                worker.wait_ready()
+            except SandboxFailure as error:
+                failure = error.failure
+            except RuntimeError:  # closed by `close()` while starting
+                pass
+        with self._condition:
+            if worker is not None:
+                self._starting.discard(worker)
+                if failure is None and worker.is_ready() and not self._closed:
+                    self._ready.append(worker)
+                    worker = None
+            if failure is not None:
+                self._start_failure = failure
+            self._condition.notify_all()
+        if worker is not None:
+            worker.close()
+
+
+@atexit.register
+def _close_live_pools() -> None:
+    for pool in list(_live_pools):
+        pool.close()

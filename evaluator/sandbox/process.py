@@ -1,0 +1,469 @@
+"""The evaluator's side of one worker process: spawn it, talk to it, watch it, kill it, classify how it ended."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+import psutil
+from numpy.typing import ArrayLike
+
+import evaluator
+from evaluator.sandbox import channel
+from evaluator.sandbox.capture import CapturedOutput, OutputCapture
+from evaluator.sandbox.failures import Failure, FailureKind, SandboxFailure
+from evaluator.sandbox.limits import Limits
+from evaluator.sandbox.proctree import ProcessTree, become_subreaper, proportional_bytes
+from evaluator.sandbox.results import CallResult, Output, Unsupported, WorkerInfo
+
+DEFAULT_ENTRY_POINT = "rebalance_experts"
+WEIGHT_DTYPES = (np.dtype(np.float32), np.dtype(np.int64))
+MARKER_VARIABLE = "EPLB_SANDBOX_WORKER"
+# the only variables of the evaluator's environment a worker sees; secrets stay behind
+PASSED_VARIABLES = (
+    "PATH", "HOME", "USER", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ", "LD_LIBRARY_PATH",
+    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "VIRTUAL_ENV",
+)
+# and the GPU stack's settings (visible devices, driver capabilities, switches a host may require)
+PASSED_PREFIXES = ("CUDA_", "NVIDIA_", "NCCL_", "NVSHMEM_", "TORCH_SYMM_MEM_")
+_WATCH_INTERVAL_S = 0.02
+_REAP_TIMEOUT_S = 10.0
+_SWEEPS = 3  # kill-and-reap rounds after the first, for strays the first could not see
+_STREAM_JOIN_TIMEOUT_S = 2.0
+_EXIT_GRACE_S = 1.0  # how long a worker that closed its channel gets to report an exit code
+_MESSAGE_TAIL_CHARS = 3000  # of stderr, appended to a crash's message
+_REPORTED_MESSAGE_CHARS = 20_000  # of a failure message the worker sends
+_PACKAGE_ROOT = str(Path(evaluator.__file__).resolve().parent.parent)
+
+_live_workers: weakref.WeakSet[Worker] = weakref.WeakSet()
+_subreaper_lock = threading.Lock()
+_subreaper_set = False
+
+
+def _become_subreaper_once() -> None:
+    global _subreaper_set
+    with _subreaper_lock:
+        if not _subreaper_set:
+            _subreaper_set = become_subreaper()
+
+
+def worker_environment(marker: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The explicit, minimal environment of a worker."""
+    environment = {name: value for name, value in os.environ.items()
+                   if name in PASSED_VARIABLES or name.startswith(PASSED_PREFIXES)}
+    environment.update(
+        PYTHONPATH=_PACKAGE_ROOT,
+        PYTHONNOUSERSITE="1",
+        PYTHONDONTWRITEBYTECODE="1",  # candidates must not leave bytecode in the project
+        PYTHONFAULTHANDLER="1",  # a segfault prints the Python stack to the captured stderr
+    )
+    environment.update(extra or {})
+    environment[MARKER_VARIABLE] = marker
+    return environment
+
+
+def _describe_exit(returncode: int) -> tuple[str, int | None, str | None]:
+    """(phrase, exit code, signal name) for a Popen return code."""
+    if returncode < 0:
+        try:
+            number = signal.Signals(-returncode)
+            name = number.name
+            meaning = signal.strsignal(number) or name
+        except ValueError:
+            name = meaning = f"signal {-returncode}"
+        hint = " (which the system's out-of-memory killer also sends)" if name == "SIGKILL" else ""
+        return f"was killed by {name} ({meaning}){hint}", None, name
+    if returncode == channel.EXIT_CHANNEL_LOST:
+        return ("lost its private channel to the evaluator (exit code 3): the program must not close, read or "
+                "write file descriptors it did not open"), returncode, None
+    return f"exited with code {returncode}", returncode, None
+
+
+class Worker:
+    """One worker process, for one candidate. Not for use by several threads at once.
+
+    The constructor spawns the process, which imports torch and initialises `device` ("auto": cuda
+    when available, else cpu) in the background; `wait_ready` waits for it. Then `load` a program
+    once and `call` its entry point any number of times. Every failure kills the worker and its
+    whole tree and raises `SandboxFailure`; `close` does the same kill without a failure.
+    """
+
+    def __init__(self, limits: Limits = Limits(), device: str = "auto",
+                 environment: Mapping[str, str] | None = None) -> None:
+        if device not in ("auto", "cuda", "cpu"):
+            raise ValueError(f"device must be 'auto', 'cuda' or 'cpu', got {device!r}")
+        _become_subreaper_once()
+        self.limits = limits
+        self.info: WorkerInfo | None = None
+        self._state = "starting"
+        self._failure: Failure | None = None
+        self._verdict: tuple[FailureKind, str] | None = None  # set by the watchdog before it kills
+        self._calls = 0
+        self._entry_point = DEFAULT_ENTRY_POINT
+        self._kill_lock = threading.Lock()
+        self._killed: list[psutil.Process] | None = None
+        self._reaped = False
+        self._stop_watching = threading.Event()
+        marker = secrets.token_hex(16)
+        self._workdir = tempfile.mkdtemp(prefix="eplb-worker-")
+        command_read, command_write = os.pipe()
+        result_read, result_write = os.pipe()
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "evaluator.sandbox.worker",
+                 "--commands", str(command_read), "--results", str(result_write), "--device", device,
+                 "--max-message-bytes", str(limits.max_message_bytes)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                pass_fds=(command_read, result_write), start_new_session=True, cwd=self._workdir,
+                env=worker_environment(marker, environment),
+            )
+        except OSError as error:
+            for fd in (command_read, command_write, result_read, result_write):
+                os.close(fd)
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            raise SandboxFailure(Failure(FailureKind.INFRA_ERROR, f"could not start a worker process: {error}"))
+        os.close(command_read)  # the worker's ends: only it may hold them
+        os.close(result_write)
+        self._command_fd, self._result_fd = command_write, result_read
+        self._writer = channel.FrameWriter(command_write)
+        self._reader = channel.FrameReader(result_read, limits.max_message_bytes)
+        self._stdout = OutputCapture(self._process.stdout, limits.output_bytes, "stdout")
+        self._stderr = OutputCapture(self._process.stderr, limits.output_bytes, "stderr")
+        self._tree = ProcessTree(self._process.pid, f"{MARKER_VARIABLE}={marker}".encode())
+        self._watchdog = threading.Thread(target=self._watch, name="sandbox-watchdog", daemon=True)
+        self._watchdog.start()
+        _live_workers.add(self)
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    @classmethod
+    def start(cls, limits: Limits = Limits(), device: str = "auto",
+              environment: Mapping[str, str] | None = None) -> Worker:
+        """Spawn a worker and wait until it is ready."""
+        worker = cls(limits, device, environment)
+        worker.wait_ready()
+        return worker
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    @property
+    def state(self) -> str:
+        """"starting", "ready", "loaded", "failed" or "closed"."""
+        return self._state
+
+    def is_ready(self) -> bool:
+        """Ready for `load` and its process still running."""
+        return self._state == "ready" and self._process.poll() is None
+
+    def wait_ready(self, timeout_s: float | None = None) -> WorkerInfo:
+        """Wait for the worker to import torch and initialise its device. Failures are `infra_error`."""
+        self._expect_state("starting")
+        timeout = self.limits.start_timeout_s if timeout_s is None else timeout_s
+        message = self._receive(time.monotonic() + timeout, timeout, "the worker's start", infra=True)
+        header = message.header
+        if header.get("op") == "fail" and header.get("kind") == FailureKind.INFRA_ERROR.value:
+            self._fail(FailureKind.INFRA_ERROR, _text(header.get("message")))
+        try:
+            if header.get("op") != "ready":
+                raise channel.ProtocolError(f"expected a 'ready' message, got {header.get('op')!r}")
+            self.info = WorkerInfo(
+                pid=_field(header, "pid", int), device=_field(header, "device", str),
+                card=_field(header, "card", str), torch_version=_field(header, "torch", str),
+                cuda_version=_field(header, "cuda", (str, type(None))), ready_monotonic=time.monotonic())
+        except channel.ProtocolError as error:
+            self._fail(FailureKind.INFRA_ERROR, f"the worker sent a malformed ready message: {error}")
+        self._state = "ready"
+        return self.info
+
+    def load(self, program: str | os.PathLike[str], entry_point: str = DEFAULT_ENTRY_POINT,
+             timeout_s: float | None = None) -> None:
+        """Import the candidate program in the worker and find its entry point.
+
+        Raises `SandboxFailure` (import_error, missing_function, timeout, crash, memory_limit).
+        """
+        path = Path(program).resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"candidate program not found: {path}")
+        self._expect_state("ready")
+        self._state = "loading"
+        timeout = self.limits.import_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout
+        what = f"the import of {path.name}"
+        self._send({"op": "load", "path": str(path), "entry_point": entry_point}, [], deadline, timeout, what)
+        header = self._receive(deadline, timeout, what).header
+        if header.get("op") == "loaded":
+            self._entry_point = entry_point
+            self._state = "loaded"
+            return
+        self._fail_reported(header, (FailureKind.IMPORT_ERROR, FailureKind.MISSING_FUNCTION, FailureKind.MEMORY_LIMIT),
+                            what)
+
+    def call(self, weight: ArrayLike, args: Sequence[int], timeout_s: float | None = None) -> CallResult:
+        """Call the entry point as `entry_point(weight_tensor, *args)` on the worker's device.
+
+        `weight` is a float32 or int64 array, copied to the device outside the timed region.
+        Raises `SandboxFailure` (exception, timeout, crash, memory_limit).
+        """
+        array = np.asarray(weight)
+        if array.dtype not in WEIGHT_DTYPES:
+            raise ValueError(f"weight must be float32 or int64, got {array.dtype}")
+        if not all(isinstance(arg, (int, np.integer)) for arg in args):
+            raise ValueError(f"args must be integers, got {list(args)!r}")
+        self._expect_state("loaded")
+        self._calls += 1
+        timeout = self.limits.timeout_s if timeout_s is None else timeout_s
+        what = f"call {self._calls} of {self._entry_point}"
+        started = time.perf_counter_ns()
+        deadline = time.monotonic() + timeout
+        self._send({"op": "call", "args": [int(arg) for arg in args]}, [array], deadline, timeout, what)
+        message = self._receive(deadline, timeout, what)
+        wall_ns = time.perf_counter_ns() - started
+        if message.header.get("op") != "result":
+            self._fail_reported(message.header, (FailureKind.EXCEPTION, FailureKind.MEMORY_LIMIT), what)
+        try:
+            return _call_result(message, self._calls, wall_ns)
+        except channel.ProtocolError as error:
+            self._fail(FailureKind.CRASH, f"the worker sent a malformed result for {what}: {error}")
+
+    def output(self) -> tuple[CapturedOutput, CapturedOutput]:
+        """What the worker wrote to stdout and stderr so far (bounded)."""
+        return self._stdout.snapshot(), self._stderr.snapshot()
+
+    def close(self, wait: bool = True) -> None:
+        """Kill the worker and everything it started. Idempotent.
+
+        Every process is stopped and sent SIGKILL before this returns, so none runs another
+        instruction. With `wait`, it also waits for them to exit and be collected (for a CUDA worker
+        the driver's teardown takes about 0.1 s); without, that finishes on a background thread.
+        """
+        if self._state in ("closed", "failed"):
+            return
+        self._state = "closed"
+        if wait:
+            self._terminate()
+            return
+        self._stop_watching.set()
+        self._kill()
+        threading.Thread(target=self._terminate, name="sandbox-reaper", daemon=True).start()
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ---- channel ---------------------------------------------------------------------------
+
+    def _alive(self) -> bool:
+        return self._verdict is None and self._process.poll() is None
+
+    def _expect_state(self, expected: str) -> None:
+        if self._state == "failed" and self._failure is not None:
+            raise SandboxFailure(self._failure)
+        if self._state != expected:
+            raise RuntimeError(f"worker {self.pid} is {self._state}, not {expected}")
+
+    def _send(self, header: dict[str, Any], arrays: list[np.ndarray], deadline: float, timeout: float,
+              what: str) -> None:
+        try:
+            self._writer.write(channel.encode(header, arrays), deadline, self._alive)
+        except channel.ChannelTimeout:
+            self._fail_timeout(what, timeout)
+        except channel.ChannelClosed:
+            self._fail_ended(what, infra=False)
+        except BaseException:
+            self._terminate()  # KeyboardInterrupt and the like: never leave a worker behind
+            raise
+
+    def _receive(self, deadline: float, timeout: float, what: str, infra: bool = False) -> channel.Message:
+        try:
+            return self._reader.read(deadline, self._alive)
+        except channel.ChannelTimeout:
+            self._fail_timeout(what, timeout, infra)
+        except channel.ChannelClosed:
+            self._fail_ended(what, infra)
+        except channel.ProtocolError as error:
+            kind = FailureKind.INFRA_ERROR if infra else FailureKind.CRASH
+            self._fail(kind, f"the worker's channel carried a malformed message during {what} ({error}); the "
+                             "program must not write to file descriptors it did not open")
+        except BaseException:
+            self._terminate()
+            raise
+
+    # ---- failures --------------------------------------------------------------------------
+
+    def _fail(self, kind: FailureKind, message: str) -> NoReturn:
+        returncode = self._process.poll()
+        if self._verdict is not None:  # the watchdog's reason wins over the symptoms its kill caused
+            verdict_kind, message = self._verdict
+            kind = FailureKind.INFRA_ERROR if self._state == "starting" else verdict_kind
+            returncode = None  # we killed it: no exit code of its own
+        self._terminate()
+        _, exit_code, signal_name = _describe_exit(returncode) if returncode is not None else (None, None, None)
+        stdout, stderr = self.output()
+        self._failure = Failure(kind, message, stdout, stderr, exit_code, signal_name)
+        self._state = "failed"
+        raise SandboxFailure(self._failure)
+
+    def _fail_timeout(self, what: str, timeout: float, infra: bool = False) -> NoReturn:
+        if infra:
+            self._fail(FailureKind.INFRA_ERROR, f"{what} took more than {timeout:g} s; the host may be overloaded "
+                                                "or torch slow to import")
+        self._fail(FailureKind.TIMEOUT, f"{what} did not finish within {timeout:g} s; the worker and every "
+                                        "process it started were killed. Look for an endless loop, a wait "
+                                        "that never ends, or work far slower than needed")
+
+    def _fail_ended(self, what: str, infra: bool) -> NoReturn:
+        try:
+            returncode = self._process.wait(_EXIT_GRACE_S)
+        except subprocess.TimeoutExpired:
+            returncode = None
+        if self._verdict is None and returncode is None:
+            message = (f"the worker closed its private channel during {what} but kept running: the program must "
+                       "not close file descriptors it did not open")
+        else:
+            phrase = _describe_exit(returncode)[0] if returncode is not None else "was killed"
+            message = f"the worker {phrase} during {what}, before returning a result"
+        stderr_tail = self._stderr.snapshot().last_lines(_MESSAGE_TAIL_CHARS)
+        if stderr_tail.strip():
+            message += f"\nlast lines of stderr:\n{stderr_tail}"
+        self._fail(FailureKind.INFRA_ERROR if infra else FailureKind.CRASH, message)
+
+    def _fail_reported(self, header: dict[str, Any], allowed: tuple[FailureKind, ...], what: str) -> NoReturn:
+        """A failure the worker reported itself, trusted only for kinds it may report at this step:
+        a candidate must not be able to claim `infra_error` and escape its score."""
+        kind = header.get("kind")
+        if header.get("op") != "fail" or kind not in {allowed_kind.value for allowed_kind in allowed}:
+            self._fail(FailureKind.CRASH, f"the worker sent an unexpected message during {what}: "
+                                          f"op {header.get('op')!r}, kind {kind!r}")
+        self._fail(FailureKind(kind), _text(header.get("message"))[:_REPORTED_MESSAGE_CHARS])
+
+    # ---- watching and killing ---------------------------------------------------------------
+
+    def _watch(self) -> None:
+        """Sample the tree's memory and process count; kill it the moment it goes over a limit."""
+        limits = self.limits
+        while not self._stop_watching.wait(_WATCH_INTERVAL_S):
+            try:
+                usage = self._tree.usage()
+                if usage.processes > limits.max_processes:
+                    self._kill_for(FailureKind.CRASH,
+                                   f"the program had {usage.processes} processes running, over the limit of "
+                                   f"{limits.max_processes}; they were all killed")
+                    return
+                if usage.resident_bytes > limits.memory_bytes:
+                    used = proportional_bytes(usage.pids)
+                    if used > limits.memory_bytes:
+                        self._kill_for(FailureKind.MEMORY_LIMIT,
+                                       f"the program's processes used {used / 2**20:.0f} MiB of host memory, over "
+                                       f"the limit of {limits.memory_mb} MiB; they were all killed")
+                        return
+            except Exception:  # a process vanishing mid-sample is normal; the next sample sees the truth
+                continue
+
+    def _kill_for(self, kind: FailureKind, message: str) -> None:
+        if self._verdict is None and self._state in ("loading", "loaded", "ready", "starting"):
+            self._verdict = (kind, message)
+            self._kill()
+
+    def _kill(self) -> None:
+        with self._kill_lock:
+            if self._killed is None:
+                self._killed = self._tree.kill()
+
+    def _terminate(self) -> None:
+        """Kill the tree, collect every process, drain the streams and release our resources."""
+        self._stop_watching.set()
+        self._kill()
+        with self._kill_lock:
+            if self._reaped:
+                return
+            self._reaped = True
+            try:
+                self._process.wait(_REAP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                pass
+            deadline = time.monotonic() + _REAP_TIMEOUT_S
+            killed = self._killed or []
+            for _ in range(_SWEEPS):
+                ProcessTree.reap([process for process in killed if process.pid != self.pid], deadline)
+                killed = self._tree.kill()  # with the root gone: any stray that still carries our marker
+                if not killed:
+                    break
+        self._stdout.finish(_STREAM_JOIN_TIMEOUT_S)
+        self._stderr.finish(_STREAM_JOIN_TIMEOUT_S)
+        for fd in (self._command_fd, self._result_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        shutil.rmtree(self._workdir, ignore_errors=True)
+        _live_workers.discard(self)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else repr(value)
+
+
+def _field(header: dict[str, Any], name: str, kinds: type | tuple[type, ...]) -> Any:
+    """`header[name]`, which must be of one of `kinds` (a bool is not taken for an int)."""
+    allowed = kinds if isinstance(kinds, tuple) else (kinds,)
+    value = header.get(name)
+    if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+        raise channel.ProtocolError(f"field {name!r} is {value!r:.200}")
+    return value
+
+
+def _call_result(message: channel.Message, call_index: int, wall_ns: int) -> CallResult:
+    header = message.header
+    entries = _field(header, "outputs", list)
+    outputs: list[Output] = []
+    devices: list[str | None] = []
+    for position, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise channel.ProtocolError(f"output {position} is {entry!r}")
+        if "array" in entry:
+            index = _field(entry, "array", int)
+            if not 0 <= index < len(message.arrays):
+                raise channel.ProtocolError(f"output {position} names array {index} of {len(message.arrays)}")
+            outputs.append(message.arrays[index])
+            devices.append(_field(entry, "device", str))
+        else:
+            described = _field(entry, "unsupported", dict)
+            outputs.append(Unsupported(_field(described, "type", str), _field(described, "detail", str)))
+            devices.append(None)
+    return CallResult(
+        call_index=call_index,
+        returned_type=_field(header, "returned_type", str),
+        returned_length=_field(header, "returned_length", (int, type(None))),
+        outputs=tuple(outputs),
+        output_devices=tuple(devices),
+        worker_ns=_field(header, "worker_ns", int),
+        cuda_event_ns=_field(header, "cuda_event_ns", (int, type(None))),
+        evaluator_wall_ns=wall_ns,
+        input_mutated=_field(header, "input_mutated", bool),
+    )
+
+
+@atexit.register
+def _close_live_workers() -> None:
+    for worker in list(_live_workers):
+        try:
+            worker.close()
+        except Exception:
+            pass

@@ -1,0 +1,342 @@
+"""The code that runs inside a worker process (`python -m evaluator.sandbox.worker`).
+
+It imports torch, initialises the device and reports ready; then it loads one candidate program
+and answers calls, one at a time, over the private channel. It never decides its own time limit:
+the evaluator kills it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import os
+import platform
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from evaluator.sandbox import channel, proctree
+
+MODULE_NAME = "candidate"
+MAX_OUTPUTS = 16
+_MAX_MESSAGE_CHARS = 16_000
+_PARENT_CHECK_S = 0.5
+_OUT_OF_MEMORY_TEXT = ("can't allocate memory", "out of memory", "cannot allocate memory")
+
+
+def _type_name(value: Any) -> str:
+    kind = type(value)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_MESSAGE_CHARS else "[...]\n" + text[-_MAX_MESSAGE_CHARS:]
+
+
+def _format_exception(error: BaseException) -> str:
+    """The traceback from the candidate's first frame on (our own frames and importlib's dropped)."""
+    tb = error.__traceback__
+    while tb is not None and (tb.tb_frame.f_code.co_filename == __file__
+                              or tb.tb_frame.f_code.co_filename.startswith("<frozen importlib")):
+        tb = tb.tb_next
+    try:
+        return _clip("".join(traceback.format_exception(type(error), error, tb)))
+    except BaseException:  # a candidate's exception may break even its own formatting
+        return _type_name(error)
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return True
+    try:
+        return isinstance(error, RuntimeError) and any(text in str(error) for text in _OUT_OF_MEMORY_TEXT)
+    except BaseException:
+        return False
+
+
+def _flush_standard_streams() -> None:
+    for stream in (sys.__stdout__, sys.__stderr__, sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            pass
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as file:
+            for line in file:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _watch_parent(parent: int) -> None:
+    """Leave, with the whole tree, if the evaluator dies: a worker must not outlive it."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_CHECK_S)
+        for pid in reversed(proctree.descendants(os.getpid())):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        os._exit(channel.EXIT_ORPHANED)
+
+    threading.Thread(target=watch, name="sandbox-parent-watch", daemon=True).start()
+
+
+class Runtime:
+    """torch on one device, with its clock, synchronisation and comparison captured before any
+    candidate code runs, so that a candidate patching torch or time cannot reach them."""
+
+    def __init__(self, requested_device: str) -> None:
+        import torch
+
+        self.torch = torch
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if requested_device == "auto" \
+            else requested_device
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' was asked for, but torch.cuda.is_available() is False "
+                               f"(torch {torch.__version__}, built for CUDA {torch.version.cuda})")
+        self.now = time.perf_counter_ns
+        self.equal = torch.equal
+        self.from_numpy = torch.from_numpy
+        self.tensor_type = torch.Tensor
+        self.strided = torch.strided
+        torch.zeros(1, device=self.device).add_(1)  # create the CUDA context now, not in the first call
+        if self.device == "cuda":
+            synchronize = torch.cuda.synchronize
+            devices = range(torch.cuda.device_count())
+
+            def synchronize_every_device() -> None:
+                for index in devices:
+                    synchronize(index)
+
+            self.card = torch.cuda.get_device_name()
+            self.synchronize: Callable[[], None] = synchronize_every_device
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._end = torch.cuda.Event(enable_timing=True)
+            self._record_start = self._start.record
+            self._record_end = self._end.record
+            self._wait_end = self._end.synchronize
+            self._elapsed_ms = self._start.elapsed_time
+        else:
+            self.card = _cpu_model()
+            self.synchronize = lambda: None
+        self.synchronize()
+
+    def describe(self, pid: int) -> dict[str, Any]:
+        return {"op": "ready", "pid": pid, "device": self.device, "card": self.card,
+                "torch": self.torch.__version__, "cuda": self.torch.version.cuda}
+
+    def timed(self, function: Callable[..., Any], weight: Any, args: Sequence[int]) -> tuple[Any, int, int | None]:
+        """Call `function(weight, *args)`; return its value, perf-counter ns and CUDA-event ns.
+
+        The whole device is synchronised before the end stamps, so work left running on any
+        stream is counted.
+        """
+        cuda = self.device == "cuda"
+        self.synchronize()
+        gc_was_enabled = gc.isenabled()
+        gc.disable()  # a collection triggered by earlier garbage must not land in this call
+        try:
+            if cuda:
+                self._record_start()
+            start = self.now()
+            try:
+                returned = function(weight, *args)
+            finally:
+                self.synchronize()
+                end = self.now()
+                if cuda:
+                    self._record_end()
+                    self._wait_end()
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        event_ns = round(self._elapsed_ms(self._end) * 1e6) if cuda else None
+        return returned, end - start, event_ns
+
+
+class Server:
+    """Answers the evaluator's messages: one `load`, then any number of `call`s."""
+
+    def __init__(self, runtime: Runtime, max_message_bytes: int) -> None:
+        self.runtime = runtime
+        self.max_message_bytes = max_message_bytes
+        self.entry_point: Callable[..., Any] | None = None
+        self.entry_point_name = ""
+
+    def handle(self, message: channel.Message) -> tuple[dict[str, Any], list[np.ndarray]]:
+        op = message.header.get("op")
+        if op == "load" and self.entry_point is None:
+            return self.load(str(message.header["path"]), str(message.header["entry_point"])), []
+        if op == "call" and self.entry_point is not None:
+            return self.call(message.arrays[0], [int(arg) for arg in message.header["args"]])
+        raise channel.ProtocolError(f"unexpected message {op!r}")
+
+    def _failure(self, error: BaseException, kind: str, what: str) -> dict[str, Any]:
+        if _is_out_of_memory(error):
+            return {"op": "fail", "kind": "memory_limit",
+                    "message": f"{what} ran out of memory:\n{_format_exception(error)}"}
+        return {"op": "fail", "kind": kind,
+                "message": f"{what} raised {_type_name(error)}:\n{_format_exception(error)}"}
+
+    def load(self, path: str, entry_point: str) -> dict[str, Any]:
+        try:
+            spec = importlib.util.spec_from_file_location(MODULE_NAME, path)
+            if spec is None or spec.loader is None:
+                return {"op": "fail", "kind": "import_error",
+                        "message": f"{path} cannot be imported as a Python module"}
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[MODULE_NAME] = module
+            sys.argv = [path]
+            spec.loader.exec_module(module)
+        except SystemExit as error:
+            return {"op": "fail", "kind": "import_error",
+                    "message": f"the program called sys.exit({error.code!r}) while being imported; at import a "
+                               "program must only define functions, classes and constants"}
+        except BaseException as error:
+            return self._failure(error, "import_error", "importing the program")
+        finally:
+            _flush_standard_streams()
+        try:
+            function = getattr(module, entry_point, None)
+            defined = sorted(name for name, value in vars(module).items()
+                             if callable(value) and not name.startswith("_"))
+        except BaseException as error:  # a module-level __getattr__ is candidate code too
+            return self._failure(error, "import_error", f"looking up `{entry_point}`")
+        if function is None:
+            return {"op": "fail", "kind": "missing_function",
+                    "message": f"the program defines no `{entry_point}`; its public callables are: "
+                               f"{', '.join(defined) or 'none'}"}
+        if not callable(function):
+            return {"op": "fail", "kind": "missing_function",
+                    "message": f"`{entry_point}` is a {_type_name(function)}, not a function"}
+        self.entry_point, self.entry_point_name = function, entry_point
+        return {"op": "loaded"}
+
+    def call(self, weight_array: np.ndarray, args: list[int]) -> tuple[dict[str, Any], list[np.ndarray]]:
+        runtime = self.runtime
+        weight = runtime.from_numpy(weight_array).to(runtime.device)
+        reference = weight.clone()
+        try:
+            returned, worker_ns, event_ns = runtime.timed(self.entry_point, weight, args)
+        except SystemExit as error:
+            return {"op": "fail", "kind": "exception",
+                    "message": f"{self.entry_point_name} called sys.exit({error.code!r}) instead of returning\n"
+                               f"{_format_exception(error)}"}, []
+        except BaseException as error:
+            return self._failure(error, "exception", self.entry_point_name), []
+        finally:
+            _flush_standard_streams()
+        try:
+            mutated = not runtime.equal(weight, reference)
+        except BaseException:  # the candidate changed the input's device, dtype or layout
+            mutated = True
+        try:
+            entries, arrays, length = self._outputs(returned)
+        except BaseException as error:
+            return self._failure(error, "exception", "reading the returned values"), []
+        return {"op": "result", "returned_type": _type_name(returned), "returned_length": length,
+                "outputs": entries, "worker_ns": worker_ns, "cuda_event_ns": event_ns,
+                "input_mutated": mutated}, arrays
+
+    def _outputs(self, returned: Any) -> tuple[list[dict[str, Any]], list[np.ndarray], int | None]:
+        is_sequence = type(returned) in (tuple, list)
+        length = len(returned) if is_sequence else None
+        items = list(returned) if is_sequence else [returned]
+        if len(items) > MAX_OUTPUTS:
+            return [], [], length
+        entries: list[dict[str, Any]] = []
+        arrays: list[np.ndarray] = []
+        for item in items:
+            entry, array = self._output(item)
+            if array is not None:
+                entry["array"] = len(arrays)
+                arrays.append(array)
+            entries.append(entry)
+        size = sum(array.nbytes for array in arrays)
+        if size > self.max_message_bytes - channel.MAX_HEADER_BYTES:
+            too_large = {"unsupported": {"type": "torch.Tensor",
+                                         "detail": f"outputs of {size} bytes together are too large to return"}}
+            return [too_large if "array" in entry else entry for entry in entries], [], length
+        return entries, arrays, length
+
+    def _output(self, value: Any) -> tuple[dict[str, Any], np.ndarray | None]:
+        runtime = self.runtime
+        if type(value) is not runtime.tensor_type:
+            return {"unsupported": {"type": _type_name(value), "detail": self._detail(value)}}, None
+        shape = tuple(value.shape)
+        dtype = str(value.dtype).removeprefix("torch.")
+        if value.layout != runtime.strided or dtype not in channel.WIRE_DTYPES:
+            return {"unsupported": {"type": "torch.Tensor",
+                                    "detail": f"dtype {value.dtype}, layout {value.layout}, shape {shape}"}}, None
+        try:
+            array = value.detach().resolve_conj().resolve_neg().to("cpu").contiguous().numpy()
+        except (RuntimeError, NotImplementedError, TypeError) as error:
+            return {"unsupported": {"type": "torch.Tensor",
+                                    "detail": f"dtype {value.dtype}, shape {shape}, unreadable: {error}"}}, None
+        return {"device": str(value.device)}, array
+
+    def _detail(self, value: Any) -> str:
+        if type(value) in (list, tuple, dict, set, str, bytes):
+            return f"{len(value)} items"
+        if isinstance(value, np.ndarray):
+            return f"dtype {value.dtype}, shape {value.shape}"
+        if isinstance(value, self.runtime.tensor_type):
+            try:  # a subclass's attributes may run its own code
+                return f"a subclass of torch.Tensor, dtype {value.dtype}, shape {tuple(value.shape)}"
+            except BaseException:
+                return "a subclass of torch.Tensor"
+        return ""
+
+
+def _send(fd: int, header: dict[str, Any], arrays: Sequence[np.ndarray] = ()) -> None:
+    channel.write_blocking(fd, channel.encode(header, arrays))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m evaluator.sandbox.worker")
+    parser.add_argument("--commands", type=int, required=True, help="descriptor to read commands from")
+    parser.add_argument("--results", type=int, required=True, help="descriptor to write results to")
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    parser.add_argument("--max-message-bytes", type=int, required=True)
+    options = parser.parse_args(argv)
+
+    proctree.become_subreaper()
+    _watch_parent(os.getppid())
+    try:
+        runtime = Runtime(options.device)
+    except BaseException as error:
+        _send(options.results, {"op": "fail", "kind": "infra_error",
+                                "message": f"the worker could not initialise torch on '{options.device}': "
+                                           f"{_format_exception(error)}"})
+        return 1
+    server = Server(runtime, options.max_message_bytes)
+    try:
+        _send(options.results, runtime.describe(os.getpid()))
+        while True:
+            try:
+                message = channel.read_blocking(options.commands, options.max_message_bytes)
+            except channel.ChannelClosed:
+                return 0  # the evaluator is done with us
+            header, arrays = server.handle(message)
+            _send(options.results, header, arrays)
+    except (channel.ChannelError, OSError, KeyError, ValueError, TypeError, IndexError):
+        return channel.EXIT_CHANNEL_LOST
+
+
+if __name__ == "__main__":
+    sys.exit(main())

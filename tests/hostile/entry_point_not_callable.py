@@ -1,0 +1,3 @@
+"""Binds the entry point's name to a number."""
+
+rebalance_experts = 42

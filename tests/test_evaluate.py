@@ -1,0 +1,287 @@
+"""Evaluating candidates end to end: a real worker process per candidate, validation and scores in the evaluator.
+
+Each hostile candidate must end in the right status or gain nothing, within its time limit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from evaluator import apply_patch
+from evaluator.eplb.default_trace import DEFAULT_SEED, default_trace
+from evaluator.eplb.holdout import holdout_trace
+from evaluator.eplb.problem import Problem
+from evaluator.eplb.synthetic import SyntheticConfig, generate_trace
+from evaluator.evaluation import Evaluator, Result, Settings
+from evaluator.paths import PROJECT_ROOT, SEED_PROGRAM
+from evaluator.sandbox import Limits
+
+SEED_PATCH = PROJECT_ROOT / "patches" / "vectorized_packing_and_replication.diff"
+SMALL = Problem(num_layers=6, num_experts=32, num_replicas=48, num_groups=4, num_nodes=2, num_gpus=8)
+SMALL_TRACE = generate_trace(SyntheticConfig.for_problem(SMALL, num_windows=6), seed=11)
+
+# Candidates start from the seed, imported by path, and then misbehave in one way each.
+PRELUDE = f"""
+import importlib.util, os, sys, time
+import torch
+_spec = importlib.util.spec_from_file_location("seed_eplb", {str(SEED_PROGRAM)!r})
+seed = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(seed)
+"""
+
+
+def program(tmp_path: Path, body: str, name: str = "candidate.py") -> Path:
+    path = tmp_path / name
+    path.write_text(PRELUDE + textwrap.dedent(body))
+    return path
+
+
+@pytest.fixture(scope="module")
+def small():
+    settings = Settings(problem=SMALL, timeout_s=30, limits=Limits(memory_mb=1536))
+    with Evaluator(SMALL_TRACE, settings, device="cpu") as evaluator:
+        yield evaluator
+
+
+@pytest.fixture(scope="module")
+def strict():
+    """An evaluator with a short time limit, for the candidates that hang."""
+    settings = Settings(problem=SMALL, timeout_s=4, limits=Limits(memory_mb=1536))
+    with Evaluator(SMALL_TRACE, settings, device="cpu") as evaluator:
+        yield evaluator
+
+
+def assert_failed(result: Result, status: str) -> None:
+    assert result.status == status, (result.status, result.error)
+    assert (result.balancedness_score, result.speed_score, result.combined_score) == (0.0, 0.0, 0.0)
+    assert result.error
+
+
+def test_seed_and_seed_patch_score_ok_with_identical_balancedness(tmp_path):
+    patched = tmp_path / "patched.py"
+    patched.write_text(apply_patch(SEED_PROGRAM.read_text(), SEED_PATCH.read_text()))
+    with Evaluator(default_trace(), Settings(timeout_s=300), device="cpu") as evaluator:
+        seed = evaluator.evaluate(SEED_PROGRAM)
+        candidate = evaluator.evaluate(patched)
+    assert seed.status == "ok" and candidate.status == "ok", (seed.error, candidate.error)
+    assert candidate.balancedness_score == seed.balancedness_score == seed.seed_balancedness
+    assert 0.5 < seed.balancedness_score < seed.reference_balancedness <= 1
+    assert seed.slot_balancedness < seed.balancedness_score  # per slot is the harsher, GPU-blind ratio
+    assert candidate.speedup > 1 and candidate.speed_score > 0
+    assert candidate.combined_score == pytest.approx((candidate.balancedness_score + candidate.speed_score) / 2)
+    assert seed.device == "cpu" and seed.software["torch"]
+    assert seed.workload["source"] == "default" and seed.workload["problem"]["num_replicas"] == 288
+    assert candidate.timing["summary"]["count"] >= len(default_trace().windows) - 1
+
+
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        ("def rebalance_experts(*args):\n    raise ValueError('the packing ran out of slots')\n", "exception",
+         "ValueError: the packing ran out of slots"),
+        ("def rebalance(*args):\n    pass\n", "missing_function", "rebalance_experts"),
+        ("import sys\nsys.exit(0)\n", "import_error", "sys.exit(0)"),
+        ("def rebalance_experts(*args):\n    import ctypes\n    ctypes.string_at(0)\n", "crash", "SIGSEGV"),
+        ("def rebalance_experts(*args):\n    os._exit(0)\n", "crash", "exit"),
+        ("def rebalance_experts(*args):\n    hoard = []\n    while True:\n        hoard.append(bytearray(2**26))\n",
+         "memory_limit", "memory"),
+    ],
+    ids=["exception", "missing-entry-point", "sys-exit-at-import", "segfault", "os-exit", "memory-hog"],
+)
+def test_failing_candidates_get_their_status(small, tmp_path, body, status, message):
+    result = small.evaluate(program(tmp_path, body))
+    assert_failed(result, status)
+    assert message in result.error
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["def rebalance_experts(*args):\n    while True:\n        pass\n", "while True:\n    time.sleep(0.1)\n"],
+    ids=["hang-in-call", "hang-at-import"],
+)
+def test_hangs_end_in_timeout_within_the_limit(strict, tmp_path, body):
+    started = time.monotonic()
+    result = strict.evaluate(program(tmp_path, body))
+    assert_failed(result, "timeout")
+    assert time.monotonic() - started < 4 + 10  # the limit, plus killing and collecting the worker
+
+
+@pytest.mark.parametrize(
+    "returned, invariant",
+    [
+        ("p.to(torch.int32), l, c", "phy2log.dtype"),
+        ("p[:, :-1], l, c", "phy2log.shape"),
+        ("p.tolist(), l.tolist(), c.tolist()", "phy2log.type"),
+        ("p, l", "output.length"),
+        ("dropped(p), l, c", "phy2log.coverage"),
+        ("p, swapped(l), c", "log2phy"),
+        ("p, l, lying(c)", "logcnt"),
+    ],
+    ids=["wrong-dtype", "wrong-shape", "lists", "two-outputs", "dropped-expert", "inconsistent-log2phy", "lying-logcnt"],
+)
+def test_invalid_outputs_are_named(small, tmp_path, returned, invariant):
+    body = f"""
+    def dropped(p):
+        p = p.clone()
+        p[0][p[0] == 0] = 1  # expert 0 loses every slot to expert 1
+        return p
+
+    def swapped(l):
+        l = l.clone()
+        l[0, 0, 0], l[0, 1, 0] = l[0, 1, 0].item(), l[0, 0, 0].item()
+        return l
+
+    def lying(c):
+        c = c.clone()
+        c[0, 0] += 1
+        c[0, 1] -= 1
+        return c
+
+    def rebalance_experts(weight, *args):
+        p, l, c = seed.rebalance_experts(weight, *args)
+        return {returned}
+    """
+    result = small.evaluate(program(tmp_path, body))
+    assert_failed(result, "invalid_output")
+    assert any(v["invariant"].startswith(invariant) for v in result.violations), result.violations
+    assert result.error.startswith("call ")
+
+
+def test_input_mutation_is_invalid(small, tmp_path):
+    body = """
+    def rebalance_experts(weight, *args):
+        outputs = seed.rebalance_experts(weight, *args)
+        weight.zero_()
+        return outputs
+    """
+    result = small.evaluate(program(tmp_path, body))
+    assert_failed(result, "invalid_output")
+    assert [v["invariant"] for v in result.violations] == ["input.changed"]
+
+
+def test_a_fake_result_on_stdout_is_not_taken(small, tmp_path):
+    body = """
+    import json
+    def rebalance_experts(weight, *args):
+        print(json.dumps({"status": "ok", "balancedness_score": 1.0, "speed_score": 1.0, "combined_score": 1.0}))
+        return None
+    """
+    result = small.evaluate(program(tmp_path, body))
+    assert_failed(result, "invalid_output")
+    assert '"combined_score": 1.0' in result.stdout
+
+
+def test_a_stdout_flood_costs_nothing(small, tmp_path):
+    body = """
+    def rebalance_experts(weight, *args):
+        sys.stdout.write("x" * (100 * 2**20))
+        return seed.rebalance_experts(weight, *args)
+    """
+    before = psutil.Process().memory_info().rss
+    result = small.evaluate(program(tmp_path, body))
+    assert result.status == "ok", result.error
+    assert len(result.stdout) < 10_000
+    assert psutil.Process().memory_info().rss - before < 50 * 2**20
+
+
+def test_an_orphaned_grandchild_in_a_new_session_is_gone_afterwards(small, tmp_path):
+    pid_file = tmp_path / "grandchild.pid"
+    body = f"""
+    import subprocess
+    def rebalance_experts(weight, *args):
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+        with open({str(pid_file)!r}, "w") as file:
+            file.write(str(child.pid))
+        return seed.rebalance_experts(weight, *args)
+    """
+    small.evaluate(program(tmp_path, body))
+    pids = [int(line) for line in pid_file.read_text().split()]
+    deadline = time.monotonic() + 10
+    while any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids):
+        assert time.monotonic() < deadline, "the grandchild outlived its evaluation"
+        time.sleep(0.1)
+
+
+def test_a_patched_clock_gains_nothing(small, tmp_path):
+    """The seed, slowed down, with every clock it can reach made to claim each call took a microsecond."""
+    body = """
+    import gc, time as time_module
+    def rebalance_experts(weight, *args):
+        time_module.sleep(0.05)
+        return seed.rebalance_experts(weight, *args)
+
+    _ticks = [0]
+    def _fake_ns():
+        _ticks[0] += 1000
+        return _ticks[0]
+    time_module.perf_counter_ns = _fake_ns
+    time_module.perf_counter = lambda: _fake_ns() / 1e9
+    time_module.monotonic_ns = _fake_ns
+    for module in list(sys.modules.values()):
+        for name in ("perf_counter_ns", "perf_counter", "monotonic_ns"):
+            if getattr(module, name, None) is not None and module is not time_module:
+                try:
+                    setattr(module, name, getattr(time_module, name))
+                except (AttributeError, TypeError):
+                    pass
+    """
+    result = small.evaluate(program(tmp_path, body))
+    assert result.status == "ok", result.error
+    assert result.time_ms >= 50
+    assert result.speedup < 1
+
+
+def test_a_stale_cached_plan_is_caught(small, tmp_path):
+    body = """
+    _cache = []
+    def rebalance_experts(weight, *args):
+        if not _cache:
+            _cache.append(seed.rebalance_experts(weight, *args))
+        return tuple(t.clone() for t in _cache[0])
+    """
+    result = small.evaluate(program(tmp_path, body))
+    assert_failed(result, "invalid_output")
+    assert [v["invariant"] for v in result.violations] == ["plan.not_reproducible"]
+
+
+# Regenerates the trace it expects to be scored on and, for an input it recognises, returns the seed's plan for
+# the next window: perfect foresight, looked up.
+PEEKING = """
+import numpy as np
+from evaluator.eplb.synthetic import SyntheticConfig, generate_trace
+from evaluator.eplb.problem import Problem
+_known = generate_trace(SyntheticConfig.for_problem(Problem(**{problem}), num_windows=6), seed={seed}).windows
+
+def rebalance_experts(weight, *args):
+    found = [i for i in range(len(_known) - 1) if np.array_equal(_known[i], weight.cpu().numpy())]
+    target = torch.from_numpy(np.array(_known[found[0] + 1])) if found else weight
+    return seed.rebalance_experts(target, *args)
+"""
+
+
+def test_a_plan_looked_up_from_the_known_trace_is_caught(small, tmp_path):
+    body = PEEKING.format(problem=dataclasses.asdict(SMALL), seed=11)
+    result = small.evaluate(program(tmp_path, body))
+    assert_failed(result, "invalid_output")
+    assert [v["invariant"] for v in result.violations] == ["plan.input_dependence"]
+
+
+def test_under_holdout_regenerating_the_default_trace_gains_nothing(tmp_path):
+    body = PEEKING.format(problem=dataclasses.asdict(SMALL), seed=DEFAULT_SEED)
+    with Evaluator(holdout_trace(SMALL), Settings(problem=SMALL, timeout_s=60), device="cpu") as evaluator:
+        result = evaluator.evaluate(program(tmp_path, body))
+    assert result.status == "ok", result.error
+    assert result.workload["source"] == "holdout"
+    assert result.balancedness_score == result.seed_balancedness
+
+
+def test_the_evaluator_outlives_every_candidate(small, tmp_path):
+    """After the hostile candidates above, the same evaluator still scores the seed."""
+    result = small.evaluate(SEED_PROGRAM)
+    assert result.status == "ok" and 0 < result.balancedness_score <= 1

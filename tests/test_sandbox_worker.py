@@ -1,0 +1,473 @@
+"""Worker processes against real programs: the seed, and one hostile program per behaviour.
+
+Every test runs real subprocesses, signals and pipes. The shared pool keeps workers started
+ahead, so torch is imported while earlier tests run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+
+from evaluator.eplb.problem import Problem
+from evaluator.sandbox import FailureKind, Limits, SandboxFailure, Unsupported, Worker, WorkerPool
+
+ROOT = Path(__file__).resolve().parent.parent
+HOSTILE = Path(__file__).resolve().parent / "hostile"
+SEED = ROOT / "seeds" / "eplb.py"
+SMALL = Problem(num_layers=4, num_experts=16, num_replicas=24, num_groups=4, num_nodes=2, num_gpus=8)
+LIMITS = Limits(timeout_s=30, import_timeout_s=30, memory_mb=1024)
+SHORT_S = 3.0  # the time limit given to programs that hang
+
+sys.path.insert(0, str(ROOT / "seeds"))
+import eplb  # noqa: E402  (the seed, run in-process as the reference)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with WorkerPool(LIMITS, device="cpu", spares=2) as workers:
+        yield workers
+
+
+def weight_for(problem: Problem, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).lognormal(size=(problem.num_layers, problem.num_experts)).astype(np.float32)
+
+
+def seed_plan(weight: np.ndarray, problem: Problem) -> tuple[np.ndarray, ...]:
+    return tuple(t.numpy() for t in eplb.rebalance_experts(torch.from_numpy(weight.copy()), *problem.rebalance_args()))
+
+
+def run(pool: WorkerPool, program: Path, problem: Problem = SMALL, timeout_s: float | None = None,
+        import_timeout_s: float | None = None):
+    """Load `program` in a fresh worker and call it once; return (CallResult or Failure, worker)."""
+    worker = pool.acquire()
+    try:
+        worker.load(program, timeout_s=import_timeout_s)
+        return worker.call(weight_for(problem), problem.rebalance_args(), timeout_s=timeout_s), worker
+    except SandboxFailure as failure:
+        return failure.failure, worker
+    finally:
+        worker.close()
+
+
+def marker_of(worker: Worker) -> bytes:
+    with open(f"/proc/{worker.pid}/environ", "rb") as file:
+        return next(entry for entry in file.read().split(b"\0") if entry.startswith(b"EPLB_SANDBOX_WORKER="))
+
+
+def processes_with(marker: bytes) -> list[int]:
+    """Every process on the machine started with `marker` in its environment (zombies excluded)."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.status() != psutil.STATUS_ZOMBIE and marker in open(
+                    f"/proc/{process.pid}/environ", "rb").read().split(b"\0"):
+                found.append(process.pid)
+        except (OSError, psutil.Error):
+            continue
+    return found
+
+
+def run_watching_tree(pool: WorkerPool, program: Path, timeout_s: float | None = None):
+    """Like `run`, and also return every live process still carrying the worker's marker afterwards."""
+    worker = pool.acquire()
+    marker = marker_of(worker)
+    try:
+        worker.load(program)
+        outcome = worker.call(weight_for(SMALL), SMALL.rebalance_args(), timeout_s=timeout_s)
+    except SandboxFailure as failure:
+        outcome = failure.failure
+    finally:
+        worker.close()
+    return outcome, processes_with(marker)
+
+
+def pid_from(path: Path, timeout_s: float = 10) -> int:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+    return int(path.read_text())
+
+
+def copy_hostile(name: str, tmp_path: Path) -> Path:
+    return Path(shutil.copy(HOSTILE / name, tmp_path / name))
+
+
+# ---- normal programs --------------------------------------------------------------------------
+
+
+def test_the_seed_returns_what_it_returns_in_process(pool):
+    problem = Problem()
+    weight = weight_for(problem, seed=3)
+    with pool.launch(SEED) as worker:
+        first = worker.call(weight, problem.rebalance_args())
+        second = worker.call(weight_for(problem, seed=4), problem.rebalance_args())
+    assert worker.info.device == "cpu" and worker.info.torch_version == torch.__version__
+    assert first.returned_type == "tuple" and first.returned_length == 3
+    for received, expected in zip(first.outputs, seed_plan(weight, problem)):
+        assert isinstance(received, np.ndarray) and received.dtype == np.int64
+        np.testing.assert_array_equal(received, expected)
+    assert not np.array_equal(first.outputs[0], second.outputs[0])
+    assert (first.call_index, second.call_index) == (1, 2)
+    assert first.output_devices == ("cpu", "cpu", "cpu")
+    assert not first.input_mutated
+    assert first.cuda_event_ns is None
+    assert 0 < first.worker_ns <= first.evaluator_wall_ns
+
+
+def test_the_pool_hands_out_workers_that_were_ready_before_the_program_was_sent(pool):
+    assert pool.wait_for_spares()
+    worker = pool.acquire()
+    with worker:
+        assert worker.is_ready()
+        before_load = time.monotonic()
+        worker.load(SEED)
+        assert worker.info.ready_monotonic < before_load
+
+
+def test_one_program_per_worker(pool):
+    with pool.launch(SEED) as worker:
+        with pytest.raises(RuntimeError, match="loaded, not ready"):
+            worker.load(SEED)
+
+
+def test_a_missing_program_file_is_the_callers_error(pool, tmp_path):
+    with pool.acquire() as worker:
+        with pytest.raises(FileNotFoundError, match="nothing.py"):
+            worker.load(tmp_path / "nothing.py")
+
+
+def test_concurrent_candidates_share_one_pool(pool):
+    weight = weight_for(SMALL, seed=9)
+    results, errors = [], []
+
+    def evaluate() -> None:
+        try:
+            with pool.launch(SEED) as worker:
+                results.append(worker.call(weight, SMALL.rebalance_args()))
+        except Exception as error:  # surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=evaluate) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors and len(results) == 3
+    expected = seed_plan(weight, SMALL)
+    for result in results:
+        np.testing.assert_array_equal(result.outputs[1], expected[1])
+
+
+def test_the_worker_sees_none_of_the_evaluators_secrets(monkeypatch):
+    monkeypatch.setenv("EPLB_HELD_OUT_TRACE_SEED", "271828")
+    with Worker.start(LIMITS, device="cpu") as worker:
+        worker.load(HOSTILE / "prints_environment.py")
+        stdout, _ = worker.output()
+    assert "EPLB_HELD_OUT_TRACE_SEED" not in stdout.text() and "271828" not in stdout.text()
+    assert '"PATH"' in stdout.text()
+
+
+def test_asking_for_cuda_without_a_gpu_is_an_infra_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(SandboxFailure) as raised:
+        Worker.start(LIMITS, device="cuda")
+    assert raised.value.failure.kind is FailureKind.INFRA_ERROR
+    assert "torch.cuda.is_available() is False" in raised.value.failure.message
+
+
+# ---- hostile programs: each ends in the right failure -----------------------------------------
+
+
+def test_a_hang_in_the_call_times_out(pool):
+    failure, worker = run(pool, HOSTILE / "hang_in_call.py", timeout_s=SHORT_S)
+    assert failure.kind is FailureKind.TIMEOUT
+    assert "call 1 of rebalance_experts did not finish within 3 s" in failure.message
+    assert not psutil.pid_exists(worker.pid)
+
+
+def test_a_hang_at_import_times_out(pool):
+    failure, worker = run(pool, HOSTILE / "hang_at_import.py", import_timeout_s=SHORT_S)
+    assert failure.kind is FailureKind.TIMEOUT
+    assert "the import of hang_at_import.py did not finish within 3 s" in failure.message
+    assert not psutil.pid_exists(worker.pid)
+
+
+def test_a_segfault_is_a_crash_with_the_signal_and_the_python_stack(pool):
+    failure, _ = run(pool, HOSTILE / "segfault.py")
+    assert failure.kind is FailureKind.CRASH
+    assert failure.signal == "SIGSEGV"
+    assert "SIGSEGV" in failure.message
+    assert "segfault.py" in failure.stderr.text()  # faulthandler's stack names the program's line
+    assert "about to crash" in failure.stdout.text()
+
+
+def test_exiting_with_code_0_instead_of_returning_is_a_crash(pool):
+    failure, _ = run(pool, HOSTILE / "os_exit_in_call.py")
+    assert failure.kind is FailureKind.CRASH
+    assert failure.exit_code == 0
+    assert "exited with code 0 during call 1 of rebalance_experts, before returning a result" in failure.message
+
+
+def test_sys_exit_at_import_is_an_import_error(pool):
+    failure, _ = run(pool, HOSTILE / "sys_exit_at_import.py")
+    assert failure.kind is FailureKind.IMPORT_ERROR
+    assert "sys.exit(0)" in failure.message
+
+
+def test_a_syntax_error_is_an_import_error_naming_the_line(pool, tmp_path):
+    program = tmp_path / "broken.py"
+    program.write_text("def rebalance_experts(weight:\n    return weight\n")
+    failure, _ = run(pool, program)
+    assert failure.kind is FailureKind.IMPORT_ERROR
+    assert "SyntaxError" in failure.message and "broken.py" in failure.message
+
+
+def test_an_exception_carries_the_programs_traceback(pool):
+    failure, _ = run(pool, HOSTILE / "raises.py")
+    assert failure.kind is FailureKind.EXCEPTION
+    assert failure.message.startswith("rebalance_experts raised ValueError:")
+    assert "ValueError: no plan for these layers" in failure.message
+    assert "in plan_layers" in failure.message and "raises.py" in failure.message
+    assert "evaluator/sandbox" not in failure.message  # only the program's own frames
+
+
+def test_a_missing_entry_point_lists_what_the_program_defines(pool):
+    failure, _ = run(pool, HOSTILE / "missing_entry_point.py")
+    assert failure.kind is FailureKind.MISSING_FUNCTION
+    assert "`rebalance_experts`" in failure.message and "rebalance" in failure.message.split(":")[-1]
+
+
+def test_an_entry_point_that_is_not_a_function_is_missing(pool):
+    failure, _ = run(pool, HOSTILE / "entry_point_not_callable.py")
+    assert failure.kind is FailureKind.MISSING_FUNCTION
+    assert "is a int, not a function" in failure.message
+
+
+def test_a_100_mb_stdout_flood_is_capped_and_costs_the_evaluator_no_memory(pool):
+    evaluator = psutil.Process()
+    resident_before = evaluator.memory_info().rss
+    worker = pool.acquire()
+    with worker:
+        worker.load(HOSTILE / "stdout_flood.py")
+        result = worker.call(weight_for(SMALL), SMALL.rebalance_args())
+        worker.close()
+        stdout, _ = worker.output()
+    assert evaluator.memory_info().rss - resident_before < 50 * 1024 * 1024
+    assert stdout.total_bytes == 100 * 1024 * 1024
+    assert len(stdout.head) + len(stdout.tail) <= LIMITS.output_bytes
+    for received, expected in zip(result.outputs, seed_plan(weight_for(SMALL), SMALL)):
+        np.testing.assert_array_equal(received, expected)
+
+
+def test_a_fake_result_on_stdout_is_only_output(pool):
+    worker = pool.acquire()
+    with worker:
+        worker.load(HOSTILE / "fake_result.py")
+        result = worker.call(weight_for(SMALL), SMALL.rebalance_args())
+        stdout, stderr = worker.output()
+    assert result.returned_type == "NoneType" and result.returned_length is None
+    assert result.outputs == (Unsupported("NoneType", ""),)
+    assert result.worker_ns > 1
+    assert '"op": "result"' in stdout.text() and "EPLB" in stderr.text()
+
+
+def test_an_orphaned_grandchild_in_a_new_session_is_gone_after_the_worker_dies(pool, tmp_path):
+    failure, worker = run(pool, copy_hostile("orphan_new_session.py", tmp_path))
+    assert failure.kind is FailureKind.CRASH and failure.exit_code == 0
+    grandchild = pid_from(tmp_path / "pid")
+    assert grandchild != worker.pid
+    assert not psutil.pid_exists(grandchild)
+
+
+def test_a_double_fork_daemon_is_gone_after_the_worker_closes(pool, tmp_path):
+    worker = pool.acquire()
+    with worker:
+        worker.load(copy_hostile("double_fork_daemon.py", tmp_path))
+        result = worker.call(weight_for(SMALL), SMALL.rebalance_args())
+        daemon = pid_from(tmp_path / "pid")
+        deadline = time.monotonic() + 10
+        while psutil.Process(daemon).ppid() != worker.pid:  # its parent exits, and the worker adopts it
+            assert time.monotonic() < deadline, "the daemon was not reparented to the worker"
+            time.sleep(0.01)
+    assert isinstance(result.outputs[0], np.ndarray)
+    assert not psutil.pid_exists(daemon)
+
+
+def test_a_memory_hog_hits_the_memory_limit(pool):
+    failure, _ = run(pool, HOSTILE / "memory_hog.py")
+    assert failure.kind is FailureKind.MEMORY_LIMIT
+    assert f"{LIMITS.memory_mb} MiB" in failure.message
+
+
+def test_memory_spread_over_child_processes_counts_for_the_tree(pool):
+    failure, left = run_watching_tree(pool, HOSTILE / "memory_hog_children.py")
+    assert failure.kind is FailureKind.MEMORY_LIMIT
+    assert "processes used" in failure.message
+    assert left == []
+
+
+def test_a_fork_bomb_is_stopped_at_the_process_limit(pool):
+    failure, left = run_watching_tree(pool, HOSTILE / "fork_bomb.py")
+    assert failure.kind is FailureKind.CRASH
+    assert f"over the limit of {LIMITS.max_processes}" in failure.message
+    assert left == []
+
+
+def test_garbage_written_into_the_channel_is_a_crash(pool):
+    failure, _ = run(pool, HOSTILE / "channel_garbage.py")
+    assert failure.kind is FailureKind.CRASH
+    assert "malformed message" in failure.message
+
+
+def test_closing_the_channel_is_a_crash(pool):
+    failure, _ = run(pool, HOSTILE / "channel_close.py")
+    assert failure.kind is FailureKind.CRASH
+    assert "channel" in failure.message
+
+
+def test_a_forged_infra_error_is_not_believed(pool):
+    failure, _ = run(pool, HOSTILE / "claims_infra_error.py")
+    assert failure.kind is FailureKind.CRASH
+    assert "'infra_error'" in failure.message
+
+
+def test_input_mutation_is_reported(pool):
+    result, _ = run(pool, HOSTILE / "mutates_input.py")
+    assert result.input_mutated
+    for received, expected in zip(result.outputs, seed_plan(weight_for(SMALL), SMALL)):
+        np.testing.assert_array_equal(received, expected)
+
+
+def test_lists_are_described_not_sent(pool):
+    result, _ = run(pool, HOSTILE / "returns_lists.py")
+    assert result.returned_type == "list" and result.returned_length == 3
+    assert [output.type_name for output in result.outputs] == ["list", "list", "list"]
+    assert result.outputs[0].detail == f"{SMALL.num_layers} items"
+
+
+def test_tensor_subclasses_other_dtypes_and_numpy_are_described_not_sent(pool):
+    result, _ = run(pool, HOSTILE / "returns_tensor_subclass.py")
+    subclass, bfloat, numpy_array = result.outputs
+    assert subclass.type_name == "candidate.PlanTensor" and "subclass of torch.Tensor" in subclass.detail
+    assert bfloat.type_name == "torch.Tensor" and "torch.bfloat16" in bfloat.detail
+    assert numpy_array.type_name == "numpy.ndarray" and "int64" in numpy_array.detail
+    assert result.output_devices == (None, None, None)
+
+
+def test_a_patched_clock_does_not_shorten_the_measured_time(pool):
+    result, _ = run(pool, HOSTILE / "patched_clock.py")
+    assert result.worker_ns >= 250_000_000
+    assert result.evaluator_wall_ns >= result.worker_ns
+
+
+# ---- the pool itself ------------------------------------------------------------------------------
+
+
+def test_closing_a_pool_leaves_no_process(tmp_path):
+    tag = f"SANDBOX_TEST_POOL={tmp_path.name}".encode()
+    spare_pool = WorkerPool(LIMITS, device="cpu", spares=2, environment={"SANDBOX_TEST_POOL": tmp_path.name})
+    assert spare_pool.wait_for_spares()
+    spares = processes_with(tag)
+    spare_pool.close()
+    assert len(spares) == 2
+    assert processes_with(tag) == []
+    assert not any(psutil.pid_exists(pid) for pid in spares)
+
+
+def test_a_spare_that_died_while_waiting_is_never_handed_out(tmp_path):
+    tag = f"SANDBOX_TEST_POOL={tmp_path.name}".encode()
+    with WorkerPool(LIMITS, device="cpu", spares=1, environment={"SANDBOX_TEST_POOL": tmp_path.name}) as spare_pool:
+        assert spare_pool.wait_for_spares()
+        (spare,) = processes_with(tag)
+        os.kill(spare, signal.SIGKILL)
+        # until it can be collected (every thread gone), without collecting it: that is the pool's job
+        while os.waitid(os.P_PID, spare, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+            time.sleep(0.01)
+        with spare_pool.launch(SEED) as worker:
+            result = worker.call(weight_for(SMALL), SMALL.rebalance_args())
+        assert worker.pid != spare
+        np.testing.assert_array_equal(result.outputs[0], seed_plan(weight_for(SMALL), SMALL)[0])
+
+
+def test_a_worker_that_is_not_ready_in_time_is_an_infra_error():
+    with pytest.raises(SandboxFailure) as raised:
+        Worker.start(Limits(start_timeout_s=0.05), device="cpu")
+    assert raised.value.failure.kind is FailureKind.INFRA_ERROR
+    assert "the worker's start took more than 0.05 s" in raised.value.failure.message
+
+
+EVALUATOR_THAT_DIES = f"""
+import os, sys, threading, time
+import numpy as np
+from evaluator.sandbox import Limits, Worker
+worker = Worker.start(Limits(), device="cpu")
+worker.load({str(HOSTILE / "hang_in_call.py")!r})
+threading.Thread(target=worker.call, args=(np.ones((2, 4), np.float32), [4, 1, 1, 1]), daemon=True).start()
+print(worker.pid, flush=True)
+time.sleep(0.5)
+os._exit(1)
+"""
+
+
+def test_a_worker_leaves_when_its_evaluator_dies():
+    evaluator = subprocess.run([sys.executable, "-c", EVALUATOR_THAT_DIES], capture_output=True, text=True,
+                               timeout=120, cwd=ROOT)
+    worker_pid = int(evaluator.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(worker_pid) and psutil.Process(worker_pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the worker outlived its evaluator"
+        time.sleep(0.05)
+    with contextlib.suppress(ChildProcessError):  # it may have been orphaned to us, a subreaper
+        os.waitpid(worker_pid, os.WNOHANG)
+
+
+def test_a_failed_worker_raises_its_failure_again(pool):
+    worker = pool.acquire()
+    with pytest.raises(SandboxFailure) as first:
+        worker.load(HOSTILE / "sys_exit_at_import.py")
+    with pytest.raises(SandboxFailure) as second:
+        worker.call(weight_for(SMALL), SMALL.rebalance_args())
+    assert second.value.failure is first.value.failure
+
+
+# ---- on a GPU ---------------------------------------------------------------------------------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+def test_on_cuda_the_seed_gets_its_input_on_the_gpu_and_returns_the_in_process_plan():
+    problem = Problem()
+    weight = weight_for(problem, seed=5)
+    with Worker.start(LIMITS, device="cuda") as worker:
+        worker.load(SEED)
+        result = worker.call(weight, problem.rebalance_args())
+    assert worker.info.device == "cuda" and worker.info.card == torch.cuda.get_device_name()
+    assert result.cuda_event_ns is not None and result.cuda_event_ns > 0
+    for received, expected in zip(result.outputs, seed_plan(weight, problem)):
+        np.testing.assert_array_equal(received, expected)
+
+
+@needs_cuda
+def test_work_left_running_on_a_side_stream_is_timed():
+    with Worker.start(LIMITS, device="cuda") as worker:
+        worker.load(HOSTILE / "side_stream.py")
+        result = worker.call(weight_for(SMALL), SMALL.rebalance_args())
+    assert result.output_devices == ("cuda:0",)
+    assert result.worker_ns > 100_000_000
+    assert result.cuda_event_ns > 100_000_000
