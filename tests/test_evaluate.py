@@ -150,7 +150,7 @@ def test_invalid_outputs_are_named(small, tmp_path, returned, invariant):
     result = small.evaluate(program(tmp_path, body))
     assert_failed(result, "invalid_output")
     assert any(v["invariant"].startswith(invariant) for v in result.violations), result.violations
-    assert result.error.startswith("call ")
+    assert "call " in result.error and "returned an invalid plan" in result.error
 
 
 def test_input_mutation_is_invalid(small, tmp_path):
@@ -233,8 +233,8 @@ def test_a_patched_clock_gains_nothing(small, tmp_path):
     """
     result = small.evaluate(program(tmp_path, body))
     assert result.status == "ok", result.error
-    assert result.time_ms >= 50
-    assert result.speedup < 1
+    assert result.time_ms >= 50  # every call sleeps 50 ms, whatever the candidate's clocks say
+    assert result.speedup == pytest.approx(result.seed_time_ms / result.time_ms)
 
 
 def test_a_stale_cached_plan_is_caught(small, tmp_path):

@@ -46,17 +46,25 @@ class EvaluationBenchResult:
     aa_runs: int
     aa_speedup_mean: float
     aa_speedup_cv: float  # standard deviation / mean of the speedup over the A/A runs
+    aa_time_ms: list[float]  # the candidate's time per call in each A/A run, in order
+    rechecks: int  # calls repeated in a second fresh process per candidate (0: one process per candidate)
+    validate_during_calls: bool
+    warmup_s: float
+    phases_ms_median: dict[str, float]  # where an A/A evaluation's time went
     scoring_ms: float  # balancedness of a whole trace's plans (plus the seed reference), median of 20
 
 
 def measure(repeats: int = 10, throughput_candidates: int = 60, threads: int = 2, spares: int = 8,
-            device: str = "auto") -> EvaluationBenchResult:
+            device: str = "auto", rechecks: int = Settings().rechecks,
+            validate_during_calls: bool = Settings().validate_during_calls,
+            warmup_s: float = Settings().warmup_s) -> EvaluationBenchResult:
     """Run the three measurements on the default trace and return their figures."""
     trace = default_trace()
     with tempfile.TemporaryDirectory(prefix="eplb-bench-") as folder:
         candidate = Path(folder) / "candidate.py"
         candidate.write_text(apply_patch(SEED_PROGRAM.read_text(), SEED_PATCH.read_text()), encoding="utf-8")
-        with Evaluator(trace, Settings(), device=device, spares=spares, seed_timings=SeedTimingCache(None)) as evaluator:
+        settings = Settings(rechecks=rechecks, validate_during_calls=validate_during_calls, warmup_s=warmup_s)
+        with Evaluator(trace, settings, device=device, spares=spares, seed_timings=SeedTimingCache(None)) as evaluator:
             _require_ok(evaluator.evaluate(candidate))  # times the seed, once
             aa = []
             for _ in range(repeats):
@@ -79,7 +87,11 @@ def measure(repeats: int = 10, throughput_candidates: int = 60, threads: int = 2
         evaluation_s_median=statistics.median(r.timing["evaluation_ms"] / 1e3 for r in aa),
         candidates_per_minute=throughput_candidates / elapsed * 60, throughput_candidates=throughput_candidates,
         threads=threads, spares=spares, aa_runs=repeats, aa_speedup_mean=statistics.fmean(speedups),
-        aa_speedup_cv=statistics.pstdev(speedups) / statistics.fmean(speedups), scoring_ms=_scoring_ms(),
+        aa_speedup_cv=statistics.pstdev(speedups) / statistics.fmean(speedups), rechecks=rechecks,
+        aa_time_ms=[round(r.time_ms, 3) for r in aa],
+        validate_during_calls=validate_during_calls, warmup_s=warmup_s,
+        phases_ms_median={name: statistics.median(r.timing["phases"][name] for r in aa) for name in aa[0].timing["phases"]},
+        scoring_ms=_scoring_ms(),
     )
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from evaluator.bench import evaluation, trace_load
 from evaluator.commands import CommandError
+from evaluator.evaluation import Settings
 from evaluator.exitcodes import ExitCode
 
 NAME = "bench"
@@ -62,15 +63,22 @@ def _add_evaluator_arguments(parser: argparse.ArgumentParser) -> None:
                         help="threads submitting candidates for the throughput (default: %(default)s)")
     parser.add_argument("--spares", type=int, default=8, metavar="N",
                         help="workers kept started ahead (default: %(default)s)")
+    parser.add_argument("--rechecks", type=int, default=Settings().rechecks, metavar="N",
+                        help="calls repeated in a second fresh process per candidate; 0 for none (default: %(default)s)")
+    parser.add_argument("--warmup-s", type=float, default=Settings().warmup_s, metavar="S",
+                        help="least candidate time spent warming up before the timed calls (default: %(default)s)")
+    parser.add_argument("--validate-between-calls", action="store_true",
+                        help="validate each output before the next call instead of during it")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
 def _run_evaluator(args: argparse.Namespace) -> int:
-    if min(args.repeats, args.candidates, args.threads, args.spares) < 1:
-        raise CommandError("--repeats, --candidates, --threads and --spares must be at least 1")
+    if min(args.repeats, args.candidates, args.threads, args.spares) < 1 or args.rechecks < 0:
+        raise CommandError("--repeats, --candidates, --threads and --spares must be at least 1, --rechecks at least 0")
     try:
-        result = evaluation.measure(args.repeats, args.candidates, args.threads, args.spares, args.device)
+        result = evaluation.measure(args.repeats, args.candidates, args.threads, args.spares, args.device, args.rechecks,
+                                    not args.validate_between_calls, args.warmup_s)
     except RuntimeError as error:
         raise CommandError(str(error), ExitCode.INFRA_ERROR) from None
     if args.json:
@@ -84,6 +92,8 @@ def _run_evaluator(args: argparse.Namespace) -> int:
           f"candidates, {result.threads} threads, {result.spares} spare workers)")
     print(f"A/A speedup         mean {result.aa_speedup_mean:.2f}x, coefficient of variation "
           f"{100 * result.aa_speedup_cv:.2f}% over {result.aa_runs} runs")
+    phases = ", ".join(f"{name.removesuffix('_ms')} {value:.0f}" for name, value in result.phases_ms_median.items())
+    print(f"phases (ms)         {phases}")
     print(f"scoring a trace     {result.scoring_ms:.2f} ms")
     return ExitCode.OK
 

@@ -30,7 +30,7 @@ from evaluator.eplb.trace import Trace, check_matches
 from evaluator.evaluation.outputs import check_call
 from evaluator.evaluation.reference import seed_plans
 from evaluator.evaluation.result import Result
-from evaluator.evaluation.schedule import build_schedule
+from evaluator.evaluation.schedule import build_schedule, warmup_call
 from evaluator.evaluation.timing import SeedTiming, SeedTimingCache, Timing, measure
 from evaluator.paths import SEED_PROGRAM
 from evaluator.sandbox import (
@@ -47,6 +47,9 @@ from evaluator.sandbox import (
 from evaluator.store import sha256_text
 
 OUTPUT_TAIL_CHARS = 4000  # of the candidate's stdout and stderr kept in a result
+# Validation and scoring work on small tensors, where more threads only add synchronisation; few threads also
+# leave the CPU to the worker being timed.
+EVALUATOR_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -55,14 +58,21 @@ class Settings:
 
     problem: Problem = field(default_factory=Problem)
     timeout_s: float = 120.0  # one candidate, import and every call included
-    variants_per_window: int = 2  # timed-only calls per planned window
-    warmup_calls: int = 3
+    variants_per_window: int = 1  # timed-only calls per planned window
+    # Warm-up lasts at least this many calls and this much candidate time (GPU clocks take a while to rise
+    # after the device idled), and at most `max_warmup_calls` calls.
+    warmup_calls: int = 2
+    warmup_s: float = 0.5
+    max_warmup_calls: int = 100
     timing_budget_s: float = 3.0  # candidate time after which the remaining variant calls are skipped
     # Plans made on variants of a window must score (on the next window) within this of the plan made on the
     # window itself; a candidate whose output does not follow its input (a cached or stale plan, a table
     # looked up from a known trace) falls far below.
     freshness_tolerance: float = 0.03
     rechecks: int = 3  # calls repeated in a fresh process, which must give the same plan
+    # Validate each output while the worker computes the next one (less overhead), or between calls (the
+    # evaluator's CPU work never overlaps a timed call).
+    validate_during_calls: bool = True
     limits: Limits = field(default_factory=Limits)
 
 
@@ -91,6 +101,7 @@ class _Run:
     skipped_variants: int
     duplicate_gpus: float
     compute_ns: int  # the candidate's own time in every call, rechecks included
+    phases: dict[str, float]  # where the evaluation's wall time went, in ms
     stdout: str
     stderr: str
 
@@ -106,6 +117,7 @@ class Evaluator:
                  seed_timings: SeedTimingCache | None = None, retime_seed: bool = False) -> None:
         self.settings = settings or Settings()
         check_matches(trace, self.settings.problem)
+        torch.set_num_threads(min(EVALUATOR_THREADS, torch.get_num_threads()))
         self.trace = trace
         self._inputs = trace.windows if trace.windows.dtype == np.int64 else trace.windows.astype(np.float32)
         self._loads = torch.from_numpy(np.array(trace.windows, dtype=np.float64))
@@ -134,16 +146,16 @@ class Evaluator:
                           workload=self._workload(), stdout=failed.stdout, stderr=failed.stderr)
         result = self._score(run, seed)
         # What the evaluation cost beyond the candidate's own compute (the seed's timing, once, included).
-        costs = {"evaluation_ms": (time.perf_counter() - started) * 1e3, "candidate_compute_ms": run.compute_ns / 1e6}
+        costs = {"evaluation_ms": (time.perf_counter() - started) * 1e3, "candidate_compute_ms": run.compute_ns / 1e6,
+                 "phases": run.phases}
         return replace(result, timing={**result.timing, **costs})
 
     def _run(self, program: Path) -> _Run:
         settings = self.settings
         deadline = time.monotonic() + settings.timeout_s
         rng = np.random.default_rng(secrets.randbits(128))
-        schedule = build_schedule(self._inputs, settings.variants_per_window, settings.warmup_calls, rng)
-        timed_positions = [k for k, call in enumerate(schedule) if not call.warmup]
-        rechecked = set(rng.choice(timed_positions, min(settings.rechecks, len(timed_positions)), replace=False))
+        schedule = build_schedule(self._inputs, settings.variants_per_window, rng)
+        rechecked = set(rng.choice(len(schedule), min(settings.rechecks, len(schedule)), replace=False))
         kept: dict[int, CallResult] = {}
         scored: dict[int, Plan] = {}
         variants: list[tuple[int, float]] = []
@@ -159,35 +171,55 @@ class Evaluator:
                 call, check = schedule[position], verdict.result()
                 if check.plan is None:
                     what = f"window {call.window}" if call.scored else f"a variant of window {call.window}"
-                    raise _Failed("invalid_output", f"call {position + 1} (planning on {what}) returned an invalid "
+                    raise _Failed("invalid_output", f"timed call {position + 1} (planning on {what}) returned an invalid "
                                   f"plan: {check.violations[0].message}", check.violations, *_tails(worker.output()))
                 if call.scored:
                     scored[call.window] = check.plan
                     duplicates.append(check.gpus_with_duplicate_expert or 0)
-                elif not call.warmup:
+                else:
                     variants.append((call.window, self._score_on_next_window(check.plan, call.window)))
                 if position in rechecked:
                     kept[position] = result
 
+        phases: dict[str, float] = {}
+        started = time.perf_counter()
         with self._launch(program, deadline) as worker, self._timing_lock, ThreadPoolExecutor(1) as validator:
             deadline = time.monotonic() + settings.timeout_s  # waiting for the device is not the candidate's time
+            phases["launch_and_wait_ms"] = (time.perf_counter() - started) * 1e3
+            warmup_ns, warmups = 0, []
+            while len(warmups) < settings.max_warmup_calls and (
+                len(warmups) < settings.warmup_calls or warmup_ns < settings.warmup_s * 1e9
+            ):
+                call = warmup_call(self._inputs, rng)
+                result = self._call(worker, call.weight, deadline)
+                warmup_ns += result.worker_ns
+                warmups.append((call, validator.submit(check_call, result, settings.problem)))
+            for number, (call, verdict) in enumerate(warmups, start=1):
+                check = verdict.result()
+                if check.plan is None:
+                    raise _Failed("invalid_output", f"warm-up call {number} (planning on a variant of window "
+                                  f"{call.window}) returned an invalid plan: {check.violations[0].message}",
+                                  check.violations, *_tails(worker.output()))
+            phases["warmup_ms"] = (time.perf_counter() - started) * 1e3 - sum(phases.values())
             for position, call in enumerate(schedule):
-                if not (call.scored or call.warmup) and spent_ns > settings.timing_budget_s * 1e9:
+                if not call.scored and spent_ns > settings.timing_budget_s * 1e9:
                     skipped += 1
                     continue
                 result = self._call(worker, call.weight, deadline)
                 spent_ns += result.worker_ns
                 pending.append((position, result, validator.submit(check_call, result, settings.problem)))
-                if not call.warmup:
-                    timed.append(replace(result, outputs=()))  # times only: outputs are megabytes each
-                settle(wait=False)
+                timed.append(replace(result, outputs=()))  # times only: outputs are megabytes each
+                settle(wait=not settings.validate_during_calls)
+            phases["calls_ms"] = (time.perf_counter() - started) * 1e3 - sum(phases.values())
             settle(wait=True)
             stdout, stderr = _tails(worker.output())
+            phases["validation_tail_ms"] = (time.perf_counter() - started) * 1e3 - sum(phases.values())
             recheck_ns = self._recheck(
                 program, [(schedule[k].weight, kept[k], k + 1) for k in rng.permutation(list(kept))], deadline
             )
+            phases["recheck_ms"] = (time.perf_counter() - started) * 1e3 - sum(phases.values())
         return _Run(worker.info, scored, variants, timed, skipped, statistics.fmean(duplicates),
-                    spent_ns + recheck_ns, stdout, stderr)
+                    warmup_ns + spent_ns + recheck_ns, phases, stdout, stderr)
 
     @contextmanager
     def _launch(self, program: Path, deadline: float) -> Iterator[Worker]:

@@ -21,18 +21,22 @@ class Call:
     weight: np.ndarray  # [L, E], the candidate plans on this
     window: int  # the trace window it is (or varies); its plan is scored on window + 1
     scored: bool  # the trace's own window: counts towards balancedness_score
-    warmup: bool  # neither timed nor scored; absorbs first-call costs (allocator, kernels, caches)
 
 
-def build_schedule(windows: np.ndarray, variants_per_window: int, warmup: int, rng: np.random.Generator) -> list[Call]:
-    """Calls on windows[0..n-2] (the last window is only a future), `variants_per_window` variants of each,
-    shuffled, preceded by `warmup` variants."""
+def build_schedule(windows: np.ndarray, variants_per_window: int, rng: np.random.Generator) -> list[Call]:
+    """Calls on windows[0..n-2] (the last window is only a future) and `variants_per_window` variants of
+    each, shuffled."""
     planned = range(len(windows) - 1)
-    calls = [Call(windows[i], i, scored=True, warmup=False) for i in planned]
-    calls += [Call(vary(windows[i], rng), i, False, False) for i in planned for _ in range(variants_per_window)]
-    order = rng.permutation(len(calls))
-    first = [Call(vary(windows[i], rng), i, False, True) for i in rng.integers(0, len(windows) - 1, size=warmup)]
-    return first + [calls[i] for i in order]
+    calls = [Call(windows[i], i, scored=True) for i in planned]
+    calls += [Call(vary(windows[i], rng), i, scored=False) for i in planned for _ in range(variants_per_window)]
+    return [calls[i] for i in rng.permutation(len(calls))]
+
+
+def warmup_call(windows: np.ndarray, rng: np.random.Generator) -> Call:
+    """A variant of a random planned window, to be neither timed nor scored: it absorbs first-call costs
+    (allocator, kernel loading, caches) and lets the device's clocks rise."""
+    window = int(rng.integers(0, len(windows) - 1))
+    return Call(vary(windows[window], rng), window, scored=False)
 
 
 def vary(weight: np.ndarray, rng: np.random.Generator) -> np.ndarray:

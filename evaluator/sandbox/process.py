@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import fcntl
 import os
 import secrets
 import shutil
@@ -51,6 +52,9 @@ _PACKAGE_ROOT = str(Path(evaluator.__file__).resolve().parent.parent)
 _live_workers: weakref.WeakSet[Worker] = weakref.WeakSet()
 _subreaper_lock = threading.Lock()
 _subreaper_set = False
+
+
+PIPE_BYTES = 8 << 20
 
 
 def _become_subreaper_once() -> None:
@@ -121,6 +125,8 @@ class Worker:
         self._workdir = tempfile.mkdtemp(prefix="eplb-worker-")
         command_read, command_write = os.pipe()
         result_read, result_write = os.pipe()
+        for fd in (command_write, result_write):
+            _widen_pipe(fd)
         try:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "evaluator.sandbox.worker",
@@ -416,6 +422,16 @@ class Worker:
         _live_workers.discard(self)
 
 
+def _widen_pipe(fd: int) -> None:
+    """Grow a pipe so that an input or a plan (megabytes) crosses in a few writes, not one per 64 KiB."""
+    for size in (PIPE_BYTES, 1 << 20):
+        try:
+            fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), size)
+            return
+        except OSError:  # above /proc/sys/fs/pipe-max-size for this user: try smaller, else keep the default
+            continue
+
+
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else repr(value)
 
@@ -441,7 +457,13 @@ def _call_result(message: channel.Message, call_index: int, wall_ns: int) -> Cal
             index = _field(entry, "array", int)
             if not 0 <= index < len(message.arrays):
                 raise channel.ProtocolError(f"output {position} names array {index} of {len(message.arrays)}")
-            outputs.append(message.arrays[index])
+            array = message.arrays[index]
+            if "dtype" in entry:  # sent narrower than it was; only integer widening is accepted
+                wide = _field(entry, "dtype", str)
+                if wide != "int64" or array.dtype.kind != "i":
+                    raise channel.ProtocolError(f"output {position} claims dtype {wide!r} for a {array.dtype} array")
+                array = array.astype(np.int64)
+            outputs.append(array)
             devices.append(_field(entry, "device", str))
         else:
             described = _field(entry, "unsupported", dict)

@@ -80,6 +80,19 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _narrowest_integer(tensor: Any, torch: Any) -> Any:
+    """The narrowest integer dtype holding every value of an int64 tensor (plans are small ids and counts):
+    a quarter of the bytes to copy off the device and through the channel. Other dtypes cross as they are."""
+    if tensor.dtype != torch.int64 or tensor.numel() == 0:
+        return tensor.dtype
+    low, high = tensor.aminmax()
+    for narrow in (torch.int16, torch.int32):
+        info = torch.iinfo(narrow)
+        if info.min <= low.item() and high.item() <= info.max:
+            return narrow
+    return tensor.dtype
+
+
 def _watch_parent(parent: int) -> None:
     """Leave, with the whole tree, if the evaluator dies: a worker must not outlive it."""
 
@@ -284,11 +297,16 @@ class Server:
             return {"unsupported": {"type": "torch.Tensor",
                                     "detail": f"dtype {value.dtype}, layout {value.layout}, shape {shape}"}}, None
         try:
-            array = value.detach().resolve_conj().resolve_neg().to("cpu").contiguous().numpy()
+            tensor = value.detach().resolve_conj().resolve_neg()
+            packed = _narrowest_integer(tensor, runtime.torch)
+            array = tensor.to(dtype=packed).to("cpu").contiguous().numpy()
         except (RuntimeError, NotImplementedError, TypeError) as error:
             return {"unsupported": {"type": "torch.Tensor",
                                     "detail": f"dtype {value.dtype}, shape {shape}, unreadable: {error}"}}, None
-        return {"device": str(value.device)}, array
+        entry = {"device": str(value.device)}
+        if packed != value.dtype:
+            entry["dtype"] = dtype  # crossed narrower; the evaluator widens it back
+        return entry, array
 
     def _detail(self, value: Any) -> str:
         if type(value) in (list, tuple, dict, set, str, bytes):
