@@ -62,7 +62,7 @@ class Settings:
     # Warm-up lasts at least this many calls and this much candidate time (GPU clocks take a while to rise
     # after the device idled), and at most `max_warmup_calls` calls.
     warmup_calls: int = 2
-    warmup_s: float = 0.5
+    warmup_s: float = 0.2
     max_warmup_calls: int = 100
     timing_budget_s: float = 3.0  # candidate time after which the remaining variant calls are skipped
     # Plans made on variants of a window must score (on the next window) within this of the plan made on the
