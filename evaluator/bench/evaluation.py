@@ -47,6 +47,7 @@ class EvaluationBenchResult:
     aa_speedup_mean: float
     aa_speedup_cv: float  # standard deviation / mean of the speedup over the A/A runs
     aa_time_ms: list[float]  # the candidate's time per call in each A/A run, in order
+    aa_min_ms: list[float]  # the fastest call of each A/A run
     rechecks: int  # calls repeated in a second fresh process per candidate (0: one process per candidate)
     validate_during_calls: bool
     warmup_s: float
@@ -89,6 +90,7 @@ def measure(repeats: int = 10, throughput_candidates: int = 60, threads: int = 2
         threads=threads, spares=spares, aa_runs=repeats, aa_speedup_mean=statistics.fmean(speedups),
         aa_speedup_cv=statistics.pstdev(speedups) / statistics.fmean(speedups), rechecks=rechecks,
         aa_time_ms=[round(r.time_ms, 3) for r in aa],
+        aa_min_ms=[round(r.timing["summary"]["min_ms"], 3) for r in aa],
         validate_during_calls=validate_during_calls, warmup_s=warmup_s,
         phases_ms_median={name: statistics.median(r.timing["phases"][name] for r in aa) for name in aa[0].timing["phases"]},
         scoring_ms=_scoring_ms(),

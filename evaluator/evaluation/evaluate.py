@@ -169,10 +169,8 @@ class Evaluator:
             while pending and (wait or pending[0][2].done()):
                 position, result, verdict = pending.popleft()
                 call, check = schedule[position], verdict.result()
-                if check.plan is None:
-                    what = f"window {call.window}" if call.scored else f"a variant of window {call.window}"
-                    raise _Failed("invalid_output", f"timed call {position + 1} (planning on {what}) returned an invalid "
-                                  f"plan: {check.violations[0].message}", check.violations, *_tails(worker.output()))
+                what = f"window {call.window}" if call.scored else f"a variant of window {call.window}"
+                _require_valid(check, f"timed call {position + 1} (planning on {what})", worker)
                 if call.scored:
                     scored[call.window] = check.plan
                     duplicates.append(check.gpus_with_duplicate_expert or 0)
@@ -186,20 +184,7 @@ class Evaluator:
         with self._launch(program, deadline) as worker, self._timing_lock, ThreadPoolExecutor(1) as validator:
             deadline = time.monotonic() + settings.timeout_s  # waiting for the device is not the candidate's time
             phases["launch_and_wait_ms"] = (time.perf_counter() - started) * 1e3
-            warmup_ns, warmups = 0, []
-            while len(warmups) < settings.max_warmup_calls and (
-                len(warmups) < settings.warmup_calls or warmup_ns < settings.warmup_s * 1e9
-            ):
-                call = warmup_call(self._inputs, rng)
-                result = self._call(worker, call.weight, deadline)
-                warmup_ns += result.worker_ns
-                warmups.append((call, validator.submit(check_call, result, settings.problem)))
-            for number, (call, verdict) in enumerate(warmups, start=1):
-                check = verdict.result()
-                if check.plan is None:
-                    raise _Failed("invalid_output", f"warm-up call {number} (planning on a variant of window "
-                                  f"{call.window}) returned an invalid plan: {check.violations[0].message}",
-                                  check.violations, *_tails(worker.output()))
+            warmup_ns = self._warm_up(worker, validator, rng, deadline)
             phases["warmup_ms"] = (time.perf_counter() - started) * 1e3 - sum(phases.values())
             for position, call in enumerate(schedule):
                 if not call.scored and spent_ns > settings.timing_budget_s * 1e9:
@@ -235,6 +220,23 @@ class Evaluator:
             raise _Failed.from_sandbox(error.failure) from None
         finally:
             worker.close(wait=False)  # killed now; the CUDA teardown finishes in the background
+
+    def _warm_up(self, worker: Worker, validator: ThreadPoolExecutor, rng: np.random.Generator,
+                 deadline: float) -> int:
+        """Untimed calls until the settings' least count and candidate time are reached; returns that time."""
+        settings = self.settings
+        spent_ns, warmups = 0, []
+        while len(warmups) < settings.max_warmup_calls and (
+            len(warmups) < settings.warmup_calls or spent_ns < settings.warmup_s * 1e9
+        ):
+            call = warmup_call(self._inputs, rng)
+            result = self._call(worker, call.weight, deadline)
+            spent_ns += result.worker_ns
+            warmups.append((call, validator.submit(check_call, result, settings.problem)))
+        for number, (call, verdict) in enumerate(warmups, start=1):
+            _require_valid(verdict.result(), f"warm-up call {number} (planning on a variant of window {call.window})",
+                           worker)
+        return spent_ns
 
     def _call(self, worker: Worker, weight: np.ndarray, deadline: float) -> CallResult:
         return worker.call(weight, self.settings.problem.rebalance_args(),
@@ -339,6 +341,12 @@ def _remaining(deadline: float, total_s: float) -> float:
     if left <= 0:
         raise SandboxFailure(Failure(FailureKind.TIMEOUT, f"the evaluation ran past its time limit of {total_s:g} s"))
     return left
+
+
+def _require_valid(check: PlanCheck, which: str, worker: Worker) -> None:
+    if check.plan is None:
+        raise _Failed("invalid_output", f"{which} returned an invalid plan: {check.violations[0].message}",
+                      check.violations, *_tails(worker.output()))
 
 
 def _same_array(first: Output, again: Output) -> bool:
