@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,7 @@ def evaluator(*args: str, cwd: Path, stdin: bytes | None = None) -> subprocess.C
     result = subprocess.run(
         [sys.executable, "-m", "evaluator", *args],
         cwd=cwd,
+        env={**os.environ, "EPLB_EVALUATOR_CACHE": str(cwd / ".cache")},
         input=stdin.decode() if stdin is not None else None,
         capture_output=True,
         text=True,
@@ -50,7 +52,7 @@ def stored(store: Path) -> list[Path]:
 
 
 def test_apply_writes_the_candidate_under_candidates(tmp_path):
-    result = evaluator("apply", str(SEED_PATCH), cwd=tmp_path)
+    result = evaluator("apply", str(SEED_PATCH), "--no-evaluate", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     [folder] = stored(tmp_path / "candidates")
     program = (folder / "program.py").read_text()
@@ -66,12 +68,40 @@ def test_apply_writes_the_candidate_under_candidates(tmp_path):
 
 
 def test_applying_the_same_patch_twice_is_recognised(tmp_path):
-    first = evaluator("apply", str(SEED_PATCH), "--json", cwd=tmp_path)
-    second = evaluator("apply", str(SEED_PATCH), "--json", cwd=tmp_path)
+    first = evaluator("apply", str(SEED_PATCH), "--json", "--no-evaluate", cwd=tmp_path)
+    second = evaluator("apply", str(SEED_PATCH), "--json", "--no-evaluate", cwd=tmp_path)
     assert json.loads(first.stdout)["created"] is True
     assert json.loads(second.stdout)["created"] is False
     assert json.loads(first.stdout)["candidate"]["id"] == json.loads(second.stdout)["candidate"]["id"]
     assert len(stored(tmp_path / "candidates")) == 1
+
+
+SMALL_PROBLEM = ("--layers", "4", "--experts", "64", "--replicas", "72", "--nodes", "2", "--gpus", "8")
+
+
+def test_apply_evaluates_the_candidate_and_keeps_the_result(tmp_path):
+    result = evaluator("apply", str(SEED_PATCH), "--json", *SMALL_PROBLEM, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    reply = json.loads(result.stdout)
+    assert reply["status"] == "ok" and reply["result"]["status"] == "ok"
+    assert reply["result"]["balancedness_score"] == reply["result"]["seed_balancedness"]
+    assert reply["result"]["workload"]["problem"]["num_layers"] == 4
+    [kept] = (tmp_path / "candidates" / reply["candidate"]["id"] / "results").iterdir()
+    assert json.loads(kept.read_text()) == reply["result"]
+    assert "note: no GPU found" in result.stderr or reply["result"]["device"] == "cuda"
+
+
+def test_a_candidate_that_fails_its_evaluation_exits_4(tmp_path):
+    (tmp_path / "raises.diff").write_text(SMALL_PATCH.replace(
+        "    num_redundant = num_phy - num_log\n>>>>>>> REPLACE",
+        "    raise RuntimeError('no plan today')\n>>>>>>> REPLACE",
+    ))
+    result = evaluator("apply", "raises.diff", *SMALL_PROBLEM, cwd=tmp_path)
+    assert result.returncode == 4, result.stderr
+    assert ": exception" in result.stdout and "RuntimeError: no plan today" in result.stdout
+    [stored] = (tmp_path / "candidates").iterdir()
+    [kept] = (stored / "results").iterdir()
+    assert json.loads(kept.read_text())["status"] == "exception"
 
 
 def test_dry_run_prints_the_diff_and_writes_nothing(tmp_path):
@@ -83,7 +113,7 @@ def test_dry_run_prints_the_diff_and_writes_nothing(tmp_path):
 
 
 def test_patch_from_standard_input_with_json(tmp_path):
-    result = evaluator("apply", "-", "--json", "--store", "store", cwd=tmp_path, stdin=SEED_PATCH.read_bytes())
+    result = evaluator("apply", "-", "--json", "--no-evaluate", "--store", "store", cwd=tmp_path, stdin=SEED_PATCH.read_bytes())
     assert result.returncode == 0, result.stderr
     reply = json.loads(result.stdout)
     assert reply["status"] == "ok" and reply["candidate"]["name"] == "vectorized_packing_and_replication"
@@ -92,15 +122,15 @@ def test_patch_from_standard_input_with_json(tmp_path):
 
 def test_parent_by_candidate_id_and_by_file(tmp_path):
     (tmp_path / "small.diff").write_text(SMALL_PATCH)
-    first = json.loads(evaluator("apply", str(SEED_PATCH), "--json", cwd=tmp_path).stdout)["candidate"]
-    child = evaluator("apply", "small.diff", "--parent", first["id"][:6], "--json", cwd=tmp_path)
+    first = json.loads(evaluator("apply", str(SEED_PATCH), "--json", "--no-evaluate", cwd=tmp_path).stdout)["candidate"]
+    child = evaluator("apply", "small.diff", "--parent", first["id"][:6], "--json", "--no-evaluate", cwd=tmp_path)
     assert child.returncode == 0, child.stderr
     child_meta = json.loads(child.stdout)["candidate"]
     assert child_meta["parent"]["kind"] == "candidate" and child_meta["parent"]["id"] == first["id"]
     program = (tmp_path / "candidates" / child_meta["id"] / "program.py").read_text()
     assert "weight = weight.float()\n" in program and "assert num_redundant >= 0" not in program
 
-    from_file = evaluator("apply", "small.diff", "--parent", str(SEED_PROGRAM), "--json", cwd=tmp_path)
+    from_file = evaluator("apply", "small.diff", "--parent", str(SEED_PROGRAM), "--json", "--no-evaluate", cwd=tmp_path)
     assert json.loads(from_file.stdout)["candidate"]["parent"]["kind"] == "file"
 
 
