@@ -31,7 +31,7 @@ from evaluator.evaluation.outputs import check_call
 from evaluator.evaluation.reference import seed_plans
 from evaluator.evaluation.result import Result
 from evaluator.evaluation.schedule import build_schedule, warmup_call
-from evaluator.evaluation.timing import SeedTiming, SeedTimingCache, Timing, measure
+from evaluator.evaluation.timing import SeedTiming, SeedTimingCache, measure
 from evaluator.paths import SEED_PROGRAM
 from evaluator.sandbox import (
     CallResult,

@@ -140,7 +140,9 @@ class Worker:
             for fd in (command_read, command_write, result_read, result_write):
                 os.close(fd)
             shutil.rmtree(self._workdir, ignore_errors=True)
-            raise SandboxFailure(Failure(FailureKind.INFRA_ERROR, f"could not start a worker process: {error}"))
+            raise SandboxFailure(
+                Failure(FailureKind.INFRA_ERROR, f"could not start a worker process: {error}")
+            ) from None
         os.close(command_read)  # the worker's ends: only it may hold them
         os.close(result_write)
         self._command_fd, self._result_fd = command_write, result_read
