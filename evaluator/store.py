@@ -5,20 +5,28 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import tempfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from evaluator import __version__
+
 PROGRAM_FILE = "program.py"
 PATCH_FILE = "patch.diff"
 META_FILE = "meta.json"
 RESULTS_DIR = "results"
+ACCEPTED_FILE = "accepted.json"
 ID_LENGTH = 12
 MIN_PREFIX = 4
+DEFAULT_SOURCE = "default"  # the `workload.source` of results on the fixed, public default trace
+WORKLOAD_KEYS = ("source", "windows", "problem")  # what makes two results measure the same thing
+_CANDIDATE_FOLDER = re.compile(f"[0-9a-f]{{{ID_LENGTH}}}")
 
 
 class StoreError(Exception):
@@ -32,6 +40,12 @@ def sha256_text(text: str) -> str:
 def candidate_id(program: str) -> str:
     """Ids come from the program's content, so the same program is always the same candidate."""
     return sha256_text(program)[:ID_LENGTH]
+
+
+def same_workload(result: Mapping[str, Any], workload: Mapping[str, Any]) -> bool:
+    """Whether `result` was measured on `workload`, comparing those of source, windows and problem it gives."""
+    measured = result.get("workload") or {}
+    return all(measured.get(key) == workload[key] for key in WORKLOAD_KEYS if key in workload)
 
 
 @dataclass(frozen=True)
@@ -51,16 +65,48 @@ class StoredCandidate:
         """Keep one evaluation's result beside the candidate, as results/<UTC time>-<random>.json."""
         folder = self.path / RESULTS_DIR
         folder.mkdir(exist_ok=True)
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-        path = folder / f"{stamp}-{secrets.token_hex(3)}.json"
-        staging = folder / f".{path.name}.incoming"
-        _write(staging, json.dumps(result, indent=2) + "\n")
-        os.replace(staging, path)
+        path = folder / f"{_utc_stamp()}-{secrets.token_hex(3)}.json"
+        _write_atomically(path, json.dumps(result, indent=2) + "\n")
         return path
+
+    def results(self) -> list[dict[str, Any]]:
+        """Every stored result, oldest first. An unreadable result file is a StoreError naming it."""
+        folder = self.path / RESULTS_DIR
+        if not folder.is_dir():
+            return []
+        files = sorted(path for path in folder.glob("*.json") if not path.name.startswith("."))
+        return [_read_json_object(path, "result") for path in files]
+
+    def latest_result(self, workload: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+        """The newest result that is not an infra_error, on `workload` if given (see `same_workload`)."""
+        for result in reversed(self.results()):
+            if result.get("status") != "infra_error" and (workload is None or same_workload(result, workload)):
+                return result
+        return None
+
+    @property
+    def accepted(self) -> bool:
+        return (self.path / ACCEPTED_FILE).is_file()
+
+    def acceptance(self) -> dict[str, Any] | None:
+        """The acceptance record (result, accepted_at, evaluator_version), or None if not accepted."""
+        path = self.path / ACCEPTED_FILE
+        return _read_json_object(path, "acceptance record") if path.is_file() else None
+
+    def baseline(self) -> dict[str, Any] | None:
+        """The result recorded when the candidate was accepted: its regression baseline."""
+        record = self.acceptance()
+        if record is None:
+            return None
+        baseline = record.get("result")
+        if not isinstance(baseline, dict):
+            raise StoreError(f"{self.path / ACCEPTED_FILE} has no 'result' object")
+        return baseline
 
 
 class CandidateStore:
-    """Candidates under `root`, one folder each: program.py, patch.diff (if any) and meta.json."""
+    """Candidates under `root`, one folder each: program.py, patch.diff (if any), meta.json, results/ and,
+    once accepted, accepted.json."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -77,6 +123,11 @@ class CandidateStore:
             names = ", ".join(sorted(path.name for path in matches))
             raise StoreError(f"candidate id {id_or_prefix!r} is ambiguous in {self.root}: {names}")
         return self._read(matches[0])
+
+    def candidates(self) -> Iterator[StoredCandidate]:
+        """Every stored candidate, in id order; half-written (hidden) folders are not candidates."""
+        for folder in sorted(self._folders()):
+            yield self._read(folder)
 
     def add(self, program: str, patch_text: str | None, meta: dict[str, Any]) -> tuple[StoredCandidate, bool]:
         """Store a candidate unless its program is already there; returns it and whether it was new.
@@ -106,10 +157,37 @@ class CandidateStore:
                 shutil.rmtree(staging, ignore_errors=True)
         return self._read(final), True
 
+    def accept(self, candidate: StoredCandidate, result: Mapping[str, Any]) -> Path:
+        """Mark `candidate` accepted with `result` as its regression baseline; returns accepted.json's path.
+
+        Only an `ok` result measured on the default trace can be a baseline, since `check` re-measures there.
+        Accepting again replaces the baseline.
+        """
+        status = result.get("status")
+        if status != "ok":
+            detail = f": {result.get('error')}" if result.get("error") else ""
+            raise StoreError(f"candidate {candidate.id} cannot be accepted: its result is {status!r}, not 'ok'{detail}")
+        source = (result.get("workload") or {}).get("source")
+        if source != DEFAULT_SOURCE:
+            raise StoreError(
+                f"candidate {candidate.id} cannot be accepted: its result was measured on workload {source!r}; "
+                f"a baseline must be measured on the {DEFAULT_SOURCE!r} trace (the default problem shape, "
+                "no --workload or --holdout)"
+            )
+        record = {
+            "id": candidate.id,
+            "accepted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "evaluator_version": __version__,
+            "result": dict(result),
+        }
+        path = candidate.path / ACCEPTED_FILE
+        _write_atomically(path, json.dumps(record, indent=2) + "\n")
+        return path
+
     def _folders(self) -> list[Path]:
         if not self.root.is_dir():
             return []
-        return [path for path in self.root.iterdir() if path.is_dir() and not path.name.startswith(".")]
+        return [path for path in self.root.iterdir() if path.is_dir() and _CANDIDATE_FOLDER.fullmatch(path.name)]
 
     def _read(self, folder: Path) -> StoredCandidate:
         try:
@@ -117,6 +195,30 @@ class CandidateStore:
         except (OSError, ValueError) as error:
             raise StoreError(f"candidate {folder.name} in {self.root} is unreadable: {error}") from None
         return StoredCandidate(folder.name, folder, meta)
+
+
+def _utc_stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def _read_json_object(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise StoreError(f"{what} {path} is unreadable: {error}") from None
+    if not isinstance(data, dict):
+        raise StoreError(f"{what} {path} is not a JSON object")
+    return data
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write `path` under a hidden name beside it and rename it into place, so readers see all or nothing."""
+    staging = path.with_name(f".{path.name}.{secrets.token_hex(4)}.incoming")
+    try:
+        _write(staging, text)
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
 
 
 def _write(path: Path, text: str) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from evaluator import apply_patch
 from evaluator.paths import PROJECT_ROOT, SEED_PROGRAM
-from evaluator.store import sha256_text
+from evaluator.store import CandidateStore, sha256_text
 
 SEED_PATCH = PROJECT_ROOT / "patches" / "vectorized_packing_and_replication.diff"
 MALFORMED = sorted((Path(__file__).parent / "fixtures" / "malformed_patches").glob("*"))
@@ -48,7 +48,8 @@ def evaluator(*args: str, cwd: Path, stdin: bytes | None = None) -> subprocess.C
 
 
 def stored(store: Path) -> list[Path]:
-    return sorted(store.iterdir()) if store.exists() else []
+    """The candidate folders in `store` (not the lineage repository beside them)."""
+    return [candidate.path for candidate in CandidateStore(store).candidates()]
 
 
 def test_apply_writes_the_candidate_under_candidates(tmp_path):
@@ -99,8 +100,8 @@ def test_a_candidate_that_fails_its_evaluation_exits_4(tmp_path):
     result = evaluator("apply", "raises.diff", *SMALL_PROBLEM, cwd=tmp_path)
     assert result.returncode == 4, result.stderr
     assert ": exception" in result.stdout and "RuntimeError: no plan today" in result.stdout
-    [stored] = (tmp_path / "candidates").iterdir()
-    [kept] = (stored / "results").iterdir()
+    [folder] = stored(tmp_path / "candidates")
+    [kept] = (folder / "results").iterdir()
     assert json.loads(kept.read_text())["status"] == "exception"
 
 

@@ -6,19 +6,24 @@ import argparse
 import difflib
 import json
 import sys
+from dataclasses import fields
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from evaluator import __version__
 from evaluator.commands import CommandError
 from evaluator.commands.evaluate import add_evaluation_arguments, exit_code_of, note_cpu_fallback, open_evaluator, report
 from evaluator.commands.inputs import read_bytes_argument
+from evaluator.commands.workload import problem_from, trace_from
 from evaluator.evaluation import Result
+from evaluator.evaluation.evaluate import workload_summary
+from evaluator.lineage import LineageError, record
 from evaluator.exitcodes import ExitCode
 from evaluator.parent import ParentError, ParentProgram, resolve_parent
 from evaluator.patch import Application, Patch, PatchError, apply_parsed, decode_patch, parse_patch
 from evaluator.paths import DEFAULT_STORE
-from evaluator.store import CandidateStore, StoredCandidate, sha256_text
+from evaluator.store import DEFAULT_SOURCE, CandidateStore, StoreError, StoredCandidate, sha256_text
 
 NAME = "apply"
 HELP = "Apply a patch to the seed (or to --parent), store the candidate program and evaluate it."
@@ -40,10 +45,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--store", type=Path, default=DEFAULT_STORE, metavar="DIR", help="where candidates live (default: ./candidates)"
     )
     parser.add_argument("--no-evaluate", action="store_true", help="store the candidate without evaluating it")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="evaluate again even when this candidate already has a result for the same workload",
+    )
+    parser.add_argument(
+        "--accept",
+        action="store_true",
+        help="accept the candidate if its result is ok on the default trace: the result becomes its regression baseline",
+    )
     add_evaluation_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.accept and (args.no_evaluate or args.dry_run):
+        raise CommandError("--accept needs a result: it cannot be combined with --no-evaluate or --dry-run")
     patch_bytes = read_bytes_argument(args.patch, "patch")
     store = CandidateStore(args.store)
     try:
@@ -63,19 +80,66 @@ def run(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(diff)
         return ExitCode.OK
+    workload = None if args.no_evaluate else _workload_of(args)
+    if args.accept and workload["source"] != DEFAULT_SOURCE:
+        raise CommandError(
+            f"--accept needs a result on the {DEFAULT_SOURCE!r} trace (the default problem shape, no --workload or "
+            f"--holdout); this run would measure on {workload['source']!r}"
+        )
     try:
         stored, created = store.add(applied.program, patch_text, _metadata(patch, applied, parent))
     except OSError as error:
         raise CommandError(f"cannot write the candidate under {store.root}: {error}", ExitCode.INFRA_ERROR) from None
+    try:
+        record(store.root, stored, parent.source)
+    except (LineageError, OSError) as error:
+        raise CommandError(f"cannot record candidate {stored.id} in the lineage: {error}", ExitCode.INFRA_ERROR) from None
     if args.no_evaluate:
         _report_stored(stored, created, applied, parent, args.json, None)
         return ExitCode.OK
-    with open_evaluator(args) as evaluator:
-        result = evaluator.evaluate(stored.program_path)
-    stored.add_result(result.to_json())
-    note_cpu_fallback(result, args.device, first=True)
-    _report_stored(stored, created, applied, parent, args.json, result)
+    reusable = None if args.force or args.holdout else _stored_result(stored, workload)
+    if reusable is None:
+        with open_evaluator(args) as evaluator:
+            result = evaluator.evaluate(stored.program_path)
+        stored.add_result(result.to_json())
+        note_cpu_fallback(result, args.device, first=True)
+    else:
+        result = _result_from_json(reusable)
+    refusal = _accept(store, stored, result) if args.accept else None
+    _report_stored(stored, created, applied, parent, args.json, result, reused=reusable is not None,
+                   accepted=args.accept and refusal is None)
+    if refusal is not None:
+        raise CommandError(refusal)
     return exit_code_of(result)
+
+
+def _workload_of(args: argparse.Namespace) -> dict[str, Any]:
+    """What a result measured with these options records as its workload (the keys results are matched on)."""
+    if args.holdout:
+        return {"source": "holdout"}  # every held-out trace is new: no need to draw one just to name it
+    problem = problem_from(args)
+    return workload_summary(trace_from(args, problem), problem)
+
+
+def _stored_result(stored: StoredCandidate, workload: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        return stored.latest_result(workload)
+    except StoreError as error:
+        raise CommandError(f"{error} (--force evaluates again without reading it)", ExitCode.INFRA_ERROR) from None
+
+
+def _result_from_json(data: dict[str, Any]) -> Result:
+    """A stored result as a Result; fields a newer or older evaluator wrote but this one lacks are left out."""
+    return Result(**{field.name: data[field.name] for field in fields(Result) if field.name in data})
+
+
+def _accept(store: CandidateStore, stored: StoredCandidate, result: Result) -> str | None:
+    """Accept the candidate with `result` as its baseline; the reason it was refused, or None."""
+    try:
+        store.accept(stored, result.to_json())
+    except StoreError as error:
+        return str(error)
+    return None
 
 
 def _metadata(patch: Patch, applied: Application, parent: ParentProgram) -> dict[str, object]:
@@ -117,11 +181,15 @@ def _report_stored(
     parent: ParentProgram,
     as_json: bool,
     result: Result | None,
+    reused: bool = False,
+    accepted: bool = False,
 ) -> None:
     if as_json:
         candidate = {"id": stored.id, "path": str(stored.path), **stored.meta}
         reply = {"status": "ok" if result is None else result.status, "candidate": candidate, "created": created}
-        print(json.dumps(reply if result is None else {**reply, "result": result.to_json()}))
+        if result is not None:
+            reply.update(result=result.to_json(), reused=reused, accepted=accepted)
+        print(json.dumps(reply))
         return
     name = stored.meta.get("name") or "(unnamed)"
     state = "stored in" if created else "already stored (same program) in"
@@ -136,5 +204,10 @@ def _report_stored(
                 print(f"    block {block.number} matched lines {block.first_line}-{block.last_line} ({block.tolerance} forgiven)")
     else:
         print("  rewrite of the EVOLVE-BLOCK" if "EVOLVE-BLOCK" in parent.source else "  rewrite of the whole program")
-    if result is not None:
-        report(result, f"candidate {stored.id}", as_json=False)
+    if result is None:
+        return
+    if reused:
+        print("  its stored result for this workload is reused (--force evaluates again)")
+    report(result, f"candidate {stored.id}", as_json=False)
+    if accepted:
+        print(f"candidate {stored.id} accepted: this result is its regression baseline")

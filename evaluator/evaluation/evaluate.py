@@ -332,8 +332,13 @@ class Evaluator:
                          "the plan must be computed from the input it is given, not cached, stale or looked up")
 
     def _workload(self) -> dict[str, object]:
-        return {"source": self.trace.source, "windows": int(self.trace.windows.shape[0]),
-                "steps_per_window": self.trace.steps_per_window, "problem": asdict(self.settings.problem)}
+        return workload_summary(self.trace, self.settings.problem)
+
+
+def workload_summary(trace: Trace, problem: Problem) -> dict[str, object]:
+    """What a result records of the workload it was measured on; stored results are matched on it."""
+    return {"source": trace.source, "windows": int(trace.windows.shape[0]),
+            "steps_per_window": trace.steps_per_window, "problem": asdict(problem)}
 
 
 def _remaining(deadline: float, total_s: float) -> float:

@@ -1,0 +1,45 @@
+"""`accept ID`: make a stored candidate's result on the default trace its regression baseline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from evaluator.commands import CommandError
+from evaluator.exitcodes import ExitCode
+from evaluator.paths import DEFAULT_STORE
+from evaluator.store import DEFAULT_SOURCE, CandidateStore, StoreError
+
+NAME = "accept"
+HELP = "Accept a stored candidate: its latest result on the default trace, which must be ok, becomes its baseline."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("id", metavar="ID", help="the candidate's id, or a unique prefix of at least 4 characters")
+    parser.add_argument(
+        "--store", type=Path, default=DEFAULT_STORE, metavar="DIR", help="where candidates live (default: ./candidates)"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def run(args: argparse.Namespace) -> int:
+    store = CandidateStore(args.store)
+    try:
+        candidate = store.get(args.id)
+        result = candidate.latest_result({"source": DEFAULT_SOURCE})
+        if result is None:
+            raise CommandError(
+                f"candidate {candidate.id} has no result on the {DEFAULT_SOURCE!r} trace to accept; evaluate it "
+                f"first, e.g. `python -m evaluator apply PATCH` on the default problem shape"
+            )
+        path = store.accept(candidate, result)
+    except StoreError as error:
+        raise CommandError(str(error)) from None
+    if args.json:
+        print(json.dumps({"status": "accepted", "id": candidate.id, "baseline": result}))
+    else:
+        print(f"candidate {candidate.id} accepted ({path})")
+        print(f"  baseline: combined_score {result['combined_score']:.4f}, balancedness "
+              f"{result['balancedness_score']:.4f}, speedup {result['speedup']:.2f}x on {result.get('device')}")
+    return ExitCode.OK
