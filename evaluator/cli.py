@@ -6,10 +6,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from evaluator.commands import CommandError, accept, apply, bench, evaluate, lineage, listing, trace
+from evaluator.commands import CommandError, accept, apply, bench, check, evaluate, lineage, listing, trace
 from evaluator.exitcodes import ExitCode
 
-COMMANDS = (apply, evaluate, trace, bench, accept, listing, lineage)
+COMMANDS = (apply, evaluate, accept, listing, lineage, check, trace, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -181,7 +181,8 @@ class Evaluator:
 
         phases: dict[str, float] = {}
         started = time.perf_counter()
-        with self._launch(program, deadline) as worker, self._timing_lock, ThreadPoolExecutor(1) as validator:
+        with self._launch(program, deadline) as worker, self._timing_lock, self._quiet(worker), \
+                ThreadPoolExecutor(1) as validator:
             deadline = time.monotonic() + settings.timeout_s  # waiting for the device is not the candidate's time
             phases["launch_and_wait_ms"] = (time.perf_counter() - started) * 1e3
             warmup_ns = self._warm_up(worker, validator, rng, deadline)
@@ -220,6 +221,10 @@ class Evaluator:
             raise _Failed.from_sandbox(error.failure) from None
         finally:
             worker.close(wait=False)  # killed now; the CUDA teardown finishes in the background
+
+    def _quiet(self, worker: Worker) -> AbstractContextManager[None]:
+        """On the CPU the candidate shares its cores with workers starting up: start none while it is timed."""
+        return self.pool.quiet() if worker.info.device == "cpu" else nullcontext()
 
     def _warm_up(self, worker: Worker, validator: ThreadPoolExecutor, rng: np.random.Generator,
                  deadline: float) -> int:

@@ -7,7 +7,8 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 from evaluator.sandbox.failures import Failure, FailureKind, SandboxFailure
 from evaluator.sandbox.limits import Limits
@@ -41,6 +42,7 @@ class WorkerPool:
         self._waiters = 0
         self._start_failure: Failure | None = None
         self._closed = False
+        self._quiet = 0  # blocks inside which no spares start
         _live_pools.add(self)
         with self._condition:
             self._replenish()
@@ -129,11 +131,28 @@ class WorkerPool:
             worker.close()  # a spare that died while waiting
         return None
 
+    @contextmanager
+    def quiet(self, timeout_s: float | None = None) -> Iterator[None]:
+        """Let the spares already starting finish, then start none inside this block (unless a caller waits
+        for one): a worker importing torch takes a core for seconds, which a worker timed beside it would feel."""
+        deadline = time.monotonic() + (self.limits.start_timeout_s if timeout_s is None else timeout_s)
+        with self._condition:
+            self._quiet += 1
+            while (self._starting or self._launching) and not self._closed and time.monotonic() < deadline:
+                self._condition.wait(deadline - time.monotonic())
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._quiet -= 1
+                self._replenish()
+
     def _replenish(self) -> None:
         """Start as many workers as the spares and the waiting callers need. Holds the condition."""
         if self._closed:
             return
-        needed = self.spares + self._waiters - len(self._ready) - len(self._starting) - self._launching
+        spares = 0 if self._quiet else self.spares
+        needed = spares + self._waiters - len(self._ready) - len(self._starting) - self._launching
         for _ in range(max(0, needed)):
             self._launching += 1
             threading.Thread(target=self._start_one, name="sandbox-spare", daemon=True).start()

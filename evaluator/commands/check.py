@@ -1,0 +1,76 @@
+"""`check`: re-evaluate every accepted candidate on the fixed default trace and fail if one no longer holds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from evaluator.commands import CommandError
+from evaluator.eplb.default_trace import default_trace
+from evaluator.evaluation import Evaluator, Settings
+from evaluator.evaluation.timing import SeedTimingCache, default_cache_path
+from evaluator.exitcodes import ExitCode
+from evaluator.paths import DEFAULT_STORE
+from evaluator.regression import Verdict, judge, speed_noise, speed_tolerance
+from evaluator.store import CandidateStore, StoreError
+
+NAME = "check"
+HELP = "Re-evaluate every accepted candidate on the default trace; exit 1 if one became invalid or regressed."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store", type=Path, default=DEFAULT_STORE, metavar="DIR", help="where candidates live (default: ./candidates)"
+    )
+    parser.add_argument("--repeats", type=int, default=2, metavar="N",
+                        help="evaluations of each candidate, to measure the speed noise of this run (default: 2)")
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.repeats < 1:
+        raise CommandError("--repeats must be at least 1")
+    try:
+        accepted = [c for c in CandidateStore(args.store).candidates() if c.accepted]
+        baselines = {c.id: c.baseline() for c in accepted}
+    except StoreError as error:
+        raise CommandError(str(error)) from None
+    results: dict[str, list[dict]] = {}
+    with Evaluator(default_trace(), Settings(), device=args.device,
+                   seed_timings=SeedTimingCache(default_cache_path())) as evaluator:
+        for number, candidate in enumerate(accepted, start=1):
+            print(f"[{number}/{len(accepted)}] {candidate.id} {candidate.meta.get('name') or ''}", file=sys.stderr,
+                  flush=True)
+            results[candidate.id] = [evaluator.evaluate(candidate.program_path).to_json() for _ in range(args.repeats)]
+    noise = speed_noise([[r["speedup"] for r in rs if r["status"] == "ok"] for rs in results.values()])
+    tolerance = speed_tolerance(noise)
+    verdicts = [judge(c.id, c.meta.get("name"), baselines[c.id], results[c.id], tolerance) for c in accepted]
+    infra = any(r["status"] == "infra_error" for rs in results.values() for r in rs)
+    passed = all(v.holds for v in verdicts)
+    if args.json:
+        print(json.dumps({"status": "pass" if passed else "fail", "speed_noise": noise, "speed_tolerance": tolerance,
+                          "candidates": [asdict(v) for v in verdicts]}))
+    else:
+        print(_table(verdicts, noise, tolerance))
+    if infra:
+        return ExitCode.INFRA_ERROR
+    return ExitCode.OK if passed else ExitCode.REGRESSION
+
+
+def _table(verdicts: list[Verdict], noise: float, tolerance: float) -> str:
+    if not verdicts:
+        return "no accepted candidates to check"
+    lines = [f"{'id':12}  {'name':36}  {'status':14}  {'balancedness (baseline)':27}  {'speedup (baseline)':20}  verdict"]
+    for v in verdicts:
+        balance = "-" if v.balancedness is None else f"{v.balancedness:.6f} ({v.baseline_balancedness:.6f})"
+        speed = "-" if v.speedup is None else f"{v.speedup:.2f}x ({v.baseline_speedup:.2f}x)"
+        lines.append(f"{v.candidate_id:12}  {(v.name or '')[:36]:36}  {v.status:14}  {balance:27}  {speed:20}  "
+                     f"{'holds' if v.holds else 'FAILS'}")
+        lines.extend(f"{'':14}{reason}" for reason in v.reasons)
+    lines.append(f"speed noise in this run {noise:.1%} (coefficient of variation); a speedup may drop by "
+                 f"{tolerance:.0%} before it counts")
+    return "\n".join(lines)
