@@ -6,7 +6,11 @@ A command reports bad input by raising `CommandError`; `evaluator.cli` prints it
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
 from evaluator.exitcodes import ExitCode
+from evaluator.paths import DEFAULT_STORE
 
 
 class CommandError(Exception):
@@ -15,3 +19,10 @@ class CommandError(Exception):
     def __init__(self, message: str, exit_code: ExitCode = ExitCode.BAD_INPUT) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def add_store_argument(parser: argparse.ArgumentParser) -> None:
+    """--store DIR, for every command that reads or writes candidates."""
+    parser.add_argument(
+        "--store", type=Path, default=DEFAULT_STORE, metavar="DIR", help="where candidates live (default: ./candidates)"
+    )

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from evaluator.commands import CommandError
+from evaluator.commands import CommandError, add_store_argument
 from evaluator.exitcodes import ExitCode
-from evaluator.paths import DEFAULT_STORE
 from evaluator.store import DEFAULT_SOURCE, CandidateStore, StoreError
 
 NAME = "accept"
@@ -17,9 +15,7 @@ HELP = "Accept a stored candidate: its latest result on the default trace, which
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("id", metavar="ID", help="the candidate's id, or a unique prefix of at least 4 characters")
-    parser.add_argument(
-        "--store", type=Path, default=DEFAULT_STORE, metavar="DIR", help="where candidates live (default: ./candidates)"
-    )
+    add_store_argument(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 

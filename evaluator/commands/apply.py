@@ -8,11 +8,10 @@ import json
 import sys
 from dataclasses import fields
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from evaluator import __version__
-from evaluator.commands import CommandError
+from evaluator.commands import CommandError, add_store_argument
 from evaluator.commands.evaluate import add_evaluation_arguments, exit_code_of, note_cpu_fallback, open_evaluator, report
 from evaluator.commands.inputs import read_bytes_argument
 from evaluator.commands.workload import problem_from, trace_from
@@ -22,7 +21,6 @@ from evaluator.lineage import LineageError, record
 from evaluator.exitcodes import ExitCode
 from evaluator.parent import ParentError, ParentProgram, resolve_parent
 from evaluator.patch import Application, Patch, PatchError, apply_parsed, decode_patch, parse_patch
-from evaluator.paths import DEFAULT_STORE
 from evaluator.store import DEFAULT_SOURCE, CandidateStore, StoreError, StoredCandidate, sha256_text
 
 NAME = "apply"
@@ -41,9 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dry-run", action="store_true", help="print the unified diff and write nothing")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    parser.add_argument(
-        "--store", type=Path, default=DEFAULT_STORE, metavar="DIR", help="where candidates live (default: ./candidates)"
-    )
+    add_store_argument(parser)
     parser.add_argument("--no-evaluate", action="store_true", help="store the candidate without evaluating it")
     parser.add_argument(
         "--force",

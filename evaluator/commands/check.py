@@ -6,14 +6,12 @@ import argparse
 import json
 import sys
 from dataclasses import asdict
-from pathlib import Path
 
-from evaluator.commands import CommandError
+from evaluator.commands import CommandError, add_store_argument
 from evaluator.eplb.default_trace import default_trace
 from evaluator.evaluation import Evaluator, Settings
 from evaluator.evaluation.timing import SeedTimingCache, default_cache_path
 from evaluator.exitcodes import ExitCode
-from evaluator.paths import DEFAULT_STORE
 from evaluator.regression import Verdict, judge, speed_noise, speed_tolerance
 from evaluator.store import CandidateStore, StoreError
 
@@ -22,9 +20,7 @@ HELP = "Re-evaluate every accepted candidate on the default trace; exit 1 if one
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--store", type=Path, default=DEFAULT_STORE, metavar="DIR", help="where candidates live (default: ./candidates)"
-    )
+    add_store_argument(parser)
     parser.add_argument("--repeats", type=int, default=2, metavar="N",
                         help="evaluations of each candidate, to measure the speed noise of this run (default: 2)")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")

@@ -5,14 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict
-from pathlib import Path
 
 import git
 
-from evaluator.commands import CommandError
+from evaluator.commands import CommandError, add_store_argument
 from evaluator.exitcodes import ExitCode
 from evaluator.lineage import LineageError, NotRecorded, path_from_seed, record_stored
-from evaluator.paths import DEFAULT_STORE
 
 NAME = "lineage"
 HELP = "Print the path from the seed to a candidate: each step's id, name and git commit in <store>/.lineage."
@@ -20,9 +18,7 @@ HELP = "Print the path from the seed to a candidate: each step's id, name and gi
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("candidate", metavar="ID", help="a candidate id (or a unique prefix of at least 4 characters)")
-    parser.add_argument(
-        "--store", type=Path, default=DEFAULT_STORE, metavar="DIR", help="where candidates live (default: ./candidates)"
-    )
+    add_store_argument(parser)
     parser.add_argument(
         "--record",
         action="store_true",

@@ -5,12 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-from evaluator.commands import CommandError
+from evaluator.commands import CommandError, add_store_argument
 from evaluator.exitcodes import ExitCode
-from evaluator.paths import DEFAULT_STORE
 from evaluator.store import CandidateStore, StoredCandidate, StoreError
 
 NAME = "list"
@@ -33,9 +31,7 @@ class Row:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--store", type=Path, default=DEFAULT_STORE, metavar="DIR", help="where candidates live (default: ./candidates)"
-    )
+    add_store_argument(parser)
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--accepted", action="store_true", help="only accepted candidates")
     which.add_argument("--failed", action="store_true", help="only candidates whose latest result is a failure")
