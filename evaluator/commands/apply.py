@@ -12,9 +12,15 @@ from typing import Any
 
 from evaluator import __version__
 from evaluator.commands import CommandError, add_store_argument
-from evaluator.commands.evaluate import add_evaluation_arguments, exit_code_of, note_cpu_fallback, open_evaluator, report
+from evaluator.commands.evaluate import (
+    add_evaluation_arguments,
+    evaluation_inputs,
+    exit_code_of,
+    note_cpu_fallback,
+    open_evaluator,
+    report,
+)
 from evaluator.commands.inputs import read_bytes_argument
-from evaluator.commands.workload import problem_from, trace_from
 from evaluator.evaluation import Result
 from evaluator.evaluation.evaluate import workload_summary
 from evaluator.lineage import LineageError, record
@@ -76,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(diff)
         return ExitCode.OK
-    workload = None if args.no_evaluate else _workload_of(args)
+    problem, trace = (None, None) if args.no_evaluate else evaluation_inputs(args)
+    workload = None if trace is None else workload_summary(trace, problem)
     if args.accept and workload["source"] != DEFAULT_SOURCE:
         raise CommandError(
             f"--accept needs a result on the {DEFAULT_SOURCE!r} trace (the default problem shape, no --workload or "
@@ -95,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         return ExitCode.OK
     reusable = None if args.force or args.holdout else _stored_result(stored, workload)
     if reusable is None:
-        with open_evaluator(args) as evaluator:
+        with open_evaluator(args, problem, trace) as evaluator:
             result = evaluator.evaluate(stored.program_path)
         stored.add_result(result.to_json())
         note_cpu_fallback(result, args.device, first=True)
@@ -107,14 +114,6 @@ def run(args: argparse.Namespace) -> int:
     if refusal is not None:
         raise CommandError(refusal)
     return exit_code_of(result)
-
-
-def _workload_of(args: argparse.Namespace) -> dict[str, Any]:
-    """What a result measured with these options records as its workload (the keys results are matched on)."""
-    if args.holdout:
-        return {"source": "holdout"}  # every held-out trace is new: no need to draw one just to name it
-    problem = problem_from(args)
-    return workload_summary(trace_from(args, problem), problem)
 
 
 def _stored_result(stored: StoredCandidate, workload: dict[str, Any]) -> dict[str, Any] | None:

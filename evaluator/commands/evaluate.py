@@ -9,6 +9,8 @@ from pathlib import Path
 
 from evaluator.commands import CommandError
 from evaluator.commands.workload import add_workload_arguments, problem_from, trace_from
+from evaluator.eplb.problem import Problem
+from evaluator.eplb.trace import Trace
 from evaluator.evaluation import Evaluator, Result, Settings
 from evaluator.evaluation.timing import SeedTimingCache, default_cache_path
 from evaluator.exitcodes import ExitCode
@@ -38,12 +40,16 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
     add_workload_arguments(parser)
 
 
-def open_evaluator(args: argparse.Namespace) -> Evaluator:
-    """An Evaluator configured from the command's options."""
+def evaluation_inputs(args: argparse.Namespace) -> tuple[Problem, Trace]:
+    """The problem and the trace the options name, after checking the evaluation options."""
     if args.timeout <= 0 or args.memory_mb <= 0:
         raise CommandError("--timeout and --memory-mb must be positive")
     problem = problem_from(args)
-    trace = trace_from(args, problem)
+    return problem, trace_from(args, problem)
+
+
+def open_evaluator(args: argparse.Namespace, problem: Problem, trace: Trace) -> Evaluator:
+    """An Evaluator of `trace`, configured from the command's options."""
     limits = Limits(timeout_s=args.timeout, import_timeout_s=args.timeout, memory_mb=args.memory_mb)
     return Evaluator(trace, Settings(problem=problem, timeout_s=args.timeout, limits=limits), device=args.device,
                      seed_timings=SeedTimingCache(default_cache_path()), retime_seed=args.retime_seed)
@@ -54,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise CommandError(f"no such program file: {', '.join(missing)}")
     exit_code = ExitCode.OK
-    with open_evaluator(args) as evaluator:
+    with open_evaluator(args, *evaluation_inputs(args)) as evaluator:
         for number, program in enumerate(args.programs, start=1):
             if len(args.programs) > 1:
                 print(f"[{number}/{len(args.programs)}] evaluating {program} ...", file=sys.stderr, flush=True)

@@ -123,6 +123,7 @@ class Evaluator:
         self._loads = torch.from_numpy(np.array(trace.windows, dtype=np.float64))
         self._seed_timings = seed_timings or SeedTimingCache(None)
         self._retime_seed = retime_seed  # ignore the cached seed time once
+        self._seed_digest = sha256_text(SEED_PROGRAM.read_text(encoding="utf-8"))[:12]  # part of the timing key
         self._timing_lock = threading.Lock()
         self.pool = WorkerPool(self.settings.limits, device=device, spares=spares)
 
@@ -274,7 +275,7 @@ class Evaluator:
         """The seed timed on this device with this software: from the cache, else measured now."""
         key = " | ".join([info.device, info.card, f"torch {info.torch_version}", f"cuda {info.cuda_version}",
                           f"python {platform.python_version()}", f"evaluator {__version__}",
-                          f"seed {sha256_text(SEED_PROGRAM.read_text(encoding='utf-8'))[:12]}",
+                          f"seed {self._seed_digest}",
                           repr(self.settings.problem)])
         cached = None if self._retime_seed else self._seed_timings.get(key)
         if cached is not None:
