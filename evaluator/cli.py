@@ -6,10 +6,21 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from evaluator.commands import CommandError, accept, apply, bench, check, evaluate, lineage, listing, trace
+from evaluator.commands import (
+    CommandError,
+    accept,
+    apply,
+    bench,
+    check,
+    evaluate,
+    lineage,
+    listing,
+    shinka,
+    trace,
+)
 from evaluator.exitcodes import ExitCode
 
-COMMANDS = (apply, evaluate, accept, listing, lineage, check, trace, bench)
+COMMANDS = (apply, evaluate, accept, listing, lineage, check, trace, bench, shinka)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,19 +12,16 @@ from pathlib import Path
 
 import psutil
 import pytest
+from small_problem import SMALL, SMALL_SETTINGS, SMALL_TRACE
 
 from evaluator import apply_patch
 from evaluator.eplb.default_trace import DEFAULT_SEED, default_trace
 from evaluator.eplb.holdout import holdout_trace
-from evaluator.eplb.problem import Problem
-from evaluator.eplb.synthetic import SyntheticConfig, generate_trace
 from evaluator.evaluation import Evaluator, Result, Settings
 from evaluator.paths import PROJECT_ROOT, SEED_PROGRAM
 from evaluator.sandbox import Limits
 
 SEED_PATCH = PROJECT_ROOT / "patches" / "vectorized_packing_and_replication.diff"
-SMALL = Problem(num_layers=6, num_experts=32, num_replicas=48, num_groups=4, num_nodes=2, num_gpus=8)
-SMALL_TRACE = generate_trace(SyntheticConfig.for_problem(SMALL, num_windows=6), seed=11)
 
 # Candidates start from the seed, imported by path, and then misbehave in one way each.
 PRELUDE = f"""
@@ -44,8 +41,7 @@ def program(tmp_path: Path, body: str, name: str = "candidate.py") -> Path:
 
 @pytest.fixture(scope="module")
 def small():
-    settings = Settings(problem=SMALL, timeout_s=30, limits=Limits(memory_mb=1536))
-    with Evaluator(SMALL_TRACE, settings, device="cpu") as evaluator:
+    with Evaluator(SMALL_TRACE, SMALL_SETTINGS, device="cpu") as evaluator:
         yield evaluator
 
 

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ import pytest
 import torch
 
 from evaluator.eplb.problem import Problem
-from evaluator.sandbox import FailureKind, Limits, SandboxFailure, Unsupported, Worker, WorkerPool
+from evaluator.sandbox import FailureKind, Limits, SandboxFailure, Unsupported, WarmUp, Worker, WorkerPool
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSTILE = Path(__file__).resolve().parent / "hostile"
@@ -179,6 +180,39 @@ def test_the_worker_sees_none_of_the_evaluators_secrets(monkeypatch):
         stdout, _ = worker.output()
     assert "EPLB_HELD_OUT_TRACE_SEED" not in stdout.text() and "271828" not in stdout.text()
     assert '"PATH"' in stdout.text()
+
+
+def test_a_warm_up_runs_before_the_worker_is_ready_and_leaves_no_trace_for_the_candidate(tmp_path):
+    calls = tmp_path / "warm_up_calls"
+    warm_up = tmp_path / "warm_up.py"
+    warm_up.write_text(f"def rebalance_experts(weight, *args):\n    open({str(calls)!r}, 'a').write('call\\n')\n")
+    looks_around = tmp_path / "looks_around.py"
+    looks_around.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT / "seeds")!r})
+        import eplb
+
+        def rebalance_experts(weight, *args):
+            if "eplb_warm_up" in sys.modules or "rebalance_experts" in vars(sys.modules["__main__"]):
+                raise RuntimeError("the warm-up program is reachable")
+            return eplb.rebalance_experts(weight, *args)
+    """))
+    setup = WarmUp(warm_up, (SMALL.num_layers, SMALL.num_experts), SMALL.rebalance_args(), calls=3)
+    with Worker.start(LIMITS, device="cpu", warm_up=setup) as worker:
+        assert calls.read_text().splitlines() == ["call"] * 3
+        worker.load(looks_around)
+        result = worker.call(weight_for(SMALL), SMALL.rebalance_args())
+    assert all(np.array_equal(a, b) for a, b in zip(result.outputs, seed_plan(weight_for(SMALL), SMALL)))
+
+
+def test_a_warm_up_that_fails_is_an_infra_error(tmp_path):
+    warm_up = tmp_path / "warm_up.py"
+    warm_up.write_text("def rebalance_experts(weight, *args):\n    raise ValueError('broken warm-up')\n")
+    setup = WarmUp(warm_up, (SMALL.num_layers, SMALL.num_experts), SMALL.rebalance_args())
+    with pytest.raises(SandboxFailure) as raised:
+        Worker.start(LIMITS, device="cpu", warm_up=setup)
+    assert raised.value.failure.kind is FailureKind.INFRA_ERROR
+    assert "warm-up failed" in raised.value.failure.message and "broken warm-up" in raised.value.failure.message
 
 
 def test_asking_for_cuda_without_a_gpu_is_an_infra_error():

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from evaluator.bench import coefficient_of_variation as _cv
 from evaluator.eplb.default_trace import default_trace
 from evaluator.eplb.scoring import balancedness_scores
 from evaluator.evaluation import Evaluator, Result, Settings
@@ -56,22 +57,20 @@ class EvaluationBenchResult:
 
 
 def measure(repeats: int = 10, throughput_candidates: int = 60, threads: int = 2, spares: int = 8,
-            device: str = "auto", rechecks: int = Settings().rechecks,
-            validate_during_calls: bool = Settings().validate_during_calls,
-            warmup_s: float = Settings().warmup_s) -> EvaluationBenchResult:
-    """Run the three measurements on the default trace and return their figures."""
+            device: str = "auto", settings: Settings | None = None) -> EvaluationBenchResult:
+    """Run the three measurements on the default trace, evaluating as `settings` say, and return their figures."""
+    settings = settings or Settings()
     trace = default_trace()
     with tempfile.TemporaryDirectory(prefix="eplb-bench-") as folder:
         candidate = Path(folder) / "candidate.py"
         candidate.write_text(apply_patch(SEED_PROGRAM.read_text(), SEED_PATCH.read_text()), encoding="utf-8")
-        settings = Settings(rechecks=rechecks, validate_during_calls=validate_during_calls, warmup_s=warmup_s)
         with Evaluator(trace, settings, device=device, spares=spares, seed_timings=SeedTimingCache(None)) as evaluator:
             _require_ok(evaluator.evaluate(candidate))  # times the seed, once
             aa = []
             for _ in range(repeats):
-                evaluator.pool.wait_for_spares()
+                evaluator.lanes.wait_for_spares()
                 aa.append(_require_ok(evaluator.evaluate(candidate)))
-            evaluator.pool.wait_for_spares()
+            evaluator.lanes.wait_for_spares()
             started = time.perf_counter()
             with ThreadPoolExecutor(threads) as pool:
                 done = list(pool.map(lambda _: evaluator.evaluate(candidate), range(throughput_candidates)))
@@ -88,10 +87,10 @@ def measure(repeats: int = 10, throughput_candidates: int = 60, threads: int = 2
         evaluation_s_median=statistics.median(r.timing["evaluation_ms"] / 1e3 for r in aa),
         candidates_per_minute=throughput_candidates / elapsed * 60, throughput_candidates=throughput_candidates,
         threads=threads, spares=spares, aa_runs=repeats, aa_speedup_mean=statistics.fmean(speedups),
-        aa_speedup_cv=statistics.pstdev(speedups) / statistics.fmean(speedups), rechecks=rechecks,
+        aa_speedup_cv=_cv(speedups), rechecks=settings.rechecks,
         aa_time_ms=[round(r.time_ms, 3) for r in aa],
         aa_min_ms=[round(r.timing["summary"]["min_ms"], 3) for r in aa],
-        validate_during_calls=validate_during_calls, warmup_s=warmup_s,
+        validate_during_calls=settings.validate_during_calls, warmup_s=settings.warmup_s,
         phases_ms_median={name: statistics.median(r.timing["phases"][name] for r in aa) for name in aa[0].timing["phases"]},
         scoring_ms=_scoring_ms(),
     )

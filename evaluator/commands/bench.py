@@ -8,10 +8,11 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from evaluator.bench import evaluation, trace_load
+from evaluator.bench import evaluation, pace, trace_load
 from evaluator.commands import CommandError
 from evaluator.evaluation import Settings
 from evaluator.exitcodes import ExitCode
+from evaluator.sandbox import SandboxFailure
 
 NAME = "bench"
 HELP = "Measure the evaluator's own performance on this machine."
@@ -76,9 +77,10 @@ def _add_evaluator_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_evaluator(args: argparse.Namespace) -> int:
     if min(args.repeats, args.candidates, args.threads, args.spares) < 1 or args.rechecks < 0:
         raise CommandError("--repeats, --candidates, --threads and --spares must be at least 1, --rechecks at least 0")
+    settings = Settings(rechecks=args.rechecks, validate_during_calls=not args.validate_between_calls,
+                        warmup_s=args.warmup_s)
     try:
-        result = evaluation.measure(args.repeats, args.candidates, args.threads, args.spares, args.device, args.rechecks,
-                                    not args.validate_between_calls, args.warmup_s)
+        result = evaluation.measure(args.repeats, args.candidates, args.threads, args.spares, args.device, settings)
     except RuntimeError as error:
         raise CommandError(str(error), ExitCode.INFRA_ERROR) from None
     if args.json:
@@ -98,12 +100,47 @@ def _run_evaluator(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _add_pace_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seconds", type=float, default=30.0, metavar="S",
+                        help="how long the two workers take turns (default: %(default)s)")
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def _run_pace(args: argparse.Namespace) -> int:
+    if args.seconds < 2:
+        raise CommandError("--seconds must be at least 2: the figures compare rounds of one second")
+    try:
+        result = pace.measure(args.seconds, device=args.device)
+    except SandboxFailure as error:
+        raise CommandError(f"a worker failed: {error.failure.message}", ExitCode.INFRA_ERROR) from None
+    if args.json:
+        print(json.dumps(dataclasses.asdict(result)))
+        return ExitCode.OK
+    print(f"device              {result.device} ({result.card}), {result.cpus} CPUs, {result.rounds} rounds of 1 s")
+    print(f"seed patch program  {result.program_ms:.3f} ms per call; drift between rounds (CV) "
+          f"{100 * result.drift_cv:.2f}%")
+    print(f"two workers         the ratio of their round medians varies by {100 * result.pair_ratio_cv:.2f}% (CV)")
+    print(f"python loop         {result.python_loop_ms:.3f} ms; drift between rounds (CV) "
+          f"{100 * result.python_loop_cv:.2f}%")
+    print(f"round trip          {result.round_trip_overhead_ms:.3f} ms per call beyond the program's compute")
+    print(f"first call          {result.first_call_cold_ms:.1f} ms in a cold worker, "
+          f"{result.first_call_warm_ms:.1f} ms after the warm-up")
+    return ExitCode.OK
+
+
 BENCHMARKS = (
     _Benchmark(
         "evaluator",
         "Overhead per candidate, candidates per minute and A/A noise, on the seed patch's program.",
         _add_evaluator_arguments,
         _run_evaluator,
+    ),
+    _Benchmark(
+        "pace",
+        "How still this machine's pace holds: the A/A noise any evaluator would see here.",
+        _add_pace_arguments,
+        _run_pace,
     ),
     _Benchmark(
         "trace-load",

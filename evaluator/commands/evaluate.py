@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from evaluator.commands import CommandError
@@ -35,6 +36,9 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
                         help="host memory limit of a candidate's process tree (default: %(default)s)")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                         help="where candidates run: cuda when there is a GPU, else cpu (default: auto)")
+    parser.add_argument("--gpu-ids", dest="gpu_ids", type=_gpu_list, metavar="LIST",
+                        help="GPUs to run candidates on, one candidate per GPU at a time, e.g. 0,1 "
+                             "(default: every visible GPU)")
     parser.add_argument("--retime-seed", action="store_true",
                         help="time the seed again instead of using its cached time for this device and software")
     add_workload_arguments(parser)
@@ -51,8 +55,19 @@ def evaluation_inputs(args: argparse.Namespace) -> tuple[Problem, Trace]:
 def open_evaluator(args: argparse.Namespace, problem: Problem, trace: Trace) -> Evaluator:
     """An Evaluator of `trace`, configured from the command's options."""
     limits = Limits(timeout_s=args.timeout, import_timeout_s=args.timeout, memory_mb=args.memory_mb)
-    return Evaluator(trace, Settings(problem=problem, timeout_s=args.timeout, limits=limits), device=args.device,
-                     seed_timings=SeedTimingCache(default_cache_path()), retime_seed=args.retime_seed)
+    try:
+        return Evaluator(trace, Settings(problem=problem, timeout_s=args.timeout, limits=limits), device=args.device,
+                         gpus=args.gpu_ids, seed_timings=SeedTimingCache(default_cache_path()),
+                         retime_seed=args.retime_seed)
+    except ValueError as error:
+        raise CommandError(f"--device {args.device}: {error}") from None
+
+
+def _gpu_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected GPU indices separated by commas, e.g. 0,1; got {text!r}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,14 +75,18 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise CommandError(f"no such program file: {', '.join(missing)}")
     exit_code = ExitCode.OK
+    total = len(args.programs)
     with open_evaluator(args, *evaluation_inputs(args)) as evaluator:
-        for number, program in enumerate(args.programs, start=1):
-            if len(args.programs) > 1:
-                print(f"[{number}/{len(args.programs)}] evaluating {program} ...", file=sys.stderr, flush=True)
-            result = evaluator.evaluate(program)
-            note_cpu_fallback(result, args.device, first=number == 1)
-            report(result, str(program), args.json)
-            exit_code = max(exit_code, exit_code_of(result))
+        # One more thread than devices: a candidate is launched and scored while others are timed.
+        with ThreadPoolExecutor(len(evaluator.lanes.lanes) + 1 if total > 1 else 1) as threads:
+            pending = {threads.submit(evaluator.evaluate, program): program for program in args.programs}
+            for done, future in enumerate(as_completed(pending), start=1):
+                result = future.result()
+                if total > 1:
+                    print(f"[{done}/{total}] {pending[future]}: {result.status}", file=sys.stderr, flush=True)
+                note_cpu_fallback(result, args.device, first=done == 1)
+                report(result, str(pending[future]), args.json)
+                exit_code = max(exit_code, exit_code_of(result))
     return exit_code
 
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 import platform
 import secrets
 import statistics
+import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
@@ -28,10 +29,11 @@ from evaluator.eplb.problem import Problem
 from evaluator.eplb.scoring import balancedness_scores, combined_score, gpu_balancedness, speed_score, speedup
 from evaluator.eplb.trace import Trace, check_matches
 from evaluator.evaluation.outputs import check_call
-from evaluator.evaluation.reference import seed_plans
+from evaluator.evaluation.reference import seed_patch_program, seed_plans
 from evaluator.evaluation.result import Result
 from evaluator.evaluation.schedule import build_schedule, warmup_call
-from evaluator.evaluation.timing import SeedTiming, SeedTimingCache, measure
+from evaluator.evaluation.lanes import Lane, Lanes
+from evaluator.evaluation.timing import SeedTiming, SeedTimingCache, default_cache_path, measure
 from evaluator.paths import SEED_PROGRAM
 from evaluator.sandbox import (
     CallResult,
@@ -40,9 +42,9 @@ from evaluator.sandbox import (
     Limits,
     Output,
     SandboxFailure,
+    WarmUp,
     Worker,
     WorkerInfo,
-    WorkerPool,
 )
 from evaluator.store import sha256_text
 
@@ -102,19 +104,44 @@ class _Run:
     duplicate_gpus: float
     compute_ns: int  # the candidate's own time in every call, rechecks included
     phases: dict[str, float]  # where the evaluation's wall time went, in ms
+    lane: str  # the device it ran on: "cuda:0", "cpu", ...
     stdout: str
     stderr: str
+
+
+class _Processes:
+    """The candidate processes of one evaluation, each a fresh worker from its lane's spares."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self._timeout_s = timeout_s
+        self._workers: list[Worker] = []
+
+    def launch(self, lane: Lane, program: Path, deadline: float) -> Worker:
+        """A fresh worker with `program` loaded; raises `SandboxFailure`."""
+        worker = lane.pool.acquire()
+        self._workers.append(worker)
+        worker.load(program, timeout_s=_remaining(deadline, self._timeout_s))
+        return worker
+
+    def end(self) -> None:
+        """Kill every process now (none runs another instruction); the CUDA teardown finishes in the background."""
+        for worker in self._workers:
+            worker.close(wait=False)
 
 
 class Evaluator:
     """Evaluates candidate programs on one trace. Keeps spare workers warm; use as a context manager.
 
-    Thread-safe: candidates may be evaluated from several threads; their timed phases never overlap, so no
-    two candidates are timed on one device at once.
+    Thread-safe: candidates may be evaluated from several threads. Each is run on a device of its own for
+    as long as any of its processes lives (one lane per GPU in `gpus`, default every visible GPU), so no two
+    candidates are timed on one device at once, even by evaluators in other processes; validation of earlier
+    outputs and scoring run beside the timed calls. Raises `ValueError` when the device or GPUs asked for are
+    not there.
     """
 
     def __init__(self, trace: Trace, settings: Settings | None = None, *, device: str = "auto", spares: int = 2,
-                 seed_timings: SeedTimingCache | None = None, retime_seed: bool = False) -> None:
+                 gpus: Sequence[int] | None = None, seed_timings: SeedTimingCache | None = None,
+                 retime_seed: bool = False) -> None:
         self.settings = settings or Settings()
         check_matches(trace, self.settings.problem)
         torch.set_num_threads(min(EVALUATOR_THREADS, torch.get_num_threads()))
@@ -124,8 +151,10 @@ class Evaluator:
         self._seed_timings = seed_timings or SeedTimingCache(None)
         self._retime_seed = retime_seed  # ignore the cached seed time once
         self._seed_digest = sha256_text(SEED_PROGRAM.read_text(encoding="utf-8"))[:12]  # part of the timing key
-        self._timing_lock = threading.Lock()
-        self.pool = WorkerPool(self.settings.limits, device=device, spares=spares)
+        self._seed_lock = threading.Lock()  # the seed is timed once, however many threads need it
+        self._files = tempfile.TemporaryDirectory(prefix="eplb-evaluator-")
+        self.lanes = Lanes(self.settings.limits, device, spares, gpus, default_cache_path().parent / "locks",
+                           self._worker_warm_up())
 
     def __enter__(self) -> Evaluator:
         return self
@@ -134,7 +163,15 @@ class Evaluator:
         self.close()
 
     def close(self) -> None:
-        self.pool.close()
+        self.lanes.close()
+        self._files.cleanup()
+
+    def _worker_warm_up(self) -> WarmUp:
+        """What every fresh worker runs before a candidate: the seed patch's program, our own code."""
+        program = Path(self._files.name) / "warm_up.py"
+        program.write_text(seed_patch_program(), encoding="utf-8")
+        problem = self.settings.problem
+        return WarmUp(program, (problem.num_layers, problem.num_experts), problem.rebalance_args())
 
     def evaluate(self, program: str | Path) -> Result:
         """Run, validate and score `program`; every failure is a Result with score 0, never an exception."""
@@ -143,17 +180,33 @@ class Evaluator:
             run = self._run(Path(program))
             seed = self._seed_timing(run.info)
         except _Failed as failed:
-            return Result(failed.status, failed.error, [asdict(v) for v in failed.violations],
-                          workload=self._workload(), stdout=failed.stdout, stderr=failed.stderr)
+            return self._failure(failed)
         result = self._score(run, seed)
         # What the evaluation cost beyond the candidate's own compute (the seed's timing, once, included).
         costs = {"evaluation_ms": (time.perf_counter() - started) * 1e3, "candidate_compute_ms": run.compute_ns / 1e6,
-                 "phases": run.phases}
+                 "phases": run.phases, "lane": run.lane}
         return replace(result, timing={**result.timing, **costs})
+
+    def check(self, program: str | Path) -> Result:
+        """A cheap first stage for a loop: the program imports and returns a valid plan for the trace's first
+        window. Nothing is timed or scored: an `ok` Result here keeps every score at 0."""
+        try:
+            with self.lanes.hold() as lane, self._processes() as processes:
+                deadline = time.monotonic() + self.settings.timeout_s
+                worker = processes.launch(lane, Path(program), deadline)
+                result = self._call(worker, self._inputs[0], deadline)
+                _require_valid(check_call(result, self.settings.problem), "the call on window 0", worker)
+                stdout, stderr = _tails(worker.output())
+        except _Failed as failed:
+            return self._failure(failed)
+        return Result("ok", workload=self._workload(), stdout=stdout, stderr=stderr, **_device(worker.info))
+
+    def _failure(self, failed: _Failed) -> Result:
+        return Result(failed.status, failed.error, [asdict(v) for v in failed.violations], workload=self._workload(),
+                      stdout=failed.stdout, stderr=failed.stderr)
 
     def _run(self, program: Path) -> _Run:
         settings = self.settings
-        deadline = time.monotonic() + settings.timeout_s
         rng = np.random.default_rng(secrets.randbits(128))
         schedule = build_schedule(self._inputs, settings.variants_per_window, rng)
         rechecked = set(rng.choice(len(schedule), min(settings.rechecks, len(schedule)), replace=False))
@@ -182,50 +235,55 @@ class Evaluator:
 
         phases: dict[str, float] = {}
         started = time.perf_counter()
-        with self._launch(program, deadline) as worker, self._timing_lock, self._quiet(worker), \
-                ThreadPoolExecutor(1) as validator:
+
+        def phase(name: str) -> None:
+            phases[name] = (time.perf_counter() - started) * 1e3 - sum(phases.values())
+
+        with self.lanes.hold() as lane, self._quiet(lane), self._processes() as processes:
+            phase("wait_for_device_ms")
             deadline = time.monotonic() + settings.timeout_s  # waiting for the device is not the candidate's time
-            phases["launch_and_wait_ms"] = (time.perf_counter() - started) * 1e3
-            warmup_ns = self._warm_up(worker, validator, rng, deadline)
-            phases["warmup_ms"] = (time.perf_counter() - started) * 1e3 - sum(phases.values())
-            for position, call in enumerate(schedule):
-                if not call.scored and spent_ns > settings.timing_budget_s * 1e9:
-                    skipped += 1
-                    continue
-                result = self._call(worker, call.weight, deadline)
-                spent_ns += result.worker_ns
-                pending.append((position, result, validator.submit(check_call, result, settings.problem)))
-                timed.append(replace(result, outputs=()))  # times only: outputs are megabytes each
-                settle(wait=not settings.validate_during_calls)
-            phases["calls_ms"] = (time.perf_counter() - started) * 1e3 - sum(phases.values())
-            settle(wait=True)
+            worker = processes.launch(lane, program, deadline)
+            phase("launch_ms")
+            with ThreadPoolExecutor(1) as validator:
+                warmup_ns = self._warm_up(worker, validator, rng, deadline)
+                phase("warmup_ms")
+                for position, call in enumerate(schedule):
+                    if not call.scored and spent_ns > settings.timing_budget_s * 1e9:
+                        skipped += 1
+                        continue
+                    result = self._call(worker, call.weight, deadline)
+                    spent_ns += result.worker_ns
+                    pending.append((position, result, validator.submit(check_call, result, settings.problem)))
+                    timed.append(replace(result, outputs=()))  # times only: outputs are megabytes each
+                    settle(wait=not settings.validate_during_calls)
+                phase("calls_ms")
+                settle(wait=True)
             stdout, stderr = _tails(worker.output())
-            phases["validation_tail_ms"] = (time.perf_counter() - started) * 1e3 - sum(phases.values())
+            worker.close(wait=False)  # gone before the recheck's process starts
+            phase("validation_tail_ms")
             recheck_ns = self._recheck(
-                program, [(schedule[k].weight, kept[k], k + 1) for k in rng.permutation(list(kept))], deadline
+                lane, processes, program, [(schedule[k].weight, kept[k], k + 1) for k in rng.permutation(list(kept))],
+                deadline,
             )
-            phases["recheck_ms"] = (time.perf_counter() - started) * 1e3 - sum(phases.values())
+            phase("recheck_ms")
         return _Run(worker.info, scored, variants, timed, skipped, statistics.fmean(duplicates),
-                    warmup_ns + spent_ns + recheck_ns, phases, stdout, stderr)
+                    warmup_ns + spent_ns + recheck_ns, phases, lane.name, stdout, stderr)
 
     @contextmanager
-    def _launch(self, program: Path, deadline: float) -> Iterator[Worker]:
-        """A fresh worker with `program` loaded; sandbox failures become failed evaluations."""
+    def _processes(self) -> Iterator[_Processes]:
+        """The candidate's processes for one evaluation; sandbox failures become failed evaluations, and every
+        process is killed when the block ends."""
+        processes = _Processes(self.settings.timeout_s)
         try:
-            worker = self.pool.acquire()
-        except SandboxFailure as error:
-            raise _Failed.from_sandbox(error.failure) from None
-        try:
-            worker.load(program, timeout_s=_remaining(deadline, self.settings.timeout_s))
-            yield worker
+            yield processes
         except SandboxFailure as error:
             raise _Failed.from_sandbox(error.failure) from None
         finally:
-            worker.close(wait=False)  # killed now; the CUDA teardown finishes in the background
+            processes.end()
 
-    def _quiet(self, worker: Worker) -> AbstractContextManager[None]:
+    def _quiet(self, lane: Lane) -> AbstractContextManager[None]:
         """On the CPU the candidate shares its cores with workers starting up: start none while it is timed."""
-        return self.pool.quiet() if worker.info.device == "cpu" else nullcontext()
+        return lane.pool.quiet() if lane.name == "cpu" else nullcontext()
 
     def _warm_up(self, worker: Worker, validator: ThreadPoolExecutor, rng: np.random.Generator,
                  deadline: float) -> int:
@@ -248,23 +306,24 @@ class Evaluator:
         return worker.call(weight, self.settings.problem.rebalance_args(),
                            timeout_s=_remaining(deadline, self.settings.timeout_s))
 
-    def _recheck(self, program: Path, calls: list[tuple[np.ndarray, CallResult, int]], deadline: float) -> int:
+    def _recheck(self, lane: Lane, processes: _Processes, program: Path,
+                 calls: list[tuple[np.ndarray, CallResult, int]], deadline: float) -> int:
         """Give some inputs again, in another order, to a fresh process: a plan that depended on earlier calls
         (a cache, a stale plan) or on chance comes out different. Returns the candidate's time in those calls."""
         spent_ns = 0
         if not calls:
             return spent_ns
-        with self._launch(program, deadline) as worker:
-            for weight, first, number in calls:
-                again = self._call(worker, weight, deadline)
-                spent_ns += again.worker_ns
-                if len(first.outputs) != len(again.outputs) or not all(map(_same_array, first.outputs, again.outputs)):
-                    violation = Violation(
-                        "plan.not_reproducible", None,
-                        f"call {number}'s plan differs when the same input is given to a fresh process; the plan "
-                        "must be a deterministic function of its input alone, not of earlier calls (a cache or a "
-                        "stale plan), of chance, or of timing")
-                    raise _Failed("invalid_output", violation.message, (violation,), *_tails(worker.output()))
+        worker = processes.launch(lane, program, deadline)
+        for weight, first, number in calls:
+            again = self._call(worker, weight, deadline)
+            spent_ns += again.worker_ns
+            if len(first.outputs) != len(again.outputs) or not all(map(_same_array, first.outputs, again.outputs)):
+                violation = Violation(
+                    "plan.not_reproducible", None,
+                    f"call {number}'s plan differs when the same input is given to a fresh process; the plan "
+                    "must be a deterministic function of its input alone, not of earlier calls (a cache or a "
+                    "stale plan), of chance, or of timing")
+                raise _Failed("invalid_output", violation.message, (violation,), *_tails(worker.output()))
         return spent_ns
 
     def _score_on_next_window(self, plan: Plan, window: int) -> float:
@@ -277,18 +336,20 @@ class Evaluator:
                           f"python {platform.python_version()}", f"evaluator {__version__}",
                           f"seed {self._seed_digest}",
                           repr(self.settings.problem)])
-        cached = None if self._retime_seed else self._seed_timings.get(key)
-        if cached is not None:
-            return cached
-        try:
-            run = self._run(SEED_PROGRAM)
-        except _Failed as failed:
-            raise _Failed("infra_error", f"timing the seed failed ({failed.status}): {failed.error}") from None
-        timing = measure(run.timed, None)
-        seed = SeedTiming(timing.time_ms, timing.overhead_ms, timing.summary.relative_spread, timing.summary.count)
-        self._seed_timings.put(key, seed)
-        self._retime_seed = False
-        return seed
+        with self._seed_lock:
+            cached = None if self._retime_seed else self._seed_timings.get(key)
+            if cached is not None:
+                return cached
+            try:
+                run = self._run(SEED_PROGRAM)
+            except _Failed as failed:
+                raise _Failed("infra_error", f"timing the seed failed ({failed.status}): {failed.error}") from None
+            timing = measure(run.timed, None)
+            seed = SeedTiming(timing.time_ms, timing.overhead_ms, timing.summary.relative_spread,
+                              timing.summary.count)
+            self._seed_timings.put(key, seed)
+            self._retime_seed = False
+            return seed
 
     def _score(self, run: _Run, seed: SeedTiming) -> Result:
         problem = self.settings.problem

@@ -14,7 +14,7 @@ from evaluator.sandbox.capture import CapturedOutput
 from evaluator.sandbox.failures import Failure, FailureKind, SandboxFailure
 from evaluator.sandbox.limits import Limits
 from evaluator.sandbox.pool import WorkerPool
-from evaluator.sandbox.process import DEFAULT_ENTRY_POINT, Worker
+from evaluator.sandbox.process import DEFAULT_ENTRY_POINT, WarmUp, Worker
 from evaluator.sandbox.results import CallResult, Output, Unsupported, WorkerInfo
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "Output",
     "SandboxFailure",
     "Unsupported",
+    "WarmUp",
     "Worker",
     "WorkerInfo",
     "WorkerPool",

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 from evaluator.sandbox.failures import Failure, FailureKind, SandboxFailure
 from evaluator.sandbox.limits import Limits
-from evaluator.sandbox.process import DEFAULT_ENTRY_POINT, Worker
+from evaluator.sandbox.process import DEFAULT_ENTRY_POINT, WarmUp, Worker
 
 _live_pools: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
 
@@ -26,7 +26,7 @@ class WorkerPool:
     """
 
     def __init__(self, limits: Limits = Limits(), device: str = "auto", spares: int = 1,
-                 environment: Mapping[str, str] | None = None) -> None:
+                 environment: Mapping[str, str] | None = None, warm_up: WarmUp | None = None) -> None:
         if spares < 0:
             raise ValueError(f"spares must be at least 0, got {spares}")
         if device not in ("auto", "cuda", "cpu"):
@@ -35,6 +35,7 @@ class WorkerPool:
         self.device = device
         self.spares = spares
         self._environment = dict(environment or {})
+        self._warm_up = warm_up
         self._condition = threading.Condition()
         self._ready: list[Worker] = []
         self._starting: set[Worker] = set()
@@ -64,9 +65,9 @@ class WorkerPool:
                     worker = self._take_ready()
                     if worker is not None:
                         return worker
-                    self._replenish()
-                    if self._start_failure is not None and not self._starting and not self._launching:
+                    if self._start_failure is not None:  # a start failed while we waited: the next would too
                         raise SandboxFailure(self._start_failure)
+                    self._replenish()
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise SandboxFailure(Failure(FailureKind.INFRA_ERROR,
@@ -161,7 +162,7 @@ class WorkerPool:
         worker: Worker | None = None
         failure: Failure | None = None
         try:
-            worker = Worker(self.limits, self.device, self._environment)
+            worker = Worker(self.limits, self.device, self._environment, self._warm_up)
         except SandboxFailure as error:
             failure = error.failure
         with self._condition:
@@ -187,6 +188,10 @@ class WorkerPool:
             self._condition.notify_all()
         if worker is not None:
             worker.close()
+
+
+# A forked child does not own its parent's pools: it must not kill their workers when it exits.
+os.register_at_fork(after_in_child=_live_pools.clear)
 
 
 @atexit.register

@@ -149,6 +149,21 @@ class Runtime:
             self.synchronize = lambda: None
         self.synchronize()
 
+    def warm_up(self, path: str, shape: Sequence[int], args: Sequence[int], calls: int) -> None:
+        """Run a trusted program on random loads, then forget it; its kernels stay loaded on the device."""
+        spec = importlib.util.spec_from_file_location("eplb_warm_up", path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"{path} cannot be imported as a Python module")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        generator = self.torch.Generator().manual_seed(0)
+        for _ in range(calls):
+            weight = (self.torch.rand(*shape, generator=generator) * 1000).to(self.device)
+            module.rebalance_experts(weight, *args)
+        self.synchronize()
+        del module
+        gc.collect()
+
     def describe(self, pid: int) -> dict[str, Any]:
         return {"op": "ready", "pid": pid, "device": self.device, "card": self.card,
                 "torch": self.torch.__version__, "cuda": self.torch.version.cuda}
@@ -321,6 +336,10 @@ class Server:
         return ""
 
 
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",")]
+
+
 def _send(fd: int, header: dict[str, Any], arrays: Sequence[np.ndarray] = ()) -> None:
     channel.write_blocking(fd, channel.encode(header, arrays))
 
@@ -331,6 +350,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--results", type=int, required=True, help="descriptor to write results to")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     parser.add_argument("--max-message-bytes", type=int, required=True)
+    parser.add_argument("--warm-up-program", help="a trusted program to run before reporting ready")
+    parser.add_argument("--warm-up-shape", type=_ints, help="layers,experts of its random loads")
+    parser.add_argument("--warm-up-args", type=_ints, help="its arguments after the loads")
+    parser.add_argument("--warm-up-calls", type=int, default=0)
     options = parser.parse_args(argv)
 
     proctree.become_subreaper()
@@ -342,6 +365,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 "message": f"the worker could not initialise torch on '{options.device}': "
                                            f"{_format_exception(error)}"})
         return 1
+    if options.warm_up_program:
+        try:
+            runtime.warm_up(options.warm_up_program, options.warm_up_shape, options.warm_up_args,
+                            options.warm_up_calls)
+        except BaseException as error:
+            _send(options.results, {"op": "fail", "kind": "infra_error",
+                                    "message": f"the worker's warm-up failed: {_format_exception(error)}"})
+            return 1
     server = Server(runtime, options.max_message_bytes)
     try:
         _send(options.results, runtime.describe(os.getpid()))

@@ -1,0 +1,181 @@
+"""The Python API for optimisation loops: evaluate a program, or an LLM's patch, and get a typed `Result`.
+
+    from evaluator.api import evaluate_patch, evaluate_program
+
+    result = evaluate_program("candidate.py")          # a file, or the program's source text
+    result = evaluate_patch(llm_answer)                 # SEARCH/REPLACE blocks against the seed
+    if result.ok:
+        print(result.combined_score)
+
+Every call is safe from several threads at once, and the `*_async` forms are safe from one asyncio loop: they
+share one `Evaluator`, which keeps spare workers warm, validates and scores in parallel and never times two
+candidates on one device at once. A candidate's failure is a `Result` with score 0, never an exception;
+exceptions mean the caller's own mistake (a missing file, a wrong argument).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from evaluator.eplb.default_trace import default_trace
+from evaluator.eplb.trace import Trace
+from evaluator.evaluation import Evaluator, Result, Settings
+from evaluator.evaluation.timing import SeedTimingCache, default_cache_path
+from evaluator.parent import ParentError, resolve_parent
+from evaluator.patch import PatchError, apply_parsed, parse_patch
+from evaluator.paths import DEFAULT_STORE, SEED_PROGRAM
+from evaluator.store import CandidateStore
+
+ProgramLike = str | os.PathLike[str]
+
+@dataclass(frozen=True)
+class _Configuration:
+    trace: Trace | None = None  # None: the default trace
+    settings: Settings | None = None
+    device: str = "auto"
+    spares: int = 2
+
+    def matches(self, other: _Configuration) -> bool:
+        """Equal values; traces are compared by content, as a loop re-importing its module builds a new one."""
+        same_trace = self.trace is other.trace or (
+            self.trace is not None and other.trace is not None and self.trace.source == other.trace.source
+            and self.trace.steps_per_window == other.trace.steps_per_window
+            and np.array_equal(self.trace.windows, other.trace.windows)
+        )
+        return same_trace and (self.settings, self.device, self.spares) == (other.settings, other.device, other.spares)
+
+
+_configuration = _Configuration()
+_shared: Evaluator | None = None
+_shared_lock = threading.Lock()
+
+
+def configure(*, trace: Trace | None = None, settings: Settings | None = None, device: str = "auto",
+              spares: int = 2) -> None:
+    """Set what the shared evaluator measures on: the trace (default: the embedded one), the settings (problem
+    shape, limits), the device ("auto", "cuda" or "cpu") and how many spare workers it keeps warm.
+
+    Calling it again with the same values changes nothing, so a loop may call it from a module it re-imports;
+    other values close the shared evaluator, and the next evaluation starts a new one.
+    """
+    global _configuration, _shared
+    wanted = _Configuration(trace, settings, device, spares)
+    with _shared_lock:
+        if wanted.matches(_configuration):
+            return
+        _configuration = wanted
+        if _shared is not None:
+            _shared.close()
+            _shared = None
+
+
+def shared_evaluator() -> Evaluator:
+    """The evaluator the API uses unless given one, as `configure` set it (by default: the embedded trace, the
+    default settings, the best device there is); the seed's timings are cached on disk. Created on first use,
+    closed at exit."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            config = _configuration
+            _shared = Evaluator(config.trace or default_trace(), config.settings, device=config.device,
+                                spares=config.spares, seed_timings=SeedTimingCache(default_cache_path()))
+        return _shared
+
+
+@atexit.register
+def _close_shared() -> None:
+    if _shared is not None:
+        _shared.close()
+
+
+def _forget_shared_after_fork() -> None:
+    """A forked child (a loop's process pool) does not own its parent's evaluator, whose threads did not come
+    along: it starts its own on first use, and leaves the parent's workers alone."""
+    global _shared, _shared_lock
+    _shared, _shared_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_shared_after_fork)
+
+
+def evaluate_program(program: ProgramLike, *, evaluator: Evaluator | None = None) -> Result:
+    """Evaluate a candidate program: a path (a `Path`, or a `str` without newlines) or its source text.
+
+    Raises `FileNotFoundError` for a path that names no file; every failure of the program itself is a
+    `Result` whose `status` names it.
+    """
+    evaluator = evaluator or shared_evaluator()
+    with _program_file(program) as path:
+        return evaluator.evaluate(path)
+
+
+def check_program(program: ProgramLike, *, evaluator: Evaluator | None = None) -> Result:
+    """A cheap first stage: the program imports and returns a valid plan for one window. Nothing is timed or
+    scored (every score stays 0); `status` and `error` say whether the full evaluation is worth running."""
+    evaluator = evaluator or shared_evaluator()
+    with _program_file(program) as path:
+        return evaluator.check(path)
+
+
+def evaluate_patch(patch_text: str, parent: ProgramLike | None = None, *, rewrite: bool = False,
+                   store: ProgramLike | None = None, evaluator: Evaluator | None = None) -> Result:
+    """Apply an LLM's answer to `parent` and evaluate the program it makes.
+
+    `parent` is the seed (None), a program file, or the id of a candidate in `store` (a candidate folder, by
+    default `candidates/`). `rewrite` takes the answer as a whole new program instead of SEARCH/REPLACE
+    blocks. A patch that does not apply is a Result with status `apply_error` and a message written to be
+    pasted into the next prompt. Nothing is stored: a loop keeps its own database (the `apply` command stores).
+    """
+    try:
+        source = _parent_source(parent, store)
+    except ParentError as error:
+        raise FileNotFoundError(str(error)) from None
+    try:
+        program = apply_parsed(source, parse_patch(patch_text, rewrite=rewrite)).program
+    except PatchError as error:
+        return Result("apply_error", f"the patch does not apply: {error}")
+    return evaluate_program(program, evaluator=evaluator)
+
+
+async def evaluate_program_async(program: ProgramLike, *, evaluator: Evaluator | None = None) -> Result:
+    """`evaluate_program` in a worker thread: awaiting it leaves the event loop free."""
+    return await asyncio.to_thread(evaluate_program, program, evaluator=evaluator)
+
+
+async def evaluate_patch_async(patch_text: str, parent: ProgramLike | None = None, *, rewrite: bool = False,
+                               store: ProgramLike | None = None, evaluator: Evaluator | None = None) -> Result:
+    """`evaluate_patch` in a worker thread: awaiting it leaves the event loop free."""
+    return await asyncio.to_thread(evaluate_patch, patch_text, parent, rewrite=rewrite, store=store,
+                                   evaluator=evaluator)
+
+
+def _parent_source(parent: ProgramLike | None, store: ProgramLike | None) -> str:
+    if parent is None:
+        return SEED_PROGRAM.read_text(encoding="utf-8")
+    candidates = CandidateStore(Path(store if store is not None else DEFAULT_STORE))
+    return resolve_parent(os.fspath(parent), candidates).source
+
+
+@contextmanager
+def _program_file(program: ProgramLike) -> Iterator[Path]:
+    """The program as a file: the path given, or its source text written to a private temporary file."""
+    if isinstance(program, str) and "\n" in program:
+        with tempfile.TemporaryDirectory(prefix="eplb-program-") as folder:
+            path = Path(folder) / "program.py"
+            path.write_text(program, encoding="utf-8")
+            yield path
+        return
+    path = Path(program)
+    if not path.is_file():
+        raise FileNotFoundError(f"no program file at {path}; pass a path to a file, or the program's source text")
+    yield path

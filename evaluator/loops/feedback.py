@@ -1,0 +1,46 @@
+"""What a loop shows its LLM about an evaluation: numeric metrics, and a short text that says what to fix."""
+
+from __future__ import annotations
+
+from evaluator.evaluation import Result
+
+FEEDBACK_CHARS = 4000  # fits any loop's prompt budget for one program's feedback
+MAX_VIOLATIONS = 5
+METRICS = ("combined_score", "balancedness_score", "speed_score", "speedup", "time_ms", "seed_time_ms",
+           "slot_balancedness", "reference_balancedness", "seed_balancedness", "gpus_with_duplicate_expert")
+
+
+def numeric_metrics(result: Result) -> dict[str, float]:
+    """The result's scores and times as floats; those a failure does not have are left out."""
+    values = {name: getattr(result, name) for name in METRICS}
+    return {name: float(value) for name, value in values.items() if value is not None}
+
+
+def feedback_text(result: Result, limit: int = FEEDBACK_CHARS) -> str:
+    """For a failure: its kind, its message, the first violations and the end of stderr; for a success, the
+    scores against the seed. At most `limit` characters, the start kept (it says what went wrong)."""
+    if result.ok and result.time_ms is None:  # a first-stage check: nothing was scored
+        lines = [f"status: ok on {result.device} ({result.card}): the program imports and returns a valid plan"]
+    elif result.ok:
+        lines = [
+            f"status: ok on {result.device} ({result.card})",
+            f"balancedness_score {result.balancedness_score:.4f} (the seed: {result.seed_balancedness:.4f})",
+            f"time per call {result.time_ms:.3f} ms (the seed: {result.seed_time_ms:.3f} ms), speedup "
+            f"{result.speedup:.2f}x, speed_score {result.speed_score:.4f}",
+            f"combined_score {result.combined_score:.4f}",
+        ]
+    else:
+        lines = [f"status: {result.status}", f"error: {result.error}"]
+        for violation in result.violations[:MAX_VIOLATIONS]:
+            lines.append(f"violation {violation.get('invariant')}: {violation.get('message')}")
+        if len(result.violations) > MAX_VIOLATIONS:
+            lines.append(f"... and {len(result.violations) - MAX_VIOLATIONS} more violations")
+        if result.stderr.strip():
+            lines.append("stderr (last lines):\n" + "\n".join(result.stderr.strip().splitlines()[-20:]))
+    return clip("\n".join(lines), limit)
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, saying so when it was cut."""
+    marker = "\n... (truncated)"
+    return text if len(text) <= limit else text[: max(0, limit - len(marker))] + marker

@@ -1,0 +1,135 @@
+"""OpenEvolve's evaluation functions: `evaluate`, and `evaluate_stage1` / `evaluate_stage2` for its cascade.
+
+Give OpenEvolve this file as its evaluation file; it uses the shared evaluator of `evaluator.api` with its
+defaults (the embedded trace, the best device there is). To configure that evaluator, give it an evaluation
+file of your own instead, which configures and re-exports:
+
+    from evaluator.api import configure
+    configure(device="cuda", spares=4)
+    from evaluator.loops.openevolve_evaluator import *  # evaluate, evaluate_stage1, evaluate_stage2
+
+OpenEvolve executes the evaluation file again for every program in cascade mode; `configure` with equal
+values (a trace equal in content included) keeps the warm evaluator. A trace that is new at every draw (a
+held-out one) belongs in a module the evaluation file imports, which runs once per process. Its worker processes, forked or spawned,
+each start their own evaluator, and evaluators in separate processes still take turns on each GPU, so
+`parallel_evaluations` above 1 overlaps launching, validation and scoring but never two timed candidates.
+
+What OpenEvolve gets back (an `EvaluationResult`, or the metrics dict alone when openevolve is not importable):
+
+- metrics: the numeric scores and times of the `Result` (`feedback.numeric_metrics`); `combined_score` is
+  always there, 0.0 for any failure. `evaluate_stage1` returns `combined_score` 1.0 when the cheap check
+  passes and 0.0 when it fails, so a cascade threshold such as 0.5 lets exactly the passing programs through;
+  `evaluate_stage2`'s full scores then replace it.
+- artifacts, which OpenEvolve shows the LLM when it next patches this program: `status`, `error`,
+  `violations`, `stderr` (its end) and `feedback` (`feedback.feedback_text`), each at most `ARTIFACT_CHARS`
+  characters; empty ones are left out. OpenEvolve's prompt filter replaces any run of 32 or more letters and
+  digits with `<REDACTED_TOKEN>`, so nothing here relies on a hash or an id.
+
+The evaluator's own failures (`infra_error`) are not the program's, so they are never scored as the program's:
+
+- `evaluate` and `evaluate_stage1` raise `EvaluatorFault` (a RuntimeError) with the evaluator's message. In
+  direct mode OpenEvolve retries `evaluator.max_retries` times and then records `{"error": 0.0}`; in cascade
+  mode a raising stage 1 is recorded as `{"stage1_passed": 0.0, "error": 0.0}` with the message in the
+  artifacts. OpenEvolve never retries a cascade stage, so the stages try `CASCADE_ATTEMPTS` times first.
+- `evaluate_stage2` cannot raise: OpenEvolve would keep stage 1's `combined_score` of 1.0, the best score
+  there is, for a program that was never measured. After `CASCADE_ATTEMPTS` it returns `combined_score` 0.0
+  and `stage2_passed` 0.0 (OpenEvolve's own mark of a failed stage), with `status` `infra_error` in the
+  artifacts so the LLM is not told its program broke.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from evaluator.api import check_program, evaluate_program
+from evaluator.evaluation import Result
+from evaluator.loops.feedback import clip, feedback_text, numeric_metrics
+
+__all__ = ["evaluate", "evaluate_stage1", "evaluate_stage2"]
+
+# Each artifact's limit. OpenEvolve shows a parent's artifacts in full up to `prompt.max_artifact_bytes`
+# (20480 by default) each; five of 2000 characters keep one program's feedback to a few thousand tokens.
+ARTIFACT_CHARS = 2000
+# Evaluations per cascade stage when the evaluator itself fails: OpenEvolve never retries a cascade stage.
+CASCADE_ATTEMPTS = 2
+
+
+class EvaluatorFault(RuntimeError):
+    """The evaluator failed (`infra_error`), not the program: OpenEvolve should retry, never score it."""
+
+
+def evaluate(program_path: str) -> Any:
+    """The full evaluation: scores as metrics, diagnostics as artifacts. Raises `EvaluatorFault` on an
+    `infra_error`."""
+    result = evaluate_program(program_path)
+    _raise_if_infra(result)
+    return _shaped(numeric_metrics(result), artifacts(result))
+
+
+def evaluate_stage1(program_path: str) -> Any:
+    """Cascade stage 1, cheap: the program imports and returns a valid plan for one window. `combined_score`
+    is 1.0 if so, else 0.0 with the failure in the artifacts. Raises `EvaluatorFault` on an `infra_error`."""
+    result = _attempt(check_program, program_path)
+    _raise_if_infra(result)
+    return _shaped({"combined_score": 1.0 if result.ok else 0.0}, artifacts(result))
+
+
+def evaluate_stage2(program_path: str) -> Any:
+    """Cascade stage 2: the full evaluation, as `evaluate`; an `infra_error` scores 0.0 with `stage2_passed`
+    0.0 instead of raising (see the module's docstring)."""
+    result = _attempt(evaluate_program, program_path)
+    if result.status == "infra_error":
+        return _shaped({"combined_score": 0.0, "stage2_passed": 0.0}, artifacts(result))
+    return _shaped(numeric_metrics(result), artifacts(result))
+
+
+def artifacts(result: Result) -> dict[str, str]:
+    """What the LLM sees about `result`, each value at most `ARTIFACT_CHARS` characters. `status` and
+    `feedback` are always there; `error`, `violations` and `stderr` only when not empty (OpenEvolve would
+    show an empty section for each)."""
+    violations = "\n".join(_violation_line(violation) for violation in result.violations)
+    texts = {
+        "status": result.status,
+        "error": clip(result.error or "", ARTIFACT_CHARS),
+        "violations": clip(violations, ARTIFACT_CHARS),
+        "stderr": _tail(result.stderr.strip(), ARTIFACT_CHARS),
+        "feedback": feedback_text(result, ARTIFACT_CHARS),
+    }
+    return {key: text for key, text in texts.items() if text or key in ("status", "feedback")}
+
+
+def _violation_line(violation: dict[str, Any]) -> str:
+    where = "" if violation.get("index") is None else f" at {violation['index']}"
+    return f"{violation.get('invariant')}{where}: {violation.get('message')}"
+
+
+def _attempt(evaluation: Callable[[str], Result], program_path: str) -> Result:
+    """`evaluation` of the program, run again while the evaluator itself fails, at most `CASCADE_ATTEMPTS`
+    times in all."""
+    result = evaluation(program_path)
+    for _ in range(CASCADE_ATTEMPTS - 1):
+        if result.status != "infra_error":
+            break
+        result = evaluation(program_path)
+    return result
+
+
+def _raise_if_infra(result: Result) -> None:
+    if result.status == "infra_error":
+        raise EvaluatorFault(f"the evaluator failed, not the program (infra_error): {result.error}")
+
+
+def _shaped(metrics: dict[str, float], texts: dict[str, str]) -> Any:
+    """OpenEvolve's EvaluationResult, or the metrics alone where openevolve is not installed."""
+    try:
+        from openevolve.evaluation_result import EvaluationResult
+    except ImportError:
+        return metrics
+    return EvaluationResult(metrics=metrics, artifacts=texts)
+
+
+def _tail(text: str, limit: int) -> str:
+    """The end of `text` (where a traceback ends) in at most `limit` characters, saying so when cut."""
+    marker = "... (earlier output cut)\n"
+    return text if len(text) <= limit else marker + text[len(text) - max(0, limit - len(marker)):]

@@ -1,0 +1,33 @@
+"""`python -m evaluator bench pace` through a real subprocess: its figures agree with its own rounds."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+
+from evaluator.exitcodes import ExitCode
+
+
+def bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "evaluator", "bench", "pace", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_the_pace_figures_are_read_off_the_rounds_they_report():
+    run = bench("--seconds", "3", "--device", "cpu", "--json")
+    assert run.returncode == ExitCode.OK, run.stderr
+    result = json.loads(run.stdout)
+    rounds = result["rounds_ms"]
+    assert result["rounds"] == len(rounds) >= 2 and result["device"] == "cpu"
+    firsts = [first for first, _, _ in rounds]
+    assert abs(result["program_ms"] - statistics.median(firsts)) < 1e-2
+    assert abs(result["drift_cv"] - statistics.pstdev(firsts) / statistics.fmean(firsts)) < 1e-3
+    assert result["first_call_cold_ms"] > 0 and result["first_call_warm_ms"] > 0
+    assert result["round_trip_overhead_ms"] > 0 and result["python_loop_ms"] > 0
+
+
+def test_a_run_too_short_to_compare_rounds_is_refused():
+    run = bench("--seconds", "1", "--device", "cpu")
+    assert run.returncode == ExitCode.BAD_INPUT and "at least 2" in run.stderr

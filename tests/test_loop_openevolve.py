@@ -1,0 +1,265 @@
+"""The OpenEvolve adapter, run by OpenEvolve's own `Evaluator` (and its CLI) on a small problem on the CPU.
+
+No real LLM: OpenEvolve evaluates program text we give it, through an evaluation file that configures the
+shared evaluator and re-exports `evaluator.loops.openevolve_evaluator`, as a user's would; the one full run talks to a
+fake chat endpoint that always answers with the same small patch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import runpy
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+from openevolve.config import EvaluatorConfig, PromptConfig
+from openevolve.evaluator import Evaluator as OpenEvolveEvaluator
+from openevolve.prompt.sampler import PromptSampler
+
+from evaluator.api import configure
+from evaluator.loops.openevolve_evaluator import ARTIFACT_CHARS
+from evaluator.paths import SEED_PROGRAM
+
+# Imported, not executed per program: OpenEvolve re-executes the evaluation file for every program in cascade
+# mode; the setup runs once per process. `small_problem` (beside this file) is on the path of every process here.
+SETUP = """
+from small_problem import SMALL_SETTINGS as SETTINGS, SMALL_TRACE as TRACE
+"""
+EVALUATION_FILE = """
+from eplb_openevolve_setup import SETTINGS, TRACE
+from evaluator.api import configure
+
+configure(trace=TRACE, settings=SETTINGS, device="cpu")
+from evaluator.loops.openevolve_evaluator import *  # noqa: E402,F403
+"""
+# The evaluator breaks (no worker can start in time) when a full evaluation begins: after stage 1 in a cascade.
+BREAKING_EVALUATION_FILE = """
+from dataclasses import replace
+
+from eplb_openevolve_setup import SETTINGS, TRACE
+from evaluator.api import configure
+from evaluator.loops import openevolve_evaluator as adapter
+
+configure(trace=TRACE, settings=SETTINGS, device="cpu")
+BROKEN = replace(SETTINGS, limits=replace(SETTINGS.limits, start_timeout_s=0.001))
+evaluate_stage1 = adapter.evaluate_stage1
+
+
+def evaluate(program_path):
+    configure(trace=TRACE, settings=BROKEN, device="cpu")
+    return adapter.evaluate(program_path)
+
+
+def evaluate_stage2(program_path):
+    configure(trace=TRACE, settings=BROKEN, device="cpu")
+    return adapter.evaluate_stage2(program_path)
+"""
+# The configuration the README gives (only the model, the iterations and the timeout change here).
+README_CONFIG = """
+max_iterations: 100
+max_code_length: 40000          # the seed alone is 9.8k characters; OpenEvolve's default of 10000 rejects its children
+llm:
+  primary_model: "your-model"
+  api_base: "http://localhost:8000/v1"
+  api_key: "your-key"
+evaluator:
+  timeout: 600                  # seconds per stage; the evaluator's own limits end a hung candidate first
+  cascade_evaluation: true
+  cascade_thresholds: [0.5]     # stage 1 (imports, one valid plan) scores 1.0 or 0.0
+  parallel_evaluations: 2       # worker processes; their evaluators take turns on each GPU
+prompt:
+  max_artifact_bytes: 4096
+"""
+SEED_SOURCE = SEED_PROGRAM.read_text()
+TESTS = Path(__file__).resolve().parent
+RAISES = "def rebalance_experts(*args):\n    raise ValueError('the packing ran out of slots')\n"
+DROPS_AN_EXPERT = f"""
+import importlib.util
+_spec = importlib.util.spec_from_file_location("seed_eplb", {str(SEED_PROGRAM)!r})
+seed = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(seed)
+
+def rebalance_experts(weight, *args):
+    phy2log, log2phy, logcnt = seed.rebalance_experts(weight, *args)
+    phy2log = phy2log.clone()
+    phy2log[0][phy2log[0] == 0] = 1  # expert 0 loses every slot to expert 1
+    return phy2log, log2phy, logcnt
+"""
+SYNTAX_ERROR = SEED_SOURCE + "\ndef rebalance_experts(:\n"
+LAST_LINE = "the last line the candidate wrote"
+VERBOSE_FAILURE = f"""
+import sys
+def rebalance_experts(*args):
+    for line in range(2000):
+        print("planning layer", line, "of many", file=sys.stderr)
+    print({LAST_LINE!r}, file=sys.stderr)
+    raise ValueError("a very long complaint " * 500)
+"""
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """The evaluation file and its setup module, and the seed's timing cache, shared by the module."""
+    folder = tmp_path_factory.mktemp("openevolve")
+    (folder / "eplb_openevolve_setup.py").write_text(SETUP)
+    (folder / "evaluate_eplb.py").write_text(EVALUATION_FILE)
+    (folder / "evaluate_breaking.py").write_text(BREAKING_EVALUATION_FILE)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EPLB_EVALUATOR_CACHE", str(folder / "seed-timing.json"))
+        yield folder
+    configure()  # closes the small problem's evaluator, so no other test inherits it
+
+
+def run(folder: Path, code: str, evaluation_file: str = "evaluate_eplb.py", **config) -> tuple[dict, dict]:
+    """OpenEvolve's own evaluator on `code`: its metrics, and the artifacts it keeps for the program."""
+    settings = {"cascade_evaluation": False, "timeout": 120, "max_retries": 0, **config}
+    evaluator = OpenEvolveEvaluator(EvaluatorConfig(**settings), str(folder / evaluation_file))
+    metrics = asyncio.run(evaluator.evaluate_program(code, "program-1"))
+    return metrics, evaluator.get_pending_artifacts("program-1") or {}
+
+
+def in_prompt(artifacts: dict) -> str:
+    """The artifacts as OpenEvolve renders them into the next prompt, its security filter included."""
+    return PromptSampler(PromptConfig())._render_artifacts(artifacts)
+
+
+def test_the_seed_scores_and_reports_ok(folder):
+    metrics, artifacts = run(folder, SEED_SOURCE)
+    assert 0 < metrics["combined_score"] <= 1
+    assert 0.5 < metrics["balancedness_score"] <= 1 and metrics["time_ms"] > 0
+    assert artifacts["status"] == "ok"
+    assert f"combined_score {metrics['combined_score']:.4f}" in artifacts["feedback"]
+    assert "error" not in artifacts and "violations" not in artifacts
+
+
+@pytest.mark.parametrize(
+    "code, status, message, violation",
+    [
+        (RAISES, "exception", "ValueError: the packing ran out of slots", None),
+        (DROPS_AN_EXPERT, "invalid_output", "returned an invalid plan", "phy2log.coverage"),
+    ],
+    ids=["raises", "drops-an-expert"],
+)
+def test_a_failing_candidate_scores_zero_and_the_prompt_says_why(folder, code, status, message, violation):
+    metrics, artifacts = run(folder, code)
+    assert metrics["combined_score"] == 0.0
+    assert artifacts["status"] == status
+    assert message in artifacts["error"] and message in artifacts["feedback"]
+    if violation:
+        assert violation in artifacts["violations"] and violation in artifacts["feedback"]
+    prompt = in_prompt(artifacts)
+    assert message in prompt and "REDACTED" not in prompt
+
+
+def test_cascade_stops_a_broken_program_at_stage_one_and_scores_a_valid_one_in_full(folder):
+    broken, broken_artifacts = run(folder, SYNTAX_ERROR, cascade_evaluation=True, cascade_thresholds=[0.5])
+    # stage 2 would have added balancedness_score and speed_score (0.0 for a failure)
+    assert broken == {"combined_score": 0.0}
+    assert broken_artifacts["status"] == "import_error" and "SyntaxError" in broken_artifacts["error"]
+
+    valid, valid_artifacts = run(folder, SEED_SOURCE, cascade_evaluation=True, cascade_thresholds=[0.5])
+    assert 0 < valid["combined_score"] < 1  # stage 2's score replaced stage 1's 1.0
+    assert valid["balancedness_score"] > 0.5 and valid_artifacts["status"] == "ok"
+
+
+def test_artifacts_are_clipped_and_keep_the_end_of_stderr(folder):
+    metrics, artifacts = run(folder, VERBOSE_FAILURE)
+    assert metrics["combined_score"] == 0.0 and artifacts["status"] == "exception"
+    assert all(len(text) <= ARTIFACT_CHARS for text in artifacts.values()), {k: len(v) for k, v in artifacts.items()}
+    assert "a very long complaint" in artifacts["error"] and artifacts["error"].endswith("(truncated)")
+    assert LAST_LINE in artifacts["stderr"] and artifacts["stderr"].startswith("... (earlier output cut)")
+    assert "REDACTED" not in in_prompt(artifacts)
+
+
+def test_without_openevolve_the_metrics_come_back_alone(folder, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openevolve.evaluation_result", None)  # its import now fails
+    monkeypatch.syspath_prepend(str(folder))
+    evaluation = runpy.run_path(str(folder / "evaluate_eplb.py"))
+    program = tmp_path / "raises.py"
+    program.write_text(RAISES)
+    assert evaluation["evaluate_stage1"](str(program)) == {"combined_score": 0.0}
+
+
+class FakeLLM(BaseHTTPRequestHandler):
+    """An OpenAI-compatible chat endpoint that answers every prompt with one harmless SEARCH/REPLACE block."""
+
+    prompts: list[str] = []
+    ANSWER = ("<<<<<<< SEARCH\n    groups_per_pack = num_groups // num_packs\n=======\n"
+              "    groups_per_pack = num_groups // num_packs  # groups in each pack\n>>>>>>> REPLACE\n")
+
+    def do_POST(self) -> None:
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.prompts.append("\n".join(message["content"] for message in request["messages"]))
+        body = json.dumps({
+            "id": "fake", "object": "chat.completion", "created": int(time.time()), "model": request["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": self.ANSWER},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_llm():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeLLM)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/v1"
+    server.shutdown()
+    thread.join()
+
+
+def test_an_openevolve_run_scores_the_seed_and_its_child(folder, tmp_path, fake_llm):
+    settings = yaml.safe_load(README_CONFIG)
+    settings.update(max_iterations=1, checkpoint_interval=1)
+    settings["llm"].update(primary_model="fake", api_base=fake_llm)
+    settings["evaluator"]["timeout"] = 120
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    initial = tmp_path / "initial_program.py"
+    initial.write_text(SEED_SOURCE)
+    cli = Path(sys.executable).with_name("openevolve-run")
+    done = subprocess.run(
+        [str(cli), str(initial), str(folder / "evaluate_eplb.py"), "--config", str(config),
+         "--output", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    saved = [json.loads(path.read_text()) for path in (tmp_path / "out").glob("checkpoints/*/programs/*.json")]
+    [seed] = [program for program in saved if program["generation"] == 0]
+    [child] = [program for program in saved if program["generation"] == 1]
+    assert "# groups in each pack" in child["code"]  # the LLM's patch, evaluated in a worker process
+    assert 0 < seed["metrics"]["combined_score"] < 1 and 0 < child["metrics"]["combined_score"] < 1
+    assert child["metrics"]["balancedness_score"] == seed["metrics"]["balancedness_score"]  # the same plans
+    # the LLM was shown the parent's artifacts
+    assert "### feedback" in FakeLLM.prompts[-1] and "status: ok on cpu" in FakeLLM.prompts[-1]
+
+
+def test_an_evaluator_fault_is_retried_and_never_scored_as_the_programs(folder):
+    metrics, artifacts = run(folder, SEED_SOURCE, "evaluate_breaking.py", max_retries=1)
+    assert metrics == {"error": 0.0}  # OpenEvolve's mark of an evaluation that failed, not a score
+    assert artifacts["attempt"] == 2  # retried
+    assert "infra_error" in artifacts["stderr"] and "EvaluatorFault" in artifacts["traceback"]
+
+
+def test_an_evaluator_fault_in_cascade_stage_two_does_not_keep_stage_ones_score(folder):
+    metrics, artifacts = run(folder, SEED_SOURCE, "evaluate_breaking.py", cascade_evaluation=True,
+                             cascade_thresholds=[0.5])
+    assert metrics == {"combined_score": 0.0, "stage2_passed": 0.0}  # not stage 1's 1.0
+    assert artifacts["status"] == "infra_error" and "status: infra_error" in artifacts["feedback"]
