@@ -11,21 +11,15 @@ import threading
 from pathlib import Path
 
 import pytest
-from small_problem import SMALL, SMALL_SETTINGS, SMALL_TRACE
+from failing_programs import DROPS_AN_EXPERT
+from small_problem import SMALL, SMALL_OPTIONS, SMALL_SETTINGS, SMALL_TRACE
 
 from evaluator import api
 from evaluator.eplb.synthetic import SyntheticConfig, generate_trace
-from evaluator.evaluation import Evaluator, Result
+from evaluator.evaluation import Result
 from evaluator.paths import PROJECT_ROOT, SEED_PROGRAM
 
 SEED_PATCH_TEXT = (PROJECT_ROOT / "patches" / "vectorized_packing_and_replication.diff").read_text()
-SMALL_OPTIONS = ["--layers", "6", "--experts", "32", "--replicas", "48", "--groups", "4", "--nodes", "2", "--gpus", "8"]
-
-
-@pytest.fixture(scope="module")
-def evaluator():
-    with Evaluator(SMALL_TRACE, SMALL_SETTINGS, device="cpu") as evaluator:
-        yield evaluator
 
 
 @pytest.fixture(scope="module")
@@ -66,30 +60,30 @@ def assert_apart(first: tuple[float, float], second: tuple[float, float]) -> Non
     assert first[1] < second[0] or second[1] < first[0], f"two candidates ran at once: {first} and {second}"
 
 
-def test_a_program_given_by_path_or_by_source_scores_the_same(evaluator):
-    by_path = api.evaluate_program(SEED_PROGRAM, evaluator=evaluator)
-    by_text = api.evaluate_program(SEED_PROGRAM.read_text(), evaluator=evaluator)
+def test_a_program_given_by_path_or_by_source_scores_the_same(small):
+    by_path = api.evaluate_program(SEED_PROGRAM, evaluator=small)
+    by_text = api.evaluate_program(SEED_PROGRAM.read_text(), evaluator=small)
     assert isinstance(by_path, Result) and by_path.ok and by_text.ok, (by_path.error, by_text.error)
     assert by_path.balancedness_score == by_text.balancedness_score > 0
     assert by_text.combined_score > 0 and by_text.time_ms > 0 and by_text.device == "cpu"
     assert by_text.timing["lane"] == "cpu"
 
 
-def test_a_path_that_names_no_file_is_the_callers_mistake(evaluator, tmp_path):
+def test_a_path_that_names_no_file_is_the_callers_mistake(small, tmp_path):
     with pytest.raises(FileNotFoundError, match="no program file"):
-        api.evaluate_program(tmp_path / "missing.py", evaluator=evaluator)
+        api.evaluate_program(tmp_path / "missing.py", evaluator=small)
     with pytest.raises(FileNotFoundError, match="neither a program file nor a stored candidate"):
-        api.evaluate_patch(SEED_PATCH_TEXT, parent=tmp_path / "missing.py", store=tmp_path, evaluator=evaluator)
+        api.evaluate_patch(SEED_PATCH_TEXT, parent=tmp_path / "missing.py", store=tmp_path, evaluator=small)
 
 
-def test_the_seed_patch_applies_to_the_seed_and_keeps_its_balancedness(evaluator):
-    seed = api.evaluate_program(SEED_PROGRAM, evaluator=evaluator)
-    patched = api.evaluate_patch(SEED_PATCH_TEXT, evaluator=evaluator)
+def test_the_seed_patch_applies_to_the_seed_and_keeps_its_balancedness(small):
+    seed = api.evaluate_program(SEED_PROGRAM, evaluator=small)
+    patched = api.evaluate_patch(SEED_PATCH_TEXT, evaluator=small)
     assert patched.ok, patched.error
     assert patched.balancedness_score == seed.balancedness_score
 
 
-def test_a_patch_applies_to_a_parent_file(evaluator, tmp_path):
+def test_a_patch_applies_to_a_parent_file(small, tmp_path):
     parent = tmp_path / "parent.py"
     parent.write_text(SEED_PROGRAM.read_text().replace("def rebalance_experts(", "def rebalance_experts_v1(", 1))
     patch = textwrap.dedent("""
@@ -99,11 +93,11 @@ def test_a_patch_applies_to_a_parent_file(evaluator, tmp_path):
         def rebalance_experts(
         >>>>>>> REPLACE
     """)
-    assert api.evaluate_program(parent, evaluator=evaluator).status == "missing_function"
-    assert api.evaluate_patch(patch, parent=parent, evaluator=evaluator).ok
+    assert api.evaluate_program(parent, evaluator=small).status == "missing_function"
+    assert api.evaluate_patch(patch, parent=parent, evaluator=small).ok
 
 
-def test_a_patch_that_does_not_apply_says_which_block_and_what_is_closest(evaluator):
+def test_a_patch_that_does_not_apply_says_which_block_and_what_is_closest(small):
     patch = textwrap.dedent("""
         <<<<<<< SEARCH
             num_layers, num_logical_experts = weigth.shape
@@ -111,27 +105,17 @@ def test_a_patch_that_does_not_apply_says_which_block_and_what_is_closest(evalua
             num_layers, num_logical_experts = weight.shape  # fixed
         >>>>>>> REPLACE
     """)
-    result = api.evaluate_patch(patch, evaluator=evaluator)
+    result = api.evaluate_patch(patch, evaluator=small)
     assert result.status == "apply_error" and result.combined_score == 0
     assert "block 1" in result.error and "closest" in result.error.lower()
 
 
-def test_the_first_stage_check_imports_and_validates_one_plan_without_scoring(evaluator):
-    passed = api.check_program(SEED_PROGRAM, evaluator=evaluator)
+def test_the_first_stage_check_imports_and_validates_one_plan_without_scoring(small):
+    passed = api.check_program(SEED_PROGRAM, evaluator=small)
     assert passed.ok and passed.combined_score == 0 and passed.time_ms is None
-    broken = api.check_program("def rebalance_experts(:\n    pass\n", evaluator=evaluator)
+    broken = api.check_program("def rebalance_experts(:\n    pass\n", evaluator=small)
     assert broken.status == "import_error" and "SyntaxError" in broken.error
-    dropped = api.check_program(textwrap.dedent(f"""
-        import importlib.util
-        _spec = importlib.util.spec_from_file_location("seed_eplb", {str(SEED_PROGRAM)!r})
-        seed = importlib.util.module_from_spec(_spec)
-        _spec.loader.exec_module(seed)
-
-        def rebalance_experts(*args):
-            phy2log, log2phy, logcnt = seed.rebalance_experts(*args)
-            phy2log[:, phy2log[0] == 0] = 1  # expert 0 loses every replica
-            return phy2log, log2phy, logcnt
-    """), evaluator=evaluator)
+    dropped = api.check_program(DROPS_AN_EXPERT, evaluator=small)
     assert dropped.status == "invalid_output" and dropped.violations
 
 

@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from small_problem import SMALL_OPTIONS
+
 from evaluator.exitcodes import ExitCode
 from evaluator.paths import SEED_PROGRAM
-
-SMALL_OPTIONS = ["--layers", "6", "--experts", "32", "--replicas", "48", "--groups", "4", "--nodes", "2", "--gpus", "8"]
 
 
 def evaluate(*args: str, cwd) -> subprocess.CompletedProcess[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from small_problem import SMALL, SMALL_SETTINGS, SMALL_TRACE
+from small_problem import SMALL, SMALL_TRACE
 
 from evaluator import apply_patch
 from evaluator.eplb.default_trace import DEFAULT_SEED, default_trace
@@ -37,12 +37,6 @@ def program(tmp_path: Path, body: str, name: str = "candidate.py") -> Path:
     path = tmp_path / name
     path.write_text(PRELUDE + textwrap.dedent(body))
     return path
-
-
-@pytest.fixture(scope="module")
-def small():
-    with Evaluator(SMALL_TRACE, SMALL_SETTINGS, device="cpu") as evaluator:
-        yield evaluator
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,16 @@ import collections
 
 import pytest
 import torch
+from eplb_plans import load_seed, lognormal_weight, plan_outputs, random_phy2log
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eplb_plans import lognormal_weight, load_seed, plan_outputs, random_phy2log
-from evaluator.eplb.invariants import PlanCheck, Violation, check_input_unchanged, check_plan
+from evaluator.eplb.invariants import (
+    PlanCheck,
+    Violation,
+    check_input_unchanged,
+    check_plan,
+)
 from evaluator.eplb.problem import Problem
 
 SEED = load_seed()

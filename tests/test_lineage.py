@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
-import shutil
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from evaluator.lineage import LineageError, lineage_path, path_from_seed, record, record_stored
+from evaluator.lineage import (
+    LineageError,
+    lineage_path,
+    path_from_seed,
+    record,
+    record_stored,
+)
 from evaluator.paths import SEED_PROGRAM
 from evaluator.store import CandidateStore
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from failing_programs import DROPS_AN_EXPERT, RAISES
 from openevolve.config import EvaluatorConfig, PromptConfig
 from openevolve.evaluator import Evaluator as OpenEvolveEvaluator
 from openevolve.prompt.sampler import PromptSampler
@@ -80,19 +81,6 @@ prompt:
 """
 SEED_SOURCE = SEED_PROGRAM.read_text()
 TESTS = Path(__file__).resolve().parent
-RAISES = "def rebalance_experts(*args):\n    raise ValueError('the packing ran out of slots')\n"
-DROPS_AN_EXPERT = f"""
-import importlib.util
-_spec = importlib.util.spec_from_file_location("seed_eplb", {str(SEED_PROGRAM)!r})
-seed = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(seed)
-
-def rebalance_experts(weight, *args):
-    phy2log, log2phy, logcnt = seed.rebalance_experts(weight, *args)
-    phy2log = phy2log.clone()
-    phy2log[0][phy2log[0] == 0] = 1  # expert 0 loses every slot to expert 1
-    return phy2log, log2phy, logcnt
-"""
 SYNTAX_ERROR = SEED_SOURCE + "\ndef rebalance_experts(:\n"
 LAST_LINE = "the last line the candidate wrote"
 VERBOSE_FAILURE = f"""

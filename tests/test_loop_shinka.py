@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from failing_programs import DROPS_AN_EXPERT, RAISES
 from shinka import launch
 from shinka.utils import load_results
 
@@ -20,20 +21,6 @@ from evaluator.paths import SEED_PROGRAM
 SMALL = {"layers": 6, "experts": 32, "replicas": 48, "groups": 4, "nodes": 2, "gpus": 8,
          "device": "cpu", "timeout": 30, "memory-mb": 1536}
 RESULT_FILES = ["correct.json", "metrics.json"]
-
-RAISES = "def rebalance_experts(*args):\n    raise ValueError('the packing ran out of slots')\n"
-DROPS_AN_EXPERT = f"""
-import importlib.util
-_spec = importlib.util.spec_from_file_location("seed_eplb", {str(SEED_PROGRAM)!r})
-seed = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(seed)
-
-def rebalance_experts(weight, *args):
-    p, l, c = seed.rebalance_experts(weight, *args)
-    p = p.clone()
-    p[0][p[0] == 0] = 1  # expert 0 loses every slot to expert 1
-    return p, l, c
-"""
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -6,10 +6,10 @@ import re
 from collections.abc import Callable
 
 import pytest
+from patch_texts import SEED, SEED_PATCH, block, shifted
 
 import evaluator
 from evaluator.patch import apply_parsed, apply_patch, parse_patch
-from patch_texts import SEED, SEED_PATCH, block, shifted
 
 BLOCK = re.compile(r"^<<<<<<< SEARCH\n(.*?)^=======\n(.*?)^>>>>>>> REPLACE\n", re.DOTALL | re.MULTILINE)
 

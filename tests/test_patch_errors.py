@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from patch_texts import SEED, block
 
 from evaluator.patch import (
     AmbiguousSearchError,
@@ -21,7 +22,6 @@ from evaluator.patch import (
     decode_patch,
 )
 from evaluator.paths import SEED_PROGRAM
-from patch_texts import SEED, block
 
 CORPUS_DIR = Path(__file__).parent / "fixtures" / "malformed_patches"
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from patch_texts import block
 
 from evaluator.patch import Edit, Patch, PatchFormatError, decode_patch, parse_patch
-from patch_texts import block
 
 
 def texts(patch: Patch) -> list[tuple[str, str]]:

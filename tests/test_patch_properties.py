@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from evaluator.patch import AmbiguousSearchError, ProtectedRegionError, apply_parsed, parse_patch
 from patch_texts import SEED, block, shifted
+
+from evaluator.patch import (
+    AmbiguousSearchError,
+    ProtectedRegionError,
+    apply_parsed,
+    parse_patch,
+)
 
 LINES = SEED.splitlines(keepends=True)
 BLOCK_FIRST = LINES.index("# EVOLVE-BLOCK-START\n") + 1  # 0-based, first editable line

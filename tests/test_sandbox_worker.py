@@ -23,7 +23,15 @@ import pytest
 import torch
 
 from evaluator.eplb.problem import Problem
-from evaluator.sandbox import FailureKind, Limits, SandboxFailure, Unsupported, WarmUp, Worker, WorkerPool
+from evaluator.sandbox import (
+    FailureKind,
+    Limits,
+    SandboxFailure,
+    Unsupported,
+    WarmUp,
+    Worker,
+    WorkerPool,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSTILE = Path(__file__).resolve().parent / "hostile"

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from eplb_plans import load_seed, lognormal_weight, plan_outputs, random_phy2log
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eplb_plans import load_seed, lognormal_weight, plan_outputs, random_phy2log
 from evaluator.eplb.invariants import check_plan
 from evaluator.eplb.plan import Plan
 from evaluator.eplb.problem import Problem

@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 
 from evaluator.eplb import default_trace as default_module
-from evaluator.eplb.default_trace import DATA_FILE, DATA_SHA256, DEFAULT_CONFIG, DEFAULT_SEED, default_trace
+from evaluator.eplb.default_trace import (
+    DATA_FILE,
+    DATA_SHA256,
+    DEFAULT_CONFIG,
+    DEFAULT_SEED,
+    default_trace,
+)
 from evaluator.eplb.problem import Problem
 from evaluator.eplb.synthetic import generate_trace
 from evaluator.eplb.trace import TraceError, check_matches

@@ -12,7 +12,11 @@ from hypothesis import strategies as st
 from evaluator.eplb.default_trace import default_trace
 from evaluator.eplb.problem import Problem
 from evaluator.eplb.synthetic import SyntheticConfig, generate_trace
-from evaluator.eplb.trace_summary import group_share_of_variance, hot_set_persistence, zipf_exponents
+from evaluator.eplb.trace_summary import (
+    group_share_of_variance,
+    hot_set_persistence,
+    zipf_exponents,
+)
 
 DEFAULT = SyntheticConfig()
 SEEDS = (1, 2, 3)
