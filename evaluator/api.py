@@ -66,7 +66,8 @@ def configure(*, trace: Trace | None = None, settings: Settings | None = None, d
     shape, limits), the device ("auto", "cuda" or "cpu") and how many spare workers it keeps warm.
 
     Calling it again with the same values changes nothing, so a loop may call it from a module it re-imports;
-    other values close the shared evaluator, and the next evaluation starts a new one.
+    other values close the shared evaluator (evaluations still running on it end with `infra_error`), and the
+    next evaluation starts a new one.
     """
     global _configuration, _shared
     wanted = _Configuration(trace, settings, device, spares)

@@ -148,14 +148,19 @@ def test_malformed_corpus_is_there():
     assert len(MALFORMED) >= 10
 
 
-def test_patch_error_as_json_names_the_block(tmp_path):
+@pytest.mark.parametrize("from_stdin", [False, True], ids=["file", "stdin"])
+def test_patch_error_as_json_names_the_block_and_the_closest_text(tmp_path, from_stdin):
     bad = SMALL_PATCH.replace("assert num_redundant >= 0", "assert num_redundant >= 1", 1)
-    (tmp_path / "bad.diff").write_text(bad)
-    result = evaluator("apply", "bad.diff", "--json", cwd=tmp_path)
+    if from_stdin:  # patch in, score out: how a loop pipes an LLM's answer
+        result = evaluator("apply", "-", "--json", cwd=tmp_path, stdin=bad.encode())
+    else:
+        (tmp_path / "bad.diff").write_text(bad)
+        result = evaluator("apply", "bad.diff", "--json", cwd=tmp_path)
     assert result.returncode == 3
     reply = json.loads(result.stdout)
     assert reply["status"] == "apply_error" and reply["error_kind"] == "search_not_found" and reply["block"] == 1
-    assert "closest region is program lines" in reply["error"]
+    assert "closest region is program lines" in reply["error"] and "assert num_redundant >= 0" in reply["error"]
+    assert not (tmp_path / "candidates").exists()
 
 
 @pytest.mark.parametrize(

@@ -190,6 +190,14 @@ def test_the_worker_sees_none_of_the_evaluators_secrets(monkeypatch):
     assert '"PATH"' in stdout.text()
 
 
+def test_a_closed_pool_hands_out_nothing_and_says_it_is_not_the_candidates_fault():
+    pool = WorkerPool(LIMITS, device="cpu", spares=0)
+    pool.close()
+    with pytest.raises(SandboxFailure) as raised:
+        pool.acquire()
+    assert raised.value.failure.kind is FailureKind.INFRA_ERROR and "closed" in raised.value.failure.message
+
+
 def test_a_warm_up_runs_before_the_worker_is_ready_and_leaves_no_trace_for_the_candidate(tmp_path):
     calls = tmp_path / "warm_up_calls"
     warm_up = tmp_path / "warm_up.py"

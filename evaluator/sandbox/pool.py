@@ -52,7 +52,7 @@ class WorkerPool:
 
     def acquire(self, timeout_s: float | None = None) -> Worker:
         """A ready worker, for one candidate; the caller closes it. Raises `SandboxFailure` (infra_error)
-        when no worker could be started."""
+        when no worker could be started or the pool is closed."""
         timeout = self.limits.start_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout
         with self._condition:
@@ -61,7 +61,8 @@ class WorkerPool:
             try:
                 while True:
                     if self._closed:
-                        raise RuntimeError("the worker pool is closed")
+                        raise SandboxFailure(Failure(FailureKind.INFRA_ERROR,
+                                                     "the worker pool was closed while a worker was needed"))
                     worker = self._take_ready()
                     if worker is not None:
                         return worker
@@ -175,8 +176,9 @@ class WorkerPool:
                 worker.wait_ready()
             except SandboxFailure as error:
                 failure = error.failure
-            except RuntimeError:  # closed by `close()` while starting
-                pass
+            except (RuntimeError, OSError) as error:
+                if not self._closed:  # else `close()` killed it while starting, its pipes closed under the read
+                    failure = Failure(FailureKind.INFRA_ERROR, f"a worker failed while starting: {error}")
         with self._condition:
             if worker is not None:
                 self._starting.discard(worker)
