@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluator import __version__
+from evaluator.files import write_atomically, write_durably
 
 PROGRAM_FILE = "program.py"
 PATCH_FILE = "patch.diff"
@@ -66,7 +67,7 @@ class StoredCandidate:
         folder = self.path / RESULTS_DIR
         folder.mkdir(exist_ok=True)
         path = folder / f"{_utc_stamp()}-{secrets.token_hex(3)}.json"
-        _write_atomically(path, json.dumps(result, indent=2) + "\n")
+        write_atomically(path, json.dumps(result, indent=2) + "\n")
         return path
 
     def results(self) -> list[dict[str, Any]]:
@@ -142,10 +143,10 @@ class CandidateStore:
         staging = Path(tempfile.mkdtemp(prefix=f".incoming-{cid}-", dir=self.root))
         try:
             staging.chmod(0o755)  # mkdtemp makes it private; a candidate folder is as readable as the store
-            _write(staging / PROGRAM_FILE, program)
+            write_durably(staging / PROGRAM_FILE, program)
             if patch_text is not None:
-                _write(staging / PATCH_FILE, patch_text)
-            _write(staging / META_FILE, json.dumps({"id": cid, **meta}, indent=2) + "\n")
+                write_durably(staging / PATCH_FILE, patch_text)
+            write_durably(staging / META_FILE, json.dumps({"id": cid, **meta}, indent=2) + "\n")
             try:
                 os.rename(staging, final)
             except OSError:
@@ -181,7 +182,7 @@ class CandidateStore:
             "result": dict(result),
         }
         path = candidate.path / ACCEPTED_FILE
-        _write_atomically(path, json.dumps(record, indent=2) + "\n")
+        write_atomically(path, json.dumps(record, indent=2) + "\n")
         return path
 
     def _folders(self) -> list[Path]:
@@ -209,20 +210,3 @@ def _read_json_object(path: Path, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise StoreError(f"{what} {path} is not a JSON object")
     return data
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write `path` under a hidden name beside it and rename it into place, so readers see all or nothing."""
-    staging = path.with_name(f".{path.name}.{secrets.token_hex(4)}.incoming")
-    try:
-        _write(staging, text)
-        os.replace(staging, path)
-    finally:
-        staging.unlink(missing_ok=True)
-
-
-def _write(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8", newline="") as file:
-        file.write(text)
-        file.flush()
-        os.fsync(file.fileno())

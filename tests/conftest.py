@@ -6,6 +6,15 @@ from small_problem import SMALL_SETTINGS, SMALL_TRACE
 from evaluator.evaluation import Evaluator
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """The seed's timings and the device locks of the whole test session, in a folder of its own: tests never
+    read a user's cached timings nor wait on the locks of the user's own evaluations."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EPLB_EVALUATOR_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 @pytest.fixture(scope="module")
 def small():
     """An evaluator of the small problem on the CPU, shared by a test module."""

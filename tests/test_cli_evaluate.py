@@ -35,4 +35,4 @@ def test_a_gpu_list_that_is_not_one_is_refused_before_anything_runs(tmp_path):
     run = evaluate(str(SEED_PROGRAM), "--gpu-ids", "0,x", cwd=tmp_path)
     assert run.returncode == ExitCode.BAD_INPUT and "GPU indices" in run.stderr
     run = evaluate(str(SEED_PROGRAM), "--gpu-ids", "0", cwd=tmp_path)
-    assert run.returncode == ExitCode.BAD_INPUT and "GPUs were named" in run.stderr
+    assert run.returncode == ExitCode.BAD_INPUT and "--gpu-ids 0: GPUs were named" in run.stderr

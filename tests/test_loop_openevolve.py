@@ -26,6 +26,7 @@ from openevolve.evaluator import Evaluator as OpenEvolveEvaluator
 from openevolve.prompt.sampler import PromptSampler
 
 from evaluator.api import configure
+from evaluator.loops import openevolve_evaluator
 from evaluator.loops.openevolve_evaluator import ARTIFACT_CHARS
 from evaluator.paths import SEED_PROGRAM
 
@@ -95,14 +96,12 @@ def rebalance_experts(*args):
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
-    """The evaluation file and its setup module, and the seed's timing cache, shared by the module."""
+    """The evaluation file and its setup module, shared by the module."""
     folder = tmp_path_factory.mktemp("openevolve")
     (folder / "eplb_openevolve_setup.py").write_text(SETUP)
     (folder / "evaluate_eplb.py").write_text(EVALUATION_FILE)
     (folder / "evaluate_breaking.py").write_text(BREAKING_EVALUATION_FILE)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("EPLB_EVALUATOR_CACHE", str(folder / "seed-timing.json"))
-        yield folder
+    yield folder
     configure()  # closes the small problem's evaluator, so no other test inherits it
 
 
@@ -251,3 +250,31 @@ def test_an_evaluator_fault_in_cascade_stage_two_does_not_keep_stage_ones_score(
                              cascade_thresholds=[0.5])
     assert metrics == {"combined_score": 0.0, "stage2_passed": 0.0}  # not stage 1's 1.0
     assert artifacts["status"] == "infra_error" and "status: infra_error" in artifacts["feedback"]
+
+
+SLOW = SEED_SOURCE + """
+import time
+_plan = rebalance_experts
+def rebalance_experts(*args):
+    time.sleep(0.5)
+    return _plan(*args)
+"""
+
+
+def test_a_stage_two_that_would_outlast_openevolves_timeout_scores_zero(folder, monkeypatch):
+    # Stage 1 (one call) passes in time; the full evaluation (a dozen calls) would outlast OpenEvolve's
+    # timeout, after which OpenEvolve keeps stage 1's combined_score of 1.0.
+    monkeypatch.setattr(openevolve_evaluator, "STAGE2_DEADLINE_S", 2.0)
+    metrics, artifacts = run(folder, SLOW, cascade_evaluation=True, cascade_thresholds=[0.5], timeout=4)
+    assert metrics["combined_score"] == 0.0 and metrics["stage2_passed"] == 0.0
+    assert artifacts["status"] == "infra_error" and "STAGE2_DEADLINE_S" in artifacts["error"]
+
+
+def test_a_stage_two_that_raises_scores_zero(folder, monkeypatch):
+    def broken(program_path):
+        raise RuntimeError("the evaluator broke")
+
+    monkeypatch.setattr(openevolve_evaluator, "evaluate_program", broken)
+    metrics, artifacts = run(folder, SEED_SOURCE, cascade_evaluation=True, cascade_thresholds=[0.5])
+    assert metrics["combined_score"] == 0.0 and metrics["stage2_passed"] == 0.0
+    assert artifacts["status"] == "infra_error" and "the evaluator broke" in artifacts["error"]

@@ -23,14 +23,6 @@ SMALL = {"layers": 6, "experts": 32, "replicas": 48, "groups": 4, "nodes": 2, "g
 RESULT_FILES = ["correct.json", "metrics.json"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def seed_timing_cache(tmp_path_factory):
-    """One seed-timing cache for this module's evaluations (ShinkaEvolve's jobs inherit os.environ)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("EPLB_EVALUATOR_CACHE", str(tmp_path_factory.mktemp("cache") / "seed-timing.json"))
-        yield
-
-
 def options(values: dict[str, object]) -> list[str]:
     return [item for key, value in values.items() for item in (f"--{key}", str(value))]
 

@@ -22,10 +22,8 @@ from evaluator.bench import coefficient_of_variation as _cv
 from evaluator.eplb.default_trace import default_trace
 from evaluator.eplb.scoring import balancedness_scores
 from evaluator.evaluation import Evaluator, Result, Settings
-from evaluator.evaluation.reference import SEED_PATCH, seed_plans
+from evaluator.evaluation.reference import seed_patch_program, seed_plans
 from evaluator.evaluation.timing import SeedTimingCache
-from evaluator.patch import apply_patch
-from evaluator.paths import SEED_PROGRAM
 
 
 @dataclass(frozen=True)
@@ -63,7 +61,7 @@ def measure(repeats: int = 10, throughput_candidates: int = 60, threads: int = 2
     trace = default_trace()
     with tempfile.TemporaryDirectory(prefix="eplb-bench-") as folder:
         candidate = Path(folder) / "candidate.py"
-        candidate.write_text(apply_patch(SEED_PROGRAM.read_text(), SEED_PATCH.read_text()), encoding="utf-8")
+        candidate.write_text(seed_patch_program(), encoding="utf-8")
         with Evaluator(trace, settings, device=device, spares=spares, seed_timings=SeedTimingCache(None)) as evaluator:
             _require_ok(evaluator.evaluate(candidate))  # times the seed, once
             aa = []

@@ -60,7 +60,8 @@ def open_evaluator(args: argparse.Namespace, problem: Problem, trace: Trace) -> 
                          gpus=args.gpu_ids, seed_timings=SeedTimingCache(default_cache_path()),
                          retime_seed=args.retime_seed)
     except ValueError as error:
-        raise CommandError(f"--device {args.device}: {error}") from None
+        option = f"--gpu-ids {','.join(map(str, args.gpu_ids))}" if args.gpu_ids else f"--device {args.device}"
+        raise CommandError(f"{option}: {error}") from None
 
 
 def _gpu_list(text: str) -> list[int]:

@@ -6,12 +6,15 @@ the seed's yardsticks all happen here, in the evaluator process.
 
 from __future__ import annotations
 
+import os
 import platform
 import secrets
+import shutil
 import statistics
 import tempfile
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,11 +31,11 @@ from evaluator.eplb.plan import Plan
 from evaluator.eplb.problem import Problem
 from evaluator.eplb.scoring import balancedness_scores, combined_score, gpu_balancedness, speed_score, speedup
 from evaluator.eplb.trace import Trace, check_matches
+from evaluator.evaluation.lanes import Holding, Lane, Lanes
 from evaluator.evaluation.outputs import check_call
 from evaluator.evaluation.reference import seed_patch_program, seed_plans
 from evaluator.evaluation.result import Result
 from evaluator.evaluation.schedule import build_schedule, warmup_call
-from evaluator.evaluation.lanes import Lane, Lanes
 from evaluator.evaluation.timing import SeedTiming, SeedTimingCache, default_cache_path, measure
 from evaluator.paths import SEED_PROGRAM
 from evaluator.sandbox import (
@@ -52,6 +55,7 @@ OUTPUT_TAIL_CHARS = 4000  # of the candidate's stdout and stderr kept in a resul
 # Validation and scoring work on small tensors, where more threads only add synchronisation; few threads also
 # leave the CPU to the worker being timed.
 EVALUATOR_THREADS = 1
+_REAP_WAIT_S = 30.0  # for a killed process to exit before its lane is released anyway
 
 
 @dataclass(frozen=True)
@@ -124,9 +128,17 @@ class _Processes:
         return worker
 
     def end(self) -> None:
-        """Kill every process now (none runs another instruction); the CUDA teardown finishes in the background."""
+        """Kill every process now (none runs another instruction); their exits are collected in the background."""
         for worker in self._workers:
             worker.close(wait=False)
+
+    def release_when_gone(self, holding: Holding) -> None:
+        """Release the lane once every process has exited (a CUDA context's teardown takes about 0.1 s)."""
+        try:
+            for worker in self._workers:
+                worker.wait_gone(_REAP_WAIT_S)
+        finally:
+            holding.release()
 
 
 class Evaluator:
@@ -152,7 +164,10 @@ class Evaluator:
         self._retime_seed = retime_seed  # ignore the cached seed time once
         self._seed_digest = sha256_text(SEED_PROGRAM.read_text(encoding="utf-8"))[:12]  # part of the timing key
         self._seed_lock = threading.Lock()  # the seed is timed once, however many threads need it
-        self._files = tempfile.TemporaryDirectory(prefix="eplb-evaluator-")
+        # Removed by close() or when collected, and only by this process: a forked child's copy of the
+        # evaluator (a loop's process pool) must not take the warm-up program from under the parent's workers.
+        self._files = Path(tempfile.mkdtemp(prefix="eplb-evaluator-"))
+        self._remove_files = weakref.finalize(self, _remove_if_owner, self._files, os.getpid())
         self.lanes = Lanes(self.settings.limits, device, spares, gpus, default_cache_path().parent / "locks",
                            self._worker_warm_up())
 
@@ -164,11 +179,11 @@ class Evaluator:
 
     def close(self) -> None:
         self.lanes.close()
-        self._files.cleanup()
+        self._remove_files()
 
     def _worker_warm_up(self) -> WarmUp:
         """What every fresh worker runs before a candidate: the seed patch's program, our own code."""
-        program = Path(self._files.name) / "warm_up.py"
+        program = self._files / "warm_up.py"
         program.write_text(seed_patch_program(), encoding="utf-8")
         problem = self.settings.problem
         return WarmUp(program, (problem.num_layers, problem.num_experts), problem.rebalance_args())
@@ -178,7 +193,7 @@ class Evaluator:
         started = time.perf_counter()
         try:
             run = self._run(Path(program))
-            seed = self._seed_timing(run.info)
+            seed = self._seed_timing(run.info, run.lane)
         except _Failed as failed:
             return self._failure(failed)
         result = self._score(run, seed)
@@ -191,7 +206,7 @@ class Evaluator:
         """A cheap first stage for a loop: the program imports and returns a valid plan for the trace's first
         window. Nothing is timed or scored: an `ok` Result here keeps every score at 0."""
         try:
-            with self.lanes.hold() as lane, self._processes() as processes:
+            with self._on_a_lane() as (lane, processes):
                 deadline = time.monotonic() + self.settings.timeout_s
                 worker = processes.launch(lane, Path(program), deadline)
                 result = self._call(worker, self._inputs[0], deadline)
@@ -205,7 +220,7 @@ class Evaluator:
         return Result(failed.status, failed.error, [asdict(v) for v in failed.violations], workload=self._workload(),
                       stdout=failed.stdout, stderr=failed.stderr)
 
-    def _run(self, program: Path) -> _Run:
+    def _run(self, program: Path, lane_name: str | None = None) -> _Run:
         settings = self.settings
         rng = np.random.default_rng(secrets.randbits(128))
         schedule = build_schedule(self._inputs, settings.variants_per_window, rng)
@@ -239,7 +254,7 @@ class Evaluator:
         def phase(name: str) -> None:
             phases[name] = (time.perf_counter() - started) * 1e3 - sum(phases.values())
 
-        with self.lanes.hold() as lane, self._quiet(lane), self._processes() as processes:
+        with self._on_a_lane(lane_name) as (lane, processes), self._quiet(lane):
             phase("wait_for_device_ms")
             deadline = time.monotonic() + settings.timeout_s  # waiting for the device is not the candidate's time
             worker = processes.launch(lane, program, deadline)
@@ -270,16 +285,21 @@ class Evaluator:
                     warmup_ns + spent_ns + recheck_ns, phases, lane.name, stdout, stderr)
 
     @contextmanager
-    def _processes(self) -> Iterator[_Processes]:
-        """The candidate's processes for one evaluation; sandbox failures become failed evaluations, and every
-        process is killed when the block ends."""
-        processes = _Processes(self.settings.timeout_s)
+    def _on_a_lane(self, lane_name: str | None = None) -> Iterator[tuple[Lane, _Processes]]:
+        """A lane (any free one, or the one named) and the candidate processes of one evaluation on it. Sandbox
+        failures become failed evaluations. When the block ends every process is killed at once, and the lane
+        is released once they have all exited, in the background while the result is scored."""
         try:
-            yield processes
+            holding = self.lanes.take(lane_name)
+            processes = _Processes(self.settings.timeout_s)
+            try:
+                yield holding.lane, processes
+            finally:
+                processes.end()
+                threading.Thread(target=processes.release_when_gone, args=(holding,), name="lane-release",
+                                 daemon=True).start()
         except SandboxFailure as error:
             raise _Failed.from_sandbox(error.failure) from None
-        finally:
-            processes.end()
 
     def _quiet(self, lane: Lane) -> AbstractContextManager[None]:
         """On the CPU the candidate shares its cores with workers starting up: start none while it is timed."""
@@ -330,8 +350,9 @@ class Evaluator:
         loads = self._loads[window + 1][None]
         return float(gpu_balancedness(plan.phy2log[None], plan.logcnt[None], loads, self.settings.problem)[0])
 
-    def _seed_timing(self, info: WorkerInfo) -> SeedTiming:
-        """The seed timed on this device with this software: from the cache, else measured now."""
+    def _seed_timing(self, info: WorkerInfo, lane_name: str) -> SeedTiming:
+        """The seed timed on this device with this software: from the cache, else measured now on the lane the
+        candidate ran on (lanes may hold GPUs of different models)."""
         key = " | ".join([info.device, info.card, f"torch {info.torch_version}", f"cuda {info.cuda_version}",
                           f"python {platform.python_version()}", f"evaluator {__version__}",
                           f"seed {self._seed_digest}",
@@ -341,7 +362,7 @@ class Evaluator:
             if cached is not None:
                 return cached
             try:
-                run = self._run(SEED_PROGRAM)
+                run = self._run(SEED_PROGRAM, lane_name)
             except _Failed as failed:
                 raise _Failed("infra_error", f"timing the seed failed ({failed.status}): {failed.error}") from None
             timing = measure(run.timed, None)
@@ -406,6 +427,11 @@ def workload_summary(trace: Trace, problem: Problem) -> dict[str, object]:
     """What a result records of the workload it was measured on; stored results are matched on it."""
     return {"source": trace.source, "windows": int(trace.windows.shape[0]),
             "steps_per_window": trace.steps_per_window, "problem": asdict(problem)}
+
+
+def _remove_if_owner(folder: Path, owner_pid: int) -> None:
+    if os.getpid() == owner_pid:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _remaining(deadline: float, total_s: float) -> float:

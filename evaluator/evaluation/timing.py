@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from evaluator.eplb.scoring import TimingSummary, timing_summary
+from evaluator.files import write_atomically
 from evaluator.sandbox import CallResult
 
 # Round trips may exceed a truthful claim by this much (output size, a busy CPU after the call) or by this
@@ -91,10 +92,11 @@ class SeedTimingCache:
             self._entries[key] = timing
             if self.path is None:
                 return
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            staging = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}")
-            staging.write_text(json.dumps({k: asdict(v) for k, v in self._entries.items()}, indent=1), encoding="utf-8")
-            os.replace(staging, self.path)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                write_atomically(self.path, json.dumps({k: asdict(v) for k, v in self._entries.items()}, indent=1))
+            except OSError:
+                pass  # an unwritable cache only costs a re-timing in the next process
 
 
 def default_cache_path() -> Path:

@@ -44,3 +44,9 @@ def clip(text: str, limit: int) -> str:
     """`text` cut to `limit` characters, saying so when it was cut."""
     marker = "\n... (truncated)"
     return text if len(text) <= limit else text[: max(0, limit - len(marker))] + marker
+
+
+def tail(text: str, limit: int) -> str:
+    """The end of `text` (where a traceback ends) in at most `limit` characters, saying so when cut."""
+    marker = "... (earlier output cut)\n"
+    return text if len(text) <= limit else marker + text[len(text) - max(0, limit - len(marker)):]

@@ -31,20 +31,26 @@ The evaluator's own failures (`infra_error`) are not the program's, so they are 
   direct mode OpenEvolve retries `evaluator.max_retries` times and then records `{"error": 0.0}`; in cascade
   mode a raising stage 1 is recorded as `{"stage1_passed": 0.0, "error": 0.0}` with the message in the
   artifacts. OpenEvolve never retries a cascade stage, so the stages try `CASCADE_ATTEMPTS` times first.
-- `evaluate_stage2` cannot raise: OpenEvolve would keep stage 1's `combined_score` of 1.0, the best score
-  there is, for a program that was never measured. After `CASCADE_ATTEMPTS` it returns `combined_score` 0.0
-  and `stage2_passed` 0.0 (OpenEvolve's own mark of a failed stage), with `status` `infra_error` in the
-  artifacts so the LLM is not told its program broke.
+- `evaluate_stage2` never raises and never outlasts OpenEvolve's timeout: for a stage 2 that raises or times
+  out, OpenEvolve keeps stage 1's `combined_score` of 1.0, the best score there is, for a program that was
+  never measured. After `CASCADE_ATTEMPTS` evaluator failures, on any exception, and when no result has come
+  within `STAGE2_DEADLINE_S` (waiting for a busy GPU included), it returns `combined_score` 0.0 and
+  `stage2_passed` 0.0 (OpenEvolve's own mark of a failed stage), with `status` `infra_error` in the
+  artifacts so the LLM is not told its program broke. `STAGE2_DEADLINE_S` must stay below OpenEvolve's
+  `evaluator.timeout`: with a timeout of your own, set it in your evaluation file
+  (`openevolve_evaluator.STAGE2_DEADLINE_S = timeout - 30`).
 """
 
 from __future__ import annotations
 
+import threading
+import traceback
 from collections.abc import Callable
 from typing import Any
 
 from evaluator.api import check_program, evaluate_program
 from evaluator.evaluation import Result
-from evaluator.loops.feedback import clip, feedback_text, numeric_metrics
+from evaluator.loops.feedback import clip, tail, feedback_text, numeric_metrics
 
 __all__ = ["evaluate", "evaluate_stage1", "evaluate_stage2"]
 
@@ -53,6 +59,9 @@ __all__ = ["evaluate", "evaluate_stage1", "evaluate_stage2"]
 ARTIFACT_CHARS = 2000
 # Evaluations per cascade stage when the evaluator itself fails: OpenEvolve never retries a cascade stage.
 CASCADE_ATTEMPTS = 2
+# When stage 2 gives up (score 0.0): before OpenEvolve's default `evaluator.timeout` of 300 s, which would
+# keep stage 1's score instead.
+STAGE2_DEADLINE_S = 270.0
 
 
 class EvaluatorFault(RuntimeError):
@@ -76,9 +85,9 @@ def evaluate_stage1(program_path: str) -> Any:
 
 
 def evaluate_stage2(program_path: str) -> Any:
-    """Cascade stage 2: the full evaluation, as `evaluate`; an `infra_error` scores 0.0 with `stage2_passed`
-    0.0 instead of raising (see the module's docstring)."""
-    result = _attempt(evaluate_program, program_path)
+    """Cascade stage 2: the full evaluation, as `evaluate`; an `infra_error`, an exception or running out of
+    time score 0.0 with `stage2_passed` 0.0 instead of raising (see the module's docstring)."""
+    result = _within(STAGE2_DEADLINE_S, lambda: _attempt(evaluate_program, program_path))
     if result.status == "infra_error":
         return _shaped({"combined_score": 0.0, "stage2_passed": 0.0}, artifacts(result))
     return _shaped(numeric_metrics(result), artifacts(result))
@@ -93,7 +102,7 @@ def artifacts(result: Result) -> dict[str, str]:
         "status": result.status,
         "error": clip(result.error or "", ARTIFACT_CHARS),
         "violations": clip(violations, ARTIFACT_CHARS),
-        "stderr": _tail(result.stderr.strip(), ARTIFACT_CHARS),
+        "stderr": tail(result.stderr.strip(), ARTIFACT_CHARS),
         "feedback": feedback_text(result, ARTIFACT_CHARS),
     }
     return {key: text for key, text in texts.items() if text or key in ("status", "feedback")}
@@ -115,6 +124,26 @@ def _attempt(evaluation: Callable[[str], Result], program_path: str) -> Result:
     return result
 
 
+def _within(seconds: float, evaluation: Callable[[], Result]) -> Result:
+    """`evaluation()`'s result if it comes within `seconds`, else (or if it raises) an `infra_error` Result. An
+    evaluation given up on still ends on its own, within its timeout."""
+    outcome: list[Result] = []
+
+    def run() -> None:
+        try:
+            outcome.append(evaluation())
+        except Exception:  # noqa: BLE001 - whatever it was, the program was not measured
+            outcome.append(Result("infra_error", f"the evaluation raised:\n{traceback.format_exc()}"))
+
+    thread = threading.Thread(target=run, name="openevolve-stage2", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if outcome:
+        return outcome[0]
+    return Result("infra_error", f"the evaluation gave no result within {seconds:g} s (STAGE2_DEADLINE_S); the "
+                                 "GPU may be busy with other evaluations")
+
+
 def _raise_if_infra(result: Result) -> None:
     if result.status == "infra_error":
         raise EvaluatorFault(f"the evaluator failed, not the program (infra_error): {result.error}")
@@ -128,8 +157,3 @@ def _shaped(metrics: dict[str, float], texts: dict[str, str]) -> Any:
         return metrics
     return EvaluationResult(metrics=metrics, artifacts=texts)
 
-
-def _tail(text: str, limit: int) -> str:
-    """The end of `text` (where a traceback ends) in at most `limit` characters, saying so when cut."""
-    marker = "... (earlier output cut)\n"
-    return text if len(text) <= limit else marker + text[len(text) - max(0, limit - len(marker)):]

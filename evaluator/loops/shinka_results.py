@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluator.evaluation import Result
+from evaluator.files import write_atomically
 from evaluator.loops.feedback import (
     FEEDBACK_CHARS,
     clip,
@@ -63,7 +64,7 @@ def prepare_results_dir(results_dir: Path) -> None:
     """Create `results_dir` if missing, prove it writable and remove the result files of an earlier run, so
     that whatever result files it holds afterwards are this run's. Raises OSError."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    probe = _temporary_name(results_dir / METRICS_FILE)
+    probe = results_dir / f".{METRICS_FILE}.{os.getpid()}.probe"
     probe.touch()
     probe.unlink()
     for name in (METRICS_FILE, CORRECT_FILE):
@@ -75,21 +76,5 @@ def write_results(results_dir: Path, result: Result) -> None:
 
     `correct.json` comes last: were the process killed in between, the missing file reads as incorrect.
     """
-    _write_whole(results_dir / METRICS_FILE, json.dumps(metrics_json(result), indent=2))
-    _write_whole(results_dir / CORRECT_FILE, json.dumps(correct_json(result), indent=2))
-
-
-def _write_whole(path: Path, text: str) -> None:
-    """Write to a temporary name beside `path`, then rename it over `path`: readers see all of it or none."""
-    temporary = _temporary_name(path)
-    try:
-        temporary.write_text(text + "\n", encoding="utf-8")
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def _temporary_name(path: Path) -> Path:
-    # Hidden, and unique per process, so two writers never share one; created with the user's umask.
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write_atomically(results_dir / METRICS_FILE, json.dumps(metrics_json(result), indent=2) + "\n")
+    write_atomically(results_dir / CORRECT_FILE, json.dumps(correct_json(result), indent=2) + "\n")
