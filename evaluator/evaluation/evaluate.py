@@ -1,144 +1,47 @@
-"""Evaluate one candidate program: run it in a fresh worker on the schedule, validate every output, score it.
+"""Evaluate one candidate program: run it (`run.Runner`), then score its plans and time against the seed's.
 
-The candidate's process only ever sees the windows it plans on, one call at a time; validation, scoring and
-the seed's yardsticks all happen here, in the evaluator process.
+Validation, scoring and the seed's yardsticks all happen here, in the evaluator process; the candidate's
+process only ever sees the windows it plans on.
 """
 
 from __future__ import annotations
 
 import os
 import platform
-import secrets
 import shutil
 import statistics
 import tempfile
 import threading
 import time
 import weakref
-from collections import deque
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from evaluator import __version__
-from evaluator.eplb.invariants import PlanCheck, Violation
+from evaluator.eplb.invariants import Violation
 from evaluator.eplb.plan import Plan
 from evaluator.eplb.problem import Problem
 from evaluator.eplb.scoring import balancedness_scores, combined_score, gpu_balancedness, speed_score, speedup
 from evaluator.eplb.trace import Trace, check_matches
-from evaluator.evaluation.lanes import Holding, Lane, Lanes
-from evaluator.evaluation.outputs import check_call
+from evaluator.evaluation.lanes import Lanes
 from evaluator.evaluation.reference import seed_patch_program, seed_plans
 from evaluator.evaluation.result import Result
-from evaluator.evaluation.schedule import build_schedule, warmup_call
+from evaluator.evaluation.run import Run, Runner, RunFailed
+from evaluator.evaluation.settings import Settings
 from evaluator.evaluation.timing import SeedTiming, SeedTimingCache, default_cache_path, measure
 from evaluator.paths import SEED_PROGRAM
-from evaluator.sandbox import (
-    CallResult,
-    Failure,
-    FailureKind,
-    Limits,
-    Output,
-    SandboxFailure,
-    WarmUp,
-    Worker,
-    WorkerInfo,
-)
+from evaluator.sandbox import WarmUp, WorkerInfo
 from evaluator.store import sha256_text
 
-OUTPUT_TAIL_CHARS = 4000  # of the candidate's stdout and stderr kept in a result
+__all__ = ["Evaluator", "Settings", "workload_summary"]
+
 # Validation and scoring work on small tensors, where more threads only add synchronisation; few threads also
 # leave the CPU to the worker being timed.
 EVALUATOR_THREADS = 1
-_REAP_WAIT_S = 30.0  # for a killed process to exit before its lane is released anyway
-
-
-@dataclass(frozen=True)
-class Settings:
-    """How candidates are evaluated. The defaults are the documented protocol; change them knowingly."""
-
-    problem: Problem = field(default_factory=Problem)
-    timeout_s: float = 120.0  # one candidate, import and every call included
-    variants_per_window: int = 1  # timed-only calls per planned window
-    # Warm-up lasts at least this many calls and this much candidate time (GPU clocks take a while to rise
-    # after the device idled), and at most `max_warmup_calls` calls.
-    warmup_calls: int = 2
-    warmup_s: float = 0.2
-    max_warmup_calls: int = 100
-    timing_budget_s: float = 3.0  # candidate time after which the remaining variant calls are skipped
-    # Plans made on variants of a window must score (on the next window) within this of the plan made on the
-    # window itself; a candidate whose output does not follow its input (a cached or stale plan, a table
-    # looked up from a known trace) falls far below.
-    freshness_tolerance: float = 0.03
-    rechecks: int = 3  # calls repeated in a fresh process, which must give the same plan
-    # Validate each output while the worker computes the next one (less overhead), or between calls (the
-    # evaluator's CPU work never overlaps a timed call).
-    validate_during_calls: bool = True
-    limits: Limits = field(default_factory=Limits)
-
-
-class _Failed(Exception):
-    """Ends an evaluation early with a failure result."""
-
-    def __init__(self, status: str, error: str, violations: tuple[Violation, ...] = (), stdout: str = "",
-                 stderr: str = "") -> None:
-        super().__init__(error)
-        self.status, self.error, self.violations, self.stdout, self.stderr = status, error, violations, stdout, stderr
-
-    @classmethod
-    def from_sandbox(cls, failure: Failure) -> _Failed:
-        return cls(failure.kind.value, failure.message, (), failure.stdout.last_lines(OUTPUT_TAIL_CHARS),
-                   failure.stderr.last_lines(OUTPUT_TAIL_CHARS))
-
-
-@dataclass(frozen=True)
-class _Run:
-    """A program that went through the whole schedule with every output valid."""
-
-    info: WorkerInfo
-    scored: dict[int, Plan]  # window -> the plan made on it
-    variants: list[tuple[int, float]]  # (window it varies, GPU balancedness on the next window of its plan)
-    timed: list[CallResult]
-    skipped_variants: int
-    duplicate_gpus: float
-    compute_ns: int  # the candidate's own time in every call, rechecks included
-    phases: dict[str, float]  # where the evaluation's wall time went, in ms
-    lane: str  # the device it ran on: "cuda:0", "cpu", ...
-    stdout: str
-    stderr: str
-
-
-class _Processes:
-    """The candidate processes of one evaluation, each a fresh worker from its lane's spares."""
-
-    def __init__(self, timeout_s: float) -> None:
-        self._timeout_s = timeout_s
-        self._workers: list[Worker] = []
-
-    def launch(self, lane: Lane, program: Path, deadline: float) -> Worker:
-        """A fresh worker with `program` loaded; raises `SandboxFailure`."""
-        worker = lane.pool.acquire()
-        self._workers.append(worker)
-        worker.load(program, timeout_s=_remaining(deadline, self._timeout_s))
-        return worker
-
-    def end(self) -> None:
-        """Kill every process now (none runs another instruction); their exits are collected in the background."""
-        for worker in self._workers:
-            worker.close(wait=False)
-
-    def release_when_gone(self, holding: Holding) -> None:
-        """Release the lane once every process has exited (a CUDA context's teardown takes about 0.1 s)."""
-        try:
-            for worker in self._workers:
-                worker.wait_gone(_REAP_WAIT_S)
-        finally:
-            holding.release()
 
 
 class Evaluator:
@@ -170,6 +73,7 @@ class Evaluator:
         self._remove_files = weakref.finalize(self, _remove_if_owner, self._files, os.getpid())
         self.lanes = Lanes(self.settings.limits, device, spares, gpus, default_cache_path().parent / "locks",
                            self._worker_warm_up())
+        self._runner = Runner(self.settings, self.lanes, self._inputs, self._score_on_next_window)
 
     def __enter__(self) -> Evaluator:
         return self
@@ -192,9 +96,9 @@ class Evaluator:
         """Run, validate and score `program`; every failure is a Result with score 0, never an exception."""
         started = time.perf_counter()
         try:
-            run = self._run(Path(program))
+            run = self._runner.run(Path(program))
             seed = self._seed_timing(run.info, run.lane)
-        except _Failed as failed:
+        except RunFailed as failed:
             return self._failure(failed)
         result = self._score(run, seed)
         # What the evaluation cost beyond the candidate's own compute (the seed's timing, once, included).
@@ -206,145 +110,14 @@ class Evaluator:
         """A cheap first stage for a loop: the program imports and returns a valid plan for the trace's first
         window. Nothing is timed or scored: an `ok` Result here keeps every score at 0."""
         try:
-            with self._on_a_lane() as (lane, processes):
-                deadline = time.monotonic() + self.settings.timeout_s
-                worker = processes.launch(lane, Path(program), deadline)
-                result = self._call(worker, self._inputs[0], deadline)
-                _require_valid(check_call(result, self.settings.problem), "the call on window 0", worker)
-                stdout, stderr = _tails(worker.output())
-        except _Failed as failed:
+            info, stdout, stderr = self._runner.check(Path(program))
+        except RunFailed as failed:
             return self._failure(failed)
-        return Result("ok", workload=self._workload(), stdout=stdout, stderr=stderr, **_device(worker.info))
+        return Result("ok", workload=self._workload(), stdout=stdout, stderr=stderr, **_device(info))
 
-    def _failure(self, failed: _Failed) -> Result:
+    def _failure(self, failed: RunFailed) -> Result:
         return Result(failed.status, failed.error, [asdict(v) for v in failed.violations], workload=self._workload(),
                       stdout=failed.stdout, stderr=failed.stderr)
-
-    def _run(self, program: Path, lane_name: str | None = None) -> _Run:
-        settings = self.settings
-        rng = np.random.default_rng(secrets.randbits(128))
-        schedule = build_schedule(self._inputs, settings.variants_per_window, rng)
-        rechecked = set(rng.choice(len(schedule), min(settings.rechecks, len(schedule)), replace=False))
-        kept: dict[int, CallResult] = {}
-        scored: dict[int, Plan] = {}
-        variants: list[tuple[int, float]] = []
-        timed: list[CallResult] = []
-        duplicates: list[int] = []
-        spent_ns, skipped = 0, 0
-        pending: deque[tuple[int, CallResult, Future[PlanCheck]]] = deque()
-
-        def settle(wait: bool) -> None:
-            """Take in validated calls, in order; validation runs beside the worker's next call."""
-            while pending and (wait or pending[0][2].done()):
-                position, result, verdict = pending.popleft()
-                call, check = schedule[position], verdict.result()
-                what = f"window {call.window}" if call.scored else f"a variant of window {call.window}"
-                _require_valid(check, f"timed call {position + 1} (planning on {what})", worker)
-                if call.scored:
-                    scored[call.window] = check.plan
-                    duplicates.append(check.gpus_with_duplicate_expert or 0)
-                else:
-                    variants.append((call.window, self._score_on_next_window(check.plan, call.window)))
-                if position in rechecked:
-                    kept[position] = result
-
-        phases: dict[str, float] = {}
-        started = time.perf_counter()
-
-        def phase(name: str) -> None:
-            phases[name] = (time.perf_counter() - started) * 1e3 - sum(phases.values())
-
-        with self._on_a_lane(lane_name) as (lane, processes), self._quiet(lane):
-            phase("wait_for_device_ms")
-            deadline = time.monotonic() + settings.timeout_s  # waiting for the device is not the candidate's time
-            worker = processes.launch(lane, program, deadline)
-            phase("launch_ms")
-            with ThreadPoolExecutor(1) as validator:
-                warmup_ns = self._warm_up(worker, validator, rng, deadline)
-                phase("warmup_ms")
-                for position, call in enumerate(schedule):
-                    if not call.scored and spent_ns > settings.timing_budget_s * 1e9:
-                        skipped += 1
-                        continue
-                    result = self._call(worker, call.weight, deadline)
-                    spent_ns += result.worker_ns
-                    pending.append((position, result, validator.submit(check_call, result, settings.problem)))
-                    timed.append(replace(result, outputs=()))  # times only: outputs are megabytes each
-                    settle(wait=not settings.validate_during_calls)
-                phase("calls_ms")
-                settle(wait=True)
-            stdout, stderr = _tails(worker.output())
-            worker.close(wait=False)  # gone before the recheck's process starts
-            phase("validation_tail_ms")
-            recheck_ns = self._recheck(
-                lane, processes, program, [(schedule[k].weight, kept[k], k + 1) for k in rng.permutation(list(kept))],
-                deadline,
-            )
-            phase("recheck_ms")
-        return _Run(worker.info, scored, variants, timed, skipped, statistics.fmean(duplicates),
-                    warmup_ns + spent_ns + recheck_ns, phases, lane.name, stdout, stderr)
-
-    @contextmanager
-    def _on_a_lane(self, lane_name: str | None = None) -> Iterator[tuple[Lane, _Processes]]:
-        """A lane (any free one, or the one named) and the candidate processes of one evaluation on it. Sandbox
-        failures become failed evaluations. When the block ends every process is killed at once, and the lane
-        is released once they have all exited, in the background while the result is scored."""
-        try:
-            holding = self.lanes.take(lane_name)
-            processes = _Processes(self.settings.timeout_s)
-            try:
-                yield holding.lane, processes
-            finally:
-                processes.end()
-                threading.Thread(target=processes.release_when_gone, args=(holding,), name="lane-release",
-                                 daemon=True).start()
-        except SandboxFailure as error:
-            raise _Failed.from_sandbox(error.failure) from None
-
-    def _quiet(self, lane: Lane) -> AbstractContextManager[None]:
-        """On the CPU the candidate shares its cores with workers starting up: start none while it is timed."""
-        return lane.pool.quiet() if lane.name == "cpu" else nullcontext()
-
-    def _warm_up(self, worker: Worker, validator: ThreadPoolExecutor, rng: np.random.Generator,
-                 deadline: float) -> int:
-        """Untimed calls until the settings' least count and candidate time are reached; returns that time."""
-        settings = self.settings
-        spent_ns, warmups = 0, []
-        while len(warmups) < settings.max_warmup_calls and (
-            len(warmups) < settings.warmup_calls or spent_ns < settings.warmup_s * 1e9
-        ):
-            call = warmup_call(self._inputs, rng)
-            result = self._call(worker, call.weight, deadline)
-            spent_ns += result.worker_ns
-            warmups.append((call, validator.submit(check_call, result, settings.problem)))
-        for number, (call, verdict) in enumerate(warmups, start=1):
-            _require_valid(verdict.result(), f"warm-up call {number} (planning on a variant of window {call.window})",
-                           worker)
-        return spent_ns
-
-    def _call(self, worker: Worker, weight: np.ndarray, deadline: float) -> CallResult:
-        return worker.call(weight, self.settings.problem.rebalance_args(),
-                           timeout_s=_remaining(deadline, self.settings.timeout_s))
-
-    def _recheck(self, lane: Lane, processes: _Processes, program: Path,
-                 calls: list[tuple[np.ndarray, CallResult, int]], deadline: float) -> int:
-        """Give some inputs again, in another order, to a fresh process: a plan that depended on earlier calls
-        (a cache, a stale plan) or on chance comes out different. Returns the candidate's time in those calls."""
-        spent_ns = 0
-        if not calls:
-            return spent_ns
-        worker = processes.launch(lane, program, deadline)
-        for weight, first, number in calls:
-            again = self._call(worker, weight, deadline)
-            spent_ns += again.worker_ns
-            if len(first.outputs) != len(again.outputs) or not all(map(_same_array, first.outputs, again.outputs)):
-                violation = Violation(
-                    "plan.not_reproducible", None,
-                    f"call {number}'s plan differs when the same input is given to a fresh process; the plan "
-                    "must be a deterministic function of its input alone, not of earlier calls (a cache or a "
-                    "stale plan), of chance, or of timing")
-                raise _Failed("invalid_output", violation.message, (violation,), *_tails(worker.output()))
-        return spent_ns
 
     def _score_on_next_window(self, plan: Plan, window: int) -> float:
         loads = self._loads[window + 1][None]
@@ -362,9 +135,9 @@ class Evaluator:
             if cached is not None:
                 return cached
             try:
-                run = self._run(SEED_PROGRAM, lane_name)
-            except _Failed as failed:
-                raise _Failed("infra_error", f"timing the seed failed ({failed.status}): {failed.error}") from None
+                run = self._runner.run(SEED_PROGRAM, lane_name)
+            except RunFailed as failed:
+                raise RunFailed("infra_error", f"timing the seed failed ({failed.status}): {failed.error}") from None
             timing = measure(run.timed, None)
             seed = SeedTiming(timing.time_ms, timing.overhead_ms, timing.summary.relative_spread,
                               timing.summary.count)
@@ -372,7 +145,7 @@ class Evaluator:
             self._retime_seed = False
             return seed
 
-    def _score(self, run: _Run, seed: SeedTiming) -> Result:
+    def _score(self, run: Run, seed: SeedTiming) -> Result:
         problem = self.settings.problem
         windows = sorted(run.scored)
         plans = [run.scored[i] for i in windows]
@@ -406,7 +179,7 @@ class Evaluator:
             **_device(run.info),
         )
 
-    def _staleness(self, run: _Run, scored_per_window: tuple[float, ...]) -> Violation | None:
+    def _staleness(self, run: Run, scored_per_window: tuple[float, ...]) -> Violation | None:
         """A violation when plans made on variants score clearly worse than plans made on the windows."""
         if not run.variants:
             return None
@@ -432,30 +205,6 @@ def workload_summary(trace: Trace, problem: Problem) -> dict[str, object]:
 def _remove_if_owner(folder: Path, owner_pid: int) -> None:
     if os.getpid() == owner_pid:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _remaining(deadline: float, total_s: float) -> float:
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise SandboxFailure(Failure(FailureKind.TIMEOUT, f"the evaluation ran past its time limit of {total_s:g} s"))
-    return left
-
-
-def _require_valid(check: PlanCheck, which: str, worker: Worker) -> None:
-    if check.plan is None:
-        raise _Failed("invalid_output", f"{which} returned an invalid plan: {check.violations[0].message}",
-                      check.violations, *_tails(worker.output()))
-
-
-def _same_array(first: Output, again: Output) -> bool:
-    if not (isinstance(first, np.ndarray) and isinstance(again, np.ndarray)):
-        return first == again
-    return first.dtype == again.dtype and first.shape == again.shape and bool(np.array_equal(first, again))
-
-
-def _tails(outputs: tuple[object, object]) -> tuple[str, str]:
-    stdout, stderr = outputs
-    return stdout.last_lines(OUTPUT_TAIL_CHARS), stderr.last_lines(OUTPUT_TAIL_CHARS)
 
 
 def _device(info: WorkerInfo) -> dict[str, object]:

@@ -1,0 +1,269 @@
+"""Run one candidate on a device lane: a fresh worker through the whole schedule, every output validated while
+the next call runs, then some calls again in a second fresh process.
+
+The candidate's process only ever sees the windows it plans on, one call at a time. What comes out is plain
+data (`Run`) for scoring, or `RunFailed` with the failure a result reports.
+"""
+
+from __future__ import annotations
+
+import secrets
+import statistics
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from evaluator.eplb.invariants import PlanCheck, Violation
+from evaluator.eplb.plan import Plan
+from evaluator.evaluation.lanes import Holding, Lane, Lanes
+from evaluator.evaluation.outputs import check_call
+from evaluator.evaluation.schedule import build_schedule, warmup_call
+from evaluator.evaluation.settings import Settings
+from evaluator.sandbox import CallResult, Failure, FailureKind, Output, SandboxFailure, Worker, WorkerInfo
+
+OUTPUT_TAIL_CHARS = 4000  # of the candidate's stdout and stderr kept in a result
+_REAP_WAIT_S = 30.0  # for a killed process to exit before its lane is released anyway
+
+
+class RunFailed(Exception):
+    """Ends a run early: the failure's status, message, violations and the candidate's output tails."""
+
+    def __init__(self, status: str, error: str, violations: tuple[Violation, ...] = (), stdout: str = "",
+                 stderr: str = "") -> None:
+        super().__init__(error)
+        self.status, self.error, self.violations, self.stdout, self.stderr = status, error, violations, stdout, stderr
+
+    @classmethod
+    def from_sandbox(cls, failure: Failure) -> RunFailed:
+        return cls(failure.kind.value, failure.message, (), failure.stdout.last_lines(OUTPUT_TAIL_CHARS),
+                   failure.stderr.last_lines(OUTPUT_TAIL_CHARS))
+
+
+@dataclass(frozen=True)
+class Run:
+    """A program that went through the whole schedule with every output valid."""
+
+    info: WorkerInfo
+    scored: dict[int, Plan]  # window -> the plan made on it
+    variants: list[tuple[int, float]]  # (window it varies, GPU balancedness on the next window of its plan)
+    timed: list[CallResult]
+    skipped_variants: int
+    duplicate_gpus: float
+    compute_ns: int  # the candidate's own time in every call, rechecks included
+    phases: dict[str, float]  # where the run's wall time went, in ms
+    lane: str  # the device it ran on: "cuda:0", "cpu", ...
+    stdout: str
+    stderr: str
+
+
+class _Processes:
+    """The candidate processes of one run, each a fresh worker from its lane's spares."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self._timeout_s = timeout_s
+        self._workers: list[Worker] = []
+
+    def launch(self, lane: Lane, program: Path, deadline: float) -> Worker:
+        """A fresh worker with `program` loaded; raises `SandboxFailure`."""
+        worker = lane.pool.acquire()
+        self._workers.append(worker)
+        worker.load(program, timeout_s=_remaining(deadline, self._timeout_s))
+        return worker
+
+    def end(self) -> None:
+        """Kill every process now (none runs another instruction); their exits are collected in the background."""
+        for worker in self._workers:
+            worker.close(wait=False)
+
+    def release_when_gone(self, holding: Holding) -> None:
+        """Release the lane once every process has exited (a CUDA context's teardown takes about 0.1 s)."""
+        try:
+            for worker in self._workers:
+                worker.wait_gone(_REAP_WAIT_S)
+        finally:
+            holding.release()
+
+
+class Runner:
+    """Runs candidates on `lanes` as `settings` say, on `inputs` (the trace's windows). Thread-safe.
+
+    `score_variant(plan, window)` is how a plan made on a variant of `window` balances the next window; the
+    run records it, so that scoring can tell a plan that follows its input from a stale one.
+    """
+
+    def __init__(self, settings: Settings, lanes: Lanes, inputs: np.ndarray,
+                 score_variant: Callable[[Plan, int], float]) -> None:
+        self.settings = settings
+        self.lanes = lanes
+        self._inputs = inputs
+        self._score_variant = score_variant
+
+    def check(self, program: Path) -> tuple[WorkerInfo, str, str]:
+        """Import `program` and validate its plan for the first window: its worker's info, stdout and stderr
+        tails. Raises `RunFailed`."""
+        with self._on_a_lane() as (lane, processes):
+            deadline = time.monotonic() + self.settings.timeout_s
+            worker = processes.launch(lane, program, deadline)
+            result = self._call(worker, self._inputs[0], deadline)
+            _require_valid(check_call(result, self.settings.problem), "the call on window 0", worker)
+            return (worker.info, *_tails(worker.output()))
+
+    def run(self, program: Path, lane_name: str | None = None) -> Run:
+        """The whole schedule on a free lane (or the one named), then the recheck. Raises `RunFailed`."""
+        settings = self.settings
+        rng = np.random.default_rng(secrets.randbits(128))
+        schedule = build_schedule(self._inputs, settings.variants_per_window, rng)
+        rechecked = set(rng.choice(len(schedule), min(settings.rechecks, len(schedule)), replace=False))
+        kept: dict[int, CallResult] = {}
+        scored: dict[int, Plan] = {}
+        variants: list[tuple[int, float]] = []
+        timed: list[CallResult] = []
+        duplicates: list[int] = []
+        spent_ns, skipped = 0, 0
+        pending: deque[tuple[int, CallResult, Future[PlanCheck]]] = deque()
+
+        def settle(wait: bool) -> None:
+            """Take in validated calls, in order; validation runs beside the worker's next call."""
+            while pending and (wait or pending[0][2].done()):
+                position, result, verdict = pending.popleft()
+                call, check = schedule[position], verdict.result()
+                what = f"window {call.window}" if call.scored else f"a variant of window {call.window}"
+                _require_valid(check, f"timed call {position + 1} (planning on {what})", worker)
+                if call.scored:
+                    scored[call.window] = check.plan
+                    duplicates.append(check.gpus_with_duplicate_expert or 0)
+                else:
+                    variants.append((call.window, self._score_variant(check.plan, call.window)))
+                if position in rechecked:
+                    kept[position] = result
+
+        phases: dict[str, float] = {}
+        started = time.perf_counter()
+
+        def phase(name: str) -> None:
+            phases[name] = (time.perf_counter() - started) * 1e3 - sum(phases.values())
+
+        with self._on_a_lane(lane_name) as (lane, processes), self._quiet(lane):
+            phase("wait_for_device_ms")
+            deadline = time.monotonic() + settings.timeout_s  # waiting for the device is not the candidate's time
+            worker = processes.launch(lane, program, deadline)
+            phase("launch_ms")
+            with ThreadPoolExecutor(1) as validator:
+                warmup_ns = self._warm_up(worker, validator, rng, deadline)
+                phase("warmup_ms")
+                for position, call in enumerate(schedule):
+                    if not call.scored and spent_ns > settings.timing_budget_s * 1e9:
+                        skipped += 1
+                        continue
+                    result = self._call(worker, call.weight, deadline)
+                    spent_ns += result.worker_ns
+                    pending.append((position, result, validator.submit(check_call, result, settings.problem)))
+                    timed.append(replace(result, outputs=()))  # times only: outputs are megabytes each
+                    settle(wait=not settings.validate_during_calls)
+                phase("calls_ms")
+                settle(wait=True)
+            stdout, stderr = _tails(worker.output())
+            worker.close(wait=False)  # gone before the recheck's process starts
+            phase("validation_tail_ms")
+            recheck_ns = self._recheck(
+                lane, processes, program, [(schedule[k].weight, kept[k], k + 1) for k in rng.permutation(list(kept))],
+                deadline,
+            )
+            phase("recheck_ms")
+        return Run(worker.info, scored, variants, timed, skipped, statistics.fmean(duplicates),
+                   warmup_ns + spent_ns + recheck_ns, phases, lane.name, stdout, stderr)
+
+    @contextmanager
+    def _on_a_lane(self, lane_name: str | None = None) -> Iterator[tuple[Lane, _Processes]]:
+        """A lane (any free one, or the one named) and the candidate processes of one run on it. Sandbox
+        failures become failed runs. When the block ends every process is killed at once, and the lane is
+        released once they have all exited, in the background while the result is scored."""
+        try:
+            holding = self.lanes.take(lane_name)
+            processes = _Processes(self.settings.timeout_s)
+            try:
+                yield holding.lane, processes
+            finally:
+                processes.end()
+                threading.Thread(target=processes.release_when_gone, args=(holding,), name="lane-release",
+                                 daemon=True).start()
+        except SandboxFailure as error:
+            raise RunFailed.from_sandbox(error.failure) from None
+
+    def _quiet(self, lane: Lane) -> AbstractContextManager[None]:
+        """On the CPU the candidate shares its cores with workers starting up: start none while it is timed."""
+        return lane.pool.quiet() if lane.name == "cpu" else nullcontext()
+
+    def _warm_up(self, worker: Worker, validator: ThreadPoolExecutor, rng: np.random.Generator,
+                 deadline: float) -> int:
+        """Untimed calls until the settings' least count and candidate time are reached; returns that time."""
+        settings = self.settings
+        spent_ns, warmups = 0, []
+        while len(warmups) < settings.max_warmup_calls and (
+            len(warmups) < settings.warmup_calls or spent_ns < settings.warmup_s * 1e9
+        ):
+            call = warmup_call(self._inputs, rng)
+            result = self._call(worker, call.weight, deadline)
+            spent_ns += result.worker_ns
+            warmups.append((call, validator.submit(check_call, result, settings.problem)))
+        for number, (call, verdict) in enumerate(warmups, start=1):
+            _require_valid(verdict.result(), f"warm-up call {number} (planning on a variant of window {call.window})",
+                          worker)
+        return spent_ns
+
+    def _call(self, worker: Worker, weight: np.ndarray, deadline: float) -> CallResult:
+        return worker.call(weight, self.settings.problem.rebalance_args(),
+                           timeout_s=_remaining(deadline, self.settings.timeout_s))
+
+    def _recheck(self, lane: Lane, processes: _Processes, program: Path,
+                 calls: list[tuple[np.ndarray, CallResult, int]], deadline: float) -> int:
+        """Give some inputs again, in another order, to a fresh process: a plan that depended on earlier calls
+        (a cache, a stale plan) or on chance comes out different. Returns the candidate's time in those calls."""
+        spent_ns = 0
+        if not calls:
+            return spent_ns
+        worker = processes.launch(lane, program, deadline)
+        for weight, first, number in calls:
+            again = self._call(worker, weight, deadline)
+            spent_ns += again.worker_ns
+            if len(first.outputs) != len(again.outputs) or not all(map(_same_array, first.outputs, again.outputs)):
+                violation = Violation(
+                    "plan.not_reproducible", None,
+                    f"call {number}'s plan differs when the same input is given to a fresh process; the plan "
+                    "must be a deterministic function of its input alone, not of earlier calls (a cache or a "
+                    "stale plan), of chance, or of timing")
+                raise RunFailed("invalid_output", violation.message, (violation,), *_tails(worker.output()))
+        return spent_ns
+
+
+def _require_valid(check: PlanCheck, which: str, worker: Worker) -> None:
+    """Raise `RunFailed` (invalid_output, with the violations) unless `check` found a valid plan."""
+    if check.plan is None:
+        raise RunFailed("invalid_output", f"{which} returned an invalid plan: {check.violations[0].message}",
+                        check.violations, *_tails(worker.output()))
+
+
+def _tails(outputs: tuple[object, object]) -> tuple[str, str]:
+    """The last lines of a worker's stdout and stderr, as a result keeps them."""
+    stdout, stderr = outputs
+    return stdout.last_lines(OUTPUT_TAIL_CHARS), stderr.last_lines(OUTPUT_TAIL_CHARS)
+
+
+def _remaining(deadline: float, total_s: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise SandboxFailure(Failure(FailureKind.TIMEOUT, f"the evaluation ran past its time limit of {total_s:g} s"))
+    return left
+
+
+def _same_array(first: Output, again: Output) -> bool:
+    if not (isinstance(first, np.ndarray) and isinstance(again, np.ndarray)):
+        return first == again
+    return first.dtype == again.dtype and first.shape == again.shape and bool(np.array_equal(first, again))

@@ -1,0 +1,32 @@
+"""How candidates are evaluated: the protocol's parameters, plain data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from evaluator.eplb.problem import Problem
+from evaluator.sandbox import Limits
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How candidates are evaluated. The defaults are the documented protocol; change them knowingly."""
+
+    problem: Problem = field(default_factory=Problem)
+    timeout_s: float = 120.0  # one candidate, import and every call included
+    variants_per_window: int = 1  # timed-only calls per planned window
+    # Warm-up lasts at least this many calls and this much candidate time (GPU clocks take a while to rise
+    # after the device idled), and at most `max_warmup_calls` calls.
+    warmup_calls: int = 2
+    warmup_s: float = 0.2
+    max_warmup_calls: int = 100
+    timing_budget_s: float = 3.0  # candidate time after which the remaining variant calls are skipped
+    # Plans made on variants of a window must score (on the next window) within this of the plan made on the
+    # window itself; a candidate whose output does not follow its input (a cached or stale plan, a table
+    # looked up from a known trace) falls far below.
+    freshness_tolerance: float = 0.03
+    rechecks: int = 3  # calls repeated in a fresh process, which must give the same plan
+    # Validate each output while the worker computes the next one (less overhead), or between calls (the
+    # evaluator's CPU work never overlaps a timed call).
+    validate_during_calls: bool = True
+    limits: Limits = field(default_factory=Limits)
