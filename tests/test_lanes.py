@@ -1,12 +1,15 @@
-"""Device lanes: the file lock that makes evaluators in separate processes take turns, and what a forked child
-or a candidate that tampers with the lock folder can do to it."""
+"""Device lanes: the lock that makes evaluators in separate processes take turns, and what a forked child, a
+dead holder or a candidate can do to it."""
 
 from __future__ import annotations
 
-import fcntl
+import errno
 import gc
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,35 +18,47 @@ from small_problem import SMALL_SETTINGS, SMALL_TRACE
 
 from evaluator.evaluation import Evaluator
 from evaluator.evaluation.lanes import Lanes
+from evaluator.evaluation.timing import SeedTimingCache, default_cache_path
 from evaluator.paths import SEED_PROGRAM
 from evaluator.sandbox import FailureKind, Limits, SandboxFailure
 
 
 @pytest.fixture
 def lanes(tmp_path):
-    """One CPU lane, no spare workers, locking through a file in `tmp_path/locks`."""
-    lanes = Lanes(Limits(), "cpu", 0, None, tmp_path / "locks")
+    """One CPU lane, no spare workers, in a lock scope of its own."""
+    lanes = Lanes(Limits(), "cpu", 0, None, str(tmp_path))
     yield lanes
     lanes.close()
 
 
-def locked_elsewhere(path: Path) -> bool:
-    """Whether another open file description holds the lock of `path` (as another process's would)."""
-    with open(path, "a") as probe:
-        try:
-            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(probe, fcntl.LOCK_UN)
-        return False
+def held_elsewhere(address: str) -> bool:
+    """Whether some socket holds `address`, as another process trying to take the lane would find."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.bind(address)
+    except OSError as error:
+        assert error.errno == errno.EADDRINUSE
+        return True
+    finally:
+        probe.close()
+    return False
 
 
 def test_a_held_lane_is_locked_for_other_processes_until_released(lanes):
     holding = lanes.take()
-    assert locked_elsewhere(holding.lane.lock_path)
+    assert held_elsewhere(holding.lane.lock_address)
     holding.release()
     holding.release()  # a second release changes nothing
-    assert not locked_elsewhere(holding.lane.lock_path)
+    assert not held_elsewhere(holding.lane.lock_address)
+
+
+def test_evaluators_with_another_cache_folder_do_not_share_the_lock(lanes, tmp_path):
+    other = Lanes(Limits(), "cpu", 0, None, str(tmp_path / "elsewhere"))
+    assert other.lanes[0].lock_address != lanes.lanes[0].lock_address
+    holding = lanes.take()
+    other.take().release()  # not kept waiting
+    holding.release()
+    other.close()
 
 
 def test_a_forked_child_does_not_keep_its_parents_lane_locked(lanes):
@@ -57,7 +72,7 @@ def test_a_forked_child_does_not_keep_its_parents_lane_locked(lanes):
     try:
         os.read(readable, 7)
         holding.release()
-        assert not locked_elsewhere(holding.lane.lock_path)
+        assert not held_elsewhere(holding.lane.lock_address)
     finally:
         os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
@@ -65,34 +80,34 @@ def test_a_forked_child_does_not_keep_its_parents_lane_locked(lanes):
         os.close(writable)
 
 
-def test_a_removed_lock_folder_is_made_again(lanes, tmp_path):
-    lanes.take().release()
-    (tmp_path / "locks" / "cpu.lock").unlink()
-    (tmp_path / "locks").rmdir()
+def test_a_lane_whose_holder_died_is_free_at_once(lanes, tmp_path):
+    address = lanes.lanes[0].lock_address
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import socket, sys, time
+lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+lock.bind({address!r})
+print("holding", flush=True)
+time.sleep(60)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(SandboxFailure) as raised:
+            lanes.take(give_up_at=time.monotonic() + 0.3)  # another process holds it
+        assert raised.value.failure.kind is FailureKind.INFRA_ERROR and "gave up" in raised.value.failure.message
+    finally:
+        holder.kill()
+        holder.wait()
+    lanes.take(give_up_at=time.monotonic() + 5).release()  # the kernel let go of the dead holder's lock
+
+
+def test_waiting_for_a_lane_held_in_this_process_gives_up_at_the_deadline(lanes):
     holding = lanes.take()
-    assert locked_elsewhere(tmp_path / "locks" / "cpu.lock")
+    started = time.monotonic()
+    with pytest.raises(SandboxFailure):
+        lanes.take(give_up_at=started + 0.2)
+    assert time.monotonic() - started < 5
     holding.release()
-
-
-def test_a_lock_file_replaced_by_a_link_is_not_followed(lanes, tmp_path):
-    (tmp_path / "locks").mkdir()
-    os.mkfifo(tmp_path / "fifo")  # opening it to write would block forever
-    (tmp_path / "locks" / "cpu.lock").symlink_to(tmp_path / "fifo")
-    with pytest.raises(SandboxFailure) as raised:
-        lanes.take()
-    assert raised.value.failure.kind is FailureKind.INFRA_ERROR
-    assert "cpu.lock" in raised.value.failure.message and "EPLB_EVALUATOR_CACHE" in raised.value.failure.message
-    (tmp_path / "locks" / "cpu.lock").unlink()
-    lanes.take().release()  # the lane was given back
-
-
-def test_an_unusable_lock_folder_is_an_infra_error(tmp_path):
-    (tmp_path / "file").write_text("not a folder")
-    lanes = Lanes(Limits(), "cpu", 0, None, tmp_path / "file" / "locks")
-    with pytest.raises(SandboxFailure) as raised:
-        lanes.take()
-    assert raised.value.failure.kind is FailureKind.INFRA_ERROR
-    lanes.close()
+    lanes.take(give_up_at=time.monotonic() + 1).release()
 
 
 def test_a_forked_child_dropping_its_copy_of_an_evaluator_leaves_the_parents_working():
@@ -127,9 +142,11 @@ def test_the_lane_is_free_again_only_once_every_process_of_a_candidate_is_gone(t
         holding.release()
 
 
-def test_an_unusable_cache_folder_makes_every_evaluation_an_infra_error(tmp_path, monkeypatch):
+def test_an_unusable_cache_folder_only_costs_the_seeds_cached_time(tmp_path, monkeypatch):
     (tmp_path / "cache").write_text("a file where the cache folder should be")
     monkeypatch.setenv("EPLB_EVALUATOR_CACHE", str(tmp_path / "cache"))
-    with Evaluator(SMALL_TRACE, SMALL_SETTINGS, device="cpu", spares=1) as evaluator:
+    with Evaluator(SMALL_TRACE, SMALL_SETTINGS, device="cpu", spares=1,
+                   seed_timings=SeedTimingCache(default_cache_path())) as evaluator:
         result = evaluator.evaluate(SEED_PROGRAM)
-    assert result.status == "infra_error" and "EPLB_EVALUATOR_CACHE" in result.error
+    assert result.status == "ok", result.error
+    assert (tmp_path / "cache").read_text() == "a file where the cache folder should be"

@@ -8,6 +8,7 @@ fake chat endpoint that always answers with the same small patch.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import os
 import runpy
@@ -73,7 +74,7 @@ llm:
   api_base: "http://localhost:8000/v1"
   api_key: "your-key"
 evaluator:
-  timeout: 600                  # seconds per stage; the evaluator's own limits end a hung candidate first
+  timeout: 600                  # per stage; export EPLB_EVALUATOR_STAGE2_DEADLINE_S=570 to match (default 270)
   cascade_evaluation: true
   cascade_thresholds: [0.5]     # stage 1 (imports, one valid plan) scores 1.0 or 0.0
   parallel_evaluations: 2       # worker processes; their evaluators take turns on each GPU
@@ -225,7 +226,8 @@ def test_an_openevolve_run_scores_the_seed_and_its_child(folder, tmp_path, fake_
         [str(cli), str(initial), str(folder / "evaluate_eplb.py"), "--config", str(config),
          "--output", str(tmp_path / "out")],
         capture_output=True, text=True, timeout=300,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+             "EPLB_EVALUATOR_STAGE2_DEADLINE_S": "100"},  # below the timeout of 120
     )
     assert done.returncode == 0, done.stderr[-3000:]
     saved = [json.loads(path.read_text()) for path in (tmp_path / "out").glob("checkpoints/*/programs/*.json")]
@@ -256,25 +258,40 @@ SLOW = SEED_SOURCE + """
 import time
 _plan = rebalance_experts
 def rebalance_experts(*args):
-    time.sleep(0.5)
+    time.sleep(1.0)
     return _plan(*args)
 """
 
 
 def test_a_stage_two_that_would_outlast_openevolves_timeout_scores_zero(folder, monkeypatch):
-    # Stage 1 (one call) passes in time; the full evaluation (a dozen calls) would outlast OpenEvolve's
+    # Stage 1 (one call) passes in time; the full evaluation (a dozen calls of 1 s) would outlast OpenEvolve's
     # timeout, after which OpenEvolve keeps stage 1's combined_score of 1.0.
-    monkeypatch.setattr(openevolve_evaluator, "STAGE2_DEADLINE_S", 2.0)
-    metrics, artifacts = run(folder, SLOW, cascade_evaluation=True, cascade_thresholds=[0.5], timeout=4)
+    monkeypatch.setattr(openevolve_evaluator, "STAGE2_DEADLINE_S", 3.0)
+    metrics, artifacts = run(folder, SLOW, cascade_evaluation=True, cascade_thresholds=[0.5], timeout=8)
     assert metrics["combined_score"] == 0.0 and metrics["stage2_passed"] == 0.0
     assert artifacts["status"] == "infra_error" and "STAGE2_DEADLINE_S" in artifacts["error"]
 
 
 def test_a_stage_two_that_raises_scores_zero(folder, monkeypatch):
-    def broken(program_path):
-        raise RuntimeError("the evaluator broke")
+    class Broken:
+        def evaluate(self, program_path, give_up_at=None):
+            raise RuntimeError("the evaluator broke")
 
-    monkeypatch.setattr(openevolve_evaluator, "evaluate_program", broken)
+    monkeypatch.setattr(openevolve_evaluator, "shared_evaluator", Broken)
     metrics, artifacts = run(folder, SEED_SOURCE, cascade_evaluation=True, cascade_thresholds=[0.5])
     assert metrics["combined_score"] == 0.0 and metrics["stage2_passed"] == 0.0
     assert artifacts["status"] == "infra_error" and "the evaluator broke" in artifacts["error"]
+
+
+@pytest.mark.parametrize("value, seconds", [("570", 570.0), ("soon", None), ("0", None), ("inf", None), ("nan", None)])
+def test_the_stage_two_deadline_comes_from_the_environment(monkeypatch, value, seconds):
+    monkeypatch.setenv("EPLB_EVALUATOR_STAGE2_DEADLINE_S", value)
+    try:
+        if seconds is None:
+            with pytest.raises(ValueError, match=f"EPLB_EVALUATOR_STAGE2_DEADLINE_S .* got '{value}'"):
+                importlib.reload(openevolve_evaluator)
+        else:
+            assert importlib.reload(openevolve_evaluator).STAGE2_DEADLINE_S == seconds
+    finally:
+        monkeypatch.delenv("EPLB_EVALUATOR_STAGE2_DEADLINE_S")
+        importlib.reload(openevolve_evaluator)

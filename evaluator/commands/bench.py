@@ -96,6 +96,9 @@ def _run_evaluator(args: argparse.Namespace) -> int:
           f"{100 * result.aa_speedup_cv:.2f}% over {result.aa_runs} runs")
     phases = ", ".join(f"{name.removesuffix('_ms')} {value:.0f}" for name, value in result.phases_ms_median.items())
     print(f"phases (ms)         {phases}")
+    overheads = ", ".join(f"{name.removesuffix('_ms')} {value:.0f}"
+                          for name, value in result.phase_overhead_ms_median.items())
+    print(f"  less compute      {overheads}")
     print(f"scoring a trace     {result.scoring_ms:.2f} ms")
     return ExitCode.OK
 

@@ -71,7 +71,7 @@ class Evaluator:
         # evaluator (a loop's process pool) must not take the warm-up program from under the parent's workers.
         self._files = Path(tempfile.mkdtemp(prefix="eplb-evaluator-"))
         self._remove_files = weakref.finalize(self, _remove_if_owner, self._files, os.getpid())
-        self.lanes = Lanes(self.settings.limits, device, spares, gpus, default_cache_path().parent / "locks",
+        self.lanes = Lanes(self.settings.limits, device, spares, gpus, str(default_cache_path().parent.absolute()),
                            self._worker_warm_up())
         self._runner = Runner(self.settings, self.lanes, self._inputs, self._score_on_next_window)
 
@@ -92,25 +92,31 @@ class Evaluator:
         problem = self.settings.problem
         return WarmUp(program, (problem.num_layers, problem.num_experts), problem.rebalance_args())
 
-    def evaluate(self, program: str | Path) -> Result:
-        """Run, validate and score `program`; every failure is a Result with score 0, never an exception."""
+    def evaluate(self, program: str | Path, give_up_at: float | None = None) -> Result:
+        """Run, validate and score `program`; every failure is a Result with score 0, never an exception.
+        With `give_up_at` (a `time.monotonic()` time), an evaluation that has no device by then ends as an
+        `infra_error`; one that has a device runs to its end."""
         started = time.perf_counter()
         try:
-            run = self._runner.run(Path(program))
+            run = self._runner.run(Path(program), give_up_at=give_up_at)
             seed = self._seed_timing(run.info, run.lane)
         except RunFailed as failed:
             return self._failure(failed)
+        scoring_started = time.perf_counter()
         result = self._score(run, seed)
         # What the evaluation cost beyond the candidate's own compute (the seed's timing, once, included).
-        costs = {"evaluation_ms": (time.perf_counter() - started) * 1e3, "candidate_compute_ms": run.compute_ns / 1e6,
-                 "phases": run.phases, "lane": run.lane}
+        phases = {**run.phases, "scoring_ms": (time.perf_counter() - scoring_started) * 1e3}
+        costs = {"evaluation_ms": (time.perf_counter() - started) * 1e3,
+                 "candidate_compute_ms": sum(run.phase_compute.values()), "phases": phases,
+                 "phase_compute": run.phase_compute, "lane": run.lane}
         return replace(result, timing={**result.timing, **costs})
 
-    def check(self, program: str | Path) -> Result:
+    def check(self, program: str | Path, give_up_at: float | None = None) -> Result:
         """A cheap first stage for a loop: the program imports and returns a valid plan for the trace's first
-        window. Nothing is timed or scored: an `ok` Result here keeps every score at 0."""
+        window. Nothing is timed or scored: an `ok` Result here keeps every score at 0. `give_up_at` as for
+        `evaluate`."""
         try:
-            info, stdout, stderr = self._runner.check(Path(program))
+            info, stdout, stderr = self._runner.check(Path(program), give_up_at)
         except RunFailed as failed:
             return self._failure(failed)
         return Result("ok", workload=self._workload(), stdout=stdout, stderr=stderr, **_device(info))
@@ -130,6 +136,9 @@ class Evaluator:
                           f"python {platform.python_version()}", f"evaluator {__version__}",
                           f"seed {self._seed_digest}",
                           repr(self.settings.problem)])
+        cached = None if self._retime_seed else self._seed_timings.get(key)
+        if cached is not None:  # without the lock: other lanes need not wait for one timing the seed
+            return cached
         with self._seed_lock:
             cached = None if self._retime_seed else self._seed_timings.get(key)
             if cached is not None:

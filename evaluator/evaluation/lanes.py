@@ -1,88 +1,97 @@
 """The devices candidates are timed on: one lane per GPU (or one for the CPU), each timing one candidate at a time.
 
 A lane owns its spare workers (warmed up, when given a `WarmUp`) and a lock. The lock is held from a candidate's
-launch until its last process has exited, in this process (a thread lock) and across processes (a file lock
-in the cache folder), so that evaluators in several processes on one machine, as loops that evaluate in
-process pools run them, never time two candidates on one device at once. Processes take turns only when they
-share the cache folder (`EPLB_EVALUATOR_CACHE`) and name the GPU alike (`CUDA_VISIBLE_DEVICES`).
+launch until its last process has exited, in this process (a thread lock) and across processes, so that
+evaluators in several processes on one machine, as loops that evaluate in process pools run them, never time
+two candidates on one device at once.
+
+The lock across processes is a Unix socket bound to an abstract address (Linux): the kernel lets one socket
+hold an address at a time and frees it when its holder closes it or dies. Unlike a lock file, nothing of it
+lies where a candidate could remove or replace it, and no crash leaves it behind. Processes take turns when
+they share the cache folder (`EPLB_EVALUATOR_CACHE`, part of the address) and name the GPU alike
+(`CUDA_VISIBLE_DEVICES`).
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
+import hashlib
 import os
+import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from evaluator.sandbox import Failure, FailureKind, Limits, SandboxFailure, WarmUp, WorkerPool
 
-# Descriptors of the lock files held in this process. A forked child closes its copies, so that the lock is
-# released when this process lets it go, whatever the child does.
-_held_lock_fds: set[int] = set()
-_LOCK_ATTEMPTS = 5  # a lock file replaced while we waited for it is opened again this many times at most
+# The lock sockets open in this process. A forked child closes its copies, so that a lane is free once this
+# process lets it go, whatever the child does.
+_held_locks: set[socket.socket] = set()
+_held_locks_guard = threading.Lock()
+_POLL_S = (0.001, 0.02)  # first and longest pause between attempts on an address another process holds
 
 
 @dataclass(frozen=True)
 class Lane:
-    """One device: its name ("cuda:0", "cpu"), its spare workers and the file that locks it across processes."""
+    """One device: its name ("cuda:0", "cpu"), its spare workers and the abstract address that locks it."""
 
     name: str
     pool: WorkerPool
-    lock_path: Path
+    lock_address: str
 
 
 class Holding:
     """A lane lent by `Lanes.take`; `release` gives it back, once, from any thread."""
 
-    def __init__(self, lane: Lane, lock_fd: int, give_back: Callable[[Lane], None]) -> None:
+    def __init__(self, lane: Lane, lock: socket.socket, give_back: Callable[[Lane], None]) -> None:
         self.lane = lane
-        self._lock_fd: int | None = lock_fd
+        self._lock = lock
         self._give_back = give_back
         self._released = threading.Lock()
 
     def release(self) -> None:
         if not self._released.acquire(blocking=False):
             return
-        fd, self._lock_fd = self._lock_fd, None
-        if fd is not None:
-            _held_lock_fds.discard(fd)
-            os.close(fd)  # the file lock goes with the descriptor
+        _close(self._lock)
         self._give_back(self.lane)
 
 
 class Lanes:
-    """The lanes of an evaluator; `take()` lends a free one. Thread-safe."""
+    """The lanes of an evaluator; `take()` lends a free one. Thread-safe.
 
-    def __init__(self, limits: Limits, device: str, spares: int, gpus: Sequence[int] | None, lock_folder: Path,
+    `lock_scope` names the evaluators that take turns: those given the same scope (the cache folder) do.
+    """
+
+    def __init__(self, limits: Limits, device: str, spares: int, gpus: Sequence[int] | None, lock_scope: str,
                  warm_up: WarmUp | None = None) -> None:
+        scope = hashlib.sha256(lock_scope.encode()).hexdigest()[:16]
         self.lanes: list[Lane] = []
         for name, worker_device, environment in _devices(device, gpus):
             self.lanes.append(Lane(name, WorkerPool(limits, worker_device, spares, environment, warm_up),
-                                   lock_folder / f"{name.replace(':', '-')}.lock"))
+                                   f"\0eplb-evaluator-{scope}-{name}"))
         self._free = list(self.lanes)
         self._condition = threading.Condition()
 
-    def take(self, name: str | None = None) -> Holding:
+    def take(self, name: str | None = None, give_up_at: float | None = None) -> Holding:
         """A lane no other thread or process uses until the holding is released: the one called `name`, else
-        the longest free (candidates spread over every device). Waits for it to be free. Raises
-        `SandboxFailure` (infra_error) when the lock file cannot be opened."""
+        the longest free (candidates spread over every device). Waits for it to be free, until the monotonic
+        time `give_up_at` if given. Raises `SandboxFailure` (infra_error) when it gives up or cannot lock."""
         with self._condition:
             while not (lane := self._first_free(name)):
-                self._condition.wait()
+                if not self._condition.wait(_until(give_up_at)) and _past(give_up_at):
+                    raise _gave_up(name or "any device")
             self._free.remove(lane)
         try:
-            return Holding(lane, _lock(lane.lock_path), self._give_back)
-        except OSError as error:
+            return Holding(lane, _lock(lane, give_up_at), self._give_back)
+        except BaseException as error:
             self._give_back(lane)
-            raise SandboxFailure(Failure(
-                FailureKind.INFRA_ERROR,
-                f"cannot lock device {lane.name} through {lane.lock_path}: {error}. The cache folder must be a "
-                "writable folder of this user (set EPLB_EVALUATOR_CACHE to choose another)")) from None
+            if isinstance(error, OSError):
+                raise SandboxFailure(Failure(FailureKind.INFRA_ERROR,
+                                             f"cannot lock device {lane.name}: {error}")) from None
+            raise
 
     def wait_for_spares(self) -> bool:
         """Wait until every lane's spare workers are ready; True if they are."""
@@ -101,46 +110,58 @@ class Lanes:
             self._condition.notify_all()
 
 
-def _lock(path: Path) -> int:
-    """An open descriptor of `path` holding its exclusive lock; waits for the lock. Raises OSError.
-
-    The lock file lives where candidates could reach it: it is never followed through a link, and one that was
-    removed or replaced while we waited is opened again, so that every holder locks the same file.
-    """
-    for _ in range(_LOCK_ATTEMPTS):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+def _lock(lane: Lane, give_up_at: float | None) -> socket.socket:
+    """A socket holding the lane's address; waits while another process holds it. Raises OSError, and
+    `SandboxFailure` when it gives up."""
+    pause = _POLL_S[0]
+    while True:
+        lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # not inherited by the workers we spawn
+        with _held_locks_guard:
+            _held_locks.add(lock)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            if _same_file(fd, path):
-                _held_lock_fds.add(fd)
-                return fd
+            lock.bind(lane.lock_address)
+            return lock
+        except OSError as error:
+            _close(lock)
+            if error.errno != errno.EADDRINUSE:
+                raise
         except BaseException:
-            os.close(fd)
+            _close(lock)
             raise
-        os.close(fd)
-    raise OSError(errno.EAGAIN, f"the lock file kept being replaced ({_LOCK_ATTEMPTS} attempts)")
+        if _past(give_up_at):
+            raise _gave_up(lane.name)
+        time.sleep(pause if give_up_at is None else min(pause, max(0.0, give_up_at - time.monotonic())))
+        pause = min(2 * pause, _POLL_S[1])
 
 
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        now = os.stat(path, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    opened = os.fstat(fd)
-    return (now.st_dev, now.st_ino) == (opened.st_dev, opened.st_ino)
+def _close(lock: socket.socket) -> None:
+    with _held_locks_guard:
+        _held_locks.discard(lock)
+    lock.close()
 
 
 def _close_inherited_locks() -> None:
-    for fd in _held_lock_fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    _held_lock_fds.clear()
+    global _held_locks_guard
+    _held_locks_guard = threading.Lock()  # another thread may have held it at the fork
+    for lock in _held_locks:
+        lock.close()
+    _held_locks.clear()
 
 
 os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
+def _until(give_up_at: float | None) -> float | None:
+    return None if give_up_at is None else max(0.0, give_up_at - time.monotonic())
+
+
+def _past(give_up_at: float | None) -> bool:
+    return give_up_at is not None and time.monotonic() >= give_up_at
+
+
+def _gave_up(what: str) -> SandboxFailure:
+    return SandboxFailure(Failure(FailureKind.INFRA_ERROR,
+                                  f"gave up waiting for {what}: other evaluations held it until the deadline"))
 
 
 def _devices(device: str, gpus: Sequence[int] | None) -> list[tuple[str, str, dict[str, str]]]:

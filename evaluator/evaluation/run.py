@@ -56,8 +56,8 @@ class Run:
     timed: list[CallResult]
     skipped_variants: int
     duplicate_gpus: float
-    compute_ns: int  # the candidate's own time in every call, rechecks included
     phases: dict[str, float]  # where the run's wall time went, in ms
+    phase_compute: dict[str, float]  # the candidate's own time in the calls of each phase, in ms
     lane: str  # the device it ran on: "cuda:0", "cpu", ...
     stdout: str
     stderr: str
@@ -83,10 +83,12 @@ class _Processes:
             worker.close(wait=False)
 
     def release_when_gone(self, holding: Holding) -> None:
-        """Release the lane once every process has exited (a CUDA context's teardown takes about 0.1 s)."""
+        """Release the lane once every process has exited (a CUDA context's teardown takes about 0.1 s), or
+        after `_REAP_WAIT_S` in all."""
         try:
+            deadline = time.monotonic() + _REAP_WAIT_S
             for worker in self._workers:
-                worker.wait_gone(_REAP_WAIT_S)
+                worker.wait_gone(max(0.0, deadline - time.monotonic()))
         finally:
             holding.release()
 
@@ -105,18 +107,19 @@ class Runner:
         self._inputs = inputs
         self._score_variant = score_variant
 
-    def check(self, program: Path) -> tuple[WorkerInfo, str, str]:
+    def check(self, program: Path, give_up_at: float | None = None) -> tuple[WorkerInfo, str, str]:
         """Import `program` and validate its plan for the first window: its worker's info, stdout and stderr
-        tails. Raises `RunFailed`."""
-        with self._on_a_lane() as (lane, processes):
+        tails. Raises `RunFailed` (infra_error if no lane is free by the monotonic time `give_up_at`)."""
+        with self._on_a_lane(give_up_at=give_up_at) as (lane, processes):
             deadline = time.monotonic() + self.settings.timeout_s
             worker = processes.launch(lane, program, deadline)
             result = self._call(worker, self._inputs[0], deadline)
             _require_valid(check_call(result, self.settings.problem), "the call on window 0", worker)
             return (worker.info, *_tails(worker.output()))
 
-    def run(self, program: Path, lane_name: str | None = None) -> Run:
-        """The whole schedule on a free lane (or the one named), then the recheck. Raises `RunFailed`."""
+    def run(self, program: Path, lane_name: str | None = None, give_up_at: float | None = None) -> Run:
+        """The whole schedule on a free lane (or the one named), then the recheck. Raises `RunFailed`
+        (infra_error if no lane is free by the monotonic time `give_up_at`)."""
         settings = self.settings
         rng = np.random.default_rng(secrets.randbits(128))
         schedule = build_schedule(self._inputs, settings.variants_per_window, rng)
@@ -150,7 +153,7 @@ class Runner:
         def phase(name: str) -> None:
             phases[name] = (time.perf_counter() - started) * 1e3 - sum(phases.values())
 
-        with self._on_a_lane(lane_name) as (lane, processes), self._quiet(lane):
+        with self._on_a_lane(lane_name, give_up_at) as (lane, processes), self._quiet(lane):
             phase("wait_for_device_ms")
             deadline = time.monotonic() + settings.timeout_s  # waiting for the device is not the candidate's time
             worker = processes.launch(lane, program, deadline)
@@ -177,23 +180,23 @@ class Runner:
                 deadline,
             )
             phase("recheck_ms")
-        return Run(worker.info, scored, variants, timed, skipped, statistics.fmean(duplicates),
-                   warmup_ns + spent_ns + recheck_ns, phases, lane.name, stdout, stderr)
+        compute = {"warmup_ms": warmup_ns / 1e6, "calls_ms": spent_ns / 1e6, "recheck_ms": recheck_ns / 1e6}
+        return Run(worker.info, scored, variants, timed, skipped, statistics.fmean(duplicates), phases, compute,
+                   lane.name, stdout, stderr)
 
     @contextmanager
-    def _on_a_lane(self, lane_name: str | None = None) -> Iterator[tuple[Lane, _Processes]]:
+    def _on_a_lane(self, lane_name: str | None = None,
+                   give_up_at: float | None = None) -> Iterator[tuple[Lane, _Processes]]:
         """A lane (any free one, or the one named) and the candidate processes of one run on it. Sandbox
         failures become failed runs. When the block ends every process is killed at once, and the lane is
         released once they have all exited, in the background while the result is scored."""
         try:
-            holding = self.lanes.take(lane_name)
+            holding = self.lanes.take(lane_name, give_up_at)
             processes = _Processes(self.settings.timeout_s)
             try:
                 yield holding.lane, processes
             finally:
-                processes.end()
-                threading.Thread(target=processes.release_when_gone, args=(holding,), name="lane-release",
-                                 daemon=True).start()
+                _release_when_gone(processes, holding)
         except SandboxFailure as error:
             raise RunFailed.from_sandbox(error.failure) from None
 
@@ -241,6 +244,18 @@ class Runner:
                     "stale plan), of chance, or of timing")
                 raise RunFailed("invalid_output", violation.message, (violation,), *_tails(worker.output()))
         return spent_ns
+
+
+def _release_when_gone(processes: _Processes, holding: Holding) -> None:
+    """Kill the processes now; release the lane on a background thread once they are gone, or here (waiting)
+    if that thread cannot start. The lane is released whatever fails."""
+    try:
+        processes.end()
+        threading.Thread(target=processes.release_when_gone, args=(holding,), name="lane-release",
+                         daemon=True).start()
+    except BaseException:
+        processes.release_when_gone(holding)
+        raise
 
 
 def _require_valid(check: PlanCheck, which: str, worker: Worker) -> None:

@@ -37,18 +37,22 @@ The evaluator's own failures (`infra_error`) are not the program's, so they are 
   within `STAGE2_DEADLINE_S` (waiting for a busy GPU included), it returns `combined_score` 0.0 and
   `stage2_passed` 0.0 (OpenEvolve's own mark of a failed stage), with `status` `infra_error` in the
   artifacts so the LLM is not told its program broke. `STAGE2_DEADLINE_S` must stay below OpenEvolve's
-  `evaluator.timeout`: with a timeout of your own, set it in your evaluation file
-  (`openevolve_evaluator.STAGE2_DEADLINE_S = timeout - 30`).
+  `evaluator.timeout`: with a longer timeout, set `EPLB_EVALUATOR_STAGE2_DEADLINE_S` (seconds) in the
+  environment of the OpenEvolve run, e.g. 570 for a timeout of 600. A stage 2 given up on while it waited
+  for a device ends then; one already running ends within the candidate's own time limit.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
 
-from evaluator.api import check_program, evaluate_program
+from evaluator.api import check_program, evaluate_program, shared_evaluator
 from evaluator.evaluation import Result
 from evaluator.loops.feedback import clip, tail, feedback_text, numeric_metrics
 
@@ -59,9 +63,22 @@ __all__ = ["evaluate", "evaluate_stage1", "evaluate_stage2"]
 ARTIFACT_CHARS = 2000
 # Evaluations per cascade stage when the evaluator itself fails: OpenEvolve never retries a cascade stage.
 CASCADE_ATTEMPTS = 2
-# When stage 2 gives up (score 0.0): before OpenEvolve's default `evaluator.timeout` of 300 s, which would
+
+
+def _stage2_deadline_s() -> float:
+    text = os.environ.get("EPLB_EVALUATOR_STAGE2_DEADLINE_S", "270")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ValueError(f"EPLB_EVALUATOR_STAGE2_DEADLINE_S must be a positive number of seconds, got {text!r}")
+    return seconds
+
+
+# When stage 2 gives up (score 0.0): before OpenEvolve's `evaluator.timeout` (300 s by default), which would
 # keep stage 1's score instead.
-STAGE2_DEADLINE_S = 270.0
+STAGE2_DEADLINE_S = _stage2_deadline_s()
 
 
 class EvaluatorFault(RuntimeError):
@@ -87,7 +104,12 @@ def evaluate_stage1(program_path: str) -> Any:
 def evaluate_stage2(program_path: str) -> Any:
     """Cascade stage 2: the full evaluation, as `evaluate`; an `infra_error`, an exception or running out of
     time score 0.0 with `stage2_passed` 0.0 instead of raising (see the module's docstring)."""
-    result = _within(STAGE2_DEADLINE_S, lambda: _attempt(evaluate_program, program_path))
+    give_up_at = time.monotonic() + STAGE2_DEADLINE_S
+
+    def evaluation(path: str) -> Result:
+        return shared_evaluator().evaluate(path, give_up_at)
+
+    result = _within(STAGE2_DEADLINE_S, lambda: _attempt(evaluation, program_path))
     if result.status == "infra_error":
         return _shaped({"combined_score": 0.0, "stage2_passed": 0.0}, artifacts(result))
     return _shaped(numeric_metrics(result), artifacts(result))

@@ -426,8 +426,15 @@ class Worker:
         self._kill()
         with self._kill_lock:
             if self._reaped:
-                return
+                return  # another thread collects them
             self._reaped = True
+        try:
+            self._collect()
+        finally:
+            self._gone.set()
+
+    def _collect(self) -> None:
+        with self._kill_lock:
             try:
                 self._process.wait(_REAP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
@@ -448,7 +455,6 @@ class Worker:
                 pass
         shutil.rmtree(self._workdir, ignore_errors=True)
         _live_workers.discard(self)
-        self._gone.set()
 
 
 def _widen_pipe(fd: int) -> None:
