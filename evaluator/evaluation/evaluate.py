@@ -6,6 +6,7 @@ process only ever sees the windows it plans on.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import shutil
@@ -90,7 +91,8 @@ class Evaluator:
         program = self._files / "warm_up.py"
         program.write_text(seed_patch_program(), encoding="utf-8")
         problem = self.settings.problem
-        return WarmUp(program, (problem.num_layers, problem.num_experts), problem.rebalance_args())
+        return WarmUp(program, (problem.num_layers, problem.num_experts), problem.rebalance_args(),
+                      weight_dtype=self._inputs.dtype.name)
 
     def evaluate(self, program: str | Path, give_up_at: float | None = None) -> Result:
         """Run, validate and score `program`; every failure is a Result with score 0, never an exception.
@@ -160,7 +162,6 @@ class Evaluator:
         plans = [run.scored[i] for i in windows]
         reference = seed_plans(self.trace.windows, problem).on_window
         report = balancedness_scores(plans, self._loads, problem, reference_plans=list(reference[1:]))
-        seed_report = balancedness_scores(list(reference[:-1]), self._loads, problem)
         stale = self._staleness(run, report.per_window)
         if stale is not None:
             return Result("invalid_output", stale.message, [asdict(stale)], workload=self._workload(),
@@ -178,7 +179,7 @@ class Evaluator:
             seed_time_ms=seed.time_ms,
             slot_balancedness=report.slot_balancedness_score,
             reference_balancedness=report.reference_score,
-            seed_balancedness=seed_report.balancedness_score,
+            seed_balancedness=self._seed_balancedness,
             gpus_with_duplicate_expert=run.duplicate_gpus,
             timing={**timing.to_json(), "seed": asdict(seed), "variant_calls": len(run.variants),
                     "skipped_variant_calls": run.skipped_variants},
@@ -187,6 +188,13 @@ class Evaluator:
             stderr=run.stderr,
             **_device(run.info),
         )
+
+    @functools.cached_property
+    def _seed_balancedness(self) -> float:
+        """The seed's balancedness_score, planning as a candidate does (on the past window); the same for every
+        candidate, so computed once."""
+        plans = seed_plans(self.trace.windows, self.settings.problem).on_window
+        return balancedness_scores(list(plans[:-1]), self._loads, self.settings.problem).balancedness_score
 
     def _staleness(self, run: Run, scored_per_window: tuple[float, ...]) -> Violation | None:
         """A violation when plans made on variants score clearly worse than plans made on the windows."""

@@ -24,7 +24,7 @@ from evaluator.eplb.invariants import PlanCheck, Violation
 from evaluator.eplb.plan import Plan
 from evaluator.evaluation.lanes import Holding, Lane, Lanes
 from evaluator.evaluation.outputs import check_call
-from evaluator.evaluation.schedule import build_schedule, warmup_call
+from evaluator.evaluation.schedule import Call, build_schedule, warmup_call
 from evaluator.evaluation.settings import Settings
 from evaluator.sandbox import CallResult, Failure, FailureKind, Output, SandboxFailure, Worker, WorkerInfo
 
@@ -104,8 +104,8 @@ class Runner:
                  score_variant: Callable[[Plan, int], float]) -> None:
         self.settings = settings
         self.lanes = lanes
-        self._inputs = inputs
-        self._score_variant = score_variant
+        self.inputs = inputs
+        self.score_variant = score_variant
 
     def check(self, program: Path, give_up_at: float | None = None) -> tuple[WorkerInfo, str, str]:
         """Import `program` and validate its plan for the first window: its worker's info, stdout and stderr
@@ -113,7 +113,7 @@ class Runner:
         with self._on_a_lane(give_up_at=give_up_at) as (lane, processes):
             deadline = time.monotonic() + self.settings.timeout_s
             worker = processes.launch(lane, program, deadline)
-            result = self._call(worker, self._inputs[0], deadline)
+            result = self.call(worker, self.inputs[0], deadline)
             _require_valid(check_call(result, self.settings.problem), "the call on window 0", worker)
             return (worker.info, *_tails(worker.output()))
 
@@ -122,31 +122,8 @@ class Runner:
         (infra_error if no lane is free by the monotonic time `give_up_at`)."""
         settings = self.settings
         rng = np.random.default_rng(secrets.randbits(128))
-        schedule = build_schedule(self._inputs, settings.variants_per_window, rng)
+        schedule = build_schedule(self.inputs, settings.variants_per_window, rng)
         rechecked = set(rng.choice(len(schedule), min(settings.rechecks, len(schedule)), replace=False))
-        kept: dict[int, CallResult] = {}
-        scored: dict[int, Plan] = {}
-        variants: list[tuple[int, float]] = []
-        timed: list[CallResult] = []
-        duplicates: list[int] = []
-        spent_ns, skipped = 0, 0
-        pending: deque[tuple[int, CallResult, Future[PlanCheck]]] = deque()
-
-        def settle(wait: bool) -> None:
-            """Take in validated calls, in order; validation runs beside the worker's next call."""
-            while pending and (wait or pending[0][2].done()):
-                position, result, verdict = pending.popleft()
-                call, check = schedule[position], verdict.result()
-                what = f"window {call.window}" if call.scored else f"a variant of window {call.window}"
-                _require_valid(check, f"timed call {position + 1} (planning on {what})", worker)
-                if call.scored:
-                    scored[call.window] = check.plan
-                    duplicates.append(check.gpus_with_duplicate_expert or 0)
-                else:
-                    variants.append((call.window, self._score_variant(check.plan, call.window)))
-                if position in rechecked:
-                    kept[position] = result
-
         phases: dict[str, float] = {}
         started = time.perf_counter()
 
@@ -159,30 +136,24 @@ class Runner:
             worker = processes.launch(lane, program, deadline)
             phase("launch_ms")
             with ThreadPoolExecutor(1) as validator:
-                warmup_ns = self._warm_up(worker, validator, rng, deadline)
+                calls = _Calls(self, worker, validator, deadline, schedule, rechecked)
+                calls.warm_up(rng)
                 phase("warmup_ms")
-                for position, call in enumerate(schedule):
-                    if not call.scored and spent_ns > settings.timing_budget_s * 1e9:
-                        skipped += 1
-                        continue
-                    result = self._call(worker, call.weight, deadline)
-                    spent_ns += result.worker_ns
-                    pending.append((position, result, validator.submit(check_call, result, settings.problem)))
-                    timed.append(replace(result, outputs=()))  # times only: outputs are megabytes each
-                    settle(wait=not settings.validate_during_calls)
+                calls.follow_schedule()
                 phase("calls_ms")
-                settle(wait=True)
+                calls.settle(wait=True)
             stdout, stderr = _tails(worker.output())
             worker.close(wait=False)  # gone before the recheck's process starts
             phase("validation_tail_ms")
+            kept = calls.kept
             recheck_ns = self._recheck(
                 lane, processes, program, [(schedule[k].weight, kept[k], k + 1) for k in rng.permutation(list(kept))],
                 deadline,
             )
             phase("recheck_ms")
-        compute = {"warmup_ms": warmup_ns / 1e6, "calls_ms": spent_ns / 1e6, "recheck_ms": recheck_ns / 1e6}
-        return Run(worker.info, scored, variants, timed, skipped, statistics.fmean(duplicates), phases, compute,
-                   lane.name, stdout, stderr)
+        compute = {"warmup_ms": calls.warmup_ns / 1e6, "calls_ms": calls.timed_ns / 1e6, "recheck_ms": recheck_ns / 1e6}
+        return Run(worker.info, calls.scored, calls.variants, calls.timed, calls.skipped,
+                   statistics.fmean(calls.duplicates), phases, compute, lane.name, stdout, stderr)
 
     @contextmanager
     def _on_a_lane(self, lane_name: str | None = None,
@@ -204,24 +175,8 @@ class Runner:
         """On the CPU the candidate shares its cores with workers starting up: start none while it is timed."""
         return lane.pool.quiet() if lane.name == "cpu" else nullcontext()
 
-    def _warm_up(self, worker: Worker, validator: ThreadPoolExecutor, rng: np.random.Generator,
-                 deadline: float) -> int:
-        """Untimed calls until the settings' least count and candidate time are reached; returns that time."""
-        settings = self.settings
-        spent_ns, warmups = 0, []
-        while len(warmups) < settings.max_warmup_calls and (
-            len(warmups) < settings.warmup_calls or spent_ns < settings.warmup_s * 1e9
-        ):
-            call = warmup_call(self._inputs, rng)
-            result = self._call(worker, call.weight, deadline)
-            spent_ns += result.worker_ns
-            warmups.append((call, validator.submit(check_call, result, settings.problem)))
-        for number, (call, verdict) in enumerate(warmups, start=1):
-            _require_valid(verdict.result(), f"warm-up call {number} (planning on a variant of window {call.window})",
-                          worker)
-        return spent_ns
-
-    def _call(self, worker: Worker, weight: np.ndarray, deadline: float) -> CallResult:
+    def call(self, worker: Worker, weight: np.ndarray, deadline: float) -> CallResult:
+        """One call of the entry point on `weight`, within what is left of the candidate's time."""
         return worker.call(weight, self.settings.problem.rebalance_args(),
                            timeout_s=_remaining(deadline, self.settings.timeout_s))
 
@@ -234,7 +189,7 @@ class Runner:
             return spent_ns
         worker = processes.launch(lane, program, deadline)
         for weight, first, number in calls:
-            again = self._call(worker, weight, deadline)
+            again = self.call(worker, weight, deadline)
             spent_ns += again.worker_ns
             if len(first.outputs) != len(again.outputs) or not all(map(_same_array, first.outputs, again.outputs)):
                 violation = Violation(
@@ -244,6 +199,81 @@ class Runner:
                     "stale plan), of chance, or of timing")
                 raise RunFailed("invalid_output", violation.message, (violation,), *_tails(worker.output()))
         return spent_ns
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A call whose outputs are being validated."""
+
+    what: str  # the call, as an error names it
+    position: int | None  # its place in the schedule; None for a warm-up call
+    result: CallResult
+    verdict: Future[PlanCheck]
+
+
+class _Calls:
+    """The calls of a run's first process, in order: warm-up, then the schedule. Each output is validated on
+    `validator` while the worker computes the next (or before it, if the settings say so)."""
+
+    def __init__(self, runner: Runner, worker: Worker, validator: ThreadPoolExecutor, deadline: float,
+                 schedule: list[Call], rechecked: set[int]) -> None:
+        self._runner, self._worker, self._validator, self._deadline = runner, worker, validator, deadline
+        self._schedule, self._rechecked = schedule, rechecked
+        self._pending: deque[_Pending] = deque()
+        self.scored: dict[int, Plan] = {}  # window -> the plan made on it
+        self.variants: list[tuple[int, float]] = []
+        self.timed: list[CallResult] = []  # times only: outputs are megabytes each
+        self.kept: dict[int, CallResult] = {}  # the outputs of the calls to recheck, by schedule position
+        self.duplicates: list[int] = []
+        self.warmup_ns = self.timed_ns = self.skipped = 0
+
+    def warm_up(self, rng: np.random.Generator) -> None:
+        """Untimed calls until the settings' least count and candidate time are reached."""
+        settings = self._runner.settings
+        count = 0
+        while count < settings.max_warmup_calls and (
+            count < settings.warmup_calls or self.warmup_ns < settings.warmup_s * 1e9
+        ):
+            count += 1
+            call = warmup_call(self._runner.inputs, rng)
+            result = self._make(call.weight, f"warm-up call {count} (planning on a variant of window {call.window})")
+            self.warmup_ns += result.worker_ns
+
+    def follow_schedule(self) -> None:
+        """The timed calls; variants are skipped once the candidate has spent the settings' timing budget."""
+        for position, call in enumerate(self._schedule):
+            if not call.scored and self.timed_ns > self._runner.settings.timing_budget_s * 1e9:
+                self.skipped += 1
+                continue
+            what = f"window {call.window}" if call.scored else f"a variant of window {call.window}"
+            result = self._make(call.weight, f"timed call {position + 1} (planning on {what})", position)
+            self.timed_ns += result.worker_ns
+            self.timed.append(replace(result, outputs=()))
+
+    def settle(self, wait: bool) -> None:
+        """Take in validated calls, in order (all of them if `wait`); raises `RunFailed` at the first invalid."""
+        while self._pending and (wait or self._pending[0].verdict.done()):
+            pending = self._pending.popleft()
+            check = pending.verdict.result()
+            _require_valid(check, pending.what, self._worker)
+            if pending.position is None:
+                continue
+            call = self._schedule[pending.position]
+            if call.scored:
+                self.scored[call.window] = check.plan
+                self.duplicates.append(check.gpus_with_duplicate_expert or 0)
+            else:
+                self.variants.append((call.window, self._runner.score_variant(check.plan, call.window)))
+            if pending.position in self._rechecked:
+                self.kept[pending.position] = pending.result
+
+    def _make(self, weight: np.ndarray, what: str, position: int | None = None) -> CallResult:
+        settings = self._runner.settings
+        result = self._runner.call(self._worker, weight, self._deadline)
+        verdict = self._validator.submit(check_call, result, settings.problem)
+        self._pending.append(_Pending(what, position, result, verdict))
+        self.settle(wait=not settings.validate_during_calls)
+        return result
 
 
 def _release_when_gone(processes: _Processes, holding: Holding) -> None:

@@ -61,17 +61,20 @@ PIPE_BYTES = 8 << 20
 @dataclass(frozen=True)
 class WarmUp:
     """A trusted program a fresh worker runs on random loads before it reports ready, then forgets: the device
-    kernels most candidates use are loaded by then, so a candidate's first call is not a cold one (for the
-    seed patch's program on an H100, a cold first call took 339 ms and a warm one 18 ms)."""
+    kernels most candidates use, and those of the call's own machinery, are loaded by then, so a candidate's
+    first call is not a cold one (for the seed patch's program on an H100, a cold first call took 339 ms and a
+    warm one 18 ms)."""
 
     program: Path
     weight_shape: tuple[int, int]  # (layers, logical experts)
     args: tuple[int, ...]  # the entry point's arguments after the weight
     calls: int = 3
+    weight_dtype: str = "int64"  # as the candidates' inputs: kernels are loaded per dtype
 
     def command_line(self) -> list[str]:
         return ["--warm-up-program", str(self.program), "--warm-up-shape", _ints(self.weight_shape),
-                "--warm-up-args", _ints(self.args), "--warm-up-calls", str(self.calls)]
+                "--warm-up-args", _ints(self.args), "--warm-up-calls", str(self.calls),
+                "--warm-up-dtype", self.weight_dtype]
 
 
 def _ints(values: Sequence[int]) -> str:
