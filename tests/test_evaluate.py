@@ -102,6 +102,23 @@ def test_hangs_end_in_timeout_within_the_limit(strict, tmp_path, body):
     assert time.monotonic() - started < 4 + 10  # the limit, plus killing and collecting the worker
 
 
+def test_an_invalid_output_is_the_failure_even_when_the_program_crashes_in_a_later_call(small, tmp_path):
+    body = """
+    calls = 0
+
+    def rebalance_experts(weight, *args):
+        global calls
+        calls += 1
+        if calls == 2:
+            os._exit(7)
+        phy2log, log2phy, logcnt = seed.rebalance_experts(weight, *args)
+        return phy2log[:, :-1], log2phy, logcnt
+    """
+    result = small.evaluate(program(tmp_path, body))
+    assert_failed(result, "invalid_output")
+    assert result.error.startswith("warm-up call 1 ") and result.violations[0]["invariant"] == "phy2log.shape"
+
+
 @pytest.mark.parametrize(
     "returned, invariant",
     [

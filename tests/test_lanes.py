@@ -56,7 +56,7 @@ def test_evaluators_with_another_cache_folder_do_not_share_the_lock(lanes, tmp_p
     other = Lanes(Limits(), "cpu", 0, None, str(tmp_path / "elsewhere"))
     assert other.lanes[0].lock_address != lanes.lanes[0].lock_address
     holding = lanes.take()
-    other.take().release()  # not kept waiting
+    other.take(give_up_at=time.monotonic() + 5).release()  # not kept waiting
     holding.release()
     other.close()
 
@@ -98,6 +98,28 @@ time.sleep(60)
         holder.kill()
         holder.wait()
     lanes.take(give_up_at=time.monotonic() + 5).release()  # the kernel let go of the dead holder's lock
+
+
+def test_a_process_that_takes_the_lane_again_and_again_lets_a_waiting_one_have_it(lanes, tmp_path):
+    greedy = subprocess.Popen([sys.executable, "-c", f"""
+import time
+from evaluator.evaluation.lanes import Lanes
+from evaluator.sandbox import Limits
+lanes = Lanes(Limits(), "cpu", 0, None, {str(tmp_path)!r})
+print("taking turns", flush=True)
+end = time.monotonic() + 30
+while time.monotonic() < end:
+    holding = lanes.take()
+    time.sleep(0.05)
+    holding.release()
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert greedy.stdout.readline().strip() == "taking turns"
+        for _ in range(3):
+            lanes.take(give_up_at=time.monotonic() + 5).release()
+    finally:
+        greedy.kill()
+        greedy.wait()
 
 
 def test_waiting_for_a_lane_held_in_this_process_gives_up_at_the_deadline(lanes):
@@ -150,3 +172,15 @@ def test_an_unusable_cache_folder_only_costs_the_seeds_cached_time(tmp_path, mon
         result = evaluator.evaluate(SEED_PROGRAM)
     assert result.status == "ok", result.error
     assert (tmp_path / "cache").read_text() == "a file where the cache folder should be"
+
+
+def test_an_evaluation_that_gets_no_device_by_its_deadline_is_an_infra_error(small):
+    holding = small.lanes.take()
+    try:
+        started = time.monotonic()
+        result = small.evaluate(SEED_PROGRAM, give_up_at=started + 0.5)
+        assert time.monotonic() - started < 10
+    finally:
+        holding.release()
+    assert result.status == "infra_error" and "gave up waiting" in result.error
+    assert small.evaluate(SEED_PROGRAM, give_up_at=time.monotonic() + 60).status == "ok"

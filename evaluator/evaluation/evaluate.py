@@ -72,7 +72,7 @@ class Evaluator:
         # evaluator (a loop's process pool) must not take the warm-up program from under the parent's workers.
         self._files = Path(tempfile.mkdtemp(prefix="eplb-evaluator-"))
         self._remove_files = weakref.finalize(self, _remove_if_owner, self._files, os.getpid())
-        self.lanes = Lanes(self.settings.limits, device, spares, gpus, str(default_cache_path().parent.absolute()),
+        self.lanes = Lanes(self.settings.limits, device, spares, gpus, str(default_cache_path().parent.resolve()),
                            self._worker_warm_up())
         self._runner = Runner(self.settings, self.lanes, self._inputs, self._score_on_next_window)
 
@@ -101,7 +101,7 @@ class Evaluator:
         started = time.perf_counter()
         try:
             run = self._runner.run(Path(program), give_up_at=give_up_at)
-            seed = self._seed_timing(run.info, run.lane)
+            seed = self._seed_timing(run.info, run.lane, give_up_at)
         except RunFailed as failed:
             return self._failure(failed)
         scoring_started = time.perf_counter()
@@ -131,9 +131,9 @@ class Evaluator:
         loads = self._loads[window + 1][None]
         return float(gpu_balancedness(plan.phy2log[None], plan.logcnt[None], loads, self.settings.problem)[0])
 
-    def _seed_timing(self, info: WorkerInfo, lane_name: str) -> SeedTiming:
+    def _seed_timing(self, info: WorkerInfo, lane_name: str, give_up_at: float | None) -> SeedTiming:
         """The seed timed on this device with this software: from the cache, else measured now on the lane the
-        candidate ran on (lanes may hold GPUs of different models)."""
+        candidate ran on (lanes may hold GPUs of different models), giving up at `give_up_at` as `evaluate`."""
         key = " | ".join([info.device, info.card, f"torch {info.torch_version}", f"cuda {info.cuda_version}",
                           f"python {platform.python_version()}", f"evaluator {__version__}",
                           f"seed {self._seed_digest}",
@@ -141,12 +141,15 @@ class Evaluator:
         cached = None if self._retime_seed else self._seed_timings.get(key)
         if cached is not None:  # without the lock: other lanes need not wait for one timing the seed
             return cached
-        with self._seed_lock:
+        waiting_s = -1 if give_up_at is None else max(0.0, give_up_at - time.monotonic())
+        if not self._seed_lock.acquire(timeout=waiting_s):
+            raise RunFailed("infra_error", "gave up waiting for the seed's timing, which another evaluation was taking")
+        try:
             cached = None if self._retime_seed else self._seed_timings.get(key)
             if cached is not None:
                 return cached
             try:
-                run = self._runner.run(SEED_PROGRAM, lane_name)
+                run = self._runner.run(SEED_PROGRAM, lane_name, give_up_at)
             except RunFailed as failed:
                 raise RunFailed("infra_error", f"timing the seed failed ({failed.status}): {failed.error}") from None
             timing = measure(run.timed, None)
@@ -155,6 +158,8 @@ class Evaluator:
             self._seed_timings.put(key, seed)
             self._retime_seed = False
             return seed
+        finally:
+            self._seed_lock.release()
 
     def _score(self, run: Run, seed: SeedTiming) -> Result:
         problem = self.settings.problem

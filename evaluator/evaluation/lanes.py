@@ -5,11 +5,13 @@ launch until its last process has exited, in this process (a thread lock) and ac
 evaluators in several processes on one machine, as loops that evaluate in process pools run them, never time
 two candidates on one device at once.
 
-The lock across processes is a Unix socket bound to an abstract address (Linux): the kernel lets one socket
-hold an address at a time and frees it when its holder closes it or dies. Unlike a lock file, nothing of it
-lies where a candidate could remove or replace it, and no crash leaves it behind. Processes take turns when
-they share the cache folder (`EPLB_EVALUATOR_CACHE`, part of the address) and name the GPU alike
-(`CUDA_VISIBLE_DEVICES`).
+The lock across processes is a listening Unix socket bound to an abstract address (Linux): the kernel lets
+one socket hold an address at a time and frees it when its holder closes it or dies. Unlike a lock file,
+nothing of it lies where a candidate could remove or replace it, and no crash leaves it behind. A process
+waiting for the lane connects to the holder and sleeps until the holder's socket closes; a holder that
+releases a lane others wait for lets them take it before it takes it again. Processes take turns when they
+share the cache folder (`EPLB_EVALUATOR_CACHE`, whose resolved path is hashed into the address), name the GPU
+alike (`CUDA_VISIBLE_DEVICES`) and share a network namespace (abstract addresses belong to one).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import select
 import socket
 import threading
 import time
@@ -28,10 +31,13 @@ import torch
 from evaluator.sandbox import Failure, FailureKind, Limits, SandboxFailure, WarmUp, WorkerPool
 
 # The lock sockets open in this process. A forked child closes its copies, so that a lane is free once this
-# process lets it go, whatever the child does.
+# process lets it go, whatever the child does; a fork waits while a lock is being opened or closed.
 _held_locks: set[socket.socket] = set()
 _held_locks_guard = threading.Lock()
-_POLL_S = (0.001, 0.02)  # first and longest pause between attempts on an address another process holds
+_BACKLOG = 128  # processes that may wait on one lane at once
+_RETRY_S = 0.005  # before looking again at an address bound by a socket that does not listen (yet)
+# After releasing a lane that other processes wait for, this process lets them have it first for so long.
+_COURTESY_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -46,7 +52,7 @@ class Lane:
 class Holding:
     """A lane lent by `Lanes.take`; `release` gives it back, once, from any thread."""
 
-    def __init__(self, lane: Lane, lock: socket.socket, give_back: Callable[[Lane], None]) -> None:
+    def __init__(self, lane: Lane, lock: socket.socket, give_back: Callable[[Lane, bool], None]) -> None:
         self.lane = lane
         self._lock = lock
         self._give_back = give_back
@@ -55,8 +61,9 @@ class Holding:
     def release(self) -> None:
         if not self._released.acquire(blocking=False):
             return
+        others_wait = bool(select.select([self._lock], [], [], 0)[0])  # their connections are queued
         _close(self._lock)
-        self._give_back(self.lane)
+        self._give_back(self.lane, others_wait)
 
 
 class Lanes:
@@ -74,6 +81,7 @@ class Lanes:
                                    f"\0eplb-evaluator-{scope}-{name}"))
         self._free = list(self.lanes)
         self._condition = threading.Condition()
+        self._courtesy_until: dict[str, float] = {}  # lane name -> when this process may take it again
 
     def take(self, name: str | None = None, give_up_at: float | None = None) -> Holding:
         """A lane no other thread or process uses until the holding is released: the one called `name`, else
@@ -84,10 +92,12 @@ class Lanes:
                 if not self._condition.wait(_until(give_up_at)) and _past(give_up_at):
                     raise _gave_up(name or "any device")
             self._free.remove(lane)
+            courtesy = self._courtesy_until.pop(lane.name, 0.0)
         try:
+            _sleep_until(courtesy, give_up_at)
             return Holding(lane, _lock(lane, give_up_at), self._give_back)
         except BaseException as error:
-            self._give_back(lane)
+            self._give_back(lane, False)
             if isinstance(error, OSError):
                 raise SandboxFailure(Failure(FailureKind.INFRA_ERROR,
                                              f"cannot lock device {lane.name}: {error}")) from None
@@ -104,51 +114,81 @@ class Lanes:
     def _first_free(self, name: str | None) -> Lane | None:
         return next((lane for lane in self._free if name is None or lane.name == name), None)
 
-    def _give_back(self, lane: Lane) -> None:
+    def _give_back(self, lane: Lane, others_wait: bool) -> None:
         with self._condition:
+            if others_wait:
+                self._courtesy_until[lane.name] = time.monotonic() + _COURTESY_S
             self._free.append(lane)
             self._condition.notify_all()
 
 
 def _lock(lane: Lane, give_up_at: float | None) -> socket.socket:
-    """A socket holding the lane's address; waits while another process holds it. Raises OSError, and
-    `SandboxFailure` when it gives up."""
-    pause = _POLL_S[0]
+    """A listening socket holding the lane's address; waits while another process holds it. Raises OSError,
+    and `SandboxFailure` when it gives up."""
     while True:
-        lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # not inherited by the workers we spawn
-        with _held_locks_guard:
-            _held_locks.add(lock)
-        try:
-            lock.bind(lane.lock_address)
+        lock = _bind(lane.lock_address)
+        if lock is not None:
             return lock
-        except OSError as error:
-            _close(lock)
-            if error.errno != errno.EADDRINUSE:
-                raise
-        except BaseException:
-            _close(lock)
-            raise
         if _past(give_up_at):
             raise _gave_up(lane.name)
-        time.sleep(pause if give_up_at is None else min(pause, max(0.0, give_up_at - time.monotonic())))
-        pause = min(2 * pause, _POLL_S[1])
+        _wait_for_release(lane.lock_address, give_up_at)
+
+
+def _bind(address: str) -> socket.socket | None:
+    """A socket bound to `address` and listening, or None if another socket holds it."""
+    with _held_locks_guard:
+        lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # not inherited by the workers we spawn
+        _held_locks.add(lock)
+        try:
+            lock.bind(address)
+            lock.listen(_BACKLOG)
+            return lock
+        except BaseException as error:
+            _held_locks.discard(lock)
+            lock.close()
+            if isinstance(error, OSError) and error.errno == errno.EADDRINUSE:
+                return None
+            raise
+
+
+def _wait_for_release(address: str, give_up_at: float | None) -> None:
+    """Sleep until the socket holding `address` closes, or `give_up_at`; briefly, if it does not listen."""
+    waiter = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        waiter.settimeout(_until(give_up_at))
+        try:
+            waiter.connect(address)
+            waiter.recv(1)  # the holder never writes: this returns, or raises, when its socket closes
+        except (ConnectionRefusedError, FileNotFoundError):  # bound but not listening, or just released
+            _sleep_until(time.monotonic() + _RETRY_S, give_up_at)
+        except (ConnectionResetError, TimeoutError, BlockingIOError):
+            pass
+    finally:
+        waiter.close()
 
 
 def _close(lock: socket.socket) -> None:
     with _held_locks_guard:
+        lock.close()
         _held_locks.discard(lock)
-    lock.close()
 
 
 def _close_inherited_locks() -> None:
-    global _held_locks_guard
-    _held_locks_guard = threading.Lock()  # another thread may have held it at the fork
     for lock in _held_locks:
         lock.close()
     _held_locks.clear()
+    _held_locks_guard.release()  # taken by the forking thread before the fork
 
 
-os.register_at_fork(after_in_child=_close_inherited_locks)
+os.register_at_fork(before=_held_locks_guard.acquire, after_in_parent=_held_locks_guard.release,
+                    after_in_child=_close_inherited_locks)
+
+
+def _sleep_until(moment: float, give_up_at: float | None) -> None:
+    end = moment if give_up_at is None else min(moment, give_up_at)
+    pause = end - time.monotonic()
+    if pause > 0:
+        time.sleep(pause)
 
 
 def _until(give_up_at: float | None) -> float | None:

@@ -135,22 +135,24 @@ class Runner:
             deadline = time.monotonic() + settings.timeout_s  # waiting for the device is not the candidate's time
             worker = processes.launch(lane, program, deadline)
             phase("launch_ms")
-            with ThreadPoolExecutor(1) as validator:
+            with _validation_thread() as validator:
                 calls = _Calls(self, worker, validator, deadline, schedule, rechecked)
                 calls.warm_up(rng)
                 phase("warmup_ms")
                 calls.follow_schedule()
                 phase("calls_ms")
+                stdout, stderr = _tails(worker.output())
+                worker.close(wait=False)  # killed before the recheck's process starts
+                kept = calls.kept
+                try:  # while the last outputs are validated
+                    recheck_ns = self._recheck(lane, processes, program, [
+                        (schedule[k].weight, kept[k], k + 1) for k in rng.permutation(list(kept))], deadline)
+                except (RunFailed, SandboxFailure):
+                    calls.settle(wait=True)  # an invalid output, if there is one, is the clearer failure
+                    raise
+                phase("recheck_ms")
                 calls.settle(wait=True)
-            stdout, stderr = _tails(worker.output())
-            worker.close(wait=False)  # gone before the recheck's process starts
-            phase("validation_tail_ms")
-            kept = calls.kept
-            recheck_ns = self._recheck(
-                lane, processes, program, [(schedule[k].weight, kept[k], k + 1) for k in rng.permutation(list(kept))],
-                deadline,
-            )
-            phase("recheck_ms")
+                phase("validation_tail_ms")
         compute = {"warmup_ms": calls.warmup_ns / 1e6, "calls_ms": calls.timed_ns / 1e6, "recheck_ms": recheck_ns / 1e6}
         return Run(worker.info, calls.scored, calls.variants, calls.timed, calls.skipped,
                    statistics.fmean(calls.duplicates), phases, compute, lane.name, stdout, stderr)
@@ -223,7 +225,7 @@ class _Calls:
         self.scored: dict[int, Plan] = {}  # window -> the plan made on it
         self.variants: list[tuple[int, float]] = []
         self.timed: list[CallResult] = []  # times only: outputs are megabytes each
-        self.kept: dict[int, CallResult] = {}  # the outputs of the calls to recheck, by schedule position
+        self.kept: dict[int, CallResult] = {}  # the calls to recheck, by schedule position
         self.duplicates: list[int] = []
         self.warmup_ns = self.timed_ns = self.skipped = 0
 
@@ -238,6 +240,7 @@ class _Calls:
             call = warmup_call(self._runner.inputs, rng)
             result = self._make(call.weight, f"warm-up call {count} (planning on a variant of window {call.window})")
             self.warmup_ns += result.worker_ns
+        self.settle(wait=True)  # the timed calls start with no validation left over
 
     def follow_schedule(self) -> None:
         """The timed calls; variants are skipped once the candidate has spent the settings' timing budget."""
@@ -264,28 +267,43 @@ class _Calls:
                 self.duplicates.append(check.gpus_with_duplicate_expert or 0)
             else:
                 self.variants.append((call.window, self._runner.score_variant(check.plan, call.window)))
-            if pending.position in self._rechecked:
-                self.kept[pending.position] = pending.result
 
     def _make(self, weight: np.ndarray, what: str, position: int | None = None) -> CallResult:
         settings = self._runner.settings
-        result = self._runner.call(self._worker, weight, self._deadline)
+        try:
+            result = self._runner.call(self._worker, weight, self._deadline)
+        except SandboxFailure:
+            self.settle(wait=True)  # an earlier invalid output is the first failure
+            raise
         verdict = self._validator.submit(check_call, result, settings.problem)
         self._pending.append(_Pending(what, position, result, verdict))
+        if position in self._rechecked:
+            self.kept[position] = result
         self.settle(wait=not settings.validate_during_calls)
         return result
 
 
 def _release_when_gone(processes: _Processes, holding: Holding) -> None:
     """Kill the processes now; release the lane on a background thread once they are gone, or here (waiting)
-    if that thread cannot start. The lane is released whatever fails."""
+    if no thread can start."""
+    processes.end()
     try:
-        processes.end()
         threading.Thread(target=processes.release_when_gone, args=(holding,), name="lane-release",
                          daemon=True).start()
-    except BaseException:
+    except RuntimeError:
         processes.release_when_gone(holding)
+
+
+@contextmanager
+def _validation_thread() -> Iterator[ThreadPoolExecutor]:
+    """One thread validating outputs; when the run fails, the checks still queued are dropped."""
+    validator = ThreadPoolExecutor(1, thread_name_prefix="validator")
+    try:
+        yield validator
+    except BaseException:
+        validator.shutdown(wait=False, cancel_futures=True)
         raise
+    validator.shutdown()
 
 
 def _require_valid(check: PlanCheck, which: str, worker: Worker) -> None:

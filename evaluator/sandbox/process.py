@@ -292,7 +292,10 @@ class Worker:
             return
         self._stop_watching.set()
         self._kill()
-        threading.Thread(target=self._terminate, name="sandbox-reaper", daemon=True).start()
+        try:
+            threading.Thread(target=self._terminate, name="sandbox-reaper", daemon=True).start()
+        except RuntimeError:  # no thread to spare: collect them here
+            self._terminate()
 
     def wait_gone(self, timeout_s: float | None = None) -> bool:
         """After `close`: wait until every process of the worker has exited and been collected; True if so."""
