@@ -61,7 +61,8 @@ class Holding:
     def release(self) -> None:
         if not self._released.acquire(blocking=False):
             return
-        others_wait = bool(select.select([self._lock], [], [], 0)[0])  # their connections are queued
+        # Connections queued on the lock are processes waiting for it (none in a forked child, which closed it).
+        others_wait = self._lock.fileno() >= 0 and bool(select.select([self._lock], [], [], 0)[0])
         _close(self._lock)
         self._give_back(self.lane, others_wait)
 
