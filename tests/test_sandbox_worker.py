@@ -521,3 +521,18 @@ def test_work_left_running_on_a_side_stream_is_timed():
     assert result.output_devices == ("cuda:0",)
     assert result.worker_ns > 100_000_000
     assert result.cuda_event_ns > 100_000_000
+
+
+def test_a_pool_that_does_not_replenish_starts_no_spare_after_its_first(tmp_path):
+    tag = f"SANDBOX_TEST_POOL={tmp_path.name}".encode()
+    with WorkerPool(LIMITS, device="cpu", spares=2, environment={"SANDBOX_TEST_POOL": tmp_path.name},
+                    replenish=False) as spare_pool:
+        assert spare_pool.wait_for_spares()
+        first, second = spare_pool.acquire(), spare_pool.acquire()
+        time.sleep(3)  # a replacement would have started, and shown up, by now
+        assert sorted(processes_with(tag)) == sorted([first.pid, second.pid])
+        first.close()
+        second.close()
+        with spare_pool.launch(SEED) as worker:  # a later one starts when it is asked for
+            result = worker.call(weight_for(SMALL), SMALL.rebalance_args())
+        np.testing.assert_array_equal(result.outputs[0], seed_plan(weight_for(SMALL), SMALL)[0])

@@ -52,13 +52,14 @@ def evaluation_inputs(args: argparse.Namespace) -> tuple[Problem, Trace]:
     return problem, trace_from(args, problem)
 
 
-def open_evaluator(args: argparse.Namespace, problem: Problem, trace: Trace) -> Evaluator:
-    """An Evaluator of `trace`, configured from the command's options."""
+def open_evaluator(args: argparse.Namespace, problem: Problem, trace: Trace, programs: int = 1) -> Evaluator:
+    """An Evaluator of `trace`, configured from the command's options, for `programs` evaluations (for one, no
+    spare starts beside the candidate being timed)."""
     limits = Limits(timeout_s=args.timeout, import_timeout_s=args.timeout, memory_mb=args.memory_mb)
     try:
         return Evaluator(trace, Settings(problem=problem, timeout_s=args.timeout, limits=limits), device=args.device,
                          gpus=args.gpu_ids, seed_timings=SeedTimingCache(default_cache_path()),
-                         retime_seed=args.retime_seed)
+                         retime_seed=args.retime_seed, replenish=programs > 1)
     except ValueError as error:
         option = f"--gpu-ids {','.join(map(str, args.gpu_ids))}" if args.gpu_ids else f"--device {args.device}"
         raise CommandError(f"{option}: {error}") from None
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"no such program file: {', '.join(missing)}")
     exit_code = ExitCode.OK
     total = len(args.programs)
-    with open_evaluator(args, *evaluation_inputs(args)) as evaluator:
+    with open_evaluator(args, *evaluation_inputs(args), programs=len(args.programs)) as evaluator:
         # One more thread than devices: a candidate is launched and scored while others are timed.
         with ThreadPoolExecutor(len(evaluator.lanes.lanes) + 1 if total > 1 else 1) as threads:
             pending = {threads.submit(evaluator.evaluate, program): program for program in args.programs}

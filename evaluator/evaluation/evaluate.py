@@ -53,11 +53,15 @@ class Evaluator:
     candidates are timed on one device at once, even by evaluators in other processes; validation of earlier
     outputs and scoring run beside the timed calls. Raises `ValueError` when the device or GPUs asked for are
     not there.
+
+    `spares` workers per device are started ahead (a candidate takes two: its run and its recheck). With
+    `replenish` False, as for a single evaluation, those are all that start ahead of need, so that no spare
+    starts beside the candidate being timed.
     """
 
     def __init__(self, trace: Trace, settings: Settings | None = None, *, device: str = "auto", spares: int = 2,
                  gpus: Sequence[int] | None = None, seed_timings: SeedTimingCache | None = None,
-                 retime_seed: bool = False) -> None:
+                 retime_seed: bool = False, replenish: bool = True) -> None:
         self.settings = settings or Settings()
         check_matches(trace, self.settings.problem)
         torch.set_num_threads(min(EVALUATOR_THREADS, torch.get_num_threads()))
@@ -73,7 +77,7 @@ class Evaluator:
         self._files = Path(tempfile.mkdtemp(prefix="eplb-evaluator-"))
         self._remove_files = weakref.finalize(self, _remove_if_owner, self._files, os.getpid())
         self.lanes = Lanes(self.settings.limits, device, spares, gpus, str(default_cache_path().parent.resolve()),
-                           self._worker_warm_up())
+                           self._worker_warm_up(), replenish)
         self._runner = Runner(self.settings, self.lanes, self._inputs, self._score_on_next_window)
 
     def __enter__(self) -> Evaluator:

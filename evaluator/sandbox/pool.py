@@ -21,12 +21,16 @@ class WorkerPool:
     """Keeps `spares` ready workers (torch imported, device initialised) and hands out one per candidate.
 
     Thread-safe: several threads may `acquire` at once. Spares start in parallel, in the background;
-    each handed-out worker is replaced at once. A worker serves one candidate and is then closed by
-    its user. `close()` (also on context exit and at interpreter exit) kills every spare.
+    each handed-out worker is replaced at once, unless `replenish` is False (a pool for a known, small
+    number of workers: a spare starting beside a candidate being timed takes CPU, and device time on a GPU,
+    from it). Then the spares of the start are all it starts ahead; a later `acquire` starts a worker for
+    itself. A worker serves one candidate and is then closed by its user. `close()` (also on context exit
+    and at interpreter exit) kills every spare.
     """
 
     def __init__(self, limits: Limits = Limits(), device: str = "auto", spares: int = 1,
-                 environment: Mapping[str, str] | None = None, warm_up: WarmUp | None = None) -> None:
+                 environment: Mapping[str, str] | None = None, warm_up: WarmUp | None = None,
+                 replenish: bool = True) -> None:
         if spares < 0:
             raise ValueError(f"spares must be at least 0, got {spares}")
         if device not in ("auto", "cuda", "cpu"):
@@ -34,6 +38,7 @@ class WorkerPool:
         self.limits = limits
         self.device = device
         self.spares = spares
+        self._replenish_spares = replenish
         self._environment = dict(environment or {})
         self._warm_up = warm_up
         self._condition = threading.Condition()
@@ -58,6 +63,8 @@ class WorkerPool:
         with self._condition:
             self._start_failure = None
             self._waiters += 1
+            if not self._replenish_spares:
+                self.spares = 0  # those started so far are all that start ahead
             try:
                 while True:
                     if self._closed:
