@@ -38,6 +38,7 @@ from evaluator.store import CandidateStore
 
 ProgramLike = str | os.PathLike[str]
 
+
 @dataclass(frozen=True)
 class _Configuration:
     trace: Trace | None = None  # None: the default trace

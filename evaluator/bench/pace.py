@@ -26,8 +26,9 @@ import numpy as np
 from evaluator.bench import coefficient_of_variation as _cv
 from evaluator.eplb.default_trace import default_trace
 from evaluator.eplb.problem import Problem
-from evaluator.evaluation.reference import seed_patch_program
-from evaluator.sandbox import Limits, WarmUp, Worker
+from evaluator.evaluation.reference import seed_patch_program, seed_patch_warm_up
+from evaluator.evaluation.schedule import call_inputs
+from evaluator.sandbox import Limits, Worker
 
 PYTHON_LOOP_STEPS = 100_000  # about 5 ms of interpreter work on a current server core
 
@@ -54,12 +55,12 @@ class PaceBenchResult:
 def measure(seconds: float = 30.0, round_s: float = 1.0, device: str = "auto") -> PaceBenchResult:
     """Run the two workers and the loop for `seconds` on the default problem and trace."""
     problem = Problem()
-    inputs = default_trace().windows.astype(np.float32)
+    inputs = call_inputs(default_trace().windows)
     args = problem.rebalance_args()
     with tempfile.TemporaryDirectory(prefix="eplb-bench-") as folder:
         program = Path(folder) / "seed_patch.py"
         program.write_text(seed_patch_program(), encoding="utf-8")
-        warm_up = WarmUp(program, (problem.num_layers, problem.num_experts), args)
+        warm_up = seed_patch_warm_up(Path(folder), problem, inputs.dtype.name)
         cold_ms = _first_call_ms(Worker.start(Limits(), device), program, inputs[0], args)
         warm_ms = _first_call_ms(Worker.start(Limits(), device, warm_up=warm_up), program, inputs[0], args)
         with Worker.start(Limits(), device, warm_up=warm_up) as first, \

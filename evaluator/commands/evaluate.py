@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"no such program file: {', '.join(missing)}")
     exit_code = ExitCode.OK
     total = len(args.programs)
-    with open_evaluator(args, *evaluation_inputs(args), programs=len(args.programs)) as evaluator:
+    with open_evaluator(args, *evaluation_inputs(args), programs=total) as evaluator:
         # One more thread than devices: a candidate is launched and scored while others are timed.
         with ThreadPoolExecutor(len(evaluator.lanes.lanes) + 1 if total > 1 else 1) as threads:
             pending = {threads.submit(evaluator.evaluate, program): program for program in args.programs}

@@ -29,13 +29,14 @@ from evaluator.eplb.problem import Problem
 from evaluator.eplb.scoring import balancedness_scores, combined_score, gpu_balancedness, speed_score, speedup
 from evaluator.eplb.trace import Trace, check_matches
 from evaluator.evaluation.lanes import Lanes
-from evaluator.evaluation.reference import seed_patch_program, seed_plans
+from evaluator.evaluation.reference import seed_patch_warm_up, seed_plans
 from evaluator.evaluation.result import Result
 from evaluator.evaluation.run import Run, Runner, RunFailed
+from evaluator.evaluation.schedule import call_inputs
 from evaluator.evaluation.settings import Settings
 from evaluator.evaluation.timing import SeedTiming, SeedTimingCache, default_cache_path, measure
 from evaluator.paths import SEED_PROGRAM
-from evaluator.sandbox import WarmUp, WorkerInfo
+from evaluator.sandbox import WorkerInfo
 from evaluator.store import sha256_text
 
 __all__ = ["Evaluator", "Settings", "workload_summary"]
@@ -66,7 +67,7 @@ class Evaluator:
         check_matches(trace, self.settings.problem)
         torch.set_num_threads(min(EVALUATOR_THREADS, torch.get_num_threads()))
         self.trace = trace
-        self._inputs = trace.windows if trace.windows.dtype == np.int64 else trace.windows.astype(np.float32)
+        self._inputs = call_inputs(trace.windows)
         self._loads = torch.from_numpy(np.array(trace.windows, dtype=np.float64))
         self._seed_timings = seed_timings or SeedTimingCache(None)
         self._retime_seed = retime_seed  # ignore the cached seed time once
@@ -76,8 +77,9 @@ class Evaluator:
         # evaluator (a loop's process pool) must not take the warm-up program from under the parent's workers.
         self._files = Path(tempfile.mkdtemp(prefix="eplb-evaluator-"))
         self._remove_files = weakref.finalize(self, _remove_if_owner, self._files, os.getpid())
+        warm_up = seed_patch_warm_up(self._files, self.settings.problem, self._inputs.dtype.name)
         self.lanes = Lanes(self.settings.limits, device, spares, gpus, str(default_cache_path().parent.resolve()),
-                           self._worker_warm_up(), replenish)
+                           warm_up, replenish)
         self._runner = Runner(self.settings, self.lanes, self._inputs, self._score_on_next_window)
 
     def __enter__(self) -> Evaluator:
@@ -89,14 +91,6 @@ class Evaluator:
     def close(self) -> None:
         self.lanes.close()
         self._remove_files()
-
-    def _worker_warm_up(self) -> WarmUp:
-        """What every fresh worker runs before a candidate: the seed patch's program, our own code."""
-        program = self._files / "warm_up.py"
-        program.write_text(seed_patch_program(), encoding="utf-8")
-        problem = self.settings.problem
-        return WarmUp(program, (problem.num_layers, problem.num_experts), problem.rebalance_args(),
-                      weight_dtype=self._inputs.dtype.name)
 
     def evaluate(self, program: str | Path, give_up_at: float | None = None) -> Result:
         """Run, validate and score `program`; every failure is a Result with score 0, never an exception.
@@ -142,14 +136,14 @@ class Evaluator:
                           f"python {platform.python_version()}", f"evaluator {__version__}",
                           f"seed {self._seed_digest}",
                           repr(self.settings.problem)])
-        cached = None if self._retime_seed else self._seed_timings.get(key)
+        cached = self._cached_seed_timing(key)
         if cached is not None:  # without the lock: other lanes need not wait for one timing the seed
             return cached
         waiting_s = -1 if give_up_at is None else max(0.0, give_up_at - time.monotonic())
         if not self._seed_lock.acquire(timeout=waiting_s):
             raise RunFailed("infra_error", "gave up waiting for the seed's timing, which another evaluation was taking")
         try:
-            cached = None if self._retime_seed else self._seed_timings.get(key)
+            cached = self._cached_seed_timing(key)  # another thread may have timed it while this one waited
             if cached is not None:
                 return cached
             try:
@@ -164,6 +158,9 @@ class Evaluator:
             return seed
         finally:
             self._seed_lock.release()
+
+    def _cached_seed_timing(self, key: str) -> SeedTiming | None:
+        return None if self._retime_seed else self._seed_timings.get(key)
 
     def _score(self, run: Run, seed: SeedTiming) -> Result:
         problem = self.settings.problem

@@ -11,6 +11,7 @@ import functools
 import hashlib
 import types
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from evaluator.eplb.plan import Plan
 from evaluator.eplb.problem import Problem
 from evaluator.patch import apply_patch
 from evaluator.paths import PROJECT_ROOT, SEED_PROGRAM
+from evaluator.sandbox import WarmUp
 
 SEED_PATCH = PROJECT_ROOT / "patches" / "vectorized_packing_and_replication.diff"
 
@@ -32,6 +34,15 @@ class SeedPlans:
 def seed_patch_program() -> str:
     """The seed with the seed patch applied: the seed's plans, fast."""
     return apply_patch(SEED_PROGRAM.read_text(encoding="utf-8"), SEED_PATCH.read_text(encoding="utf-8"))
+
+
+def seed_patch_warm_up(folder: Path, problem: Problem, weight_dtype: str) -> WarmUp:
+    """The warm-up every fresh worker runs: the seed patch's program (our own code, written into `folder`) on
+    loads of the candidates' shape and dtype."""
+    program = folder / "warm_up.py"
+    program.write_text(seed_patch_program(), encoding="utf-8")
+    return WarmUp(program, (problem.num_layers, problem.num_experts), problem.rebalance_args(),
+                  weight_dtype=weight_dtype)
 
 
 @functools.lru_cache(maxsize=1)

@@ -23,6 +23,11 @@ class Call:
     scored: bool  # the trace's own window: counts towards balancedness_score
 
 
+def call_inputs(windows: np.ndarray) -> np.ndarray:
+    """The windows as a candidate is given them: token counts stay int64, any other loads become float32."""
+    return windows if windows.dtype == np.int64 else windows.astype(np.float32)
+
+
 def build_schedule(windows: np.ndarray, variants_per_window: int, rng: np.random.Generator) -> list[Call]:
     """Calls on windows[0..n-2] (the last window is only a future) and `variants_per_window` variants of
     each, shuffled."""

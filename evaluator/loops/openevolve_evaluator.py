@@ -54,7 +54,7 @@ from typing import Any
 
 from evaluator.api import check_program, evaluate_program, shared_evaluator
 from evaluator.evaluation import Result
-from evaluator.loops.feedback import clip, tail, feedback_text, numeric_metrics
+from evaluator.loops.feedback import clip, feedback_text, numeric_metrics, tail
 
 __all__ = ["evaluate", "evaluate_stage1", "evaluate_stage2"]
 
@@ -178,4 +178,3 @@ def _shaped(metrics: dict[str, float], texts: dict[str, str]) -> Any:
     except ImportError:
         return metrics
     return EvaluationResult(metrics=metrics, artifacts=texts)
-
