@@ -7,6 +7,7 @@ ahead, so torch is imported while earlier tests run.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -465,7 +466,7 @@ EVALUATOR_THAT_DIES = f"""
 import os, sys, threading, time
 import numpy as np
 from evaluator.sandbox import Limits, Worker
-worker = Worker.start(Limits(), device="cpu")
+worker = Worker.start(Limits(), device="cpu", start_method=sys.argv[1])
 worker.load({str(HOSTILE / "hang_in_call.py")!r})
 threading.Thread(target=worker.call, args=(np.ones((2, 4), np.float32), [4, 1, 1, 1]), daemon=True).start()
 print(worker.pid, flush=True)
@@ -474,9 +475,10 @@ os._exit(1)
 """
 
 
-def test_a_worker_leaves_when_its_evaluator_dies():
-    evaluator = subprocess.run([sys.executable, "-c", EVALUATOR_THAT_DIES], capture_output=True, text=True,
-                               timeout=120, cwd=ROOT)
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+def test_a_worker_leaves_when_its_evaluator_dies(start_method):
+    evaluator = subprocess.run([sys.executable, "-c", EVALUATOR_THAT_DIES, start_method], capture_output=True,
+                               text=True, timeout=120, cwd=ROOT)
     worker_pid = int(evaluator.stdout.split()[0])
     deadline = time.monotonic() + 10
     while psutil.pid_exists(worker_pid) and psutil.Process(worker_pid).status() != psutil.STATUS_ZOMBIE:
@@ -501,10 +503,11 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 @needs_cuda
-def test_on_cuda_the_seed_gets_its_input_on_the_gpu_and_returns_the_in_process_plan():
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+def test_on_cuda_the_seed_gets_its_input_on_the_gpu_and_returns_the_in_process_plan(start_method):
     problem = Problem()
     weight = weight_for(problem, seed=5)
-    with Worker.start(LIMITS, device="cuda") as worker:
+    with Worker.start(LIMITS, device="cuda", start_method=start_method) as worker:
         worker.load(SEED)
         result = worker.call(weight, problem.rebalance_args())
     assert worker.info.device == "cuda" and worker.info.card == torch.cuda.get_device_name()
@@ -536,3 +539,89 @@ def test_a_pool_that_does_not_replenish_starts_no_spare_after_its_first(tmp_path
         with spare_pool.launch(SEED) as worker:  # a later one starts when it is asked for
             result = worker.call(weight_for(SMALL), SMALL.rebalance_args())
         np.testing.assert_array_equal(result.outputs[0], seed_plan(weight_for(SMALL), SMALL)[0])
+
+
+# ---- workers forked from the zygote (the pools' start method) ------------------------------------------
+
+
+def test_a_forked_worker_holds_only_its_own_descriptors(pool):
+    with pool.acquire() as worker:
+        worker.load(HOSTILE / "lists_descriptors.py")
+        held = json.loads(worker.output()[0].text())
+    assert sorted(held, key=int) == ["0", "1", "2", "3", "4"]  # nothing of the zygote's, its socket least of all
+    assert held["0"] == "/dev/null"
+    assert all(target.startswith("pipe:") for name, target in held.items() if name != "0")
+
+
+def test_a_forked_workers_environment_is_its_own_in_proc_too(tmp_path):
+    with WorkerPool(LIMITS, device="cpu", spares=1, environment={"SANDBOX_TEST_POOL": tmp_path.name}) as own_pool:
+        with own_pool.acquire() as worker:
+            worker.load(HOSTILE / "prints_environment.py")
+            seen = json.loads(worker.output()[0].text())
+            with open(f"/proc/{worker.pid}/environ", "rb") as file:
+                started_with = dict(entry.decode().split("=", 1) for entry in file.read().split(b"\0") if entry)
+    assert seen["SANDBOX_TEST_POOL"] == tmp_path.name
+    assert started_with == seen  # what the stray sweep and `ps` read is what the worker was given
+
+
+def test_a_forked_orphan_is_gone_after_the_worker_dies(pool, tmp_path):
+    failure, worker = run(pool, copy_hostile("forked_orphan.py", tmp_path))
+    assert failure.kind is FailureKind.CRASH and failure.exit_code == 0
+    orphan = pid_from(tmp_path / "pid")
+    assert orphan != worker.pid
+    assert not psutil.pid_exists(orphan)
+
+
+def test_a_candidate_that_kills_the_zygote_costs_later_candidates_nothing():
+    with WorkerPool(LIMITS, device="cpu", spares=0) as own_pool:
+        worker = own_pool.launch(HOSTILE / "kills_the_zygote.py")
+        with worker:
+            worker.call(weight_for(SMALL), SMALL.rebalance_args())
+            killed = [int(pid) for pid in worker.output()[0].text().split()]
+        with own_pool.launch(SEED) as next_worker:
+            result = next_worker.call(weight_for(SMALL), SMALL.rebalance_args())
+    assert len(killed) == 1 and not psutil.pid_exists(killed[0])
+    np.testing.assert_array_equal(result.outputs[0], seed_plan(weight_for(SMALL), SMALL)[0])
+
+
+def test_forked_workers_draw_different_random_numbers(pool, tmp_path):
+    program = tmp_path / "draws.py"
+    program.write_text("import random, numpy\n"
+                       "print(numpy.random.random(), random.random(), flush=True)\n"
+                       "def rebalance_experts(weight, *args):\n    return weight\n")
+    draws = []
+    for _ in range(2):
+        with pool.acquire() as worker:
+            worker.load(program)
+            draws.append(worker.output()[0].text().split())
+    (numpy_first, random_first), (numpy_second, random_second) = draws
+    assert numpy_first != numpy_second and random_first != random_second
+
+
+EVALUATOR_WITH_A_ZYGOTE = """
+import os, time
+from evaluator.sandbox import Limits, WorkerPool
+pool = WorkerPool(Limits(), device="cpu", spares=1)
+assert pool.wait_for_spares()
+for name in os.listdir("/proc"):
+    try:
+        environment = open(f"/proc/{name}/environ", "rb").read()
+        parent = int(open(f"/proc/{name}/stat", "rb").read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError):
+        continue
+    if parent == os.getpid() and b"EPLB_SANDBOX_ENVIRONMENT_ROOM=" in environment:
+        print(name, flush=True)
+os._exit(1)
+"""
+
+
+def test_the_zygote_leaves_when_its_evaluator_dies():
+    evaluator = subprocess.run([sys.executable, "-c", EVALUATOR_WITH_A_ZYGOTE], capture_output=True, text=True,
+                               timeout=120, cwd=ROOT)
+    (zygote,) = [int(pid) for pid in evaluator.stdout.split()]
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(zygote) and psutil.Process(zygote).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the zygote outlived its evaluator"
+        time.sleep(0.05)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(zygote, os.WNOHANG)

@@ -22,8 +22,10 @@ from evaluator.bench import coefficient_of_variation as _cv
 from evaluator.eplb.default_trace import default_trace
 from evaluator.eplb.scoring import balancedness_scores
 from evaluator.evaluation import Evaluator, Result, Settings
-from evaluator.evaluation.reference import seed_patch_program, seed_plans
+from evaluator.evaluation.reference import seed_patch_program, seed_patch_warm_up, seed_plans
+from evaluator.evaluation.schedule import call_inputs
 from evaluator.evaluation.timing import SeedTimingCache
+from evaluator.sandbox import Worker
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class EvaluationBenchResult:
     phases_ms_median: dict[str, float]  # where an A/A evaluation's time went
     phase_overhead_ms_median: dict[str, float]  # the same, less the candidate's own compute in each phase
     scoring_ms: float  # balancedness of a whole trace's plans (plus the seed reference), median of 20
+    start_method: str
+    worker_start_s: float  # a fresh worker started, warmed up and ready, the evaluator idle; median of 3
 
 
 def measure(repeats: int = 10, throughput_candidates: int = 60, threads: int = 2, spares: int = 8,
@@ -76,6 +80,7 @@ def measure(repeats: int = 10, throughput_candidates: int = 60, threads: int = 2
             elapsed = time.perf_counter() - started
             for result in done:
                 _require_ok(result)
+            worker_start_s = _worker_start_s(evaluator, Path(folder), settings.start_method)
     overheads = [(r.timing["evaluation_ms"] - r.timing["candidate_compute_ms"]) / 1e3 for r in aa]
     speedups = [r.speedup for r in aa]
     return EvaluationBenchResult(
@@ -93,8 +98,20 @@ def measure(repeats: int = 10, throughput_candidates: int = 60, threads: int = 2
         phases_ms_median={name: statistics.median(r.timing["phases"][name] for r in aa) for name in aa[0].timing["phases"]},
         phase_overhead_ms_median={name: statistics.median(_phase_overhead(r, name) for r in aa)
                                   for name in aa[0].timing["phases"]},
-        scoring_ms=_scoring_ms(),
+        scoring_ms=_scoring_ms(), start_method=settings.start_method, worker_start_s=worker_start_s,
     )
+
+
+def _worker_start_s(evaluator: Evaluator, folder: Path, start_method: str) -> float:
+    """How long a worker takes to start, as a lane's pool starts it (device, warm-up, start method)."""
+    pool = evaluator.lanes.lanes[0].pool
+    warm_up = seed_patch_warm_up(folder, evaluator.settings.problem, call_inputs(evaluator.trace.windows).dtype.name)
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        with Worker.start(pool.limits, pool.device, warm_up=warm_up, start_method=start_method):
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
 
 
 def _phase_overhead(result: Result, phase: str) -> float:

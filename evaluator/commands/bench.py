@@ -12,7 +12,7 @@ from evaluator.bench import evaluation, pace, trace_load
 from evaluator.commands import CommandError
 from evaluator.evaluation import Settings
 from evaluator.exitcodes import ExitCode
-from evaluator.sandbox import SandboxFailure
+from evaluator.sandbox import START_METHODS, SandboxFailure
 
 NAME = "bench"
 HELP = "Measure the evaluator's own performance on this machine."
@@ -70,6 +70,8 @@ def _add_evaluator_arguments(parser: argparse.ArgumentParser) -> None:
                         help="least candidate time spent warming up before the timed calls (default: %(default)s)")
     parser.add_argument("--validate-between-calls", action="store_true",
                         help="validate each output before the next call instead of during it")
+    parser.add_argument("--start-method", choices=START_METHODS, default=Settings().start_method,
+                        help="how workers start: forked from a zygote, or each a new interpreter (default: %(default)s)")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
@@ -78,7 +80,7 @@ def _run_evaluator(args: argparse.Namespace) -> int:
     if min(args.repeats, args.candidates, args.threads, args.spares) < 1 or args.rechecks < 0:
         raise CommandError("--repeats, --candidates, --threads and --spares must be at least 1, --rechecks at least 0")
     settings = Settings(rechecks=args.rechecks, validate_during_calls=not args.validate_between_calls,
-                        warmup_s=args.warmup_s)
+                        warmup_s=args.warmup_s, start_method=args.start_method)
     try:
         result = evaluation.measure(args.repeats, args.candidates, args.threads, args.spares, args.device, settings)
     except RuntimeError as error:
@@ -100,6 +102,7 @@ def _run_evaluator(args: argparse.Namespace) -> int:
                           for name, value in result.phase_overhead_ms_median.items())
     print(f"  less compute      {overheads}")
     print(f"scoring a trace     {result.scoring_ms:.2f} ms")
+    print(f"worker start        {result.worker_start_s:.2f} s ({result.start_method}), warmed up and ready")
     return ExitCode.OK
 
 

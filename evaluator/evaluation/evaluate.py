@@ -79,7 +79,7 @@ class Evaluator:
         self._remove_files = weakref.finalize(self, _remove_if_owner, self._files, os.getpid())
         warm_up = seed_patch_warm_up(self._files, self.settings.problem, self._inputs.dtype.name)
         self.lanes = Lanes(self.settings.limits, device, spares, gpus, str(default_cache_path().parent.resolve()),
-                           warm_up, replenish)
+                           warm_up, replenish, self.settings.start_method)
         self._runner = Runner(self.settings, self.lanes, self._inputs, self._score_on_next_window)
 
     def __enter__(self) -> Evaluator:

@@ -74,11 +74,12 @@ class Lanes:
     """
 
     def __init__(self, limits: Limits, device: str, spares: int, gpus: Sequence[int] | None, lock_scope: str,
-                 warm_up: WarmUp | None = None, replenish: bool = True) -> None:
+                 warm_up: WarmUp | None = None, replenish: bool = True, start_method: str = "forkserver") -> None:
         scope = hashlib.sha256(lock_scope.encode()).hexdigest()[:16]
         self.lanes: list[Lane] = []
         for name, worker_device, environment in _devices(device, gpus):
-            self.lanes.append(Lane(name, WorkerPool(limits, worker_device, spares, environment, warm_up, replenish),
+            self.lanes.append(Lane(name, WorkerPool(limits, worker_device, spares, environment, warm_up, replenish,
+                                                     start_method),
                                    f"\0eplb-evaluator-{scope}-{name}"))
         self._free = list(self.lanes)
         self._condition = threading.Condition()

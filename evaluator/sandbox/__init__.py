@@ -14,7 +14,7 @@ from evaluator.sandbox.capture import CapturedOutput
 from evaluator.sandbox.failures import Failure, FailureKind, SandboxFailure
 from evaluator.sandbox.limits import Limits
 from evaluator.sandbox.pool import WorkerPool
-from evaluator.sandbox.process import DEFAULT_ENTRY_POINT, WarmUp, Worker
+from evaluator.sandbox.process import DEFAULT_ENTRY_POINT, START_METHODS, WarmUp, Worker
 from evaluator.sandbox.results import CallResult, Output, Unsupported, WorkerInfo
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "FailureKind",
     "Limits",
     "Output",
+    "START_METHODS",
     "SandboxFailure",
     "Unsupported",
     "WarmUp",

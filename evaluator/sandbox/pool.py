@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 from evaluator.sandbox.failures import Failure, FailureKind, SandboxFailure
 from evaluator.sandbox.limits import Limits
-from evaluator.sandbox.process import DEFAULT_ENTRY_POINT, WarmUp, Worker
+from evaluator.sandbox.process import DEFAULT_ENTRY_POINT, START_METHODS, WarmUp, Worker
 
 _live_pools: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
 
@@ -24,23 +24,27 @@ class WorkerPool:
     each handed-out worker is replaced at once, unless `replenish` is False (a pool for a known, small
     number of workers: a spare starting beside a candidate being timed takes CPU, and device time on a GPU,
     from it). Then the spares of the start are all it starts ahead; a later `acquire` starts a worker for
-    itself. A worker serves one candidate and is then closed by its user. `close()` (also on context exit
-    and at interpreter exit) kills every spare.
+    itself. Workers are forked from a zygote that imported torch once (`start_method="forkserver"`), or each
+    spawned as a new interpreter (`"spawn"`). A worker serves one candidate and is then closed by its user.
+    `close()` (also on context exit and at interpreter exit) kills every spare.
     """
 
     def __init__(self, limits: Limits = Limits(), device: str = "auto", spares: int = 1,
                  environment: Mapping[str, str] | None = None, warm_up: WarmUp | None = None,
-                 replenish: bool = True) -> None:
+                 replenish: bool = True, start_method: str = "forkserver") -> None:
         if spares < 0:
             raise ValueError(f"spares must be at least 0, got {spares}")
         if device not in ("auto", "cuda", "cpu"):
             raise ValueError(f"device must be 'auto', 'cuda' or 'cpu', got {device!r}")
+        if start_method not in START_METHODS:
+            raise ValueError(f"start_method must be one of {', '.join(START_METHODS)}, got {start_method!r}")
         self.limits = limits
         self.device = device
         self.spares = spares
         self._replenish_spares = replenish
         self._environment = dict(environment or {})
         self._warm_up = warm_up
+        self._start_method = start_method
         self._condition = threading.Condition()
         self._ready: list[Worker] = []
         self._starting: set[Worker] = set()
@@ -170,7 +174,7 @@ class WorkerPool:
         worker: Worker | None = None
         failure: Failure | None = None
         try:
-            worker = Worker(self.limits, self.device, self._environment, self._warm_up)
+            worker = Worker(self.limits, self.device, self._environment, self._warm_up, self._start_method)
         except SandboxFailure as error:
             failure = error.failure
         with self._condition:

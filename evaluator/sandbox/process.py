@@ -24,9 +24,10 @@ import psutil
 from numpy.typing import ArrayLike
 
 import evaluator
-from evaluator.sandbox import channel
+from evaluator.sandbox import channel, forkserver
 from evaluator.sandbox.capture import CapturedOutput, OutputCapture
 from evaluator.sandbox.failures import Failure, FailureKind, SandboxFailure
+from evaluator.sandbox.forkserver import ForkedProcess
 from evaluator.sandbox.limits import Limits
 from evaluator.sandbox.proctree import ProcessTree, become_subreaper, proportional_bytes
 from evaluator.sandbox.results import CallResult, Output, Unsupported, WorkerInfo
@@ -34,6 +35,9 @@ from evaluator.sandbox.results import CallResult, Output, Unsupported, WorkerInf
 DEFAULT_ENTRY_POINT = "rebalance_experts"
 WEIGHT_DTYPES = (np.dtype(np.float32), np.dtype(np.int64))
 MARKER_VARIABLE = "EPLB_SANDBOX_WORKER"
+# "spawn": a new interpreter per worker (python -m evaluator.sandbox.worker); "forkserver": forked from a zygote
+# that imported torch once (see zygote.py)
+START_METHODS = ("spawn", "forkserver")
 # the only variables of the evaluator's environment a worker sees; secrets stay behind
 PASSED_VARIABLES = (
     "PATH", "HOME", "USER", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ", "LD_LIBRARY_PATH",
@@ -81,11 +85,12 @@ def _ints(values: Sequence[int]) -> str:
     return ",".join(str(int(value)) for value in values)
 
 
-def _become_subreaper_once() -> None:
+def _become_subreaper_once() -> bool:
     global _subreaper_set
     with _subreaper_lock:
         if not _subreaper_set:
             _subreaper_set = become_subreaper()
+        return _subreaper_set
 
 
 def worker_environment(marker: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -130,10 +135,14 @@ class Worker:
     """
 
     def __init__(self, limits: Limits = Limits(), device: str = "auto",
-                 environment: Mapping[str, str] | None = None, warm_up: WarmUp | None = None) -> None:
+                 environment: Mapping[str, str] | None = None, warm_up: WarmUp | None = None,
+                 start_method: str = "spawn") -> None:
         if device not in ("auto", "cuda", "cpu"):
             raise ValueError(f"device must be 'auto', 'cuda' or 'cpu', got {device!r}")
-        _become_subreaper_once()
+        if start_method not in START_METHODS:
+            raise ValueError(f"start_method must be one of {', '.join(START_METHODS)}, got {start_method!r}")
+        if not _become_subreaper_once():
+            start_method = "spawn"  # a forked worker could not be handed over to us
         self.limits = limits
         self.info: WorkerInfo | None = None
         self._state = "starting"
@@ -150,31 +159,29 @@ class Worker:
         self._workdir = tempfile.mkdtemp(prefix="eplb-worker-")
         command_read, command_write = os.pipe()
         result_read, result_write = os.pipe()
+        stdout_read, stdout_write = os.pipe()
+        stderr_read, stderr_write = os.pipe()
+        theirs = {"commands": command_read, "results": result_write, "stdout": stdout_write, "stderr": stderr_write}
+        ours = (command_write, result_read, stdout_read, stderr_read)
         for fd in (command_write, result_write):
             _widen_pipe(fd)
+        arguments = ["--device", device, "--max-message-bytes", str(limits.max_message_bytes),
+                     *(warm_up.command_line() if warm_up else [])]
         try:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "evaluator.sandbox.worker",
-                 "--commands", str(command_read), "--results", str(result_write), "--device", device,
-                 "--max-message-bytes", str(limits.max_message_bytes), *(warm_up.command_line() if warm_up else [])],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                pass_fds=(command_read, result_write), start_new_session=True, cwd=self._workdir,
-                env=worker_environment(marker, environment),
-            )
-        except OSError as error:
-            for fd in (command_read, command_write, result_read, result_write):
+            self._process = _start(start_method, arguments, worker_environment(marker, environment),
+                                   self._workdir, theirs, limits.start_timeout_s)
+        except SandboxFailure:
+            for fd in (*theirs.values(), *ours):
                 os.close(fd)
             shutil.rmtree(self._workdir, ignore_errors=True)
-            raise SandboxFailure(
-                Failure(FailureKind.INFRA_ERROR, f"could not start a worker process: {error}")
-            ) from None
-        os.close(command_read)  # the worker's ends: only it may hold them
-        os.close(result_write)
+            raise
+        for fd in theirs.values():  # only the worker may hold its ends
+            os.close(fd)
         self._command_fd, self._result_fd = command_write, result_read
         self._writer = channel.FrameWriter(command_write)
         self._reader = channel.FrameReader(result_read, limits.max_message_bytes)
-        self._stdout = OutputCapture(self._process.stdout, limits.output_bytes, "stdout")
-        self._stderr = OutputCapture(self._process.stderr, limits.output_bytes, "stderr")
+        self._stdout = OutputCapture(open(stdout_read, "rb", buffering=0), limits.output_bytes, "stdout")
+        self._stderr = OutputCapture(open(stderr_read, "rb", buffering=0), limits.output_bytes, "stderr")
         self._tree = ProcessTree(self._process.pid, f"{MARKER_VARIABLE}={marker}".encode())
         self._watchdog = threading.Thread(target=self._watch, name="sandbox-watchdog", daemon=True)
         self._watchdog.start()
@@ -183,10 +190,10 @@ class Worker:
     # ---- lifecycle -------------------------------------------------------------------------
 
     @classmethod
-    def start(cls, limits: Limits = Limits(), device: str = "auto",
-              environment: Mapping[str, str] | None = None, warm_up: WarmUp | None = None) -> Worker:
-        """Spawn a worker and wait until it is ready."""
-        worker = cls(limits, device, environment, warm_up)
+    def start(cls, limits: Limits = Limits(), device: str = "auto", environment: Mapping[str, str] | None = None,
+              warm_up: WarmUp | None = None, start_method: str = "spawn") -> Worker:
+        """Start a worker and wait until it is ready."""
+        worker = cls(limits, device, environment, warm_up, start_method)
         worker.wait_ready()
         return worker
 
@@ -461,6 +468,23 @@ class Worker:
                 pass
         shutil.rmtree(self._workdir, ignore_errors=True)
         _live_workers.discard(self)
+
+
+def _start(start_method: str, arguments: list[str], environment: dict[str, str], cwd: str,
+           descriptors: dict[str, int], timeout_s: float) -> subprocess.Popen[bytes] | ForkedProcess:
+    """A new worker process, spawned or forked from the zygote; raises `SandboxFailure` (infra_error)."""
+    if start_method == "forkserver":
+        fork_server = forkserver.shared(worker_environment(secrets.token_hex(16)))
+        return fork_server.fork(arguments, environment, cwd, descriptors, timeout_s)
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "evaluator.sandbox.worker", *arguments,
+             "--commands", str(descriptors["commands"]), "--results", str(descriptors["results"])],
+            stdin=subprocess.DEVNULL, stdout=descriptors["stdout"], stderr=descriptors["stderr"],
+            pass_fds=(descriptors["commands"], descriptors["results"]), start_new_session=True, cwd=cwd,
+            env=environment)
+    except OSError as error:
+        raise SandboxFailure(Failure(FailureKind.INFRA_ERROR, f"could not start a worker process: {error}")) from None
 
 
 def _widen_pipe(fd: int) -> None:
