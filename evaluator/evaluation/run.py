@@ -240,7 +240,6 @@ class _Calls:
             call = warmup_call(self._runner.inputs, rng)
             result = self._make(call.weight, f"warm-up call {count} (planning on a variant of window {call.window})")
             self.warmup_ns += result.worker_ns
-        self.settle(wait=True)  # the timed calls start with no validation left over
 
     def follow_schedule(self) -> None:
         """The timed calls; variants are skipped once the candidate has spent the settings' timing budget."""
