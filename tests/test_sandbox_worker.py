@@ -40,6 +40,7 @@ SEED = ROOT / "seeds" / "eplb.py"
 SMALL = Problem(num_layers=4, num_experts=16, num_replicas=24, num_groups=4, num_nodes=2, num_gpus=8)
 LIMITS = Limits(timeout_s=30, import_timeout_s=30, memory_mb=1024)
 SHORT_S = 3.0  # the time limit given to programs that hang
+ZYGOTE_ROOM = b"EPLB_SANDBOX_ENVIRONMENT_ROOM="  # in the environment of a zygote, the process workers are forked from
 
 sys.path.insert(0, str(ROOT / "seeds"))
 import eplb  # noqa: E402  (the seed, run in-process as the reference)
@@ -78,16 +79,24 @@ def marker_of(worker: Worker) -> bytes:
 
 
 def processes_with(marker: bytes) -> list[int]:
-    """Every process on the machine started with `marker` in its environment (zombies excluded)."""
+    """Every process on the machine but the zygotes started with `marker` in its environment (zombies excluded)."""
     found = []
     for process in psutil.process_iter():
         try:
-            if process.status() != psutil.STATUS_ZOMBIE and marker in open(
-                    f"/proc/{process.pid}/environ", "rb").read().split(b"\0"):
+            environment = open(f"/proc/{process.pid}/environ", "rb").read().split(b"\0")
+            if (process.status() != psutil.STATUS_ZOMBIE and marker in environment
+                    and not any(entry.startswith(ZYGOTE_ROOM) for entry in environment)):
                 found.append(process.pid)
         except (OSError, psutil.Error):
             continue
     return found
+
+
+def running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def run_watching_tree(pool: WorkerPool, program: Path, timeout_s: float | None = None):
@@ -572,15 +581,18 @@ def test_a_forked_orphan_is_gone_after_the_worker_dies(pool, tmp_path):
     assert not psutil.pid_exists(orphan)
 
 
-def test_a_candidate_that_kills_the_zygote_costs_later_candidates_nothing():
-    with WorkerPool(LIMITS, device="cpu", spares=0) as own_pool:
-        worker = own_pool.launch(HOSTILE / "kills_the_zygote.py")
+@pytest.mark.parametrize("sent", ["SIGKILL", "SIGSTOP"])
+def test_a_candidate_that_kills_or_stops_the_zygote_costs_later_candidates_nothing(sent):
+    # a short start limit: a later start that waited on the stopped zygote would fail
+    limits = Limits(timeout_s=30, import_timeout_s=30, memory_mb=1024, start_timeout_s=20)
+    with WorkerPool(limits, device="cpu", spares=0, environment={"ZYGOTE_SIGNAL": sent}) as own_pool:
+        worker = own_pool.launch(HOSTILE / "signals_the_zygote.py")
         with worker:
             worker.call(weight_for(SMALL), SMALL.rebalance_args())
-            killed = [int(pid) for pid in worker.output()[0].text().split()]
+            signalled = [int(pid) for pid in worker.output()[0].text().split()]
         with own_pool.launch(SEED) as next_worker:
             result = next_worker.call(weight_for(SMALL), SMALL.rebalance_args())
-    assert len(killed) == 1 and not psutil.pid_exists(killed[0])
+    assert signalled  # this test's zygote, and those earlier tests left
     np.testing.assert_array_equal(result.outputs[0], seed_plan(weight_for(SMALL), SMALL)[0])
 
 
@@ -625,3 +637,13 @@ def test_the_zygote_leaves_when_its_evaluator_dies():
         time.sleep(0.05)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(zygote, os.WNOHANG)
+
+
+def test_a_forked_worker_sees_the_thread_count_its_environment_sets_at_import(tmp_path):
+    program = tmp_path / "threads.py"
+    program.write_text("import torch\nprint(torch.get_num_threads(), flush=True)\n"
+                       "def rebalance_experts(weight, *args):\n    return weight\n")
+    with WorkerPool(LIMITS, device="cpu", spares=0, environment={"OMP_NUM_THREADS": "1"}) as own_pool:
+        with own_pool.launch(program) as worker:
+            threads = int(worker.output()[0].text())
+    assert threads == 1  # read when torch is imported: in a zygote of that environment, not of another

@@ -1,8 +1,9 @@
 """The evaluator's side of the zygote: start it, ask it for workers, and hold the workers it hands over.
 
-One zygote serves every pool of a process (it is device-agnostic: each worker gets its own arguments and
-environment). It is started on first use, started again if it died (a candidate, running as the same user, can
-kill it), and killed at interpreter exit. A process forked from the evaluator starts its own.
+One zygote serves every pool of a process whose workers' environments differ only in the device they see
+(each worker gets its own arguments and environment). It is started on first use, started again if it died
+or was stopped (a candidate runs as the same user and can do either), and killed at interpreter exit. A
+process forked from the evaluator starts its own.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import atexit
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -19,12 +21,14 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 
-from evaluator.sandbox import zygote
+from evaluator.sandbox import proctree, zygote
 from evaluator.sandbox.failures import Failure, FailureKind, SandboxFailure
 
 _WAIT_STEP_S = (0.0005, 0.02)  # a waiting `ForkedProcess.wait` polls this often, first and at most
 _KILL_WAIT_S = 5.0
-_FORK_REPLY_S = 10.0  # a fork takes milliseconds: a zygote silent this long is stuck (stopped, say)
+_FORK_REPLY_S = 10.0  # a fork takes milliseconds: a zygote silent this long is stuck
+_ZYGOTE_START_S = 120.0  # importing torch; seconds, minutes only on a host far overloaded
+_STOPPED_CHECK_S = 0.2  # how often a wait for the zygote checks that it has not been stopped
 
 
 class ZygoteUnavailable(Exception):
@@ -80,30 +84,31 @@ class ForkServer:
              descriptors: Mapping[str, int], timeout_s: float) -> ForkedProcess:
         """A fresh worker running `python -m evaluator.sandbox.worker ARGUMENTS` in `cwd` with exactly
         `environment`, and the descriptors named in `zygote.DESCRIPTORS` (the caller closes its copies).
-        Raises `SandboxFailure` (infra_error)."""
+
+        Raises `ZygoteUnavailable` when no request could be sent (no zygote could be started, or it is stopped
+        or gone): nothing holds the descriptors then, and the caller may start the worker another way. Raises
+        `SandboxFailure` (infra_error) when a request was sent but no worker came back: the caller must close
+        its descriptors, so that a worker forked all the same finds its channel closed and leaves.
+        """
         deadline = time.monotonic() + timeout_s
         request = json.dumps({"arguments": list(arguments), "environment": dict(environment), "cwd": cwd,
                               "evaluator_pid": os.getpid()}).encode()
-        fds = [descriptors[name] for name in zygote.DESCRIPTORS]
-        with self._lock:
+        if not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise ZygoteUnavailable("the zygote was busy for the whole time the start had")
+        try:
+            control = self._running(deadline)
             try:
-                return self._fork(request, fds, deadline)
-            except ZygoteUnavailable:
-                self._stop()  # it died (a candidate runs as the same user and may kill it): once more, afresh
+                socket.send_fds(control, [request], [descriptors[name] for name in zygote.DESCRIPTORS])
+            except OSError as error:
+                self._stop()
+                raise ZygoteUnavailable(f"the zygote's socket failed: {error}") from None
             try:
-                return self._fork(request, fds, deadline)
+                reply = self._receive(control, min(deadline, time.monotonic() + _FORK_REPLY_S))
             except ZygoteUnavailable as error:
                 self._stop()
                 raise SandboxFailure(Failure(FailureKind.INFRA_ERROR, f"no worker could be forked: {error}")) from None
-
-    def _fork(self, request: bytes, fds: list[int], deadline: float) -> ForkedProcess:
-        """One request to a running zygote. Holds the lock."""
-        control = self._running(deadline)
-        try:
-            socket.send_fds(control, [request], fds)
-        except OSError as error:
-            raise ZygoteUnavailable(f"the zygote's socket failed: {error}") from None
-        reply = self._receive(control, min(deadline, time.monotonic() + _FORK_REPLY_S))
+        finally:
+            self._lock.release()
         if reply.get("op") != "forked" or not isinstance(reply.get("pid"), int):
             raise SandboxFailure(Failure(FailureKind.INFRA_ERROR,
                                          f"the zygote could not fork a worker: {reply.get('message', reply)}"))
@@ -115,41 +120,55 @@ class ForkServer:
             self._stop()
 
     def _running(self, deadline: float) -> socket.socket:
-        """The control socket of a ready zygote, started if there is none. Holds the lock."""
-        if self._control is not None and self._process is not None and self._process.poll() is None:
+        """The control socket of a ready zygote, started if there is none (or it died, or was stopped). Holds the
+        lock. Raises `ZygoteUnavailable`."""
+        if (self._control is not None and self._process is not None and self._process.poll() is None
+                and not proctree.is_stopped(self._process.pid)):
             return self._control
         self._stop()
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self._control = ours
-        self._workdir = tempfile.mkdtemp(prefix="eplb-zygote-")
         try:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "evaluator.sandbox.zygote", "--control", str(theirs.fileno())],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                pass_fds=(theirs.fileno(),), start_new_session=True, cwd=self._workdir,
-                env={**self._environment,
-                     zygote.ENVIRONMENT_ROOM_VARIABLE: "0" * zygote.ENVIRONMENT_ROOM_BYTES})
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            self._control = ours
+            self._workdir = tempfile.mkdtemp(prefix="eplb-zygote-")
+            try:
+                self._process = subprocess.Popen(
+                    [sys.executable, "-m", "evaluator.sandbox.zygote", "--control", str(theirs.fileno())],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    pass_fds=(theirs.fileno(),), start_new_session=True, cwd=self._workdir,
+                    env={**self._environment,
+                         zygote.ENVIRONMENT_ROOM_VARIABLE: "0" * zygote.ENVIRONMENT_ROOM_BYTES})
+            finally:
+                theirs.close()
         except OSError as error:
+            self._stop()
             raise ZygoteUnavailable(f"could not start the zygote: {error}") from None
-        finally:
-            theirs.close()
-        reply = self._receive(ours, deadline)
+        try:
+            reply = self._receive(ours, min(deadline, time.monotonic() + _ZYGOTE_START_S))
+        except ZygoteUnavailable:
+            self._stop()
+            raise
         if reply.get("op") != "ready":
+            self._stop()
             raise ZygoteUnavailable(str(reply.get("message", reply)))
         return ours
 
     def _receive(self, control: socket.socket, deadline: float) -> dict:
-        """The zygote's next message, before `deadline`; raises `ZygoteUnavailable`."""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise ZygoteUnavailable("the zygote did not answer in time")
-        control.settimeout(remaining)
-        try:
-            message = control.recv(zygote.MAX_REQUEST_BYTES)
-        except TimeoutError:
-            raise ZygoteUnavailable("the zygote did not answer in time; the host may be overloaded") from None
-        except OSError as error:
-            raise ZygoteUnavailable(f"the zygote's socket failed: {error}") from None
+        """The zygote's next message, before `deadline`; raises `ZygoteUnavailable` at once if the zygote is
+        stopped (a candidate runs as the same user and may send it SIGSTOP)."""
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ZygoteUnavailable("the zygote did not answer in time; the host may be overloaded")
+            if self._process is not None and proctree.is_stopped(self._process.pid):
+                raise ZygoteUnavailable("the zygote was stopped")
+            control.settimeout(min(remaining, _STOPPED_CHECK_S))
+            try:
+                message = control.recv(zygote.MAX_REQUEST_BYTES)
+                break
+            except TimeoutError:
+                continue
+            except OSError as error:
+                raise ZygoteUnavailable(f"the zygote's socket failed: {error}") from None
         if not message:
             raise ZygoteUnavailable("the zygote exited")
         try:
@@ -161,47 +180,61 @@ class ForkServer:
         return reply
 
     def _stop(self) -> None:
-        """Kill the zygote, if there is one, and release what it held. Holds the lock."""
+        """Kill the zygote and every intermediate it forked (its process group: a stopped one included), collect
+        those that came to this process, and release what it held. Holds the lock."""
         if self._control is not None:
             self._control.close()
             self._control = None
         if self._process is not None:
-            self._process.kill()
+            group = self._process.pid
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except OSError:
+                pass
             try:
                 self._process.wait(_KILL_WAIT_S)
             except subprocess.TimeoutExpired:
                 pass
+            proctree.reap_group_children(group, time.monotonic() + _KILL_WAIT_S)
             self._process = None
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
 
-_shared: ForkServer | None = None
-_shared_lock = threading.Lock()
+
+# Variables read when a device is initialised, which a worker does after the fork: they may differ from the
+# zygote's. Any other difference (a thread count, a library path read at import) needs a zygote of its own.
+_READ_AT_DEVICE_INIT = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")
+_servers: dict[tuple[tuple[str, str], ...], ForkServer] = {}
+_servers_lock = threading.Lock()
 
 
-def shared(environment: Mapping[str, str]) -> ForkServer:
-    """This process's fork server; `environment` is its zygote's own, if this call creates it."""
-    global _shared
-    with _shared_lock:
-        if _shared is None:
-            _shared = ForkServer(environment)
-        return _shared
+def for_environment(environment: Mapping[str, str], ignored: Sequence[str]) -> ForkServer:
+    """This process's fork server for workers of `environment` (less the variables named in `ignored`, which
+    each worker sets for itself): one zygote per distinct environment, started on first use."""
+    own = {name: value for name, value in environment.items()
+           if name not in ignored and name not in _READ_AT_DEVICE_INIT}
+    key = tuple(sorted(own.items()))
+    with _servers_lock:
+        if key not in _servers:
+            _servers[key] = ForkServer(own)
+        return _servers[key]
 
 
 def _forget_in_child() -> None:
-    """A forked child does not own its parent's zygote: it closes its copy of the socket and starts its own."""
-    global _shared, _shared_lock
-    if _shared is not None and _shared._control is not None:
-        _shared._control.close()
-    _shared = None
-    _shared_lock = threading.Lock()
+    """A forked child does not own its parent's zygotes: it closes its copies of their sockets and starts its own."""
+    global _servers_lock
+    for server in _servers.values():
+        if server._control is not None:
+            server._control.close()
+    _servers.clear()
+    _servers_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_in_child)
 
 
 @atexit.register
-def _close_shared() -> None:
-    if _shared is not None:
-        _shared.close()
+def _close_all() -> None:
+    for server in list(_servers.values()):
+        server.close()

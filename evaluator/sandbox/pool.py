@@ -177,6 +177,8 @@ class WorkerPool:
             worker = Worker(self.limits, self.device, self._environment, self._warm_up, self._start_method)
         except SandboxFailure as error:
             failure = error.failure
+        except Exception as error:  # the host out of descriptors, say: a failed start, never a lost count
+            failure = Failure(FailureKind.INFRA_ERROR, f"could not start a worker: {error}")
         with self._condition:
             self._launching -= 1
             if worker is not None:

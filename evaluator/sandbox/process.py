@@ -170,7 +170,7 @@ class Worker:
         try:
             self._process = _start(start_method, arguments, worker_environment(marker, environment),
                                    self._workdir, theirs, limits.start_timeout_s)
-        except SandboxFailure:
+        except BaseException:
             for fd in (*theirs.values(), *ours):
                 os.close(fd)
             shutil.rmtree(self._workdir, ignore_errors=True)
@@ -474,8 +474,11 @@ def _start(start_method: str, arguments: list[str], environment: dict[str, str],
            descriptors: dict[str, int], timeout_s: float) -> subprocess.Popen[bytes] | ForkedProcess:
     """A new worker process, spawned or forked from the zygote; raises `SandboxFailure` (infra_error)."""
     if start_method == "forkserver":
-        fork_server = forkserver.shared(worker_environment(secrets.token_hex(16)))
-        return fork_server.fork(arguments, environment, cwd, descriptors, timeout_s)
+        server = forkserver.for_environment(environment, ignored=(MARKER_VARIABLE,))
+        try:
+            return server.fork(arguments, environment, cwd, descriptors, timeout_s)
+        except forkserver.ZygoteUnavailable:
+            pass  # none to be had now (the next start tries again): this worker is spawned
     try:
         return subprocess.Popen(
             [sys.executable, "-m", "evaluator.sandbox.worker", *arguments,

@@ -103,11 +103,46 @@ def proportional_bytes(pids: Iterable[int]) -> int:
     return total
 
 
+def is_stopped(pid: int) -> bool:
+    """Whether `pid` is stopped (SIGSTOP, or traced)."""
+    stat = _stat(pid)
+    return stat is not None and stat[0] in ("T", "t")
+
+
+def _group(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            raw = file.read()
+    except OSError:
+        return None
+    return int(raw[raw.rfind(b")") + 2:].split()[2])  # a zombie's too
+
+
+def reap_group_children(group: int, deadline: float) -> None:
+    """After process group `group` was killed: collect those of its processes that are (or become) this
+    process's children, until none of the group is left or `deadline` passes."""
+    while True:
+        for pid in children(os.getpid()):
+            if _group(pid) == group:
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+        try:
+            os.killpg(group, 0)
+        except OSError:
+            return  # nothing of the group is left, zombies included
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(0.002)
+
+
 def has_environment_entry(pid: int, entry: bytes) -> bool:
     """Whether `entry` (b"NAME=value") is in the environment `pid` was started with."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as file:
-            return entry in file.read().split(b"\0")
+            # a search, not a split: a forked worker's block is tens of kilobytes, mostly NUL padding
+            return b"\0" + entry + b"\0" in b"\0" + file.read() + b"\0"
     except OSError:
         return False
 

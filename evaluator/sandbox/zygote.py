@@ -19,6 +19,8 @@ import ctypes
 import fcntl
 import json
 import os
+import select
+import signal
 import socket
 import sys
 import time
@@ -35,6 +37,7 @@ _PLACES = {"commands": COMMANDS_FD, "results": RESULTS_FD, "stdout": 1, "stderr"
 ENVIRONMENT_ROOM_VARIABLE = "EPLB_SANDBOX_ENVIRONMENT_ROOM"
 ENVIRONMENT_ROOM_BYTES = 64 * 1024
 _REPARENT_WAIT_S = 10.0
+_INTERMEDIATE_WAIT_S = 5.0  # for the intermediate process to fork and report; it takes milliseconds
 _ABOVE_EVERY_PLACE = 64  # where received descriptors are moved before they are placed
 
 
@@ -98,9 +101,9 @@ def _become_worker(control: socket.socket, request: dict[str, Any], received: di
         control.close()  # before anything else: a candidate must never reach the zygote
         os.setsid()
         _place_descriptors(received)
+        _take_environment(request["environment"])  # the marker first: from here on the evaluator can find it
         os.chdir(request["cwd"])
         _wait_until_orphaned_to(request["evaluator_pid"])
-        _take_environment(request["environment"])
         sys.path[0] = os.getcwd()  # as `python -m` sets it in a spawned worker
         from evaluator.sandbox import worker
 
@@ -133,15 +136,24 @@ def _fork_worker(control: socket.socket, request: dict[str, Any], received: dict
         finally:
             os._exit(0)
     os.close(report_write)
+    reported = b""
     try:
-        reported = b""
-        while chunk := os.read(report_read, 64):
+        waiting = select.poll()
+        waiting.register(report_read, select.POLLIN | select.POLLHUP)
+        deadline = time.monotonic() + _INTERMEDIATE_WAIT_S
+        while (remaining := deadline - time.monotonic()) > 0 and waiting.poll(remaining * 1000):
+            chunk = os.read(report_read, 64)
+            if not chunk:
+                break
             reported += chunk
+        else:  # stopped (a candidate may send it SIGSTOP) or stuck: it must not hold the zygote up
+            os.kill(intermediate, signal.SIGKILL)
+            reported = b""
     finally:
         os.close(report_read)
         os.waitpid(intermediate, 0)  # once it is gone, the worker is orphaned to the evaluator
     if not reported:
-        raise RuntimeError("the fork of a worker failed")
+        raise RuntimeError("the fork of a worker failed, or its intermediate process did not finish in time")
     return int(reported)
 
 
