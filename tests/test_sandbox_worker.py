@@ -647,3 +647,45 @@ def test_a_forked_worker_sees_the_thread_count_its_environment_sets_at_import(tm
         with own_pool.launch(program) as worker:
             threads = int(worker.output()[0].text())
     assert threads == 1  # read when torch is imported: in a zygote of that environment, not of another
+
+
+# ---- several calls in a row -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_calls_in_a_row_give_each_input_its_own_plan_in_order(pool, overlap):
+    weights = [weight_for(SMALL, seed) for seed in range(4)]
+    with pool.launch(SEED) as worker:
+        results = list(worker.calls(((weight, SMALL.rebalance_args(), None) for weight in weights), overlap=overlap))
+    assert [result.call_index for result in results] == [1, 2, 3, 4]
+    for result, weight in zip(results, weights):
+        np.testing.assert_array_equal(result.outputs[0], seed_plan(weight, SMALL)[0])
+
+
+def test_the_next_input_is_sent_only_once_a_result_has_arrived(pool, tmp_path):
+    program = tmp_path / "peeks.py"
+    program.write_text("import select, time\n"
+                       "def rebalance_experts(weight, *args):\n"
+                       "    time.sleep(0.05)  # time for a next input to arrive, were it sent early\n"
+                       "    print('waiting' if select.select([3], [], [], 0)[0] else 'alone', flush=True)\n"
+                       "    return weight\n")
+    with pool.launch(program) as worker:
+        for _ in worker.calls((weight_for(SMALL, seed), SMALL.rebalance_args(), None) for seed in range(5)):
+            pass
+        seen = worker.output()[0].text().split()
+    assert seen == ["alone"] * 5
+
+
+def test_a_failure_in_a_row_of_calls_comes_after_the_results_before_it(pool, tmp_path):
+    program = tmp_path / "second_raises.py"
+    program.write_text("calls = 0\n"
+                       "def rebalance_experts(weight, *args):\n"
+                       "    global calls\n    calls += 1\n"
+                       "    if calls == 2:\n        raise ValueError('the second call fails')\n"
+                       "    return weight\n")
+    received = []
+    with pool.launch(program) as worker, pytest.raises(SandboxFailure) as raised:
+        for result in worker.calls((weight_for(SMALL, seed), SMALL.rebalance_args(), None) for seed in range(4)):
+            received.append(result.call_index)
+    assert received == [1]
+    assert raised.value.failure.kind is FailureKind.EXCEPTION and "the second call fails" in raised.value.failure.message

@@ -12,7 +12,7 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
@@ -179,8 +179,14 @@ class Runner:
 
     def call(self, worker: Worker, weight: np.ndarray, deadline: float) -> CallResult:
         """One call of the entry point on `weight`, within what is left of the candidate's time."""
-        return worker.call(weight, self.settings.problem.rebalance_args(),
-                           timeout_s=_remaining(deadline, self.settings.timeout_s))
+        return next(self.calls(worker, [weight], deadline))
+
+    def calls(self, worker: Worker, weights: Iterable[np.ndarray], deadline: float) -> Iterator[CallResult]:
+        """A call on each of `weights` in turn, within what is left of the candidate's time; a result is taken in
+        while the worker computes the next call if the settings validate during calls (`Worker.calls`)."""
+        args = self.settings.problem.rebalance_args()
+        return worker.calls(((weight, args, _remaining(deadline, self.settings.timeout_s)) for weight in weights),
+                            overlap=self.settings.validate_during_calls)
 
     def _recheck(self, lane: Lane, processes: _Processes, program: Path,
                  calls: list[tuple[np.ndarray, CallResult, int]], deadline: float) -> int:
@@ -230,27 +236,44 @@ class _Calls:
         self.warmup_ns = self.timed_ns = self.skipped = 0
 
     def warm_up(self, rng: np.random.Generator) -> None:
-        """Untimed calls until the settings' least count and candidate time are reached."""
+        """Untimed calls until the settings' least count and candidate time are reached (the time as known when
+        the next input is sent: with results taken in during the next call, one call late)."""
         settings = self._runner.settings
-        count = 0
-        while count < settings.max_warmup_calls and (
-            count < settings.warmup_calls or self.warmup_ns < settings.warmup_s * 1e9
-        ):
-            count += 1
-            call = warmup_call(self._runner.inputs, rng)
-            result = self._make(call.weight, f"warm-up call {count} (planning on a variant of window {call.window})")
+        labels: deque[str] = deque()
+
+        def weights() -> Iterator[np.ndarray]:
+            count = 0
+            while count < settings.max_warmup_calls and (
+                count < settings.warmup_calls or self.warmup_ns < settings.warmup_s * 1e9
+            ):
+                count += 1
+                call = warmup_call(self._runner.inputs, rng)
+                labels.append(f"warm-up call {count} (planning on a variant of window {call.window})")
+                yield call.weight
+
+        for result in self._calls(weights()):
             self.warmup_ns += result.worker_ns
+            self._take(result, labels.popleft())
 
     def follow_schedule(self) -> None:
         """The timed calls; variants are skipped once the candidate has spent the settings' timing budget."""
-        for position, call in enumerate(self._schedule):
-            if not call.scored and self.timed_ns > self._runner.settings.timing_budget_s * 1e9:
-                self.skipped += 1
-                continue
+        positions: deque[int] = deque()
+
+        def weights() -> Iterator[np.ndarray]:
+            for position, call in enumerate(self._schedule):
+                if not call.scored and self.timed_ns > self._runner.settings.timing_budget_s * 1e9:
+                    self.skipped += 1
+                    continue
+                positions.append(position)
+                yield call.weight
+
+        for result in self._calls(weights()):
+            position = positions.popleft()
+            call = self._schedule[position]
             what = f"window {call.window}" if call.scored else f"a variant of window {call.window}"
-            result = self._make(call.weight, f"timed call {position + 1} (planning on {what})", position)
             self.timed_ns += result.worker_ns
             self.timed.append(replace(result, outputs=()))
+            self._take(result, f"timed call {position + 1} (planning on {what})", position)
 
     def settle(self, wait: bool) -> None:
         """Take in validated calls, in order (all of them if `wait`); raises `RunFailed` at the first invalid."""
@@ -267,19 +290,21 @@ class _Calls:
             else:
                 self.variants.append((call.window, self._runner.score_variant(check.plan, call.window)))
 
-    def _make(self, weight: np.ndarray, what: str, position: int | None = None) -> CallResult:
-        settings = self._runner.settings
+    def _calls(self, weights: Iterable[np.ndarray]) -> Iterator[CallResult]:
+        """The worker's results on `weights`; when it fails, an earlier invalid output is the failure raised."""
         try:
-            result = self._runner.call(self._worker, weight, self._deadline)
+            yield from self._runner.calls(self._worker, weights, self._deadline)
         except SandboxFailure:
-            self.settle(wait=True)  # an earlier invalid output is the first failure
+            self.settle(wait=True)
             raise
-        verdict = self._validator.submit(check_call, result, settings.problem)
+
+    def _take(self, result: CallResult, what: str, position: int | None = None) -> None:
+        """Queue `result`'s validation, keep it if it is to be rechecked, and take in the checks already done."""
+        verdict = self._validator.submit(check_call, result, self._runner.settings.problem)
         self._pending.append(_Pending(what, position, result, verdict))
         if position in self._rechecked:
             self.kept[position] = result
-        self.settle(wait=not settings.validate_during_calls)
-        return result
+        self.settle(wait=not self._runner.settings.validate_during_calls)
 
 
 def _release_when_gone(processes: _Processes, holding: Holding) -> None:

@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -259,6 +259,31 @@ class Worker:
         `weight` is a float32 or int64 array, copied to the device outside the timed region.
         Raises `SandboxFailure` (exception, timeout, crash, memory_limit).
         """
+        return next(self.calls([(weight, args, timeout_s)]))
+
+    def calls(self, inputs: Iterable[tuple[ArrayLike, Sequence[int], float | None]],
+              overlap: bool = True) -> Iterator[CallResult]:
+        """`call` on each (weight, args, timeout_s) of `inputs` in turn, yielding each result.
+
+        The worker holds one input at a time: the next is sent once a result has arrived. With `overlap`, that
+        is before the result is decoded and yielded, so the evaluator's work on it runs while the worker
+        computes the next call (and `inputs` is asked for the next item before the caller has seen the
+        result); without, after the caller is done with it.
+        """
+        items = iter(inputs)
+        item = next(items, None)
+        sent = self._send_call(*item) if item is not None else None
+        while sent is not None:
+            message, wall_ns = self._receive_call(sent)
+            following = None
+            if overlap and message.header.get("op") == "result" and (item := next(items, None)) is not None:
+                following = self._send_call(*item)
+            yield self._call_result(message, sent, wall_ns)
+            if not overlap and (item := next(items, None)) is not None:
+                following = self._send_call(*item)
+            sent = following
+
+    def _send_call(self, weight: ArrayLike, args: Sequence[int], timeout_s: float | None) -> _SentCall:
         array = np.asarray(weight)
         if array.dtype not in WEIGHT_DTYPES:
             raise ValueError(f"weight must be float32 or int64, got {array.dtype}")
@@ -267,18 +292,23 @@ class Worker:
         self._expect_state("loaded")
         self._calls += 1
         timeout = self.limits.timeout_s if timeout_s is None else timeout_s
-        what = f"call {self._calls} of {self._entry_point}"
-        started = time.perf_counter_ns()
-        deadline = time.monotonic() + timeout
-        self._send({"op": "call", "args": [int(arg) for arg in args]}, [array], deadline, timeout, what)
-        message = self._receive(deadline, timeout, what)
-        wall_ns = time.perf_counter_ns() - started
+        sent = _SentCall(self._calls, f"call {self._calls} of {self._entry_point}", timeout,
+                         time.monotonic() + timeout, time.perf_counter_ns())
+        self._send({"op": "call", "args": [int(arg) for arg in args]}, [array], sent.deadline, timeout, sent.what)
+        return sent
+
+    def _receive_call(self, sent: _SentCall) -> tuple[channel.Message, int]:
+        """The call's answer, and its round trip in ns."""
+        message = self._receive(sent.deadline, sent.timeout, sent.what)
+        return message, time.perf_counter_ns() - sent.started_ns
+
+    def _call_result(self, message: channel.Message, sent: _SentCall, wall_ns: int) -> CallResult:
         if message.header.get("op") != "result":
-            self._fail_reported(message.header, (FailureKind.EXCEPTION, FailureKind.MEMORY_LIMIT), what)
+            self._fail_reported(message.header, (FailureKind.EXCEPTION, FailureKind.MEMORY_LIMIT), sent.what)
         try:
-            return _call_result(message, self._calls, wall_ns)
+            return _call_result(message, sent.index, wall_ns)
         except channel.ProtocolError as error:
-            self._fail(FailureKind.CRASH, f"the worker sent a malformed result for {what}: {error}")
+            self._fail(FailureKind.CRASH, f"the worker sent a malformed result for {sent.what}: {error}")
 
     def output(self) -> tuple[CapturedOutput, CapturedOutput]:
         """What the worker wrote to stdout and stderr so far (bounded)."""
@@ -488,6 +518,15 @@ def _start(start_method: str, arguments: list[str], environment: dict[str, str],
             env=environment)
     except OSError as error:
         raise SandboxFailure(Failure(FailureKind.INFRA_ERROR, f"could not start a worker process: {error}")) from None
+
+
+@dataclass(frozen=True)
+class _SentCall:
+    index: int  # 1 for the worker's first call
+    what: str  # the call, as a failure names it
+    timeout: float
+    deadline: float  # time.monotonic()
+    started_ns: int  # time.perf_counter_ns() before the input was sent
 
 
 def _widen_pipe(fd: int) -> None:
