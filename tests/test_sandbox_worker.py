@@ -596,6 +596,24 @@ def test_a_candidate_that_kills_or_stops_the_zygote_costs_later_candidates_nothi
     np.testing.assert_array_equal(result.outputs[0], seed_plan(weight_for(SMALL), SMALL)[0])
 
 
+def test_a_candidate_that_stops_the_zygotes_forks_costs_a_worker_starting_beside_it_nothing():
+    with WorkerPool(LIMITS, device="cpu", spares=0) as own_pool:
+        with own_pool.launch(HOSTILE / "stops_the_zygotes_forks.py") as hostile:
+            caller = threading.Thread(target=hostile.call, args=(weight_for(SMALL), SMALL.rebalance_args()))
+            caller.start()
+            time.sleep(0.5)  # until it watches
+            with own_pool.launch(SEED) as worker:  # its fork is stopped: it is spawned instead
+                result = worker.call(weight_for(SMALL), SMALL.rebalance_args())
+            caller.join()
+            stopped = [int(pid) for pid in hostile.output()[0].text().split()]
+    assert stopped
+    np.testing.assert_array_equal(result.outputs[0], seed_plan(weight_for(SMALL), SMALL)[0])
+    deadline = time.monotonic() + 30
+    while any(map(running, stopped)):  # the zygote kills what it forked and was stopped; nothing stays behind
+        assert time.monotonic() < deadline, "a stopped fork outlived the start"
+        time.sleep(0.1)
+
+
 def test_forked_workers_draw_different_random_numbers(pool, tmp_path):
     program = tmp_path / "draws.py"
     program.write_text("import random, numpy\n"

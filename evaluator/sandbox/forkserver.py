@@ -22,7 +22,6 @@ import time
 from collections.abc import Mapping, Sequence
 
 from evaluator.sandbox import proctree, zygote
-from evaluator.sandbox.failures import Failure, FailureKind, SandboxFailure
 
 _WAIT_STEP_S = (0.0005, 0.02)  # a waiting `ForkedProcess.wait` polls this often, first and at most
 _KILL_WAIT_S = 5.0
@@ -32,7 +31,12 @@ _STOPPED_CHECK_S = 0.2  # how often a wait for the zygote checks that it has not
 
 
 class ZygoteUnavailable(Exception):
-    """The zygote could not be started, or stopped answering."""
+    """No worker came from the zygote. `sent`: the request had been sent, so a worker may have been forked all
+    the same, holding the descriptors it was sent."""
+
+    def __init__(self, message: str, sent: bool = False) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 class ForkedProcess:
@@ -85,10 +89,9 @@ class ForkServer:
         """A fresh worker running `python -m evaluator.sandbox.worker ARGUMENTS` in `cwd` with exactly
         `environment`, and the descriptors named in `zygote.DESCRIPTORS` (the caller closes its copies).
 
-        Raises `ZygoteUnavailable` when no request could be sent (no zygote could be started, or it is stopped
-        or gone): nothing holds the descriptors then, and the caller may start the worker another way. Raises
-        `SandboxFailure` (infra_error) when a request was sent but no worker came back: the caller must close
-        its descriptors, so that a worker forked all the same finds its channel closed and leaves.
+        Raises `ZygoteUnavailable` when no worker came back: its `sent` says whether the request had been sent.
+        If it had, a worker may have been forked all the same: the caller closes those descriptors, so that it
+        finds its channel closed and leaves, and uses others.
         """
         deadline = time.monotonic() + timeout_s
         request = json.dumps({"arguments": list(arguments), "environment": dict(environment), "cwd": cwd,
@@ -106,12 +109,11 @@ class ForkServer:
                 reply = self._receive(control, min(deadline, time.monotonic() + _FORK_REPLY_S))
             except ZygoteUnavailable as error:
                 self._stop()
-                raise SandboxFailure(Failure(FailureKind.INFRA_ERROR, f"no worker could be forked: {error}")) from None
+                raise ZygoteUnavailable(str(error), sent=True) from None
         finally:
             self._lock.release()
         if reply.get("op") != "forked" or not isinstance(reply.get("pid"), int):
-            raise SandboxFailure(Failure(FailureKind.INFRA_ERROR,
-                                         f"the zygote could not fork a worker: {reply.get('message', reply)}"))
+            raise ZygoteUnavailable(f"the zygote could not fork a worker: {reply.get('message', reply)}", sent=True)
         return ForkedProcess(reply["pid"])
 
     def close(self) -> None:

@@ -24,7 +24,7 @@ import psutil
 from numpy.typing import ArrayLike
 
 import evaluator
-from evaluator.sandbox import channel, forkserver
+from evaluator.sandbox import channel, forkserver, proctree
 from evaluator.sandbox.capture import CapturedOutput, OutputCapture
 from evaluator.sandbox.failures import Failure, FailureKind, SandboxFailure
 from evaluator.sandbox.forkserver import ForkedProcess
@@ -52,6 +52,8 @@ _STREAM_JOIN_TIMEOUT_S = 2.0
 _EXIT_GRACE_S = 1.0  # how long a worker that closed its channel gets to report an exit code
 _MESSAGE_TAIL_CHARS = 3000  # of stderr, appended to a crash's message
 _REPORTED_MESSAGE_CHARS = 20_000  # of a failure message the worker sends
+# how long, after a fork the zygote did not report, a worker forked all the same is watched for and killed
+_STRAY_WATCH_S = 20.0
 _PACKAGE_ROOT = str(Path(evaluator.__file__).resolve().parent.parent)
 
 _live_workers: weakref.WeakSet[Worker] = weakref.WeakSet()
@@ -155,31 +157,19 @@ class Worker:
         self._reaped = False
         self._gone = threading.Event()  # every process collected, our resources released
         self._stop_watching = threading.Event()
-        marker = secrets.token_hex(16)
-        self._workdir = tempfile.mkdtemp(prefix="eplb-worker-")
-        command_read, command_write = os.pipe()
-        result_read, result_write = os.pipe()
-        stdout_read, stdout_write = os.pipe()
-        stderr_read, stderr_write = os.pipe()
-        theirs = {"commands": command_read, "results": result_write, "stdout": stdout_write, "stderr": stderr_write}
-        ours = (command_write, result_read, stdout_read, stderr_read)
-        for fd in (command_write, result_write):
-            _widen_pipe(fd)
         arguments = ["--device", device, "--max-message-bytes", str(limits.max_message_bytes),
                      *(warm_up.command_line() if warm_up else [])]
+        self._workdir = tempfile.mkdtemp(prefix="eplb-worker-")
         try:
-            self._process = _start(start_method, arguments, worker_environment(marker, environment),
-                                   self._workdir, theirs, limits.start_timeout_s)
+            self._process, pipes, marker = _start(start_method, arguments, environment, self._workdir,
+                                                  limits.start_timeout_s)
         except BaseException:
-            for fd in (*theirs.values(), *ours):
-                os.close(fd)
             shutil.rmtree(self._workdir, ignore_errors=True)
             raise
-        for fd in theirs.values():  # only the worker may hold its ends
-            os.close(fd)
-        self._command_fd, self._result_fd = command_write, result_read
-        self._writer = channel.FrameWriter(command_write)
-        self._reader = channel.FrameReader(result_read, limits.max_message_bytes)
+        pipes.close_theirs()  # only the worker may hold its ends
+        self._command_fd, self._result_fd, stdout_read, stderr_read = pipes.ours
+        self._writer = channel.FrameWriter(self._command_fd)
+        self._reader = channel.FrameReader(self._result_fd, limits.max_message_bytes)
         self._stdout = OutputCapture(open(stdout_read, "rb", buffering=0), limits.output_bytes, "stdout")
         self._stderr = OutputCapture(open(stderr_read, "rb", buffering=0), limits.output_bytes, "stderr")
         self._tree = ProcessTree(self._process.pid, f"{MARKER_VARIABLE}={marker}".encode())
@@ -500,15 +490,60 @@ class Worker:
         _live_workers.discard(self)
 
 
-def _start(start_method: str, arguments: list[str], environment: dict[str, str], cwd: str,
-           descriptors: dict[str, int], timeout_s: float) -> subprocess.Popen[bytes] | ForkedProcess:
-    """A new worker process, spawned or forked from the zygote; raises `SandboxFailure` (infra_error)."""
-    if start_method == "forkserver":
-        server = forkserver.for_environment(environment, ignored=(MARKER_VARIABLE,))
+class _Pipes:
+    """A worker's four pipes: its channel (commands in, results out), its stdout and its stderr."""
+
+    def __init__(self) -> None:
+        self._fds: list[int] = []
         try:
-            return server.fork(arguments, environment, cwd, descriptors, timeout_s)
-        except forkserver.ZygoteUnavailable:
-            pass  # none to be had now (the next start tries again): this worker is spawned
+            for _ in range(4):
+                self._fds.extend(os.pipe())
+        except BaseException:
+            self.close()
+            raise
+        command_read, command_write, result_read, result_write, stdout_read, stdout_write, stderr_read, \
+            stderr_write = self._fds
+        self.theirs = {"commands": command_read, "results": result_write, "stdout": stdout_write,
+                       "stderr": stderr_write}
+        self.ours = (command_write, result_read, stdout_read, stderr_read)
+        for fd in (command_write, result_write):
+            _widen_pipe(fd)
+
+    def close_theirs(self) -> None:
+        for fd in self.theirs.values():
+            os.close(fd)
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+
+
+def _start(start_method: str, arguments: list[str], extra_environment: Mapping[str, str] | None, cwd: str,
+           timeout_s: float) -> tuple[subprocess.Popen[bytes] | ForkedProcess, _Pipes, str]:
+    """A new worker process, forked from the zygote or spawned, its pipes and its marker; raises
+    `SandboxFailure` (infra_error). A start the zygote cannot serve spawns its worker instead."""
+    marker = secrets.token_hex(16)
+    pipes = _Pipes()
+    try:
+        if start_method == "forkserver":
+            environment = worker_environment(marker, extra_environment)
+            server = forkserver.for_environment(environment, ignored=(MARKER_VARIABLE,))
+            try:
+                return server.fork(arguments, environment, cwd, pipes.theirs, timeout_s), pipes, marker
+            except forkserver.ZygoteUnavailable as error:
+                if error.sent:  # a worker forked all the same holds these: it finds them closed and leaves
+                    pipes.close()
+                    pipes = _Pipes()
+                    proctree.kill_strays_later(f"{MARKER_VARIABLE}={marker}".encode(), _STRAY_WATCH_S)
+                    marker = secrets.token_hex(16)
+        return _spawn(arguments, worker_environment(marker, extra_environment), cwd, pipes.theirs), pipes, marker
+    except BaseException:
+        pipes.close()
+        raise
+
+
+def _spawn(arguments: list[str], environment: dict[str, str], cwd: str,
+           descriptors: dict[str, int]) -> subprocess.Popen[bytes]:
     try:
         return subprocess.Popen(
             [sys.executable, "-m", "evaluator.sandbox.worker", *arguments,

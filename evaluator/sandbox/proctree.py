@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 _FREEZE_ROUNDS = 100
 _STOP_WAIT_S = 0.5  # how long a round waits for SIGSTOP to take effect (a process in the kernel may lag)
 _STOPPED_STATES = ("T", "t", "Z", "X")
+_STRAY_POLL_S = 0.01
 
 
 def become_subreaper() -> bool:
@@ -104,9 +107,9 @@ def proportional_bytes(pids: Iterable[int]) -> int:
 
 
 def is_stopped(pid: int) -> bool:
-    """Whether `pid` is stopped (SIGSTOP, or traced)."""
+    """Whether `pid` is stopped by a signal (not by a tracer: a debugger's stops are no fault)."""
     stat = _stat(pid)
-    return stat is not None and stat[0] in ("T", "t")
+    return stat is not None and stat[0] == "T"
 
 
 def _group(pid: int) -> int | None:
@@ -135,6 +138,25 @@ def reap_group_children(group: int, deadline: float) -> None:
         if time.monotonic() >= deadline:
             return
         time.sleep(0.002)
+
+
+def kill_strays_later(entry: bytes, watch_s: float) -> None:
+    """For `watch_s` seconds, on a background thread, kill and collect every child of this process started with
+    `entry` in its environment: a worker the zygote forked for a start that had already given up on it."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + watch_s
+        while time.monotonic() < deadline:
+            for pid in children(os.getpid()):
+                if has_environment_entry(pid, entry):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                        os.waitpid(pid, 0)
+                    except OSError:
+                        pass
+            time.sleep(_STRAY_POLL_S)
+
+    threading.Thread(target=watch, name="sandbox-stray-watch", daemon=True).start()
 
 
 def has_environment_entry(pid: int, entry: bytes) -> bool:
