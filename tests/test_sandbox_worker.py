@@ -346,12 +346,15 @@ def test_a_fake_result_on_stdout_is_only_output(pool):
     assert '"op": "result"' in stdout.text() and "EPLB" in stderr.text()
 
 
-def test_an_orphaned_grandchild_in_a_new_session_is_gone_after_the_worker_dies(pool, tmp_path):
-    failure, worker = run(pool, copy_hostile("orphan_new_session.py", tmp_path))
+# a grandchild in a new session (exec'd, with the worker's environment), or a child forked without an exec (in
+# the worker's own memory, its environment block included)
+@pytest.mark.parametrize("program", ["orphan_new_session.py", "forked_orphan.py"])
+def test_an_orphan_is_gone_after_the_worker_dies(pool, tmp_path, program):
+    failure, worker = run(pool, copy_hostile(program, tmp_path))
     assert failure.kind is FailureKind.CRASH and failure.exit_code == 0
-    grandchild = pid_from(tmp_path / "pid")
-    assert grandchild != worker.pid
-    assert not psutil.pid_exists(grandchild)
+    orphan = pid_from(tmp_path / "pid")
+    assert orphan != worker.pid
+    assert not psutil.pid_exists(orphan)
 
 
 def test_a_double_fork_daemon_is_gone_after_the_worker_closes(pool, tmp_path):
@@ -571,14 +574,6 @@ def test_a_forked_workers_environment_is_its_own_in_proc_too(tmp_path):
                 started_with = dict(entry.decode().split("=", 1) for entry in file.read().split(b"\0") if entry)
     assert seen["SANDBOX_TEST_POOL"] == tmp_path.name
     assert started_with == seen  # what the stray sweep and `ps` read is what the worker was given
-
-
-def test_a_forked_orphan_is_gone_after_the_worker_dies(pool, tmp_path):
-    failure, worker = run(pool, copy_hostile("forked_orphan.py", tmp_path))
-    assert failure.kind is FailureKind.CRASH and failure.exit_code == 0
-    orphan = pid_from(tmp_path / "pid")
-    assert orphan != worker.pid
-    assert not psutil.pid_exists(orphan)
 
 
 @pytest.mark.parametrize("sent", ["SIGKILL", "SIGSTOP"])

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 from evaluator.sandbox.failures import Failure, FailureKind, SandboxFailure
 from evaluator.sandbox.limits import Limits
-from evaluator.sandbox.process import DEFAULT_ENTRY_POINT, START_METHODS, WarmUp, Worker
+from evaluator.sandbox.process import DEFAULT_ENTRY_POINT, WarmUp, Worker, check_worker_options
 
 _live_pools: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
 
@@ -34,10 +34,7 @@ class WorkerPool:
                  replenish: bool = True, start_method: str = "forkserver") -> None:
         if spares < 0:
             raise ValueError(f"spares must be at least 0, got {spares}")
-        if device not in ("auto", "cuda", "cpu"):
-            raise ValueError(f"device must be 'auto', 'cuda' or 'cpu', got {device!r}")
-        if start_method not in START_METHODS:
-            raise ValueError(f"start_method must be one of {', '.join(START_METHODS)}, got {start_method!r}")
+        check_worker_options(device, start_method)
         self.limits = limits
         self.device = device
         self.spares = spares

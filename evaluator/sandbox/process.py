@@ -95,6 +95,14 @@ def _become_subreaper_once() -> bool:
         return _subreaper_set
 
 
+def check_worker_options(device: str, start_method: str) -> None:
+    """Raise `ValueError` unless `device` and `start_method` are ones a worker can be started with."""
+    if device not in ("auto", "cuda", "cpu"):
+        raise ValueError(f"device must be 'auto', 'cuda' or 'cpu', got {device!r}")
+    if start_method not in START_METHODS:
+        raise ValueError(f"start_method must be one of {', '.join(START_METHODS)}, got {start_method!r}")
+
+
 def worker_environment(marker: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The explicit, minimal environment of a worker."""
     environment = {name: value for name, value in os.environ.items()
@@ -139,10 +147,7 @@ class Worker:
     def __init__(self, limits: Limits = Limits(), device: str = "auto",
                  environment: Mapping[str, str] | None = None, warm_up: WarmUp | None = None,
                  start_method: str = "spawn") -> None:
-        if device not in ("auto", "cuda", "cpu"):
-            raise ValueError(f"device must be 'auto', 'cuda' or 'cpu', got {device!r}")
-        if start_method not in START_METHODS:
-            raise ValueError(f"start_method must be one of {', '.join(START_METHODS)}, got {start_method!r}")
+        check_worker_options(device, start_method)
         if not _become_subreaper_once():
             start_method = "spawn"  # a forked worker could not be handed over to us
         self.limits = limits

@@ -79,15 +79,21 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def _stat(pid: int) -> tuple[str, int] | None:
-    """State letter and resident bytes of `pid`, from /proc/<pid>/stat."""
+def stat_fields(pid: int) -> list[bytes] | None:
+    """The fields of /proc/<pid>/stat from field 3 (the state) on, so field n is at index n - 3; None if `pid` is
+    gone. A zombie has them too."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as file:
             raw = file.read()
     except OSError:
         return None
-    fields = raw[raw.rfind(b")") + 2:].split()  # the command name may hold spaces and parentheses
-    return fields[0].decode(), int(fields[21]) * _PAGE_BYTES
+    return raw[raw.rfind(b")") + 2:].split()  # the command name may hold spaces and parentheses
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """State letter and resident bytes of `pid`."""
+    fields = stat_fields(pid)
+    return None if fields is None else (fields[0].decode(), int(fields[21]) * _PAGE_BYTES)
 
 
 def proportional_bytes(pids: Iterable[int]) -> int:
@@ -113,12 +119,8 @@ def is_stopped(pid: int) -> bool:
 
 
 def _group(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as file:
-            raw = file.read()
-    except OSError:
-        return None
-    return int(raw[raw.rfind(b")") + 2:].split()[2])  # a zombie's too
+    fields = stat_fields(pid)
+    return None if fields is None else int(fields[2])
 
 
 def reap_group_children(group: int, deadline: float) -> None:

@@ -28,6 +28,8 @@ import traceback
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from evaluator.sandbox import proctree
+
 MAX_REQUEST_BYTES = 1 << 20
 # the descriptors a request carries, in order, and where the worker finds them
 DESCRIPTORS = ("commands", "results", "stdout", "stderr")
@@ -65,10 +67,10 @@ def _place_descriptors(received: dict[str, int]) -> None:
 
 def _environment_block() -> tuple[int, int]:
     """The addresses of the environment block this process was started with (what /proc/<pid>/environ shows)."""
-    with open("/proc/self/stat", "rb") as file:
-        raw = file.read()
-    fields = raw[raw.rfind(b")") + 2:].split()  # field 3 (the state) first; env_start and env_end are 50 and 51
-    return int(fields[47]), int(fields[48])
+    fields = proctree.stat_fields(os.getpid())
+    if fields is None:
+        raise RuntimeError("/proc/self/stat cannot be read")
+    return int(fields[50 - 3]), int(fields[51 - 3])  # env_start, env_end
 
 
 def _take_environment(environment: dict[str, str]) -> None:
