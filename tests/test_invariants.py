@@ -111,6 +111,67 @@ def test_any_consistent_plan_is_valid_and_any_changed_slot_is_not(seed: int) -> 
     assert not check_plan((broken, log2phy, logcnt), SMALL).valid
 
 
+def contract_holds(phy2log: torch.Tensor, log2phy: torch.Tensor, logcnt: torch.Tensor, problem: Problem) -> bool:
+    """The rebalancer contract's value invariants, read literally, one entry at a time."""
+    experts, replicas = problem.num_experts, problem.num_replicas
+    for layer in range(problem.num_layers):
+        placed = phy2log[layer].tolist()
+        if any(not 0 <= expert < experts for expert in placed):
+            return False
+        listed = []
+        for expert in range(experts):
+            count, row = int(logcnt[layer, expert]), log2phy[layer, expert].tolist()
+            if count < 1 or count != placed.count(expert) or count > len(row):
+                return False
+            if any(value != -1 for value in row[count:]):
+                return False
+            if any(not 0 <= slot < replicas or placed[slot] != expert for slot in row[:count]):
+                return False
+            listed += row[:count]
+        if sorted(listed) != list(range(replicas)):
+            return False
+    return True
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), edits=st.integers(0, 3), drop_an_expert=st.booleans())
+def test_the_verdict_on_a_changed_plan_is_the_contracts(seed: int, edits: int, drop_an_expert: bool) -> None:
+    """Values set anywhere, entries swapped or copied within a row, slots swapped, the table narrowed, an expert
+    dropped from an otherwise consistent plan: a plan is valid exactly when every invariant, read literally,
+    holds."""
+    placement = random_phy2log(SMALL, seed)
+    if drop_an_expert:
+        placement[0][placement[0] == 0] = 1
+    phy2log, log2phy, logcnt = (tensor.clone() for tensor in plan_outputs(
+        placement, SMALL.num_experts, SMALL.max_replicas_per_expert))
+    generator = torch.Generator().manual_seed(seed)
+
+    def pick(size: int) -> int:
+        return int(torch.randint(size, (1,), generator=generator))
+
+    layers, experts, width = log2phy.shape
+    for _ in range(edits):
+        layer, kind = pick(layers), pick(7)
+        if kind == 0:
+            phy2log[layer, pick(SMALL.num_replicas)] = pick(experts + 4) - 2
+        elif kind == 1:
+            logcnt[layer, pick(experts)] = pick(5) - 1
+        elif kind == 2:
+            log2phy[layer, pick(experts), pick(log2phy.shape[2])] = pick(SMALL.num_replicas + 4) - 2
+        elif kind == 3:  # within one expert's row: valid between listed entries, invalid with padding
+            expert, first, second = pick(experts), pick(log2phy.shape[2]), pick(log2phy.shape[2])
+            log2phy[layer, expert, [first, second]] = log2phy[layer, expert, [second, first]]
+        elif kind == 4:  # two slots' experts swapped in phy2log alone
+            first, second = pick(SMALL.num_replicas), pick(SMALL.num_replicas)
+            phy2log[layer, [first, second]] = phy2log[layer, [second, first]]
+        elif kind == 5:  # one entry copied over another of the same row: a slot listed twice, or padding moved
+            expert, first, second = pick(experts), pick(log2phy.shape[2]), pick(log2phy.shape[2])
+            log2phy[layer, expert, first] = log2phy[layer, expert, second]
+        else:
+            log2phy = log2phy[:, :, :1 + pick(log2phy.shape[2])].contiguous()
+    assert check_plan((phy2log, log2phy, logcnt), SMALL).valid == contract_holds(phy2log, log2phy, logcnt, SMALL)
+
+
 def test_list_and_namedtuple_containers_are_accepted(plan: tuple[torch.Tensor, ...]) -> None:
     Outputs = collections.namedtuple("Outputs", "phy2log log2phy logcnt")
     assert check_plan(list(plan), SMALL).valid

@@ -166,8 +166,7 @@ class Evaluator:
         problem = self.settings.problem
         windows = sorted(run.scored)
         plans = [run.scored[i] for i in windows]
-        reference = seed_plans(self.trace.windows, problem).on_window
-        report = balancedness_scores(plans, self._loads, problem, reference_plans=list(reference[1:]))
+        report = balancedness_scores(plans, self._loads, problem)
         stale = self._staleness(run, report.per_window)
         if stale is not None:
             return Result("invalid_output", stale.message, [asdict(stale)], workload=self._workload(),
@@ -184,8 +183,8 @@ class Evaluator:
             time_ms=timing.time_ms,
             seed_time_ms=seed.time_ms,
             slot_balancedness=report.slot_balancedness_score,
-            reference_balancedness=report.reference_score,
-            seed_balancedness=self._seed_balancedness,
+            reference_balancedness=self._seed_scores[1],
+            seed_balancedness=self._seed_scores[0],
             gpus_with_duplicate_expert=run.duplicate_gpus,
             timing={**timing.to_json(), "seed": asdict(seed), "variant_calls": len(run.variants),
                     "skipped_variant_calls": run.skipped_variants},
@@ -196,11 +195,13 @@ class Evaluator:
         )
 
     @functools.cached_property
-    def _seed_balancedness(self) -> float:
-        """The seed's balancedness_score, planning as a candidate does (on the past window); the same for every
-        candidate, so computed once."""
+    def _seed_scores(self) -> tuple[float, float]:
+        """The seed's balancedness_score planning as a candidate does (on the past window), and the reference:
+        the seed planning on the very window its plan is scored on. The same for every candidate, so computed once."""
         plans = seed_plans(self.trace.windows, self.settings.problem).on_window
-        return balancedness_scores(list(plans[:-1]), self._loads, self.settings.problem).balancedness_score
+        past, future = (balancedness_scores(list(chosen), self._loads, self.settings.problem).balancedness_score
+                        for chosen in (plans[:-1], plans[1:]))
+        return past, future
 
     def _staleness(self, run: Run, scored_per_window: tuple[float, ...]) -> Violation | None:
         """A violation when plans made on variants score clearly worse than plans made on the windows."""

@@ -80,17 +80,14 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _narrowest_integer(tensor: Any, torch: Any) -> Any:
-    """The narrowest integer dtype holding every value of an int64 tensor (plans are small ids and counts):
-    a quarter of the bytes to copy off the device and through the channel. Other dtypes cross as they are."""
-    if tensor.dtype != torch.int64 or tensor.numel() == 0:
-        return tensor.dtype
-    low, high = tensor.aminmax()
+def _narrowest_integer(low: int, high: int, torch: Any) -> Any:
+    """The narrowest integer dtype holding every value in [low, high] (plans are small ids and counts): a quarter
+    of the bytes of int64 to copy off the device and through the channel."""
     for narrow in (torch.int16, torch.int32):
         info = torch.iinfo(narrow)
-        if info.min <= low.item() and high.item() <= info.max:
+        if info.min <= low and high <= info.max:
             return narrow
-    return tensor.dtype
+    return torch.int64
 
 
 def _watch_parent(parent: int) -> None:
@@ -272,14 +269,19 @@ class Server:
         items = list(returned) if is_sequence else [returned]
         if len(items) > MAX_OUTPUTS:
             return [], [], length
-        entries: list[dict[str, Any]] = []
+        entries = [self._entry(item) for item in items]
+        tensors = [item for entry, item in zip(entries, items) if "device" in entry]
         arrays: list[np.ndarray] = []
-        for item in items:
-            entry, array = self._output(item)
-            if array is not None:
-                entry["array"] = len(arrays)
-                arrays.append(array)
-            entries.append(entry)
+        crossing = [entry for entry in entries if "device" in entry]
+        for entry, tensor, copy in zip(crossing, tensors, self._to_host(tensors)):
+            if isinstance(copy, str):
+                entry.clear()
+                entry["unsupported"] = {"type": "torch.Tensor", "detail": copy}
+                continue
+            if copy.dtype != tensor.dtype:
+                entry["dtype"] = str(tensor.dtype).removeprefix("torch.")  # the evaluator widens it back
+            entry["array"] = len(arrays)
+            arrays.append(copy.numpy())
         size = sum(array.nbytes for array in arrays)
         if size > self.max_message_bytes - channel.MAX_HEADER_BYTES:
             too_large = {"unsupported": {"type": "torch.Tensor",
@@ -287,26 +289,47 @@ class Server:
             return [too_large if "array" in entry else entry for entry in entries], [], length
         return entries, arrays, length
 
-    def _output(self, value: Any) -> tuple[dict[str, Any], np.ndarray | None]:
+    def _entry(self, value: Any) -> dict[str, Any]:
+        """How an output crosses: `device` for a tensor that can (and `dtype` once it is sent narrower), else
+        `unsupported` with what it is."""
         runtime = self.runtime
         if type(value) is not runtime.tensor_type:
-            return {"unsupported": {"type": _type_name(value), "detail": self._detail(value)}}, None
-        shape = tuple(value.shape)
-        dtype = str(value.dtype).removeprefix("torch.")
-        if value.layout != runtime.strided or dtype not in channel.WIRE_DTYPES:
+            return {"unsupported": {"type": _type_name(value), "detail": self._detail(value)}}
+        if value.layout != runtime.strided or str(value.dtype).removeprefix("torch.") not in channel.WIRE_DTYPES:
             return {"unsupported": {"type": "torch.Tensor",
-                                    "detail": f"dtype {value.dtype}, layout {value.layout}, shape {shape}"}}, None
-        try:
-            tensor = value.detach().resolve_conj().resolve_neg()
-            packed = _narrowest_integer(tensor, runtime.torch)
-            array = tensor.to(dtype=packed).to("cpu").contiguous().numpy()
-        except (RuntimeError, NotImplementedError, TypeError) as error:
-            return {"unsupported": {"type": "torch.Tensor",
-                                    "detail": f"dtype {value.dtype}, shape {shape}, unreadable: {error}"}}, None
-        entry = {"device": str(value.device)}
-        if packed != value.dtype:
-            entry["dtype"] = dtype  # crossed narrower; the evaluator widens it back
-        return entry, array
+                                    "detail": f"dtype {value.dtype}, layout {value.layout}, shape {tuple(value.shape)}"}}
+        return {"device": str(value.device)}
+
+    def _to_host(self, tensors: list[Any]) -> list[Any]:
+        """Each tensor as a host tensor, int64 narrowed (`_narrowest_integer`), or why it cannot be read. The copies
+        are queued together and waited for once, as are the int64 tensors' bounds before them: two waits for the
+        device in all, not three per tensor."""
+        torch, synchronize = self.runtime.torch, self.runtime.synchronize
+
+        def unreadable(tensor: Any, error: BaseException) -> str:
+            return f"dtype {tensor.dtype}, shape {tuple(tensor.shape)}, unreadable: {error}"
+
+        bounds: list[Any] = []
+        for tensor in tensors:
+            try:
+                wide = tensor.dtype == torch.int64 and tensor.numel() > 0
+                bounds.append(torch.stack(tensor.aminmax()).to("cpu", non_blocking=True) if wide else None)
+            except (RuntimeError, NotImplementedError, TypeError) as error:
+                bounds.append(unreadable(tensor, error))
+        synchronize()
+        copies: list[Any] = []
+        for tensor, bound in zip(tensors, bounds):
+            if isinstance(bound, str):
+                copies.append(bound)
+                continue
+            try:
+                dtype = tensor.dtype if bound is None else _narrowest_integer(*bound.tolist(), torch)
+                copies.append(tensor.detach().resolve_conj().resolve_neg().to(dtype=dtype).contiguous()
+                              .to("cpu", non_blocking=True))
+            except (RuntimeError, NotImplementedError, TypeError) as error:
+                copies.append(unreadable(tensor, error))
+        synchronize()
+        return copies
 
     def _detail(self, value: Any) -> str:
         if type(value) in (list, tuple, dict, set, str, bytes):
