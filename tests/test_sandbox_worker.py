@@ -397,6 +397,12 @@ def test_garbage_written_into_the_channel_is_a_crash(pool):
     assert "malformed message" in failure.message
 
 
+def test_a_forged_result_claiming_padding_beyond_any_message_is_a_crash(pool):
+    failure, _ = run(pool, HOSTILE / "forged_padding.py")
+    assert failure.kind is FailureKind.CRASH
+    assert "malformed result" in failure.message and "more than a message holds" in failure.message
+
+
 def test_closing_the_channel_is_a_crash(pool):
     failure, _ = run(pool, HOSTILE / "channel_close.py")
     assert failure.kind is FailureKind.CRASH
@@ -660,6 +666,28 @@ def test_a_forked_worker_sees_the_thread_count_its_environment_sets_at_import(tm
         with own_pool.launch(program) as worker:
             threads = int(worker.output()[0].text())
     assert threads == 1  # read when torch is imported: in a zygote of that environment, not of another
+
+
+def test_outputs_packed_for_the_channel_arrive_as_they_were_returned(pool, tmp_path):
+    program = tmp_path / "packable.py"
+    program.write_text(textwrap.dedent("""
+        import torch
+        def rebalance_experts(weight, *args):
+            padded = torch.full((3, 4, 9), -1)
+            padded[:, :, :2] = torch.arange(24).view(3, 4, 2)
+            wide = torch.tensor([[-1, 2**40], [7, -1]])
+            return (padded, wide, torch.full((2, 5), -1), torch.tensor(-1), torch.arange(6).view(2, 3) - 3,
+                    torch.full((2, 3), -1, dtype=torch.int32), torch.zeros(2, 0, dtype=torch.int64))
+        """))
+    result, _ = run(pool, program)
+    padded = np.full((3, 4, 9), -1)
+    padded[:, :, :2] = np.arange(24).reshape(3, 4, 2)
+    expected = [padded, np.array([[-1, 2**40], [7, -1]]), np.full((2, 5), -1), np.array(-1),
+                np.arange(6).reshape(2, 3) - 3, np.full((2, 3), -1, dtype=np.int32), np.zeros((2, 0), dtype=np.int64)]
+    assert len(result.outputs) == len(expected)
+    for received, wanted in zip(result.outputs, expected):
+        assert received.dtype == wanted.dtype and received.shape == wanted.shape
+        np.testing.assert_array_equal(received, wanted)
 
 
 # ---- several calls in a row -----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from evaluator.eplb.plan import Plan
 from evaluator.eplb.problem import Problem
 from evaluator.eplb.scoring import (
     balancedness_scores,
+    combined_reports,
     combined_score,
     gpu_balancedness,
     slot_balancedness,
@@ -144,6 +145,22 @@ def test_vectorised_matches_a_loop_on_random_plans(seed: int) -> None:
         assert gpu[n] == pytest.approx(loop_balancedness(plan, windows[n], RANDOM, per_gpu=True), rel=1e-12)
         assert slot[n] == pytest.approx(loop_balancedness(plan, windows[n], RANDOM, per_gpu=False), rel=1e-12)
         assert 0 < slot[n] <= gpu[n] <= 1  # a GPU's max is at most S times its slots' max
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), plans=st.integers(1, 6))
+def test_plans_scored_one_window_at_a_time_combine_to_the_same_numbers(seed: int, plans: int) -> None:
+    made = [make_plan(random_phy2log(RANDOM, seed + n).tolist(), RANDOM) for n in range(plans)]
+    windows = torch.stack([lognormal_weight(RANDOM, seed + 10 + n) for n in range(plans + 1)])
+    whole = balancedness_scores(made, windows, RANDOM)
+    one_by_one = combined_reports([balancedness_scores([plan], windows[n:n + 2], RANDOM)
+                                   for n, plan in enumerate(made)])
+    assert one_by_one == whole  # bit for bit: a candidate's score does not depend on how it was computed
+
+
+def test_combining_no_reports_is_refused() -> None:
+    with pytest.raises(ValueError, match="no reports"):
+        combined_reports([])
 
 
 def test_seed_plans_and_reference() -> None:

@@ -114,6 +114,16 @@ def balancedness_scores(
     )
 
 
+def combined_reports(reports: Sequence[BalancednessReport]) -> BalancednessReport:
+    """One report from reports on consecutive stretches of the trace (plans scored as they arrive, one window
+    each): the same numbers `balancedness_scores` gives for all the plans at once. References are dropped."""
+    if not reports:
+        raise ValueError("no reports to combine")
+    gpu = tuple(score for report in reports for score in report.per_window)
+    slot = tuple(score for report in reports for score in report.slot_per_window)
+    return BalancednessReport(_mean(gpu), _mean(slot), gpu, slot)
+
+
 def timing_summary(samples_ms: Sequence[float]) -> TimingSummary:
     """Summarise per-call times; raises ValueError on no samples or any sample not a positive finite number."""
     values = np.array([_positive_finite(sample, f"samples_ms[{i}]") for i, sample in enumerate(samples_ms)])

@@ -26,7 +26,14 @@ from evaluator import __version__
 from evaluator.eplb.invariants import Violation
 from evaluator.eplb.plan import Plan
 from evaluator.eplb.problem import Problem
-from evaluator.eplb.scoring import balancedness_scores, combined_score, gpu_balancedness, speed_score, speedup
+from evaluator.eplb.scoring import (
+    BalancednessReport,
+    balancedness_scores,
+    combined_reports,
+    combined_score,
+    speed_score,
+    speedup,
+)
 from evaluator.eplb.trace import Trace, check_matches
 from evaluator.evaluation.lanes import Lanes
 from evaluator.evaluation.reference import seed_patch_warm_up, seed_plans
@@ -125,9 +132,8 @@ class Evaluator:
         return Result(failed.status, failed.error, [asdict(v) for v in failed.violations], workload=self._workload(),
                       stdout=failed.stdout, stderr=failed.stderr)
 
-    def _score_on_next_window(self, plan: Plan, window: int) -> float:
-        loads = self._loads[window + 1][None]
-        return float(gpu_balancedness(plan.phy2log[None], plan.logcnt[None], loads, self.settings.problem)[0])
+    def _score_on_next_window(self, plan: Plan, window: int) -> BalancednessReport:
+        return balancedness_scores([plan], self._loads[window:window + 2], self.settings.problem)
 
     def _seed_timing(self, info: WorkerInfo, lane_name: str, give_up_at: float | None) -> SeedTiming:
         """The seed timed on this device with this software: from the cache, else measured now on the lane the
@@ -163,10 +169,7 @@ class Evaluator:
         return None if self._retime_seed else self._seed_timings.get(key)
 
     def _score(self, run: Run, seed: SeedTiming) -> Result:
-        problem = self.settings.problem
-        windows = sorted(run.scored)
-        plans = [run.scored[i] for i in windows]
-        report = balancedness_scores(plans, self._loads, problem)
+        report = combined_reports([run.scored[window] for window in sorted(run.scored)])
         stale = self._staleness(run, report.per_window)
         if stale is not None:
             return Result("invalid_output", stale.message, [asdict(stale)], workload=self._workload(),

@@ -22,6 +22,7 @@ import numpy as np
 
 from evaluator.eplb.invariants import PlanCheck, Violation
 from evaluator.eplb.plan import Plan
+from evaluator.eplb.scoring import BalancednessReport
 from evaluator.evaluation.lanes import Holding, Lane, Lanes
 from evaluator.evaluation.outputs import check_call
 from evaluator.evaluation.schedule import Call, build_schedule, warmup_call
@@ -51,7 +52,7 @@ class Run:
     """A program that went through the whole schedule with every output valid."""
 
     info: WorkerInfo
-    scored: dict[int, Plan]  # window -> the plan made on it
+    scored: dict[int, BalancednessReport]  # window -> how the plan made on it balances the next window
     variants: list[tuple[int, float]]  # (window it varies, GPU balancedness on the next window of its plan)
     timed: list[CallResult]
     skipped_variants: int
@@ -96,16 +97,17 @@ class _Processes:
 class Runner:
     """Runs candidates on `lanes` as `settings` say, on `inputs` (the trace's windows). Thread-safe.
 
-    `score_variant(plan, window)` is how a plan made on a variant of `window` balances the next window; the
-    run records it, so that scoring can tell a plan that follows its input from a stale one.
+    `score_on_next_window(plan, window)` is how a plan made on `window` (or on a variant of it) balances the next
+    window. The run records it for every plan as it is validated, beside the calls that follow: for the
+    windows' own plans the scores, for the variants' what tells a plan that follows its input from a stale one.
     """
 
     def __init__(self, settings: Settings, lanes: Lanes, inputs: np.ndarray,
-                 score_variant: Callable[[Plan, int], float]) -> None:
+                 score_on_next_window: Callable[[Plan, int], BalancednessReport]) -> None:
         self.settings = settings
         self.lanes = lanes
         self.inputs = inputs
-        self.score_variant = score_variant
+        self.score_on_next_window = score_on_next_window
 
     def check(self, program: Path, give_up_at: float | None = None) -> tuple[WorkerInfo, str, str]:
         """Import `program` and validate its plan for the first window: its worker's info, stdout and stderr
@@ -227,7 +229,7 @@ class _Calls:
         self._runner, self._worker, self._validator, self._deadline = runner, worker, validator, deadline
         self._schedule, self._rechecked = schedule, rechecked
         self._pending: deque[_Pending] = deque()
-        self.scored: dict[int, Plan] = {}  # window -> the plan made on it
+        self.scored: dict[int, BalancednessReport] = {}  # window -> how the plan made on it balances the next
         self.variants: list[tuple[int, float]] = []
         self.timed: list[CallResult] = []  # times only: outputs are megabytes each
         self.kept: dict[int, CallResult] = {}  # the calls to recheck, by schedule position
@@ -283,11 +285,12 @@ class _Calls:
             if pending.position is None:
                 continue
             call = self._schedule[pending.position]
+            report = self._runner.score_on_next_window(check.plan, call.window)
             if call.scored:
-                self.scored[call.window] = check.plan
+                self.scored[call.window] = report
                 self.duplicates.append(check.gpus_with_duplicate_expert or 0)
             else:
-                self.variants.append((call.window, self._runner.score_variant(check.plan, call.window)))
+                self.variants.append((call.window, report.balancedness_score))
 
     def _calls(self, weights: Iterable[np.ndarray]) -> Iterator[CallResult]:
         """The worker's results on `weights`; when it fails, an earlier invalid output is the failure raised."""

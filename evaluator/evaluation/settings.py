@@ -15,10 +15,11 @@ class Settings:
     problem: Problem = field(default_factory=Problem)
     timeout_s: float = 120.0  # one candidate, import and every call included
     variants_per_window: int = 1  # timed-only calls per planned window
-    # Warm-up lasts at least this many calls and this much candidate time (GPU clocks take a while to rise
-    # after the device idled), and at most `max_warmup_calls` calls.
+    # Warm-up lasts at least this many calls (a program's own first-call costs: caches, lazy set-up) and this
+    # much candidate time (the device's clocks, if it idled), and at most `max_warmup_calls` calls. On an H100
+    # idle for 3 s the clocks stayed up and a GPU-bound program kept its pace from its first call or second.
     warmup_calls: int = 2
-    warmup_s: float = 0.2
+    warmup_s: float = 0.1
     max_warmup_calls: int = 100
     timing_budget_s: float = 3.0  # candidate time after which the remaining variant calls are skipped
     # Plans made on variants of a window must score (on the next window) within this of the plan made on the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import fcntl
+import math
 import os
 import secrets
 import shutil
@@ -301,7 +302,7 @@ class Worker:
         if message.header.get("op") != "result":
             self._fail_reported(message.header, (FailureKind.EXCEPTION, FailureKind.MEMORY_LIMIT), sent.what)
         try:
-            return _call_result(message, sent.index, wall_ns)
+            return _call_result(message, sent.index, wall_ns, self.limits.max_message_bytes)
         except channel.ProtocolError as error:
             self._fail(FailureKind.CRASH, f"the worker sent a malformed result for {sent.what}: {error}")
 
@@ -592,7 +593,27 @@ def _field(header: dict[str, Any], name: str, kinds: type | tuple[type, ...]) ->
     return value
 
 
-def _call_result(message: channel.Message, call_index: int, wall_ns: int) -> CallResult:
+def _unpacked(entry: dict[str, Any], array: np.ndarray, position: int, max_bytes: int) -> np.ndarray:
+    """An output as the candidate returned it, from what the worker sent: widened back to int64 if `dtype` says it
+    was, and padded back with -1 to `columns` columns if the worker left trailing columns of -1 behind. Only
+    those integer restorations are accepted, and none to more bytes (at the width sent) than a message holds."""
+    wide = np.dtype(np.int64) if "dtype" in entry else array.dtype
+    if "dtype" in entry and (_field(entry, "dtype", str) != "int64" or array.dtype.kind != "i"):
+        raise channel.ProtocolError(f"output {position} claims dtype {entry['dtype']!r} for a {array.dtype} array")
+    if "columns" not in entry:
+        return array.astype(wide, copy=False)
+    columns = _field(entry, "columns", int)
+    if array.dtype.kind != "i" or array.ndim == 0 or not array.shape[-1] < columns:
+        raise channel.ProtocolError(f"output {position} claims {columns!r} columns for a {array.dtype} array of "
+                                    f"shape {array.shape}")
+    if math.prod(array.shape[:-1]) * columns * array.itemsize > max_bytes:
+        raise channel.ProtocolError(f"output {position} claims {columns} columns, more than a message holds")
+    padded = np.full((*array.shape[:-1], columns), -1, dtype=wide)
+    padded[..., :array.shape[-1]] = array
+    return padded
+
+
+def _call_result(message: channel.Message, call_index: int, wall_ns: int, max_bytes: int) -> CallResult:
     header = message.header
     entries = _field(header, "outputs", list)
     outputs: list[Output] = []
@@ -604,13 +625,7 @@ def _call_result(message: channel.Message, call_index: int, wall_ns: int) -> Cal
             index = _field(entry, "array", int)
             if not 0 <= index < len(message.arrays):
                 raise channel.ProtocolError(f"output {position} names array {index} of {len(message.arrays)}")
-            array = message.arrays[index]
-            if "dtype" in entry:  # sent narrower than it was; only integer widening is accepted
-                wide = _field(entry, "dtype", str)
-                if wide != "int64" or array.dtype.kind != "i":
-                    raise channel.ProtocolError(f"output {position} claims dtype {wide!r} for a {array.dtype} array")
-                array = array.astype(np.int64)
-            outputs.append(array)
+            outputs.append(_unpacked(entry, message.arrays[index], position, max_bytes))
             devices.append(_field(entry, "device", str))
         else:
             described = _field(entry, "unsupported", dict)

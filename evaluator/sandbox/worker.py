@@ -80,14 +80,44 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _narrowest_integer(low: int, high: int, torch: Any) -> Any:
-    """The narrowest integer dtype holding every value in [low, high] (plans are small ids and counts): a quarter
-    of the bytes of int64 to copy off the device and through the channel."""
-    for narrow in (torch.int16, torch.int32):
-        info = torch.iinfo(narrow)
-        if info.min <= low and high <= info.max:
-            return narrow
-    return torch.int64
+class _Packing:
+    """How an int64 output crosses in fewer bytes, losslessly: plans are small ids and counts, padded with -1.
+    Its values go narrower (int16 or int32, a quarter or half of the bytes), and trailing columns of the last
+    dimension holding only -1 (log2phy's padding, most of it) stay behind; the evaluator restores both. Other
+    dtypes cross as they are."""
+
+    def __init__(self, dtype: Any, kept_columns: int | None) -> None:
+        self.dtype = dtype
+        self.kept_columns = kept_columns  # None: all of them
+
+    @staticmethod
+    def summarise(tensor: Any, torch: Any) -> Any:
+        """On the tensor's device, queued: its least and greatest values, then whether each column of the last
+        dimension holds anything but -1; None where there is nothing to pack."""
+        if tensor.dtype != torch.int64 or tensor.numel() == 0:
+            return None
+        columns = (tensor != -1).reshape(-1, tensor.shape[-1]).any(0) if tensor.dim() else tensor.new_ones(0)
+        return torch.cat([torch.stack(tensor.aminmax()), columns.to(torch.int64)]).to("cpu", non_blocking=True)
+
+    @classmethod
+    def read(cls, summary: Any, torch: Any) -> _Packing:
+        if summary is None:
+            return cls(None, None)
+        low, high, *columns = summary.tolist()
+        narrowest = next((narrow for narrow in (torch.int16, torch.int32)
+                          if torch.iinfo(narrow).min <= low and high <= torch.iinfo(narrow).max), torch.int64)
+        used = [index for index, holds in enumerate(columns) if holds]
+        kept = used[-1] + 1 if used else 0
+        return cls(narrowest, kept if kept < len(columns) else None)
+
+    def pack(self, tensor: Any) -> Any:
+        """The packed copy, queued to the host (pinned memory: wait for the device before reading it)."""
+        tensor = tensor.detach().resolve_conj().resolve_neg()
+        if self.kept_columns is not None:
+            tensor = tensor[..., :self.kept_columns]
+        if self.dtype is not None:
+            tensor = tensor.to(dtype=self.dtype)
+        return tensor.contiguous().to("cpu", non_blocking=True)
 
 
 def _watch_parent(parent: int) -> None:
@@ -272,6 +302,7 @@ class Server:
         entries = [self._entry(item) for item in items]
         tensors = [item for entry, item in zip(entries, items) if "device" in entry]
         arrays: list[np.ndarray] = []
+        size = 0
         crossing = [entry for entry in entries if "device" in entry]
         for entry, tensor, copy in zip(crossing, tensors, self._to_host(tensors)):
             if isinstance(copy, str):
@@ -280,9 +311,11 @@ class Server:
                 continue
             if copy.dtype != tensor.dtype:
                 entry["dtype"] = str(tensor.dtype).removeprefix("torch.")  # the evaluator widens it back
+            if copy.shape != tensor.shape:
+                entry["columns"] = tensor.shape[-1]  # and pads it back with -1
             entry["array"] = len(arrays)
             arrays.append(copy.numpy())
-        size = sum(array.nbytes for array in arrays)
+            size += tensor.numel() * copy.element_size()  # as the evaluator unpacks it, at the packed width
         if size > self.max_message_bytes - channel.MAX_HEADER_BYTES:
             too_large = {"unsupported": {"type": "torch.Tensor",
                                          "detail": f"outputs of {size} bytes together are too large to return"}}
@@ -290,8 +323,8 @@ class Server:
         return entries, arrays, length
 
     def _entry(self, value: Any) -> dict[str, Any]:
-        """How an output crosses: `device` for a tensor that can (and `dtype` once it is sent narrower), else
-        `unsupported` with what it is."""
+        """How an output crosses: `device` for a tensor that can (later `dtype` and `columns` if it is sent
+        packed), else `unsupported` with what it is."""
         runtime = self.runtime
         if type(value) is not runtime.tensor_type:
             return {"unsupported": {"type": _type_name(value), "detail": self._detail(value)}}
@@ -301,31 +334,28 @@ class Server:
         return {"device": str(value.device)}
 
     def _to_host(self, tensors: list[Any]) -> list[Any]:
-        """Each tensor as a host tensor, int64 narrowed (`_narrowest_integer`), or why it cannot be read. The copies
-        are queued together and waited for once, as are the int64 tensors' bounds before them: two waits for the
-        device in all, not three per tensor."""
+        """Each tensor as a host tensor in as few bytes as its values allow (`_Packing`), or why it cannot be
+        read. The copies are queued together and waited for once, as are the int64 tensors' summaries before
+        them: two waits for the device in all, not several per tensor."""
         torch, synchronize = self.runtime.torch, self.runtime.synchronize
 
         def unreadable(tensor: Any, error: BaseException) -> str:
             return f"dtype {tensor.dtype}, shape {tuple(tensor.shape)}, unreadable: {error}"
 
-        bounds: list[Any] = []
+        summaries: list[Any] = []
         for tensor in tensors:
             try:
-                wide = tensor.dtype == torch.int64 and tensor.numel() > 0
-                bounds.append(torch.stack(tensor.aminmax()).to("cpu", non_blocking=True) if wide else None)
+                summaries.append(_Packing.summarise(tensor, torch))
             except (RuntimeError, NotImplementedError, TypeError) as error:
-                bounds.append(unreadable(tensor, error))
+                summaries.append(unreadable(tensor, error))
         synchronize()
         copies: list[Any] = []
-        for tensor, bound in zip(tensors, bounds):
-            if isinstance(bound, str):
-                copies.append(bound)
+        for tensor, summary in zip(tensors, summaries):
+            if isinstance(summary, str):
+                copies.append(summary)
                 continue
             try:
-                dtype = tensor.dtype if bound is None else _narrowest_integer(*bound.tolist(), torch)
-                copies.append(tensor.detach().resolve_conj().resolve_neg().to(dtype=dtype).contiguous()
-                              .to("cpu", non_blocking=True))
+                copies.append(_Packing.read(summary, torch).pack(tensor))
             except (RuntimeError, NotImplementedError, TypeError) as error:
                 copies.append(unreadable(tensor, error))
         synchronize()
