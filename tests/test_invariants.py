@@ -136,9 +136,9 @@ def contract_holds(phy2log: torch.Tensor, log2phy: torch.Tensor, logcnt: torch.T
 @settings(max_examples=150, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), edits=st.integers(0, 3), drop_an_expert=st.booleans())
 def test_the_verdict_on_a_changed_plan_is_the_contracts(seed: int, edits: int, drop_an_expert: bool) -> None:
-    """Values set anywhere, entries swapped or copied within a row, slots swapped, the table narrowed, an expert
-    dropped from an otherwise consistent plan: a plan is valid exactly when every invariant, read literally,
-    holds."""
+    """Values set anywhere, entries swapped or copied within a row, a slot listed twice, slots swapped, the table
+    narrowed, an expert dropped from an otherwise consistent plan: a plan is valid exactly when every invariant,
+    read literally, holds."""
     placement = random_phy2log(SMALL, seed)
     if drop_an_expert:
         placement[0][placement[0] == 0] = 1
@@ -151,7 +151,7 @@ def test_the_verdict_on_a_changed_plan_is_the_contracts(seed: int, edits: int, d
 
     layers, experts, width = log2phy.shape
     for _ in range(edits):
-        layer, kind = pick(layers), pick(7)
+        layer, kind = pick(layers), pick(8)
         if kind == 0:
             phy2log[layer, pick(SMALL.num_replicas)] = pick(experts + 4) - 2
         elif kind == 1:
@@ -167,6 +167,11 @@ def test_the_verdict_on_a_changed_plan_is_the_contracts(seed: int, edits: int, d
         elif kind == 5:  # one entry copied over another of the same row: a slot listed twice, or padding moved
             expert, first, second = pick(experts), pick(log2phy.shape[2]), pick(log2phy.shape[2])
             log2phy[layer, expert, first] = log2phy[layer, expert, second]
+        elif kind == 6:  # an expert's second slot listed as its first again: a slot twice, another nowhere
+            replicated = (logcnt[layer] >= 2).nonzero().flatten().tolist()
+            if replicated and log2phy.shape[2] >= 2:
+                expert = replicated[pick(len(replicated))]
+                log2phy[layer, expert, 1] = log2phy[layer, expert, 0]
         else:
             log2phy = log2phy[:, :, :1 + pick(log2phy.shape[2])].contiguous()
     assert check_plan((phy2log, log2phy, logcnt), SMALL).valid == contract_holds(phy2log, log2phy, logcnt, SMALL)

@@ -76,9 +76,10 @@ def test_encode_refuses_dtypes_outside_the_whitelist():
         (frame({"arrays": [{"dtype": "int64", "shape": [True]}]}, b"x" * 8), "shape"),
         (frame({"arrays": [{"dtype": "int64", "shape": [1] * 9}]}, b"x" * 8), "shape"),
         (frame({"arrays": [{"dtype": "int64", "shape": [2]}]}, b"x" * 8), "need 16 bytes but the payload holds 8"),
+        (frame({"arrays": [{"dtype": "int64", "shape": [0, 2**62, 4]}]}), "even if empty"),
     ],
     ids=["magic", "huge-header", "huge-payload", "not-utf8", "deep-nesting", "not-object", "no-arrays",
-         "bad-dtype", "negative-size", "bool-size", "too-many-dims", "size-mismatch"],
+         "bad-dtype", "negative-size", "bool-size", "too-many-dims", "size-mismatch", "empty-but-huge"],
 )
 def test_malformed_frames_are_protocol_errors(pipe, raw, expected):
     read_fd, write_fd = pipe

@@ -397,10 +397,43 @@ def test_garbage_written_into_the_channel_is_a_crash(pool):
     assert "malformed message" in failure.message
 
 
-def test_a_forged_result_claiming_padding_beyond_any_message_is_a_crash(pool):
-    failure, _ = run(pool, HOSTILE / "forged_padding.py")
+FORGED_RESULT = """
+import json, os, stat, struct
+
+def rebalance_experts(weight, *args):
+    # a well-formed frame, into every pipe the program did not open: the result channel is one of them
+    header = json.dumps({{"op": "result", "returned_type": "tuple", "returned_length": {count}, "worker_ns": 1,
+                         "cuda_event_ns": None, "input_mutated": False, "outputs": {outputs},
+                         "arrays": [{{"dtype": "{dtype}", "shape": {shape}}}]}}).encode()
+    payload = bytes({payload_bytes})
+    frame = struct.pack(">4sIQ", b"EPLB", len(header), len(payload)) + header + payload
+    for fd in range(3, 256):
+        try:
+            if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                os.write(fd, frame)
+        except OSError:
+            pass
+    return weight
+"""
+
+
+@pytest.mark.parametrize("outputs, dtype, shape, expected", [
+    ([{"device": "cpu", "array": 0, "dtype": "int64", "columns": 2**40}], "int16", [4, 2], "more bytes than a message"),
+    ([{"device": "cpu", "array": 0, "columns": 2**63}], "int16", [0, 3], "more bytes than a message"),
+    ([{"device": "cpu", "array": 0, "dtype": "int64"}] * 2, "int16", [4, 2], "belongs to one output"),
+    ([{"unsupported": {"type": "list", "detail": ""}}] * 17, "int16", [4, 2], "over the limit of 16"),
+    ([{"device": "cpu", "array": 0, "dtype": "int64"}], "int8", [4, 2], "claims dtype 'int64' for a int8"),
+    ([{"device": "cpu", "array": 0, "columns": 2}], "int16", [4, 2], "claims 2 columns"),
+], ids=["padding-beyond-a-message", "empty-but-huge", "one-array-twice", "too-many-outputs", "widening-int8",
+        "columns-fewer-than-sent"])
+def test_a_forged_result_the_worker_never_sends_is_a_crash(pool, tmp_path, outputs, dtype, shape, expected):
+    program = tmp_path / "forges_a_result.py"
+    payload_bytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    program.write_text(FORGED_RESULT.format(count=len(outputs), outputs=repr(outputs), dtype=dtype, shape=shape,
+                                            payload_bytes=payload_bytes))
+    failure, _ = run(pool, program)
     assert failure.kind is FailureKind.CRASH
-    assert "malformed result" in failure.message and "more than a message holds" in failure.message
+    assert "malformed result" in failure.message and expected in failure.message
 
 
 def test_closing_the_channel_is_a_crash(pool):
@@ -675,15 +708,20 @@ def test_outputs_packed_for_the_channel_arrive_as_they_were_returned(pool, tmp_p
         def rebalance_experts(weight, *args):
             padded = torch.full((3, 4, 9), -1)
             padded[:, :, :2] = torch.arange(24).view(3, 4, 2)
-            wide = torch.tensor([[-1, 2**40], [7, -1]])
-            return (padded, wide, torch.full((2, 5), -1), torch.tensor(-1), torch.arange(6).view(2, 3) - 3,
-                    torch.full((2, 3), -1, dtype=torch.int32), torch.zeros(2, 0, dtype=torch.int64))
+            padded[2, 3, 4] = -2
+            bounds = torch.tensor([[-2**15, 2**15 - 1], [0, 2**15], [-2**15 - 1, 0], [-2**31, 2**31 - 1],
+                                   [0, 2**31], [-2**31 - 1, 0], [-2**63, 2**63 - 1]])  # at int16's, int32's edges
+            return (padded, *bounds.split(1), bounds.t(), torch.full((2, 5), -1),
+                    torch.tensor(-1), torch.full((2, 3), -1, dtype=torch.int32), torch.zeros(2, 0, dtype=torch.int64))
         """))
     result, _ = run(pool, program)
     padded = np.full((3, 4, 9), -1)
     padded[:, :, :2] = np.arange(24).reshape(3, 4, 2)
-    expected = [padded, np.array([[-1, 2**40], [7, -1]]), np.full((2, 5), -1), np.array(-1),
-                np.arange(6).reshape(2, 3) - 3, np.full((2, 3), -1, dtype=np.int32), np.zeros((2, 0), dtype=np.int64)]
+    padded[2, 3, 4] = -2
+    bounds = np.array([[-2**15, 2**15 - 1], [0, 2**15], [-2**15 - 1, 0], [-2**31, 2**31 - 1],
+                       [0, 2**31], [-2**31 - 1, 0], [-2**63, 2**63 - 1]])
+    expected = [padded, *np.split(bounds, 7), bounds.T, np.full((2, 5), -1), np.array(-1),
+                np.full((2, 3), -1, dtype=np.int32), np.zeros((2, 0), dtype=np.int64)]
     assert len(result.outputs) == len(expected)
     for received, wanted in zip(result.outputs, expected):
         assert received.dtype == wanted.dtype and received.shape == wanted.shape

@@ -223,9 +223,9 @@ def _storage_holds(tensor: torch.Tensor) -> bool:
 
 def _every_value_invariant_holds(phy2log: torch.Tensor, log2phy: torch.Tensor, logcnt: torch.Tensor,
                                  problem: Problem) -> bool:
-    """Whether the plan is valid, in far fewer passes than naming each violation takes (a valid plan, the usual
-    case, is through after one pass over log2phy). False only sends the plan to the checks that name the
-    violations, which decide.
+    """Whether the plan is valid, in a few passes over the columns of log2phy that can hold slots (and one over
+    the rest) rather than the many over all of it that naming each violation takes. False only sends the plan to
+    the checks that name the violations, which decide.
 
     Enough: if 1 <= logcnt <= X, log2phy lists logcnt[e] slots of expert e then -1, and every slot is listed
     once, then each slot holds an expert in range, expert e holds exactly the logcnt[e] slots it lists (so

@@ -186,8 +186,8 @@ class Evaluator:
             time_ms=timing.time_ms,
             seed_time_ms=seed.time_ms,
             slot_balancedness=report.slot_balancedness_score,
-            reference_balancedness=self._seed_scores[1],
-            seed_balancedness=self._seed_scores[0],
+            reference_balancedness=self._seed_report.reference_score,
+            seed_balancedness=self._seed_report.balancedness_score,
             gpus_with_duplicate_expert=run.duplicate_gpus,
             timing={**timing.to_json(), "seed": asdict(seed), "variant_calls": len(run.variants),
                     "skipped_variant_calls": run.skipped_variants},
@@ -198,13 +198,12 @@ class Evaluator:
         )
 
     @functools.cached_property
-    def _seed_scores(self) -> tuple[float, float]:
-        """The seed's balancedness_score planning as a candidate does (on the past window), and the reference:
-        the seed planning on the very window its plan is scored on. The same for every candidate, so computed once."""
+    def _seed_report(self) -> BalancednessReport:
+        """The seed planning as a candidate does (on the past window), with the reference: the seed planning on the
+        very window its plan is scored on. The same for every candidate, so computed once."""
         plans = seed_plans(self.trace.windows, self.settings.problem).on_window
-        past, future = (balancedness_scores(list(chosen), self._loads, self.settings.problem).balancedness_score
-                        for chosen in (plans[:-1], plans[1:]))
-        return past, future
+        return balancedness_scores(list(plans[:-1]), self._loads, self.settings.problem,
+                                   reference_plans=list(plans[1:]))
 
     def _staleness(self, run: Run, scored_per_window: tuple[float, ...]) -> Violation | None:
         """A violation when plans made on variants score clearly worse than plans made on the windows."""

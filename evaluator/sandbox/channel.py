@@ -24,6 +24,7 @@ MAGIC = b"EPLB"
 _PREFIX = struct.Struct(">4sIQ")  # magic, header bytes, payload bytes
 MAX_HEADER_BYTES = 1024 * 1024
 MAX_DIMS = 8
+MAX_OUTPUTS = 16  # values of one call's result; past that the worker sends none of them
 # numpy dtype names that may cross; each has the same name as its torch dtype
 WIRE_DTYPES = frozenset(
     {"bool", "uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64"}
@@ -82,7 +83,8 @@ def _parse_prefix(prefix: bytes, max_payload: int) -> tuple[int, int]:
     return header_len, payload_len
 
 
-def _parse_header(raw: bytes, payload_len: int) -> tuple[dict[str, Any], list[tuple[np.dtype, tuple[int, ...]]]]:
+def _parse_header(raw: bytes, payload_len: int,
+                  max_payload: int) -> tuple[dict[str, Any], list[tuple[np.dtype, tuple[int, ...]]]]:
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as error:
@@ -99,6 +101,9 @@ def _parse_header(raw: bytes, payload_len: int) -> tuple[dict[str, Any], list[tu
         if (not isinstance(shape, list) or len(shape) > MAX_DIMS
                 or not all(type(size) is int and size >= 0 for size in shape)):
             raise ProtocolError(f"array {index} has shape {shape!r}, not a list of at most {MAX_DIMS} sizes")
+        # an empty array too: numpy refuses shapes whose other sizes alone overflow, e.g. [0, 2**62, 4]
+        if math.prod(max(size, 1) for size in shape) * np.dtype(dtype).itemsize > max(max_payload, 1):
+            raise ProtocolError(f"array {index} has shape {shape!r}, larger than a message can be even if empty")
         specs.append((np.dtype(dtype), tuple(shape)))
         total += math.prod(shape) * np.dtype(dtype).itemsize
     if total != payload_len:
@@ -129,7 +134,8 @@ class FrameReader:
         """One whole message, read before `deadline` (time.monotonic()) while `alive()` holds."""
         header_len, payload_len = _parse_prefix(bytes(self._read_exact(_PREFIX.size, deadline, alive)),
                                                 self._max_payload)
-        header, specs = _parse_header(bytes(self._read_exact(header_len, deadline, alive)), payload_len)
+        header, specs = _parse_header(bytes(self._read_exact(header_len, deadline, alive)), payload_len,
+                                      self._max_payload)
         payload = self._read_exact(payload_len, deadline, alive)
         return Message(header, _split_payload(payload, specs))
 
@@ -181,7 +187,7 @@ class FrameWriter:
 def read_blocking(fd: int, max_payload: int) -> Message:
     """One whole message, waiting as long as it takes; the worker side of the command channel."""
     header_len, payload_len = _parse_prefix(bytes(_read_exact_blocking(fd, _PREFIX.size)), max_payload)
-    header, specs = _parse_header(bytes(_read_exact_blocking(fd, header_len)), payload_len)
+    header, specs = _parse_header(bytes(_read_exact_blocking(fd, header_len)), payload_len, max_payload)
     return Message(header, _split_payload(_read_exact_blocking(fd, payload_len), specs))
 
 

@@ -593,39 +593,59 @@ def _field(header: dict[str, Any], name: str, kinds: type | tuple[type, ...]) ->
     return value
 
 
-def _unpacked(entry: dict[str, Any], array: np.ndarray, position: int, max_bytes: int) -> np.ndarray:
-    """An output as the candidate returned it, from what the worker sent: widened back to int64 if `dtype` says it
-    was, and padded back with -1 to `columns` columns if the worker left trailing columns of -1 behind. Only
-    those integer restorations are accepted, and none to more bytes (at the width sent) than a message holds."""
-    wide = np.dtype(np.int64) if "dtype" in entry else array.dtype
-    if "dtype" in entry and (_field(entry, "dtype", str) != "int64" or array.dtype.kind != "i"):
-        raise channel.ProtocolError(f"output {position} claims dtype {entry['dtype']!r} for a {array.dtype} array")
+def _unpacked(entry: dict[str, Any], array: np.ndarray, position: int) -> tuple[np.dtype, tuple[int, ...]]:
+    """The dtype and shape of an output as the candidate returned it, from what the worker sent (`worker._Packing`):
+    int64 if `dtype` says the int16 or int32 array was narrowed, and `columns` columns if trailing columns of -1
+    stayed behind. Only those restorations are accepted."""
+    wide = array.dtype
+    if "dtype" in entry:
+        if _field(entry, "dtype", str) != "int64" or array.dtype not in (np.int16, np.int32):
+            raise channel.ProtocolError(f"output {position} claims dtype {entry['dtype']!r} for a {array.dtype} array")
+        wide = np.dtype(np.int64)
     if "columns" not in entry:
-        return array.astype(wide, copy=False)
+        return wide, array.shape
     columns = _field(entry, "columns", int)
     if array.dtype.kind != "i" or array.ndim == 0 or not array.shape[-1] < columns:
         raise channel.ProtocolError(f"output {position} claims {columns!r} columns for a {array.dtype} array of "
                                     f"shape {array.shape}")
-    if math.prod(array.shape[:-1]) * columns * array.itemsize > max_bytes:
-        raise channel.ProtocolError(f"output {position} claims {columns} columns, more than a message holds")
-    padded = np.full((*array.shape[:-1], columns), -1, dtype=wide)
+    return wide, (*array.shape[:-1], columns)
+
+
+def _restored(array: np.ndarray, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    if shape == array.shape:
+        return array.astype(dtype, copy=False)
+    padded = np.full(shape, -1, dtype=dtype)
     padded[..., :array.shape[-1]] = array
     return padded
 
 
 def _call_result(message: channel.Message, call_index: int, wall_ns: int, max_bytes: int) -> CallResult:
+    """The result of a call from the worker's message. The outputs as returned (each array sent once, restored
+    from its packing) must fit in `max_bytes` together, even empty ones counted as if their empty sizes were 1:
+    a forged header cannot make the evaluator allocate more than a message holds."""
     header = message.header
     entries = _field(header, "outputs", list)
+    if len(entries) > channel.MAX_OUTPUTS:
+        raise channel.ProtocolError(f"{len(entries)} outputs, over the limit of {channel.MAX_OUTPUTS}")
     outputs: list[Output] = []
     devices: list[str | None] = []
+    named: set[int] = set()
+    restored_bytes = 0
     for position, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise channel.ProtocolError(f"output {position} is {entry!r}")
         if "array" in entry:
             index = _field(entry, "array", int)
-            if not 0 <= index < len(message.arrays):
-                raise channel.ProtocolError(f"output {position} names array {index} of {len(message.arrays)}")
-            outputs.append(_unpacked(entry, message.arrays[index], position, max_bytes))
+            if not 0 <= index < len(message.arrays) or index in named:
+                raise channel.ProtocolError(f"output {position} names array {index} of {len(message.arrays)}, "
+                                            "each of which belongs to one output")
+            named.add(index)
+            dtype, shape = _unpacked(entry, message.arrays[index], position)
+            restored_bytes += math.prod(max(size, 1) for size in shape) * dtype.itemsize
+            if restored_bytes > max_bytes:
+                raise channel.ProtocolError(f"outputs up to output {position} restore to more bytes than a message "
+                                            "holds")
+            outputs.append(_restored(message.arrays[index], dtype, shape))
             devices.append(_field(entry, "device", str))
         else:
             described = _field(entry, "unsupported", dict)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.util
+import math
 import os
 import platform
 import signal
@@ -25,7 +26,6 @@ import numpy as np
 from evaluator.sandbox import channel, proctree
 
 MODULE_NAME = "candidate"
-MAX_OUTPUTS = 16
 _MAX_MESSAGE_CHARS = 16_000
 _PARENT_CHECK_S = 0.5
 _OUT_OF_MEMORY_TEXT = ("can't allocate memory", "out of memory", "cannot allocate memory")
@@ -92,23 +92,27 @@ class _Packing:
 
     @staticmethod
     def summarise(tensor: Any, torch: Any) -> Any:
-        """On the tensor's device, queued: its least and greatest values, then whether each column of the last
-        dimension holds anything but -1; None where there is nothing to pack."""
+        """On the tensor's device, queued to the host: its least and greatest values and how many columns of the
+        last dimension it has up to the last holding anything but -1 (0 for a 0-d tensor); None where there is
+        nothing to pack."""
         if tensor.dtype != torch.int64 or tensor.numel() == 0:
             return None
-        columns = (tensor != -1).reshape(-1, tensor.shape[-1]).any(0) if tensor.dim() else tensor.new_ones(0)
-        return torch.cat([torch.stack(tensor.aminmax()), columns.to(torch.int64)]).to("cpu", non_blocking=True)
+        if tensor.dim():
+            holds = (tensor != -1).reshape(-1, tensor.shape[-1]).any(0)
+            used_columns = (holds * torch.arange(1, holds.numel() + 1, device=holds.device)).max()
+        else:
+            used_columns = tensor.new_zeros(())
+        return torch.stack([*tensor.aminmax(), used_columns]).to("cpu", non_blocking=True)
 
     @classmethod
-    def read(cls, summary: Any, torch: Any) -> _Packing:
+    def read(cls, summary: Any, tensor: Any, torch: Any) -> _Packing:
+        """The packing of `tensor` from its summary, once the device has been waited for."""
         if summary is None:
             return cls(None, None)
-        low, high, *columns = summary.tolist()
+        low, high, used_columns = summary.tolist()
         narrowest = next((narrow for narrow in (torch.int16, torch.int32)
                           if torch.iinfo(narrow).min <= low and high <= torch.iinfo(narrow).max), torch.int64)
-        used = [index for index, holds in enumerate(columns) if holds]
-        kept = used[-1] + 1 if used else 0
-        return cls(narrowest, kept if kept < len(columns) else None)
+        return cls(narrowest, used_columns if tensor.dim() and used_columns < tensor.shape[-1] else None)
 
     def pack(self, tensor: Any) -> Any:
         """The packed copy, queued to the host (pinned memory: wait for the device before reading it)."""
@@ -297,14 +301,13 @@ class Server:
         is_sequence = type(returned) in (tuple, list)
         length = len(returned) if is_sequence else None
         items = list(returned) if is_sequence else [returned]
-        if len(items) > MAX_OUTPUTS:
+        if len(items) > channel.MAX_OUTPUTS:
             return [], [], length
         entries = [self._entry(item) for item in items]
-        tensors = [item for entry, item in zip(entries, items) if "device" in entry]
+        crossing = [(entry, item) for entry, item in zip(entries, items) if "device" in entry]
         arrays: list[np.ndarray] = []
         size = 0
-        crossing = [entry for entry in entries if "device" in entry]
-        for entry, tensor, copy in zip(crossing, tensors, self._to_host(tensors)):
+        for (entry, tensor), copy in zip(crossing, self._to_host([tensor for _, tensor in crossing])):
             if isinstance(copy, str):
                 entry.clear()
                 entry["unsupported"] = {"type": "torch.Tensor", "detail": copy}
@@ -315,7 +318,8 @@ class Server:
                 entry["columns"] = tensor.shape[-1]  # and pads it back with -1
             entry["array"] = len(arrays)
             arrays.append(copy.numpy())
-            size += tensor.numel() * copy.element_size()  # as the evaluator unpacks it, at the packed width
+            # as the evaluator counts it: the output as returned, empty sizes as 1
+            size += math.prod(max(extent, 1) for extent in tensor.shape) * tensor.element_size()
         if size > self.max_message_bytes - channel.MAX_HEADER_BYTES:
             too_large = {"unsupported": {"type": "torch.Tensor",
                                          "detail": f"outputs of {size} bytes together are too large to return"}}
@@ -329,8 +333,8 @@ class Server:
         if type(value) is not runtime.tensor_type:
             return {"unsupported": {"type": _type_name(value), "detail": self._detail(value)}}
         if value.layout != runtime.strided or str(value.dtype).removeprefix("torch.") not in channel.WIRE_DTYPES:
-            return {"unsupported": {"type": "torch.Tensor",
-                                    "detail": f"dtype {value.dtype}, layout {value.layout}, shape {tuple(value.shape)}"}}
+            detail = f"dtype {value.dtype}, layout {value.layout}, shape {tuple(value.shape)}"
+            return {"unsupported": {"type": "torch.Tensor", "detail": detail}}
         return {"device": str(value.device)}
 
     def _to_host(self, tensors: list[Any]) -> list[Any]:
@@ -355,7 +359,7 @@ class Server:
                 copies.append(summary)
                 continue
             try:
-                copies.append(_Packing.read(summary, torch).pack(tensor))
+                copies.append(_Packing.read(summary, tensor, torch).pack(tensor))
             except (RuntimeError, NotImplementedError, TypeError) as error:
                 copies.append(unreadable(tensor, error))
         synchronize()
