@@ -56,6 +56,26 @@ def test_round_trip_keeps_header_dtypes_shapes_and_values(pipe):
         np.testing.assert_array_equal(received, sent)
 
 
+@pytest.mark.parametrize("writer", ["evaluator", "worker"])
+def test_a_frame_larger_than_the_pipe_in_many_arrays_crosses_whole(pipe, writer):
+    """The pipe takes a part of the frame at a time, while the reader drains it."""
+    read_fd, write_fd = pipe
+    rng = np.random.default_rng(5)
+    arrays = [rng.integers(-9, 9, size=int(rng.integers(0, 4000))) for _ in range(150)]  # 2.4 MB or so
+    chunks = channel.encode({"op": "result"}, arrays)
+    if writer == "evaluator":
+        write = threading.Thread(target=channel.FrameWriter(write_fd).write,
+                                 args=(chunks, time.monotonic() + 10, lambda: True))
+    else:
+        write = threading.Thread(target=channel.write_blocking, args=(write_fd, chunks))
+    write.start()
+    message = channel.FrameReader(read_fd, 8 * MAX_PAYLOAD).read(time.monotonic() + 10, lambda: True)
+    write.join()
+    assert len(message.arrays) == len(arrays)
+    for sent, received in zip(arrays, message.arrays):
+        np.testing.assert_array_equal(received, sent)
+
+
 def test_encode_refuses_dtypes_outside_the_whitelist():
     with pytest.raises(ValueError, match="object"):
         channel.encode({}, [np.array([object()], dtype=object)])

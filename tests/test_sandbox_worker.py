@@ -397,14 +397,12 @@ def test_garbage_written_into_the_channel_is_a_crash(pool):
     assert "malformed message" in failure.message
 
 
-FORGED_RESULT = """
+FORGES_A_FRAME = """
 import json, os, stat, struct
 
 def rebalance_experts(weight, *args):
     # a well-formed frame, into every pipe the program did not open: the result channel is one of them
-    header = json.dumps({{"op": "result", "returned_type": "tuple", "returned_length": {count}, "worker_ns": 1,
-                         "cuda_event_ns": None, "input_mutated": False, "outputs": {outputs},
-                         "arrays": [{{"dtype": "{dtype}", "shape": {shape}}}]}}).encode()
+    header = json.dumps({header!r}).encode()
     payload = bytes({payload_bytes})
     frame = struct.pack(">4sIQ", b"EPLB", len(header), len(payload)) + header + payload
     for fd in range(3, 256):
@@ -413,8 +411,15 @@ def rebalance_experts(weight, *args):
                 os.write(fd, frame)
         except OSError:
             pass
-    return weight
+    {ending}
 """
+
+
+def forging_program(tmp_path: Path, header: dict, payload_bytes: int = 0, ending: str = "return weight") -> Path:
+    """A program that writes the frame `header` describes into the result channel during its call."""
+    program = tmp_path / "forges_a_frame.py"
+    program.write_text(FORGES_A_FRAME.format(header=header, payload_bytes=payload_bytes, ending=ending))
+    return program
 
 
 @pytest.mark.parametrize("outputs, dtype, shape, expected", [
@@ -427,11 +432,10 @@ def rebalance_experts(weight, *args):
 ], ids=["padding-beyond-a-message", "empty-but-huge", "one-array-twice", "too-many-outputs", "widening-int8",
         "columns-fewer-than-sent"])
 def test_a_forged_result_the_worker_never_sends_is_a_crash(pool, tmp_path, outputs, dtype, shape, expected):
-    program = tmp_path / "forges_a_result.py"
-    payload_bytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    program.write_text(FORGED_RESULT.format(count=len(outputs), outputs=repr(outputs), dtype=dtype, shape=shape,
-                                            payload_bytes=payload_bytes))
-    failure, _ = run(pool, program)
+    header = {"op": "result", "returned_type": "tuple", "returned_length": len(outputs), "worker_ns": 1,
+              "cuda_event_ns": None, "input_mutated": False, "outputs": outputs,
+              "arrays": [{"dtype": dtype, "shape": shape}]}
+    failure, _ = run(pool, forging_program(tmp_path, header, int(np.prod(shape)) * np.dtype(dtype).itemsize))
     assert failure.kind is FailureKind.CRASH
     assert "malformed result" in failure.message and expected in failure.message
 
@@ -442,8 +446,9 @@ def test_closing_the_channel_is_a_crash(pool):
     assert "channel" in failure.message
 
 
-def test_a_forged_infra_error_is_not_believed(pool):
-    failure, _ = run(pool, HOSTILE / "claims_infra_error.py")
+def test_a_forged_infra_error_is_not_believed(pool, tmp_path):
+    header = {"op": "fail", "kind": "infra_error", "message": "not my fault", "arrays": []}
+    failure, _ = run(pool, forging_program(tmp_path, header, ending="raise SystemExit(0)"))
     assert failure.kind is FailureKind.CRASH
     assert "'infra_error'" in failure.message
 
