@@ -72,6 +72,12 @@ def encode(header: dict[str, Any], arrays: Sequence[np.ndarray] = ()) -> list[by
     return [prefix + header_bytes, *payload]
 
 
+def counted_bytes(shape: Sequence[int], itemsize: int) -> int:
+    """The bytes an array of `shape` counts for against a bound: its size with every empty dimension taken as 1,
+    so that no shape passes by being empty (numpy refuses some of those, e.g. [0, 2**62, 4])."""
+    return math.prod(max(size, 1) for size in shape) * itemsize
+
+
 def _parse_prefix(prefix: bytes, max_payload: int) -> tuple[int, int]:
     magic, header_len, payload_len = _PREFIX.unpack(prefix)
     if magic != MAGIC:
@@ -101,8 +107,7 @@ def _parse_header(raw: bytes, payload_len: int,
         if (not isinstance(shape, list) or len(shape) > MAX_DIMS
                 or not all(type(size) is int and size >= 0 for size in shape)):
             raise ProtocolError(f"array {index} has shape {shape!r}, not a list of at most {MAX_DIMS} sizes")
-        # an empty array too: numpy refuses shapes whose other sizes alone overflow, e.g. [0, 2**62, 4]
-        if math.prod(max(size, 1) for size in shape) * np.dtype(dtype).itemsize > max(max_payload, 1):
+        if counted_bytes(shape, np.dtype(dtype).itemsize) > max(max_payload, 1):
             raise ProtocolError(f"array {index} has shape {shape!r}, larger than a message can be even if empty")
         specs.append((np.dtype(dtype), tuple(shape)))
         total += math.prod(shape) * np.dtype(dtype).itemsize

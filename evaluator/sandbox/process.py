@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import fcntl
-import math
 import os
 import secrets
 import shutil
@@ -641,7 +640,7 @@ def _call_result(message: channel.Message, call_index: int, wall_ns: int, max_by
                                             "each of which belongs to one output")
             named.add(index)
             dtype, shape = _unpacked(entry, message.arrays[index], position)
-            restored_bytes += math.prod(max(size, 1) for size in shape) * dtype.itemsize
+            restored_bytes += channel.counted_bytes(shape, dtype.itemsize)
             if restored_bytes > max_bytes:
                 raise channel.ProtocolError(f"outputs up to output {position} restore to more bytes than a message "
                                             "holds")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.util
-import math
 import os
 import platform
 import signal
@@ -318,8 +317,7 @@ class Server:
                 entry["columns"] = tensor.shape[-1]  # and pads it back with -1
             entry["array"] = len(arrays)
             arrays.append(copy.numpy())
-            # as the evaluator counts it: the output as returned, empty sizes as 1
-            size += math.prod(max(extent, 1) for extent in tensor.shape) * tensor.element_size()
+            size += channel.counted_bytes(tensor.shape, tensor.element_size())  # as returned, as the evaluator counts
         if size > self.max_message_bytes - channel.MAX_HEADER_BYTES:
             too_large = {"unsupported": {"type": "torch.Tensor",
                                          "detail": f"outputs of {size} bytes together are too large to return"}}
