@@ -346,11 +346,42 @@ def test_a_fake_result_on_stdout_is_only_output(pool):
     assert '"op": "result"' in stdout.text() and "EPLB" in stderr.text()
 
 
-# a grandchild in a new session (exec'd, with the worker's environment), or a child forked without an exec (in
-# the worker's own memory, its environment block included)
-@pytest.mark.parametrize("program", ["orphan_new_session.py", "forked_orphan.py"])
+DAEMONISES = """
+import os, time
+
+PID_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pid")
+
+def rebalance_experts(weight, *args):
+    # the classic daemon (fork, setsid, fork) without an exec: in the worker's own memory, its environment
+    # block included; it writes its pid to `pid` beside this file
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            with open(PID_FILE + ".tmp", "w") as file:
+                file.write(str(os.getpid()))
+            os.rename(PID_FILE + ".tmp", PID_FILE)
+            time.sleep(3600)
+        os._exit(0)
+    while not os.path.exists(PID_FILE):
+        time.sleep(0.01)
+    {ending}
+"""
+
+
+def daemonising_program(tmp_path: Path, ending: str) -> Path:
+    """A program whose call leaves a daemon behind, then runs `ending`."""
+    program = tmp_path / "daemonises.py"
+    program.write_text(DAEMONISES.format(ending=ending))
+    return program
+
+
+# a grandchild in a new session, exec'd (with the worker's environment) or forked (in the worker's memory)
+@pytest.mark.parametrize("program", [
+    lambda tmp_path: copy_hostile("orphan_new_session.py", tmp_path),
+    lambda tmp_path: daemonising_program(tmp_path, ending="os._exit(0)"),
+], ids=["execd", "forked"])
 def test_an_orphan_is_gone_after_the_worker_dies(pool, tmp_path, program):
-    failure, worker = run(pool, copy_hostile(program, tmp_path))
+    failure, worker = run(pool, program(tmp_path))
     assert failure.kind is FailureKind.CRASH and failure.exit_code == 0
     orphan = pid_from(tmp_path / "pid")
     assert orphan != worker.pid
@@ -360,7 +391,7 @@ def test_an_orphan_is_gone_after_the_worker_dies(pool, tmp_path, program):
 def test_a_double_fork_daemon_is_gone_after_the_worker_closes(pool, tmp_path):
     worker = pool.acquire()
     with worker:
-        worker.load(copy_hostile("double_fork_daemon.py", tmp_path))
+        worker.load(daemonising_program(tmp_path, ending="return weight"))
         result = worker.call(weight_for(SMALL), SMALL.rebalance_args())
         daemon = pid_from(tmp_path / "pid")
         deadline = time.monotonic() + 10
