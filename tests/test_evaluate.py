@@ -245,7 +245,10 @@ def test_a_patched_clock_gains_nothing(small, tmp_path):
 
 
 def test_a_stale_cached_plan_is_caught(small, tmp_path):
-    body = """
+    pids = tmp_path / "pids"
+    body = f"""
+    import os
+    open({str(pids)!r}, "a").write(f"{{os.getpid()}}\\n")
     _cache = []
     def rebalance_experts(weight, *args):
         if not _cache:
@@ -255,6 +258,9 @@ def test_a_stale_cached_plan_is_caught(small, tmp_path):
     result = small.evaluate(program(tmp_path, body))
     assert_failed(result, "invalid_output")
     assert [v["invariant"] for v in result.violations] == ["plan.not_reproducible"]
+    small.lanes.take().release()  # once the lane is free again, the first process and the recheck's are gone
+    started = [int(pid) for pid in pids.read_text().split()]
+    assert len(started) == 2 and not any(psutil.pid_exists(pid) for pid in started)
 
 
 # Regenerates the trace it expects to be scored on and, for an input it recognises, returns the seed's plan for
