@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -29,9 +30,8 @@ def shared():
     return api.shared_evaluator()
 
 
-def stamping_program(folder: Path, name: str) -> tuple[Path, Path]:
-    """The seed, writing the wall-clock span of every call it serves to a file of its own."""
-    stamps = folder / f"{name}.stamps"
+def stamping_program(folder: Path, name: str) -> Path:
+    """The seed, printing the wall-clock span of every call it serves."""
     program = folder / f"{name}.py"
     program.write_text(textwrap.dedent(f"""
         import importlib.util, time
@@ -42,16 +42,15 @@ def stamping_program(folder: Path, name: str) -> tuple[Path, Path]:
         def rebalance_experts(*args):
             start = time.time()
             plan = seed.rebalance_experts(*args)
-            with open({str(stamps)!r}, "a") as file:
-                file.write(f"{{start}} {{time.time()}}\\n")
+            print("stamp", start, time.time(), flush=True)
             return plan
     """))
-    return program, stamps
+    return program
 
 
-def span(stamps: Path) -> tuple[float, float]:
-    """From the first call's start to the last call's end."""
-    calls = [tuple(map(float, line.split())) for line in stamps.read_text().splitlines()]
+def span(stdout: str) -> tuple[float, float]:
+    """From the first call's start to the last call's end, as the candidate's process printed them."""
+    calls = [tuple(map(float, line.split()[1:])) for line in stdout.splitlines() if line.startswith("stamp ")]
     assert len(calls) >= len(SMALL_TRACE.windows), "every scheduled call leaves a stamp"
     return min(start for start, _ in calls), max(end for _, end in calls)
 
@@ -126,13 +125,13 @@ def test_threads_share_the_evaluator_but_never_run_two_candidates_at_once(shared
     def evaluate(program: Path) -> None:
         results[program.stem] = api.evaluate_program(program)
 
-    threads = [threading.Thread(target=evaluate, args=(program,)) for program, _ in programs]
+    threads = [threading.Thread(target=evaluate, args=(program,)) for program in programs]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     assert all(result.ok for result in results.values()), {k: r.error for k, r in results.items()}
-    spans = [span(stamps) for _, stamps in programs]
+    spans = [span(result.stdout) for result in results.values()]
     for index, first in enumerate(spans):
         for second in spans[index + 1:]:
             assert_apart(first, second)
@@ -163,11 +162,13 @@ def test_evaluators_in_separate_processes_take_turns_on_the_device(tmp_path):
     environment = {**os.environ, "EPLB_EVALUATOR_CACHE": str(tmp_path / "cache")}
     programs = [stamping_program(tmp_path, name) for name in ("left", "right")]
     runs = [
-        subprocess.Popen([sys.executable, "-m", "evaluator", "evaluate", str(program), "--device", "cpu",
+        subprocess.Popen([sys.executable, "-m", "evaluator", "evaluate", str(program), "--device", "cpu", "--json",
                           *SMALL_OPTIONS], env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for program, _ in programs
+        for program in programs
     ]
+    printed = []
     for run in runs:
         stdout, stderr = run.communicate(timeout=180)
         assert run.returncode == 0, stdout + stderr
-    assert_apart(*(span(stamps) for _, stamps in programs))
+        printed.append(json.loads(stdout)["stdout"])
+    assert_apart(*map(span, printed))

@@ -198,17 +198,16 @@ def test_a_stdout_flood_costs_nothing(small, tmp_path):
 
 
 def test_an_orphaned_grandchild_in_a_new_session_is_gone_afterwards(small, tmp_path):
-    pid_file = tmp_path / "grandchild.pid"
-    body = f"""
+    body = """
     import subprocess
     def rebalance_experts(weight, *args):
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
-        with open({str(pid_file)!r}, "w") as file:
-            file.write(str(child.pid))
+        print("grandchild", child.pid, flush=True)
         return seed.rebalance_experts(weight, *args)
     """
-    small.evaluate(program(tmp_path, body))
-    pids = [int(line) for line in pid_file.read_text().split()]
+    result = small.evaluate(program(tmp_path, body))
+    pids = [int(line.split()[1]) for line in result.stdout.splitlines() if line.startswith("grandchild ")]
+    assert pids
     deadline = time.monotonic() + 10
     while any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids):
         assert time.monotonic() < deadline, "the grandchild outlived its evaluation"
@@ -245,10 +244,7 @@ def test_a_patched_clock_gains_nothing(small, tmp_path):
 
 
 def test_a_stale_cached_plan_is_caught(small, tmp_path):
-    pids = tmp_path / "pids"
-    body = f"""
-    import os
-    open({str(pids)!r}, "a").write(f"{{os.getpid()}}\\n")
+    body = """
     _cache = []
     def rebalance_experts(weight, *args):
         if not _cache:
@@ -258,9 +254,30 @@ def test_a_stale_cached_plan_is_caught(small, tmp_path):
     result = small.evaluate(program(tmp_path, body))
     assert_failed(result, "invalid_output")
     assert [v["invariant"] for v in result.violations] == ["plan.not_reproducible"]
-    small.lanes.take().release()  # once the lane is free again, the first process and the recheck's are gone
-    started = [int(pid) for pid in pids.read_text().split()]
-    assert len(started) == 2 and not any(psutil.pid_exists(pid) for pid in started)
+
+
+def test_a_plan_cached_in_a_file_for_the_recheck_is_caught(small, tmp_path):
+    """The stale plan above, kept in a file where the recheck's fresh process would find it: no candidate process
+    may write outside its own folder, so the recheck still sees a plan that depended on earlier calls."""
+    cache = tmp_path / "plan.pt"
+    body = f"""
+    _cache = []
+    def rebalance_experts(weight, *args):
+        if not _cache:
+            if os.path.exists({str(cache)!r}):
+                _cache.append(torch.load({str(cache)!r}))
+            else:
+                _cache.append(seed.rebalance_experts(weight, *args))
+                try:
+                    torch.save(_cache[0], {str(cache)!r})
+                except (OSError, RuntimeError) as error:  # torch reports a file it cannot open as a RuntimeError
+                    print("cache not written:", error, flush=True)
+        return tuple(t.clone() for t in _cache[0])
+    """
+    result = small.evaluate(program(tmp_path, body))
+    assert_failed(result, "invalid_output")
+    assert [v["invariant"] for v in result.violations] == ["plan.not_reproducible"]
+    assert not cache.exists() and "Permission denied" in result.stdout
 
 
 # Regenerates the trace it expects to be scored on and, for an input it recognises, returns the seed's plan for

@@ -7,10 +7,12 @@ ahead, so torch is imported while earlier tests run.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -39,6 +41,7 @@ HOSTILE = Path(__file__).resolve().parent / "hostile"
 SEED = ROOT / "seeds" / "eplb.py"
 SMALL = Problem(num_layers=4, num_experts=16, num_replicas=24, num_groups=4, num_nodes=2, num_gpus=8)
 LIMITS = Limits(timeout_s=30, import_timeout_s=30, memory_mb=1024)
+UNCONFINED = dataclasses.replace(LIMITS, confined=False)
 SHORT_S = 3.0  # the time limit given to programs that hang
 ZYGOTE_ROOM = b"EPLB_SANDBOX_ENVIRONMENT_ROOM="  # in the environment of a zygote, the process workers are forked from
 
@@ -49,6 +52,14 @@ import eplb  # noqa: E402  (the seed, run in-process as the reference)
 @pytest.fixture(scope="module")
 def pool():
     with WorkerPool(LIMITS, device="cpu", spares=2) as workers:
+        yield workers
+
+
+@pytest.fixture(scope="module")
+def unconfined_pool():
+    """Workers that may write anywhere and signal anything, as on a kernel without Landlock: for what must hold
+    without the confinement (the tree's kill, the zygote's recovery), and for programs that write their pids."""
+    with WorkerPool(UNCONFINED, device="cpu", spares=1) as workers:
         yield workers
 
 
@@ -209,9 +220,9 @@ def test_a_closed_pool_hands_out_nothing_and_says_it_is_not_the_candidates_fault
 
 
 def test_a_warm_up_runs_before_the_worker_is_ready_and_leaves_no_trace_for_the_candidate(tmp_path):
-    calls = tmp_path / "warm_up_calls"
     warm_up = tmp_path / "warm_up.py"
-    warm_up.write_text(f"def rebalance_experts(weight, *args):\n    open({str(calls)!r}, 'a').write('call\\n')\n")
+    warm_up.write_text("import sys\n"
+                       "def rebalance_experts(weight, *args):\n    print('warm-up call', file=sys.stderr)\n")
     looks_around = tmp_path / "looks_around.py"
     looks_around.write_text(textwrap.dedent(f"""
         import sys
@@ -225,7 +236,7 @@ def test_a_warm_up_runs_before_the_worker_is_ready_and_leaves_no_trace_for_the_c
     """))
     setup = WarmUp(warm_up, (SMALL.num_layers, SMALL.num_experts), SMALL.rebalance_args(), calls=3)
     with Worker.start(LIMITS, device="cpu", warm_up=setup) as worker:
-        assert calls.read_text().splitlines() == ["call"] * 3
+        assert worker.output()[1].text().splitlines() == ["warm-up call"] * 3
         worker.load(looks_around)
         result = worker.call(weight_for(SMALL), SMALL.rebalance_args())
     assert all(np.array_equal(a, b) for a, b in zip(result.outputs, seed_plan(weight_for(SMALL), SMALL)))
@@ -380,16 +391,16 @@ def daemonising_program(tmp_path: Path, ending: str) -> Path:
     lambda tmp_path: copy_hostile("orphan_new_session.py", tmp_path),
     lambda tmp_path: daemonising_program(tmp_path, ending="os._exit(0)"),
 ], ids=["execd", "forked"])
-def test_an_orphan_is_gone_after_the_worker_dies(pool, tmp_path, program):
-    failure, worker = run(pool, program(tmp_path))
+def test_an_orphan_is_gone_after_the_worker_dies(unconfined_pool, tmp_path, program):
+    failure, worker = run(unconfined_pool, program(tmp_path))
     assert failure.kind is FailureKind.CRASH and failure.exit_code == 0
     orphan = pid_from(tmp_path / "pid")
     assert orphan != worker.pid
     assert not psutil.pid_exists(orphan)
 
 
-def test_a_double_fork_daemon_is_gone_after_the_worker_closes(pool, tmp_path):
-    worker = pool.acquire()
+def test_a_double_fork_daemon_is_gone_after_the_worker_closes(unconfined_pool, tmp_path):
+    worker = unconfined_pool.acquire()
     with worker:
         worker.load(daemonising_program(tmp_path, ending="return weight"))
         result = worker.call(weight_for(SMALL), SMALL.rebalance_args())
@@ -482,6 +493,30 @@ def test_a_forged_infra_error_is_not_believed(pool, tmp_path):
     failure, _ = run(pool, forging_program(tmp_path, header, ending="raise SystemExit(0)"))
     assert failure.kind is FailureKind.CRASH
     assert "'infra_error'" in failure.message
+
+
+def test_a_worker_reaches_nothing_outside_its_own_folder_and_tree(tmp_path):
+    program = copy_hostile("reaches_outside.py", tmp_path)
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        environment = {"REACH_PORT": str(listening.getsockname()[1])}
+        with WorkerPool(LIMITS, device="cpu", spares=0, environment=environment) as own_pool:
+            with own_pool.launch(program) as worker:
+                worker.call(weight_for(SMALL), SMALL.rebalance_args())
+                reached = json.loads(worker.output()[0].text())
+                confinement = worker.info.confinement
+    # wherever it runs: no capability, no privilege to gain, and the evaluator's memory out of reach
+    assert confinement.capabilities_dropped and confinement.no_new_privileges
+    assert reached["effective_capabilities"] == "0000000000000000" and reached["no_new_privileges"] == "1"
+    assert reached["read_evaluator_memory"].startswith("refused")
+    assert reached["write_own_folder"] == reached["write_temporary_folder"] == "done"
+    # and where the kernel has Landlock, as it does on the machines this project runs on
+    assert confinement.landlock_abi >= 1, "this kernel has no Landlock: the checks below did not run"
+    assert confinement.writes_confined and reached["write_beside_program"].startswith("refused")
+    assert not (tmp_path / "reached").exists()
+    if confinement.tcp_denied:
+        assert reached["connect_tcp"].startswith("refused")
+    if confinement.scoped:
+        assert reached["signal_evaluator"].startswith("refused")
 
 
 def test_input_mutation_is_reported(pool):
@@ -613,6 +648,36 @@ def test_work_left_running_on_a_side_stream_is_timed():
     assert result.cuda_event_ns > 100_000_000
 
 
+TRITON_COPY = """
+import torch, triton, triton.language as tl
+
+@triton.jit
+def _copy(source, target, count, BLOCK: tl.constexpr):
+    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    inside = offsets < count
+    tl.store(target + offsets, tl.load(source + offsets, mask=inside), mask=inside)
+
+def rebalance_experts(weight, *args):
+    copied = torch.empty_like(weight)
+    _copy[(triton.cdiv(weight.numel(), 256),)](weight, copied, weight.numel(), BLOCK=256)
+    return copied
+"""
+
+
+@needs_cuda
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+def test_a_triton_kernel_compiles_and_runs_in_a_confined_worker(tmp_path, start_method):
+    """Its compiler writes caches and temporary files, which go to the worker's own folder."""
+    pytest.importorskip("triton")
+    program = tmp_path / "triton_copy.py"
+    program.write_text(TRITON_COPY)
+    with Worker.start(LIMITS, device="cuda", start_method=start_method) as worker:
+        worker.load(program)
+        result = worker.call(weight_for(SMALL), SMALL.rebalance_args())
+    assert worker.info.confinement.writes_confined
+    np.testing.assert_array_equal(result.outputs[0], weight_for(SMALL))
+
+
 def test_a_pool_that_does_not_replenish_starts_no_spare_after_its_first(tmp_path):
     tag = f"SANDBOX_TEST_POOL={tmp_path.name}".encode()
     with WorkerPool(LIMITS, device="cpu", spares=2, environment={"SANDBOX_TEST_POOL": tmp_path.name},
@@ -654,7 +719,7 @@ def test_a_forked_workers_environment_is_its_own_in_proc_too(tmp_path):
 @pytest.mark.parametrize("sent", ["SIGKILL", "SIGSTOP"])
 def test_a_candidate_that_kills_or_stops_the_zygote_costs_later_candidates_nothing(sent):
     # a short start limit: a later start that waited on the stopped zygote would fail
-    limits = Limits(timeout_s=30, import_timeout_s=30, memory_mb=1024, start_timeout_s=20)
+    limits = dataclasses.replace(UNCONFINED, start_timeout_s=20)
     with WorkerPool(limits, device="cpu", spares=0, environment={"ZYGOTE_SIGNAL": sent}) as own_pool:
         worker = own_pool.launch(HOSTILE / "signals_the_zygote.py")
         with worker:
@@ -667,7 +732,7 @@ def test_a_candidate_that_kills_or_stops_the_zygote_costs_later_candidates_nothi
 
 
 def test_a_candidate_that_stops_the_zygotes_forks_costs_a_worker_starting_beside_it_nothing():
-    with WorkerPool(LIMITS, device="cpu", spares=0) as own_pool:
+    with WorkerPool(UNCONFINED, device="cpu", spares=0) as own_pool:
         with own_pool.launch(HOSTILE / "stops_the_zygotes_forks.py") as hostile:
             caller = threading.Thread(target=hostile.call, args=(weight_for(SMALL), SMALL.rebalance_args()))
             caller.start()

@@ -236,4 +236,4 @@ def _remove_if_owner(folder: Path, owner_pid: int) -> None:
 def _device(info: WorkerInfo) -> dict[str, object]:
     software = {"torch": info.torch_version, "cuda": info.cuda_version, "python": platform.python_version(),
                 "evaluator": __version__}
-    return {"device": info.device, "card": info.card, "software": software}
+    return {"device": info.device, "card": info.card, "software": software, "sandbox": asdict(info.confinement)}

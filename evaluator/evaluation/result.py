@@ -40,6 +40,7 @@ class Result:
     device: str | None = None
     card: str | None = None
     software: dict[str, Any] = field(default_factory=dict)
+    sandbox: dict[str, Any] = field(default_factory=dict)  # what the candidate's process was confined to
     workload: dict[str, Any] = field(default_factory=dict)
     stdout: str = ""
     stderr: str = ""

@@ -70,7 +70,6 @@ class _Processes:
     def __init__(self, timeout_s: float) -> None:
         self._timeout_s = timeout_s
         self._workers: list[Worker] = []
-        self._retiring: list[threading.Thread] = []
 
     def launch(self, lane: Lane, program: Path, deadline: float) -> Worker:
         """A fresh worker with `program` loaded; raises `SandboxFailure`."""
@@ -79,21 +78,8 @@ class _Processes:
         worker.load(program, timeout_s=_remaining(deadline, self._timeout_s))
         return worker
 
-    def retire(self, worker: Worker) -> None:
-        """Kill `worker`'s processes on a background thread, while the run goes on in another process: stopping
-        a CUDA process takes milliseconds. `end` waits for it."""
-        try:
-            thread = threading.Thread(target=worker.close, kwargs={"wait": False}, name="sandbox-retire", daemon=True)
-            thread.start()
-        except RuntimeError:  # no thread to spare: kill them here
-            worker.close(wait=False)
-            return
-        self._retiring.append(thread)
-
     def end(self) -> None:
         """Kill every process now (none runs another instruction); their exits are collected in the background."""
-        for thread in self._retiring:
-            thread.join()
         for worker in self._workers:
             worker.close(wait=False)
 
@@ -158,7 +144,7 @@ class Runner:
                 calls.follow_schedule()
                 phase("calls_ms")
                 stdout, stderr = _tails(worker.output())
-                processes.retire(worker)  # the recheck relies on a fresh process, not on this one being gone
+                worker.close(wait=False)  # killed before the recheck's process starts
                 kept = calls.kept
                 try:  # while the last outputs are validated
                     recheck_ns = self._recheck(lane, processes, program, [

@@ -26,11 +26,12 @@ from numpy.typing import ArrayLike
 import evaluator
 from evaluator.sandbox import channel, forkserver, proctree
 from evaluator.sandbox.capture import CapturedOutput, OutputCapture
+from evaluator.sandbox.confinement import FOLDER_VARIABLES, set_dumpable
 from evaluator.sandbox.failures import Failure, FailureKind, SandboxFailure
 from evaluator.sandbox.forkserver import ForkedProcess
 from evaluator.sandbox.limits import Limits
 from evaluator.sandbox.proctree import ProcessTree, become_subreaper, proportional_bytes
-from evaluator.sandbox.results import CallResult, Output, Unsupported, WorkerInfo
+from evaluator.sandbox.results import CallResult, Confinement, Output, Unsupported, WorkerInfo
 
 DEFAULT_ENTRY_POINT = "rebalance_experts"
 WEIGHT_DTYPES = (np.dtype(np.float32), np.dtype(np.int64))
@@ -87,10 +88,13 @@ def _ints(values: Sequence[int]) -> str:
     return ",".join(str(int(value)) for value in values)
 
 
-def _become_subreaper_once() -> bool:
+def _prepare_this_process_once() -> bool:
+    """Make the evaluator's process non-dumpable (its memory holds what candidates must not know) and a subreaper;
+    True if it is a subreaper."""
     global _subreaper_set
     with _subreaper_lock:
         if not _subreaper_set:
+            set_dumpable(False)
             _subreaper_set = become_subreaper()
         return _subreaper_set
 
@@ -148,7 +152,7 @@ class Worker:
                  environment: Mapping[str, str] | None = None, warm_up: WarmUp | None = None,
                  start_method: str = "spawn") -> None:
         check_worker_options(device, start_method)
-        if not _become_subreaper_once():
+        if not _prepare_this_process_once():
             start_method = "spawn"  # a forked worker could not be handed over to us
         self.limits = limits
         self.info: WorkerInfo | None = None
@@ -163,7 +167,7 @@ class Worker:
         self._gone = threading.Event()  # every process collected, our resources released
         self._stop_watching = threading.Event()
         arguments = ["--device", device, "--max-message-bytes", str(limits.max_message_bytes),
-                     *(warm_up.command_line() if warm_up else [])]
+                     *(warm_up.command_line() if warm_up else []), *([] if limits.confined else ["--unconfined"])]
         self._workdir = tempfile.mkdtemp(prefix="eplb-worker-")
         try:
             self._process, pipes, marker = _start(start_method, arguments, environment, self._workdir,
@@ -219,7 +223,8 @@ class Worker:
             self.info = WorkerInfo(
                 pid=_field(header, "pid", int), device=_field(header, "device", str),
                 card=_field(header, "card", str), torch_version=_field(header, "torch", str),
-                cuda_version=_field(header, "cuda", (str, type(None))), ready_monotonic=time.monotonic())
+                cuda_version=_field(header, "cuda", (str, type(None))), confinement=_confinement(header),
+                ready_monotonic=time.monotonic())
         except channel.ProtocolError as error:
             self._fail(FailureKind.INFRA_ERROR, f"the worker sent a malformed ready message: {error}")
         self._state = "ready"
@@ -525,14 +530,16 @@ class _Pipes:
 
 def _start(start_method: str, arguments: list[str], extra_environment: Mapping[str, str] | None, cwd: str,
            timeout_s: float) -> tuple[subprocess.Popen[bytes] | ForkedProcess, _Pipes, str]:
-    """A new worker process, forked from the zygote or spawned, its pipes and its marker; raises
-    `SandboxFailure` (infra_error). A start the zygote cannot serve spawns its worker instead."""
+    """A new worker process in its own folder `cwd` (its temporary files and caches go there), forked from the
+    zygote or spawned, its pipes and its marker; raises `SandboxFailure` (infra_error). A start the zygote cannot
+    serve spawns its worker instead."""
     marker = secrets.token_hex(16)
     pipes = _Pipes()
+    extra_environment = {**(extra_environment or {}), **{name: cwd for name in FOLDER_VARIABLES}}
     try:
         if start_method == "forkserver":
             environment = worker_environment(marker, extra_environment)
-            server = forkserver.for_environment(environment, ignored=(MARKER_VARIABLE,))
+            server = forkserver.for_environment(environment, ignored=(MARKER_VARIABLE, *FOLDER_VARIABLES))
             try:
                 return server.fork(arguments, environment, cwd, pipes.theirs, timeout_s), pipes, marker
             except forkserver.ZygoteUnavailable as error:
@@ -590,6 +597,13 @@ def _field(header: dict[str, Any], name: str, kinds: type | tuple[type, ...]) ->
     if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
         raise channel.ProtocolError(f"field {name!r} is {value!r:.200}")
     return value
+
+
+def _confinement(header: dict[str, Any]) -> Confinement:
+    reported = _field(header, "confinement", dict)
+    return Confinement(**{name: _field(reported, name, kind) for name, kind in (
+        ("no_new_privileges", bool), ("capabilities_dropped", bool), ("landlock_abi", int),
+        ("writes_confined", bool), ("tcp_denied", bool), ("scoped", bool))})
 
 
 def _unpacked(entry: dict[str, Any], array: np.ndarray, position: int) -> tuple[np.dtype, tuple[int, ...]]:

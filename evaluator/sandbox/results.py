@@ -9,6 +9,22 @@ import numpy as np
 
 
 @dataclass(frozen=True)
+class Confinement:
+    """What a worker cut itself off from before any candidate code ran (see `confinement.py`)."""
+
+    no_new_privileges: bool  # no setuid program or file capability can raise its privileges
+    capabilities_dropped: bool  # it holds no capability, even as root
+    landlock_abi: int  # the kernel's Landlock version; 0 where there is none, and the three below are False
+    writes_confined: bool  # it writes only in its own folder and to devices
+    tcp_denied: bool  # no TCP bind or connect
+    scoped: bool  # no signal and no abstract unix socket to a process outside its own tree
+
+    @classmethod
+    def none(cls) -> Confinement:
+        return cls(False, False, 0, False, False, False)
+
+
+@dataclass(frozen=True)
 class WorkerInfo:
     """A ready worker: its process and the device it initialised."""
 
@@ -17,6 +33,7 @@ class WorkerInfo:
     card: str  # torch.cuda.get_device_name(), or the CPU model
     torch_version: str
     cuda_version: str | None  # torch.version.cuda; None for a CPU-only torch
+    confinement: Confinement
     ready_monotonic: float  # time.monotonic() in the evaluator when the ready message arrived
 
 

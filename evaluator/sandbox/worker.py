@@ -8,6 +8,7 @@ the evaluator kills it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import importlib.util
 import os
@@ -23,6 +24,8 @@ from typing import Any
 import numpy as np
 
 from evaluator.sandbox import channel, proctree
+from evaluator.sandbox.confinement import confine
+from evaluator.sandbox.results import Confinement
 
 MODULE_NAME = "candidate"
 _MAX_MESSAGE_CHARS = 16_000
@@ -417,8 +420,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warm-up-args", type=_ints, help="its arguments after the loads")
     parser.add_argument("--warm-up-dtype", default="int64", help="the dtype of its loads")
     parser.add_argument("--warm-up-calls", type=int, default=0)
+    parser.add_argument("--unconfined", action="store_true", help="skip the confinement (to test what holds without)")
     options = parser.parse_args(argv)
 
+    # while this is the only thread: every later one is confined too
+    confinement = Confinement.none() if options.unconfined else confine(os.getcwd())
     proctree.become_subreaper()
     _watch_parent(os.getppid())
     try:
@@ -437,7 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     server = Server(runtime, options.max_message_bytes)
     try:
-        _send(options.results, runtime.describe(os.getpid()))
+        _send(options.results, {**runtime.describe(os.getpid()), "confinement": dataclasses.asdict(confinement)})
         while True:
             try:
                 message = channel.read_blocking(options.commands, options.max_message_bytes)

@@ -5,7 +5,7 @@ Python interpreter and a torch import (on an H100 host 0.8 s instead of 4.5 s).
 The zygote never runs candidate code, never initialises a device and starts no thread of its own: every
 worker is forked from the same clean state. It takes requests only from the evaluator, over a socket
 nothing else holds (a worker closes its copy before anything else), and leaves when the evaluator closes
-it or dies.
+it or dies. It is not dumpable, so that no worker can read or trace it (see confinement.py).
 
 A worker is forked twice (zygote -> intermediate -> worker) and the intermediate exits at once, so the
 worker is orphaned to the evaluator, a child subreaper: its exit status is the evaluator's to collect,
@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from evaluator.sandbox import proctree
+from evaluator.sandbox.confinement import set_dumpable
 
 MAX_REQUEST_BYTES = 1 << 20
 # the descriptors a request carries, in order, and where the worker finds them
@@ -101,6 +102,7 @@ def _become_worker(control: socket.socket, request: dict[str, Any], received: di
     code: Any = 1
     try:
         control.close()  # before anything else: a candidate must never reach the zygote
+        set_dumpable(True)  # the evaluator reads the worker's environment and memory use
         os.setsid()
         _place_descriptors(received)
         _take_environment(request["environment"])  # the marker first: from here on the evaluator can find it
@@ -184,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--control", type=int, required=True, help="the socket to take requests from")
     options = parser.parse_args(argv)
     control = socket.socket(fileno=options.control)
+    set_dumpable(False)  # every worker is forked from this process: no candidate may read or trace it
     try:
         _preload()
     except BaseException:

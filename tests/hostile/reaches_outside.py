@@ -1,0 +1,53 @@
+"""Tries to reach past its worker and prints what came of each try, as one JSON object: read the evaluator's
+memory, signal it, write beside this file, write in its own folder and temporary folder, connect to the TCP port
+its environment's REACH_PORT names; and what it holds (capabilities, no_new_privs). Returns its input."""
+import json
+import os
+import signal
+import socket
+import tempfile
+
+
+def _attempt(action):
+    try:
+        action()
+        return "done"
+    except OSError as error:
+        return f"refused: {error.strerror}"
+
+
+def _read_evaluator_memory():
+    with open(f"/proc/{os.getppid()}/maps") as maps, open(f"/proc/{os.getppid()}/mem", "rb", 0) as memory:
+        start = int(next(line for line in maps if " r" in line).split("-")[0], 16)
+        memory.seek(start)
+        memory.read(16)
+
+
+def _write(folder):
+    with open(os.path.join(folder, "reached"), "w") as file:
+        file.write("reached")
+
+
+def _connect():
+    with socket.create_connection(("127.0.0.1", int(os.environ["REACH_PORT"])), timeout=5):
+        pass
+
+
+def _status(field):
+    with open("/proc/self/status") as status:
+        return next(line.split(":", 1)[1].strip() for line in status if line.startswith(field + ":"))
+
+
+def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus):
+    outcomes = {
+        "read_evaluator_memory": _attempt(_read_evaluator_memory),
+        "signal_evaluator": _attempt(lambda: os.kill(os.getppid(), signal.SIGCONT)),
+        "write_beside_program": _attempt(lambda: _write(os.path.dirname(os.path.abspath(__file__)))),
+        "write_own_folder": _attempt(lambda: _write(os.getcwd())),
+        "write_temporary_folder": _attempt(lambda: _write(tempfile.gettempdir())),
+        "connect_tcp": _attempt(_connect),
+        "effective_capabilities": _status("CapEff"),
+        "no_new_privileges": _status("NoNewPrivs"),
+    }
+    print(json.dumps(outcomes), flush=True)
+    return weight
