@@ -495,11 +495,13 @@ def test_a_forged_infra_error_is_not_believed(pool, tmp_path):
     assert "'infra_error'" in failure.message
 
 
-def test_a_worker_reaches_nothing_outside_its_own_folder_and_tree(tmp_path):
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
+def test_a_worker_reaches_nothing_outside_its_own_folder_and_tree(tmp_path, start_method):
     program = copy_hostile("reaches_outside.py", tmp_path)
     with socket.create_server(("127.0.0.1", 0)) as listening:
         environment = {"REACH_PORT": str(listening.getsockname()[1])}
-        with WorkerPool(LIMITS, device="cpu", spares=0, environment=environment) as own_pool:
+        with WorkerPool(LIMITS, device="cpu", spares=0, environment=environment,
+                        start_method=start_method) as own_pool:
             with own_pool.launch(program) as worker:
                 worker.call(weight_for(SMALL), SMALL.rebalance_args())
                 reached = json.loads(worker.output()[0].text())
@@ -507,6 +509,7 @@ def test_a_worker_reaches_nothing_outside_its_own_folder_and_tree(tmp_path):
     # wherever it runs: no capability, no privilege to gain, and the evaluator's memory out of reach
     assert confinement.capabilities_dropped and confinement.no_new_privileges
     assert reached["effective_capabilities"] == "0000000000000000" and reached["no_new_privileges"] == "1"
+    assert reached["unconfined_threads"] == []  # confined before any thread was started, numpy's included
     assert reached["read_evaluator_memory"].startswith("refused")
     assert reached["write_own_folder"] == reached["write_temporary_folder"] == "done"
     # and where the kernel has Landlock, as it does on the machines this project runs on

@@ -15,12 +15,13 @@ from evaluator.sandbox.failures import Failure, FailureKind, SandboxFailure
 from evaluator.sandbox.limits import Limits
 from evaluator.sandbox.pool import WorkerPool
 from evaluator.sandbox.process import DEFAULT_ENTRY_POINT, START_METHODS, WarmUp, Worker
-from evaluator.sandbox.results import CallResult, Output, Unsupported, WorkerInfo
+from evaluator.sandbox.results import CallResult, Confinement, Output, Unsupported, WorkerInfo
 
 __all__ = [
     "DEFAULT_ENTRY_POINT",
     "CallResult",
     "CapturedOutput",
+    "Confinement",
     "Failure",
     "FailureKind",
     "Limits",

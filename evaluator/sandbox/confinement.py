@@ -1,7 +1,8 @@
 """What a worker may reach beyond itself, cut down before any program runs in it (Linux).
 
 The worker confines itself first thing, while it is still a single thread, so every thread and process it starts
-later is confined too:
+later is confined too (a spawned worker before it imports the package: `spawned_worker.py`; this module imports
+nothing of it):
 
 - no new privileges: no setuid program or file capability gives any back;
 - no capabilities: a worker started as root cannot read or trace the evaluator, nor override file permissions;
@@ -20,8 +21,7 @@ from __future__ import annotations
 import ctypes
 import os
 import tempfile
-
-from evaluator.sandbox.results import Confinement
+from dataclasses import dataclass
 
 _PR_SET_DUMPABLE = 4
 _PR_CAPBSET_DROP = 24
@@ -47,6 +47,23 @@ _SHARED_DEVICES = frozenset({"shm", "mqueue"})
 # where programs and the libraries they use put temporary files and caches: a worker is started with each set to
 # its own folder
 FOLDER_VARIABLES = ("HOME", "TMPDIR", "TMP", "TEMP", "XDG_CACHE_HOME", "TRITON_HOME", "TORCHINDUCTOR_CACHE_DIR")
+
+
+@dataclass(frozen=True)
+class Confinement:
+    """What a worker cut itself off from before any candidate code ran (see `confinement.py`)."""
+
+    no_new_privileges: bool  # no setuid program or file capability can raise its privileges
+    capabilities_dropped: bool  # it holds no capability, even as root
+    landlock_abi: int  # the kernel's Landlock version; 0 where there is none, and the three below are False
+    writes_confined: bool  # it writes only in its own folder and to devices
+    tcp_denied: bool  # no TCP bind or connect
+    scoped: bool  # no signal and no abstract unix socket to a process outside its own tree
+
+    @classmethod
+    def none(cls) -> Confinement:
+        return cls(False, False, 0, False, False, False)
+
 
 
 class _CapabilityHeader(ctypes.Structure):

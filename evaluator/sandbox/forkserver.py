@@ -86,7 +86,7 @@ class ForkServer:
 
     def fork(self, arguments: Sequence[str], environment: Mapping[str, str], cwd: str,
              descriptors: Mapping[str, int], timeout_s: float) -> ForkedProcess:
-        """A fresh worker running `python -m evaluator.sandbox.worker ARGUMENTS` in `cwd` with exactly
+        """A fresh worker running the worker's main loop (`worker.main(ARGUMENTS)`) in `cwd` with exactly
         `environment`, and the descriptors named in `zygote.DESCRIPTORS` (the caller closes its copies).
 
         Raises `ZygoteUnavailable` when no worker came back: its `sent` says whether the request had been sent.

@@ -36,7 +36,7 @@ from evaluator.sandbox.results import CallResult, Confinement, Output, Unsupport
 DEFAULT_ENTRY_POINT = "rebalance_experts"
 WEIGHT_DTYPES = (np.dtype(np.float32), np.dtype(np.int64))
 MARKER_VARIABLE = "EPLB_SANDBOX_WORKER"
-# "spawn": a new interpreter per worker (python -m evaluator.sandbox.worker); "forkserver": forked from a zygote
+# "spawn": a new interpreter per worker (python evaluator/sandbox/spawned_worker.py); "forkserver": forked from a zygote
 # that imported torch once (see zygote.py)
 START_METHODS = ("spawn", "forkserver")
 # the only variables of the evaluator's environment a worker sees; secrets stay behind
@@ -56,6 +56,7 @@ _REPORTED_MESSAGE_CHARS = 20_000  # of a failure message the worker sends
 # how long, after a fork the zygote did not report, a worker forked all the same is watched for and killed
 _STRAY_WATCH_S = 20.0
 _PACKAGE_ROOT = str(Path(evaluator.__file__).resolve().parent.parent)
+_SPAWNED_WORKER = str(Path(__file__).resolve().parent / "spawned_worker.py")
 
 _live_workers: weakref.WeakSet[Worker] = weakref.WeakSet()
 _subreaper_lock = threading.Lock()
@@ -558,7 +559,7 @@ def _spawn(arguments: list[str], environment: dict[str, str], cwd: str,
            descriptors: dict[str, int]) -> subprocess.Popen[bytes]:
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", "evaluator.sandbox.worker", *arguments,
+            [sys.executable, _SPAWNED_WORKER, *arguments,
              "--commands", str(descriptors["commands"]), "--results", str(descriptors["results"])],
             stdin=subprocess.DEVNULL, stdout=descriptors["stdout"], stderr=descriptors["stderr"],
             pass_fds=(descriptors["commands"], descriptors["results"]), start_new_session=True, cwd=cwd,

@@ -7,21 +7,7 @@ from typing import Union
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class Confinement:
-    """What a worker cut itself off from before any candidate code ran (see `confinement.py`)."""
-
-    no_new_privileges: bool  # no setuid program or file capability can raise its privileges
-    capabilities_dropped: bool  # it holds no capability, even as root
-    landlock_abi: int  # the kernel's Landlock version; 0 where there is none, and the three below are False
-    writes_confined: bool  # it writes only in its own folder and to devices
-    tcp_denied: bool  # no TCP bind or connect
-    scoped: bool  # no signal and no abstract unix socket to a process outside its own tree
-
-    @classmethod
-    def none(cls) -> Confinement:
-        return cls(False, False, 0, False, False, False)
+from evaluator.sandbox.confinement import Confinement
 
 
 @dataclass(frozen=True)

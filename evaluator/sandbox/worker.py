@@ -24,8 +24,7 @@ from typing import Any
 import numpy as np
 
 from evaluator.sandbox import channel, proctree
-from evaluator.sandbox.confinement import confine
-from evaluator.sandbox.results import Confinement
+from evaluator.sandbox.confinement import Confinement, confine
 
 MODULE_NAME = "candidate"
 _MAX_MESSAGE_CHARS = 16_000
@@ -409,7 +408,9 @@ def _send(fd: int, header: dict[str, Any], arrays: Sequence[np.ndarray] = ()) ->
     channel.write_blocking(fd, channel.encode(header, arrays))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, confined: Confinement | None = None) -> int:
+    """Serve the evaluator over the descriptors `argv` names. `confined` is the confinement already applied (by
+    `spawned_worker`, before any import); without it the worker applies it here, first."""
     parser = argparse.ArgumentParser(prog="python -m evaluator.sandbox.worker")
     parser.add_argument("--commands", type=int, required=True, help="descriptor to read commands from")
     parser.add_argument("--results", type=int, required=True, help="descriptor to write results to")
@@ -423,8 +424,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--unconfined", action="store_true", help="skip the confinement (to test what holds without)")
     options = parser.parse_args(argv)
 
-    # while this is the only thread: every later one is confined too
-    confinement = Confinement.none() if options.unconfined else confine(os.getcwd())
+    # first: every thread and process started from here on is confined too
+    confinement = confined or (Confinement.none() if options.unconfined else confine(os.getcwd()))
     proctree.become_subreaper()
     _watch_parent(os.getppid())
     try:

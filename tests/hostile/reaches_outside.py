@@ -1,6 +1,7 @@
 """Tries to reach past its worker and prints what came of each try, as one JSON object: read the evaluator's
 memory, signal it, write beside this file, write in its own folder and temporary folder, connect to the TCP port
-its environment's REACH_PORT names; and what it holds (capabilities, no_new_privs). Returns its input."""
+its environment's REACH_PORT names; and what it holds (capabilities, no_new_privs), in every thread. Returns its
+input."""
 import json
 import os
 import signal
@@ -38,6 +39,17 @@ def _status(field):
         return next(line.split(":", 1)[1].strip() for line in status if line.startswith(field + ":"))
 
 
+def _unconfined_threads():
+    """Threads of this process that kept a capability or may gain privileges: started before the confinement."""
+    found = []
+    for thread in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{thread}/status") as status:
+            fields = dict(line.split(":", 1) for line in status if ":" in line)
+        if fields["NoNewPrivs"].strip() != "1" or int(fields["CapEff"], 16):
+            found.append(thread)
+    return found
+
+
 def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus):
     outcomes = {
         "read_evaluator_memory": _attempt(_read_evaluator_memory),
@@ -48,6 +60,7 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus):
         "connect_tcp": _attempt(_connect),
         "effective_capabilities": _status("CapEff"),
         "no_new_privileges": _status("NoNewPrivs"),
+        "unconfined_threads": _unconfined_threads(),
     }
     print(json.dumps(outcomes), flush=True)
     return weight
