@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import textwrap
@@ -515,6 +516,9 @@ def test_a_worker_reaches_nothing_outside_its_own_folder_and_tree(tmp_path, star
     # and where the kernel has Landlock, as it does on the machines this project runs on
     assert confinement.landlock_abi >= 1, "this kernel has no Landlock: the checks below did not run"
     assert confinement.writes_confined and reached["write_beside_program"].startswith("refused")
+    assert reached["write_shared_memory"].startswith("refused")
+    assert reached["open_a_disk_for_writing"] != "done" or not any(  # "done" only where /dev holds no disk
+        stat.S_ISBLK(entry.stat(follow_symlinks=False).st_mode) for entry in os.scandir("/dev"))
     assert not (tmp_path / "reached").exists()
     if confinement.tcp_denied:
         assert reached["connect_tcp"].startswith("refused")

@@ -6,9 +6,10 @@ nothing of it):
 
 - no new privileges: no setuid program or file capability gives any back;
 - no capabilities: a worker started as root cannot read or trace the evaluator, nor override file permissions;
-- Landlock, where the kernel has it: writes only in the worker's own folder, to devices (the GPU's included) and
-  to its own entries under /proc; no TCP bind or connect; no signal and no abstract unix socket to a process
-  outside the worker's own tree, and no tracing or reading the memory of one (`/proc/<pid>/mem`), whatever the user.
+- Landlock, where the kernel has it: writes only in the worker's own folder, to character devices (the GPU's
+  included) and to its own entries under /proc; no TCP bind or connect; no signal and no abstract unix socket to
+  a process outside the worker's own tree, and no tracing or reading the memory of one (`/proc/<pid>/mem`),
+  whatever the user.
 
 The evaluator and the zygote make themselves non-dumpable, so that a worker of the same user cannot read or trace
 them (the evaluator holds the held-out windows and the schedule's secret generator; every worker is forked from the
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 
@@ -42,8 +44,6 @@ _WRITES = _WRITE_FILE | sum(1 << bit for bit in range(4, 13))  # remove, make (c
 _WRITES_BY_ABI = {1: _WRITES, 2: _WRITES | 1 << 13, 3: _WRITES | 1 << 13 | 1 << 14}  # refer, truncate
 _NET_TCP = 1 << 0 | 1 << 1  # bind, connect (ABI 4)
 _SCOPES = 1 << 0 | 1 << 1  # abstract unix sockets, signals (ABI 6)
-# under /dev, the entries a worker may not write: shared memory would let two candidates' processes talk
-_SHARED_DEVICES = frozenset({"shm", "mqueue"})
 # where programs and the libraries they use put temporary files and caches: a worker is started with each set to
 # its own folder
 FOLDER_VARIABLES = ("HOME", "TMPDIR", "TMP", "TEMP", "XDG_CACHE_HOME", "TRITON_HOME", "TORCHINDUCTOR_CACHE_DIR")
@@ -56,7 +56,7 @@ class Confinement:
     no_new_privileges: bool  # no setuid program or file capability can raise its privileges
     capabilities_dropped: bool  # it holds no capability, even as root
     landlock_abi: int  # the kernel's Landlock version; 0 where there is none, and the three below are False
-    writes_confined: bool  # it writes only in its own folder and to devices
+    writes_confined: bool  # it writes only in its own folder, to character devices and to its own /proc entries
     tcp_denied: bool  # no TCP bind or connect
     scoped: bool  # no signal and no abstract unix socket to a process outside its own tree
 
@@ -140,12 +140,32 @@ def _restrict(libc: ctypes.CDLL, abi: int, folder: str) -> bool:
             return False
         # its own entries under /proc: the GPU's driver writes there as it initialises; CUDA starts only with them
         _allow(libc, ruleset, f"/proc/{os.getpid()}", writes)
-        for entry in os.scandir("/dev"):  # links skipped: what they point to is no device
-            if entry.name not in _SHARED_DEVICES and not entry.is_symlink():
-                _allow(libc, ruleset, entry.path, writes if entry.is_dir() else writes & _FILE_RIGHTS)
+        for device in _character_devices():
+            _allow(libc, ruleset, device, writes & _FILE_RIGHTS)
         return libc.syscall(_SYS_RESTRICT_SELF, ruleset, 0) == 0
     finally:
         os.close(ruleset)
+
+
+def _character_devices() -> list[str]:
+    """The character devices in /dev and its folders (the GPU's, /dev/null, terminals): the only device files a
+    worker may write. Not a block device, whose writes would reach a disk beneath every file's permissions, nor
+    /dev/shm, where two candidates' processes could leave each other files."""
+    found = []
+    for entry in os.scandir("/dev"):
+        try:
+            inside = list(os.scandir(entry.path)) if entry.is_dir(follow_symlinks=False) else [entry]
+        except OSError:
+            continue
+        found += [device.path for device in inside if _is_character_device(device)]
+    return found
+
+
+def _is_character_device(entry: os.DirEntry[str]) -> bool:
+    try:
+        return stat.S_ISCHR(entry.stat(follow_symlinks=False).st_mode)
+    except OSError:
+        return False
 
 
 def _allow(libc: ctypes.CDLL, ruleset: int, path: str, rights: int) -> bool:

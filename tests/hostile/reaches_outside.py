@@ -1,11 +1,12 @@
 """Tries to reach past its worker and prints what came of each try, as one JSON object: read the evaluator's
-memory, signal it, write beside this file, write in its own folder and temporary folder, connect to the TCP port
-its environment's REACH_PORT names; and what it holds (capabilities, no_new_privs), in every thread. Returns its
-input."""
+memory, signal it, write beside this file, in its own folder, in its temporary folder and in /dev/shm, open a disk
+(a block device) for writing (writing nothing), connect to the TCP port its environment's REACH_PORT names; and
+what it holds (capabilities, no_new_privs), in every thread. Returns its input."""
 import json
 import os
 import signal
 import socket
+import stat
 import tempfile
 
 
@@ -27,6 +28,13 @@ def _read_evaluator_memory():
 def _write(folder):
     with open(os.path.join(folder, "reached"), "w") as file:
         file.write("reached")
+
+
+def _open_a_disk_for_writing():
+    """Opens the first block device for writing and closes it at once: nothing is written."""
+    disks = [entry.path for entry in os.scandir("/dev") if stat.S_ISBLK(entry.stat(follow_symlinks=False).st_mode)]
+    if disks:
+        os.close(os.open(disks[0], os.O_WRONLY))
 
 
 def _connect():
@@ -57,6 +65,8 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus):
         "write_beside_program": _attempt(lambda: _write(os.path.dirname(os.path.abspath(__file__)))),
         "write_own_folder": _attempt(lambda: _write(os.getcwd())),
         "write_temporary_folder": _attempt(lambda: _write(tempfile.gettempdir())),
+        "write_shared_memory": _attempt(lambda: _write("/dev/shm")),
+        "open_a_disk_for_writing": _attempt(_open_a_disk_for_writing),
         "connect_tcp": _attempt(_connect),
         "effective_capabilities": _status("CapEff"),
         "no_new_privileges": _status("NoNewPrivs"),
