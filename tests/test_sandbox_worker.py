@@ -7,6 +7,7 @@ ahead, so torch is imported while earlier tests run.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import json
 import os
@@ -44,6 +45,7 @@ SMALL = Problem(num_layers=4, num_experts=16, num_replicas=24, num_groups=4, num
 LIMITS = Limits(timeout_s=30, import_timeout_s=30, memory_mb=1024)
 UNCONFINED = dataclasses.replace(LIMITS, confined=False)
 SHORT_S = 3.0  # the time limit given to programs that hang
+PR_GET_DUMPABLE = 3
 ZYGOTE_ROOM = b"EPLB_SANDBOX_ENVIRONMENT_ROOM="  # in the environment of a zygote, the process workers are forked from
 
 sys.path.insert(0, str(ROOT / "seeds"))
@@ -508,6 +510,7 @@ def test_a_worker_reaches_nothing_outside_its_own_folder_and_tree(tmp_path, star
                 reached = json.loads(worker.output()[0].text())
                 confinement = worker.info.confinement
     # wherever it runs: no capability, no privilege to gain, and the evaluator's memory out of reach
+    assert ctypes.CDLL(None).prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) == 0  # this process started workers: not dumpable
     assert confinement.capabilities_dropped and confinement.no_new_privileges
     assert reached["effective_capabilities"] == "0000000000000000" and reached["no_new_privileges"] == "1"
     assert reached["unconfined_threads"] == []  # confined before any thread was started, numpy's included
