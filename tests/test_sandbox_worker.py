@@ -520,6 +520,8 @@ def test_a_worker_reaches_nothing_outside_its_own_folder_and_tree(tmp_path, star
     assert confinement.landlock_abi >= 1, "this kernel has no Landlock: the checks below did not run"
     assert confinement.writes_confined and reached["write_beside_program"].startswith("refused")
     assert reached["write_shared_memory"].startswith("refused")
+    assert reached["open_the_null_device_for_writing"] == "done"
+    assert reached["open_the_kernel_log_for_writing"].startswith("refused")  # as root, it was open before
     assert reached["open_a_disk_for_writing"] != "done" or not any(  # "done" only where /dev holds no disk
         stat.S_ISBLK(entry.stat(follow_symlinks=False).st_mode) for entry in os.scandir("/dev"))
     assert not (tmp_path / "reached").exists()

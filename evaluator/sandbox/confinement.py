@@ -6,8 +6,8 @@ nothing of it):
 
 - no new privileges: no setuid program or file capability gives any back;
 - no capabilities: a worker started as root cannot read or trace the evaluator, nor override file permissions;
-- Landlock, where the kernel has it: writes only in the worker's own folder, to character devices (the GPU's
-  included) and to its own entries under /proc; no TCP bind or connect; no signal and no abstract unix socket to
+- Landlock, where the kernel has it: writes only in the worker's own folder, to the GPU's devices and the null and
+  random ones, and to its own entries under /proc; no TCP bind or connect; no signal and no abstract unix socket to
   a process outside the worker's own tree, and no tracing or reading the memory of one (`/proc/<pid>/mem`),
   whatever the user.
 
@@ -20,6 +20,7 @@ environment and memory use.
 from __future__ import annotations
 
 import ctypes
+import glob
 import os
 import stat
 import tempfile
@@ -44,6 +45,10 @@ _WRITES = _WRITE_FILE | sum(1 << bit for bit in range(4, 13))  # remove, make (c
 _WRITES_BY_ABI = {1: _WRITES, 2: _WRITES | 1 << 13, 3: _WRITES | 1 << 13 | 1 << 14}  # refer, truncate
 _NET_TCP = 1 << 0 | 1 << 1  # bind, connect (ABI 4)
 _SCOPES = 1 << 0 | 1 << 1  # abstract unix sockets, signals (ABI 6)
+# what a worker may write under /dev: the null and random devices, its controlling terminal, and the GPU's (NVIDIA's,
+# AMD's compute and render nodes)
+_WRITABLE_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/nvidia*",
+                     "/dev/nvidia-caps/*", "/dev/kfd", "/dev/dri/renderD*")
 # where programs and the libraries they use put temporary files and caches: a worker is started with each set to
 # its own folder
 FOLDER_VARIABLES = ("HOME", "TMPDIR", "TMP", "TEMP", "XDG_CACHE_HOME", "TRITON_HOME", "TORCHINDUCTOR_CACHE_DIR")
@@ -56,7 +61,7 @@ class Confinement:
     no_new_privileges: bool  # no setuid program or file capability can raise its privileges
     capabilities_dropped: bool  # it holds no capability, even as root
     landlock_abi: int  # the kernel's Landlock version; 0 where there is none, and the three below are False
-    writes_confined: bool  # it writes only in its own folder, to character devices and to its own /proc entries
+    writes_confined: bool  # it writes only in its own folder, to the GPU's and harmless devices, to its /proc
     tcp_denied: bool  # no TCP bind or connect
     scoped: bool  # no signal and no abstract unix socket to a process outside its own tree
 
@@ -110,7 +115,8 @@ def confine(folder: str) -> Confinement:
     abi = libc.syscall(_SYS_CREATE_RULESET, None, 0, _CREATE_RULESET_VERSION) if no_new_privileges else -1
     if abi < 1 or not _restrict(libc, abi, folder):
         return Confinement(no_new_privileges, capabilities_dropped, 0, False, False, False)
-    return Confinement(no_new_privileges, capabilities_dropped, abi, True, abi >= 4, abi >= 6)
+    # before version 3 Landlock cannot refuse truncating a file: writes are not confined
+    return Confinement(no_new_privileges, capabilities_dropped, abi, abi >= 3, abi >= 4, abi >= 6)
 
 
 def _drop_capabilities(libc: ctypes.CDLL) -> bool:
@@ -140,30 +146,23 @@ def _restrict(libc: ctypes.CDLL, abi: int, folder: str) -> bool:
             return False
         # its own entries under /proc: the GPU's driver writes there as it initialises; CUDA starts only with them
         _allow(libc, ruleset, f"/proc/{os.getpid()}", writes)
-        for device in _character_devices():
+        for device in _writable_devices():
             _allow(libc, ruleset, device, writes & _FILE_RIGHTS)
         return libc.syscall(_SYS_RESTRICT_SELF, ruleset, 0) == 0
     finally:
         os.close(ruleset)
 
 
-def _character_devices() -> list[str]:
-    """The character devices in /dev and its folders (the GPU's, /dev/null, terminals): the only device files a
-    worker may write. Not a block device, whose writes would reach a disk beneath every file's permissions, nor
-    /dev/shm, where two candidates' processes could leave each other files."""
-    found = []
-    for entry in os.scandir("/dev"):
-        try:
-            inside = list(os.scandir(entry.path)) if entry.is_dir(follow_symlinks=False) else [entry]
-        except OSError:
-            continue
-        found += [device.path for device in inside if _is_character_device(device)]
-    return found
+def _writable_devices() -> list[str]:
+    """The device files a worker may write: the GPU's and the harmless ones, no other. A block device would let it
+    write a disk beneath every file's permissions, and other character devices (the kernel's log, consoles,
+    terminals, SCSI generics) do harm or carry messages between processes for a worker running as root."""
+    return [path for pattern in _WRITABLE_DEVICES for path in glob.glob(pattern) if _is_character_device(path)]
 
 
-def _is_character_device(entry: os.DirEntry[str]) -> bool:
+def _is_character_device(path: str) -> bool:
     try:
-        return stat.S_ISCHR(entry.stat(follow_symlinks=False).st_mode)
+        return stat.S_ISCHR(os.lstat(path).st_mode)
     except OSError:
         return False
 

@@ -1,7 +1,8 @@
 """Tries to reach past its worker and prints what came of each try, as one JSON object: read the evaluator's
 memory, signal it, write beside this file, in its own folder, in its temporary folder and in /dev/shm, open a disk
-(a block device) for writing (writing nothing), connect to the TCP port its environment's REACH_PORT names; and
-what it holds (capabilities, no_new_privs), in every thread. Returns its input."""
+(a block device), the kernel's log and the null device for writing (writing nothing), connect to the TCP port its
+environment's REACH_PORT names; and what it holds (capabilities, no_new_privs), in every thread. Returns its
+input."""
 import json
 import os
 import signal
@@ -37,6 +38,10 @@ def _open_a_disk_for_writing():
         os.close(os.open(disks[0], os.O_WRONLY))
 
 
+def _open_for_writing(path):
+    os.close(os.open(path, os.O_WRONLY))  # nothing is written
+
+
 def _connect():
     with socket.create_connection(("127.0.0.1", int(os.environ["REACH_PORT"])), timeout=5):
         pass
@@ -67,6 +72,8 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus):
         "write_temporary_folder": _attempt(lambda: _write(tempfile.gettempdir())),
         "write_shared_memory": _attempt(lambda: _write("/dev/shm")),
         "open_a_disk_for_writing": _attempt(_open_a_disk_for_writing),
+        "open_the_kernel_log_for_writing": _attempt(lambda: _open_for_writing("/dev/kmsg")),
+        "open_the_null_device_for_writing": _attempt(lambda: _open_for_writing("/dev/null")),
         "connect_tcp": _attempt(_connect),
         "effective_capabilities": _status("CapEff"),
         "no_new_privileges": _status("NoNewPrivs"),
