@@ -70,7 +70,6 @@ class Confinement:
         return cls(False, False, 0, False, False, False)
 
 
-
 class _CapabilityHeader(ctypes.Structure):
     _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
 

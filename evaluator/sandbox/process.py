@@ -15,7 +15,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -602,9 +602,9 @@ def _field(header: dict[str, Any], name: str, kinds: type | tuple[type, ...]) ->
 
 def _confinement(header: dict[str, Any]) -> Confinement:
     reported = _field(header, "confinement", dict)
-    return Confinement(**{name: _field(reported, name, kind) for name, kind in (
-        ("no_new_privileges", bool), ("capabilities_dropped", bool), ("landlock_abi", int),
-        ("writes_confined", bool), ("tcp_denied", bool), ("scoped", bool))})
+    kinds = {"bool": bool, "int": int}  # the fields' annotations, as strings
+    return Confinement(**{field.name: _field(reported, field.name, kinds[field.type])
+                          for field in fields(Confinement)})
 
 
 def _unpacked(entry: dict[str, Any], array: np.ndarray, position: int) -> tuple[np.dtype, tuple[int, ...]]:

@@ -47,18 +47,18 @@ def _connect():
         pass
 
 
-def _status(field):
-    with open("/proc/self/status") as status:
-        return next(line.split(":", 1)[1].strip() for line in status if line.startswith(field + ":"))
+def _status(task="self"):
+    """The fields of /proc/<task>/status, by name."""
+    with open(f"/proc/{task}/status") as status:
+        return {name: value.strip() for name, value in (line.split(":", 1) for line in status if ":" in line)}
 
 
 def _unconfined_threads():
     """Threads of this process that kept a capability or may gain privileges: started before the confinement."""
     found = []
     for thread in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{thread}/status") as status:
-            fields = dict(line.split(":", 1) for line in status if ":" in line)
-        if fields["NoNewPrivs"].strip() != "1" or int(fields["CapEff"], 16):
+        fields = _status(f"self/task/{thread}")
+        if fields["NoNewPrivs"] != "1" or int(fields["CapEff"], 16):
             found.append(thread)
     return found
 
@@ -75,8 +75,8 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus):
         "open_the_kernel_log_for_writing": _attempt(lambda: _open_for_writing("/dev/kmsg")),
         "open_the_null_device_for_writing": _attempt(lambda: _open_for_writing("/dev/null")),
         "connect_tcp": _attempt(_connect),
-        "effective_capabilities": _status("CapEff"),
-        "no_new_privileges": _status("NoNewPrivs"),
+        "effective_capabilities": _status()["CapEff"],
+        "no_new_privileges": _status()["NoNewPrivs"],
         "unconfined_threads": _unconfined_threads(),
     }
     print(json.dumps(outcomes), flush=True)
