@@ -201,13 +201,19 @@ def test_an_orphaned_grandchild_in_a_new_session_is_gone_afterwards(small, tmp_p
     body = """
     import subprocess
     def rebalance_experts(weight, *args):
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+        command = [sys.executable, "-c", "import time; time.sleep(600)"]
+        try:
+            child = subprocess.Popen(command, start_new_session=True)
+        except PermissionError:  # refused to a confined worker: the grandchild stays in the worker's process group
+            print("new session refused", flush=True)
+            child = subprocess.Popen(command)
         print("grandchild", child.pid, flush=True)
         return seed.rebalance_experts(weight, *args)
     """
     result = small.evaluate(program(tmp_path, body))
     pids = [int(line.split()[1]) for line in result.stdout.splitlines() if line.startswith("grandchild ")]
     assert pids
+    assert ("new session refused" in result.stdout) == result.sandbox["calls_filtered"]
     deadline = time.monotonic() + 10
     while any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids):
         assert time.monotonic() < deadline, "the grandchild outlived its evaluation"
@@ -278,6 +284,54 @@ def test_a_plan_cached_in_a_file_for_the_recheck_is_caught(small, tmp_path):
     assert_failed(result, "invalid_output")
     assert [v["invariant"] for v in result.violations] == ["plan.not_reproducible"]
     assert not cache.exists() and "Permission denied" in result.stdout
+
+
+def test_a_plan_left_in_the_first_process_folder_does_not_reach_the_recheck(small, tmp_path):
+    """The stale plan above, kept in the first process's own folder (which it may write), and looked for by the
+    recheck's process in every folder beside its own: the first process's folder is gone before the recheck
+    starts."""
+    body = """
+    import glob
+    _cache = []
+    def rebalance_experts(weight, *args):
+        if not _cache:
+            left = glob.glob(os.path.join(os.path.dirname(os.getcwd()), "*", "plan.pt"))
+            print("found", left, flush=True)
+            _cache.append(torch.load(left[0]) if left else seed.rebalance_experts(weight, *args))
+            torch.save(_cache[0], os.path.join(os.getcwd(), "plan.pt"))
+        return tuple(t.clone() for t in _cache[0])
+    """
+    result = small.evaluate(program(tmp_path, body))
+    assert_failed(result, "invalid_output")
+    assert [v["invariant"] for v in result.violations] == ["plan.not_reproducible"]
+    assert "found []" in result.stdout
+
+
+def test_a_plan_left_in_an_extended_attribute_does_not_reach_the_recheck(small, tmp_path):
+    """The stale plan above, kept in an extended attribute of the program's own file, which Landlock does not rule:
+    a worker may change no file's metadata."""
+    body = """
+    import pickle, zlib
+    import numpy as np
+    _cache = []
+    def rebalance_experts(weight, *args):
+        if not _cache:
+            try:
+                left = pickle.loads(zlib.decompress(os.getxattr(__file__, "user.plan")))
+                _cache.append(tuple(torch.from_numpy(array.astype(np.int64)) for array in left))
+            except OSError:
+                _cache.append(seed.rebalance_experts(weight, *args))
+                narrow = [t.numpy().astype(np.int8) for t in _cache[0]]
+                try:
+                    os.setxattr(__file__, "user.plan", zlib.compress(pickle.dumps(narrow)))
+                except OSError as error:
+                    print("plan not left:", error.strerror, flush=True)
+        return tuple(t.clone() for t in _cache[0])
+    """
+    result = small.evaluate(program(tmp_path, body))
+    assert_failed(result, "invalid_output")
+    assert [v["invariant"] for v in result.violations] == ["plan.not_reproducible"]
+    assert "plan not left: Operation not permitted" in result.stdout
 
 
 # Regenerates the trace it expects to be scored on and, for an input it recognises, returns the seed's plan for

@@ -402,6 +402,19 @@ def test_an_orphan_is_gone_after_the_worker_dies(unconfined_pool, tmp_path, prog
     assert not psutil.pid_exists(orphan)
 
 
+def test_a_child_that_erased_its_marker_is_gone_after_the_worker_dies(pool):
+    """Nothing in its environment or its parent marks the orphan as the worker's; it cannot leave the worker's
+    process group, which is killed whole."""
+    failure, worker = run(pool, HOSTILE / "erases_its_marker.py")
+    assert failure.kind is FailureKind.CRASH and failure.exit_code == 0
+    assert worker.info.confinement.calls_filtered, "this machine has no seccomp filter: the orphan may escape"
+    child = int(failure.stdout.text().split()[1])
+    deadline = time.monotonic() + 10
+    while running(child):
+        assert time.monotonic() < deadline, "the child that erased its marker outlived its worker"
+        time.sleep(0.05)
+
+
 def test_a_double_fork_daemon_is_gone_after_the_worker_closes(unconfined_pool, tmp_path):
     worker = unconfined_pool.acquire()
     with worker:
@@ -527,6 +540,12 @@ def test_a_worker_reaches_nothing_outside_its_own_folder_and_tree(tmp_path, star
     assert not (tmp_path / "reached").exists()
     if confinement.tcp_denied:
         assert reached["connect_tcp"].startswith("refused")
+    # and where seccomp knows the architecture, as on the machines this project runs on
+    assert confinement.calls_filtered or os.uname().machine not in ("x86_64", "aarch64")
+    if confinement.calls_filtered:
+        for attempt in ("change_a_files_mode", "change_a_files_times", "set_an_extended_attribute",
+                        "create_shared_memory", "add_a_key", "set_up_io_uring"):
+            assert reached[attempt] == "refused: Operation not permitted", attempt
     if confinement.scoped:
         assert reached["signal_evaluator"].startswith("refused")
 

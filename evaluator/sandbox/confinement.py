@@ -9,7 +9,12 @@ nothing of it):
 - Landlock, where the kernel has it: writes only in the worker's own folder, to the GPU's devices and the null and
   random ones, and to its own entries under /proc; no TCP bind or connect; no signal and no abstract unix socket to
   a process outside the worker's own tree, and no tracing or reading the memory of one (`/proc/<pid>/mem`),
-  whatever the user.
+  whatever the user;
+- a seccomp filter, on x86_64 and aarch64: no change to a file's mode, owner, times or extended attributes, no
+  System V IPC, no keyring and no io_uring (Landlock rules none of them, and each outlives the worker: a place
+  to leave a plan for the recheck's process, or, as root, a way to make a program setuid); and no new session or
+  process group, so that every process the worker starts stays in its process group, which the evaluator kills
+  whole.
 
 The evaluator and the zygote make themselves non-dumpable, so that a worker of the same user cannot read or trace
 them (the evaluator holds the held-out windows and the schedule's secret generator; every worker is forked from the
@@ -20,6 +25,7 @@ environment and memory use.
 from __future__ import annotations
 
 import ctypes
+import errno
 import glob
 import os
 import stat
@@ -45,6 +51,26 @@ _WRITES = _WRITE_FILE | sum(1 << bit for bit in range(4, 13))  # remove, make (c
 _WRITES_BY_ABI = {1: _WRITES, 2: _WRITES | 1 << 13, 3: _WRITES | 1 << 13 | 1 << 14}  # refer, truncate
 _NET_TCP = 1 << 0 | 1 << 1  # bind, connect (ABI 4)
 _SCOPES = 1 << 0 | 1 << 1  # abstract unix sockets, signals (ABI 6)
+# seccomp, from linux/seccomp.h, linux/filter.h and linux/audit.h
+_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
+_LOAD_WORD, _JUMP_IF_EQUAL, _JUMP_IF_AT_LEAST, _RETURN = 0x20, 0x15, 0x35, 0x06
+_SECCOMP_DATA_NR, _SECCOMP_DATA_ARCH = 0, 4  # offsets in struct seccomp_data
+_ALLOW, _REFUSE = 0x7FFF0000, 0x00050000 | errno.EPERM
+# the calls a worker is refused, by architecture: its audit number, the numbers of a file's mode, owner, times and
+# extended attributes (fchmodat2 452, setxattrat 463 and removexattrat 466 are numbered alike on both), of System V
+# IPC, keyrings, a new session or process group (setsid, setpgid) and io_uring (whose operations pass no system call,
+# so no filter), and where the numbers of another ABI sharing the architecture's begin (x86_64's x32, whose calls
+# would bypass the numbers above)
+_SINCE_6_6 = (452, 463, 466, 425, 426, 427)
+_REFUSED_CALLS = {
+    "x86_64": (0xC000003E, (90, 91, 268, 92, 93, 94, 260, 132, 235, 261, 280, 188, 189, 190, 197, 198, 199,
+                            29, 30, 31, 67, 64, 65, 66, 220, 68, 69, 70, 71, 248, 249, 250, 112, 109, *_SINCE_6_6),
+               0x40000000),
+    "aarch64": (0xC00000B7, (52, 53, 55, 54, 88, 5, 6, 7, 14, 15, 16,
+                             194, 196, 195, 197, 190, 193, 191, 192, 186, 189, 188, 187, 217, 218, 219, 157, 154,
+                             *_SINCE_6_6),
+                None),
+}
 # what a worker may write under /dev: the null and random devices, its controlling terminal, and the GPU's (NVIDIA's,
 # AMD's compute and render nodes)
 _WRITABLE_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/nvidia*",
@@ -64,10 +90,11 @@ class Confinement:
     writes_confined: bool  # it writes only in its own folder, to the GPU's and harmless devices, to its /proc
     tcp_denied: bool  # no TCP bind or connect
     scoped: bool  # no signal and no abstract unix socket to a process outside its own tree
+    calls_filtered: bool  # no file metadata, System V IPC, keyring, io_uring, new session or process group
 
     @classmethod
     def none(cls) -> Confinement:
-        return cls(False, False, 0, False, False, False)
+        return cls(False, False, 0, False, False, False, False)
 
 
 class _CapabilityHeader(ctypes.Structure):
@@ -86,6 +113,15 @@ class _RulesetAttributes(ctypes.Structure):
 class _PathBeneath(ctypes.Structure):
     _pack_ = 1
     _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+class _FilterInstruction(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jump_if_true", ctypes.c_uint8), ("jump_if_false", ctypes.c_uint8),
+                ("operand", ctypes.c_uint32)]
+
+
+class _FilterProgram(ctypes.Structure):
+    _fields_ = [("length", ctypes.c_ushort), ("instructions", ctypes.POINTER(_FilterInstruction))]
 
 
 def _libc() -> ctypes.CDLL:
@@ -111,11 +147,12 @@ def confine(folder: str) -> Confinement:
         return Confinement.none()
     no_new_privileges = libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
     capabilities_dropped = _drop_capabilities(libc)
+    calls_filtered = no_new_privileges and _filter_calls(libc)
     abi = libc.syscall(_SYS_CREATE_RULESET, None, 0, _CREATE_RULESET_VERSION) if no_new_privileges else -1
     if abi < 1 or not _restrict(libc, abi, folder):
-        return Confinement(no_new_privileges, capabilities_dropped, 0, False, False, False)
+        return Confinement(no_new_privileges, capabilities_dropped, 0, False, False, False, calls_filtered)
     # before version 3 Landlock cannot refuse truncating a file: writes are not confined
-    return Confinement(no_new_privileges, capabilities_dropped, abi, abi >= 3, abi >= 4, abi >= 6)
+    return Confinement(no_new_privileges, capabilities_dropped, abi, abi >= 3, abi >= 4, abi >= 6, calls_filtered)
 
 
 def _drop_capabilities(libc: ctypes.CDLL) -> bool:
@@ -130,6 +167,27 @@ def _drop_capabilities(libc: ctypes.CDLL) -> bool:
     if libc.capget(ctypes.byref(header), held) != 0:
         return False
     return not any(data.effective or data.permitted or data.inheritable for data in held)
+
+
+def _filter_calls(libc: ctypes.CDLL) -> bool:
+    """Refuse `_REFUSED_CALLS` with EPERM, and every call made through another architecture's entry (a 32-bit one)
+    or another ABI's numbers, which would bypass them; True if the filter is in place. Needs no new privileges set
+    first."""
+    native = _REFUSED_CALLS.get(os.uname().machine)
+    if native is None or ctypes.sizeof(ctypes.c_void_p) != 8:
+        return False
+    architecture, numbers, other_abi_from = native
+    instructions = [(_LOAD_WORD, 0, 0, _SECCOMP_DATA_ARCH), (_JUMP_IF_EQUAL, 1, 0, architecture),
+                    (_RETURN, 0, 0, _REFUSE), (_LOAD_WORD, 0, 0, _SECCOMP_DATA_NR)]
+    tests = [(_JUMP_IF_EQUAL, number) for number in numbers]
+    if other_abi_from is not None:
+        tests.append((_JUMP_IF_AT_LEAST, other_abi_from))
+    for index, (test, number) in enumerate(tests):  # each jumps, when it holds, to the refusal at the end
+        instructions.append((test, len(tests) - index, 0, number))
+    instructions += [(_RETURN, 0, 0, _ALLOW), (_RETURN, 0, 0, _REFUSE)]
+    array = (_FilterInstruction * len(instructions))(*(_FilterInstruction(*fields) for fields in instructions))
+    program = _FilterProgram(len(instructions), array)
+    return libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(program), 0, 0) == 0
 
 
 def _restrict(libc: ctypes.CDLL, abi: int, folder: str) -> bool:

@@ -12,7 +12,6 @@ import atexit
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -189,10 +188,7 @@ class ForkServer:
             self._control = None
         if self._process is not None:
             group = self._process.pid
-            try:
-                os.killpg(group, signal.SIGKILL)
-            except OSError:
-                pass
+            proctree.kill_group(group)
             try:
                 self._process.wait(_KILL_WAIT_S)
             except subprocess.TimeoutExpired:

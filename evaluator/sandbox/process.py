@@ -174,7 +174,7 @@ class Worker:
             self._process, pipes, marker = _start(start_method, arguments, environment, self._workdir,
                                                   limits.start_timeout_s)
         except BaseException:
-            shutil.rmtree(self._workdir, ignore_errors=True)
+            _remove_folder(self._workdir)
             raise
         pipes.close_theirs()  # only the worker may hold its ends
         self._command_fd, self._result_fd, stdout_read, stderr_read = pipes.ours
@@ -319,8 +319,9 @@ class Worker:
         """Kill the worker and everything it started. Idempotent.
 
         Every process is stopped and sent SIGKILL before this returns, so none runs another
-        instruction. With `wait`, it also waits for them to exit and be collected (for a CUDA worker
-        the driver's teardown takes about 0.1 s); without, that finishes on a background thread.
+        instruction, and its folder is gone, so that no process started later finds what it left there
+        (the recheck's, a plan). With `wait`, it also waits for them to exit and be collected (for a CUDA
+        worker the driver's teardown takes about 0.1 s); without, that finishes on a background thread.
         """
         if self._state in ("closed", "failed"):
             return
@@ -330,6 +331,9 @@ class Worker:
             return
         self._stop_watching.set()
         self._kill()
+        if not _remove_folder(self._workdir):  # a write in flight as the kill landed: wait till none can be
+            self._terminate()
+            return
         try:
             threading.Thread(target=self._terminate, name="sandbox-reaper", daemon=True).start()
         except RuntimeError:  # no thread to spare: collect them here
@@ -462,6 +466,10 @@ class Worker:
     def _kill(self) -> None:
         with self._kill_lock:
             if self._killed is None:
+                # The worker leads its own process group, which a confined process cannot leave: the group's kill
+                # reaches even a process that erased its marker. Its number stays the worker's until the last
+                # member is collected (and pids are reused only after a full cycle).
+                proctree.kill_group(self.pid)
                 self._killed = self._tree.kill()
 
     def _terminate(self) -> None:
@@ -490,6 +498,7 @@ class Worker:
                 killed = self._tree.kill()  # with the root gone: any stray that still carries our marker
                 if not killed:
                     break
+            proctree.reap_group_children(self.pid, deadline)  # those the group's kill found, orphaned to us
         self._stdout.finish(_STREAM_JOIN_TIMEOUT_S)
         self._stderr.finish(_STREAM_JOIN_TIMEOUT_S)
         for fd in (self._command_fd, self._result_fd):
@@ -497,8 +506,14 @@ class Worker:
                 os.close(fd)
             except OSError:
                 pass
-        shutil.rmtree(self._workdir, ignore_errors=True)
+        _remove_folder(self._workdir)
         _live_workers.discard(self)
+
+
+def _remove_folder(path: str) -> bool:
+    """Remove a worker's folder and all in it; True if it is gone."""
+    shutil.rmtree(path, ignore_errors=True)
+    return not os.path.lexists(path)
 
 
 class _Pipes:

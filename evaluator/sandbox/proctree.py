@@ -123,6 +123,14 @@ def _group(pid: int) -> int | None:
     return None if fields is None else int(fields[2])
 
 
+def kill_group(group: int) -> None:
+    """Send SIGKILL to every process of process group `group` (none if it has none)."""
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except OSError:
+        pass
+
+
 def reap_group_children(group: int, deadline: float) -> None:
     """After process group `group` was killed: collect those of its processes that are (or become) this
     process's children, until none of the group is left or `deadline` passes."""

@@ -1,14 +1,21 @@
 """Tries to reach past its worker and prints what came of each try, as one JSON object: read the evaluator's
 memory, signal it, write beside this file, in its own folder, in its temporary folder and in /dev/shm, open a disk
 (a block device), the kernel's log and the null device for writing (writing nothing), connect to the TCP port its
-environment's REACH_PORT names; and what it holds (capabilities, no_new_privs), in every thread. Returns its
-input."""
+environment's REACH_PORT names, change its own file's mode and times (to what they are) and its folder's extended
+attributes, create System V shared memory (removed again), add a key to its process's keyring and set up an io_uring;
+and what it holds (capabilities, no_new_privs), in every thread. Returns its input."""
+import ctypes
 import json
 import os
 import signal
 import socket
 import stat
 import tempfile
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_ADD_KEY, _IO_URING_SETUP = {"x86_64": (248, 425), "aarch64": (217, 425)}[os.uname().machine]
+_IPC_PRIVATE, _IPC_CREAT, _IPC_RMID = 0, 0o1000, 0
+_PROCESS_KEYRING = -2
 
 
 def _attempt(action):
@@ -47,6 +54,32 @@ def _connect():
         pass
 
 
+def _checked(result):
+    if result < 0:
+        number = ctypes.get_errno()
+        raise OSError(number, os.strerror(number))
+    return result
+
+
+def _keep_times(path):
+    times = os.stat(path)
+    os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))
+
+
+def _create_shared_memory():
+    segment = _checked(_LIBC.shmget(_IPC_PRIVATE, 4096, _IPC_CREAT | 0o600))
+    _LIBC.shmctl(segment, _IPC_RMID, None)
+
+
+def _add_a_key():
+    _checked(_LIBC.syscall(_ADD_KEY, b"user", b"reached", b"1", 1, _PROCESS_KEYRING))
+
+
+def _set_up_io_uring():
+    parameters = ctypes.create_string_buffer(120)  # struct io_uring_params, zeroed
+    os.close(_checked(_LIBC.syscall(_IO_URING_SETUP, 4, parameters)))
+
+
 def _status(task="self"):
     """The fields of /proc/<task>/status, by name."""
     with open(f"/proc/{task}/status") as status:
@@ -75,6 +108,12 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus):
         "open_the_kernel_log_for_writing": _attempt(lambda: _open_for_writing("/dev/kmsg")),
         "open_the_null_device_for_writing": _attempt(lambda: _open_for_writing("/dev/null")),
         "connect_tcp": _attempt(_connect),
+        "change_a_files_mode": _attempt(lambda: os.chmod(__file__, stat.S_IMODE(os.stat(__file__).st_mode))),
+        "change_a_files_times": _attempt(lambda: _keep_times(__file__)),
+        "set_an_extended_attribute": _attempt(lambda: os.setxattr(os.getcwd(), "user.reached", b"1")),
+        "create_shared_memory": _attempt(_create_shared_memory),
+        "add_a_key": _attempt(_add_a_key),
+        "set_up_io_uring": _attempt(_set_up_io_uring),
         "effective_capabilities": _status()["CapEff"],
         "no_new_privileges": _status()["NoNewPrivs"],
         "unconfined_threads": _unconfined_threads(),
