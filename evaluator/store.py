@@ -49,6 +49,13 @@ def same_workload(result: Mapping[str, Any], workload: Mapping[str, Any]) -> boo
     return all(measured.get(key) == workload[key] for key in WORKLOAD_KEYS if key in workload)
 
 
+def measured_alike(result: Mapping[str, Any], here: Mapping[str, Any]) -> bool:
+    """Whether `result` was measured on the device and card `here` names, with the `software` versions it gives."""
+    software = result.get("software") or {}
+    return (result.get("device"), result.get("card")) == (here["device"], here["card"]) and all(
+        software.get(name) == version for name, version in here["software"].items())
+
+
 @dataclass(frozen=True)
 class StoredCandidate:
     id: str
@@ -78,10 +85,13 @@ class StoredCandidate:
         files = sorted(path for path in folder.glob("*.json") if not path.name.startswith("."))
         return [_read_json_object(path, "result") for path in files]
 
-    def latest_result(self, workload: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
-        """The newest result that is not an infra_error, on `workload` if given (see `same_workload`)."""
+    def latest_result(self, workload: Mapping[str, Any] | None = None,
+                      here: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+        """The newest result that is not an infra_error, on `workload` if given (see `same_workload`) and measured
+        `here` if given (see `measured_alike`)."""
         for result in reversed(self.results()):
-            if result.get("status") != "infra_error" and (workload is None or same_workload(result, workload)):
+            if (result.get("status") != "infra_error" and (workload is None or same_workload(result, workload))
+                    and (here is None or measured_alike(result, here))):
                 return result
         return None
 

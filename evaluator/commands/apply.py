@@ -16,6 +16,7 @@ from evaluator.commands.evaluate import (
     add_evaluation_arguments,
     evaluation_inputs,
     exit_code_of,
+    measured_here,
     note_cpu_fallback,
     open_evaluator,
     report,
@@ -100,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     if args.no_evaluate:
         _report_stored(stored, created, applied, parent, args.json, None)
         return ExitCode.OK
-    reusable = None if args.force or args.holdout else _stored_result(stored, workload)
+    reusable = None if args.force or args.holdout else _stored_result(stored, workload, measured_here(args))
     if reusable is None:
         with open_evaluator(args, problem, trace) as evaluator:
             result = evaluator.evaluate(stored.program_path)
@@ -116,9 +117,9 @@ def run(args: argparse.Namespace) -> int:
     return exit_code_of(result)
 
 
-def _stored_result(stored: StoredCandidate, workload: dict[str, Any]) -> dict[str, Any] | None:
+def _stored_result(stored: StoredCandidate, workload: dict[str, Any], here: dict[str, Any]) -> dict[str, Any] | None:
     try:
-        return stored.latest_result(workload)
+        return stored.latest_result(workload, here)
     except StoreError as error:
         raise CommandError(f"{error} (--force evaluates again without reading it)", ExitCode.INFRA_ERROR) from None
 
@@ -202,7 +203,7 @@ def _report_stored(
     if result is None:
         return
     if reused:
-        print("  its stored result for this workload is reused (--force evaluates again)")
+        print("  its stored result for this workload, device and software is reused (--force evaluates again)")
     report(result, f"candidate {stored.id}", as_json=False)
     if accepted:
         print(f"candidate {stored.id} accepted: this result is its regression baseline")

@@ -7,12 +7,17 @@ import json
 import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+from typing import Any
 
+import torch
+
+from evaluator import __version__
 from evaluator.commands import CommandError
 from evaluator.commands.workload import add_workload_arguments, problem_from, trace_from
 from evaluator.eplb.problem import Problem
 from evaluator.eplb.trace import Trace
 from evaluator.evaluation import Evaluator, Result, Settings
+from evaluator.evaluation.lanes import first_lane_card
 from evaluator.evaluation.timing import SeedTimingCache, default_cache_path
 from evaluator.exitcodes import ExitCode
 from evaluator.sandbox import Limits
@@ -61,8 +66,22 @@ def open_evaluator(args: argparse.Namespace, problem: Problem, trace: Trace, pro
                          gpus=args.gpu_ids, seed_timings=SeedTimingCache(default_cache_path()),
                          retime_seed=args.retime_seed, replenish=programs > 1)
     except ValueError as error:
-        option = f"--gpu-ids {','.join(map(str, args.gpu_ids))}" if args.gpu_ids else f"--device {args.device}"
-        raise CommandError(f"{option}: {error}") from None
+        raise _device_error(args, error) from None
+
+
+def measured_here(args: argparse.Namespace) -> dict[str, Any]:
+    """Where an evaluation configured by `args` would measure, as a result records it (`device`, `card`, the
+    `software` versions that change timings or scores), found without starting a worker."""
+    try:
+        device, card = first_lane_card(args.device, args.gpu_ids)
+    except ValueError as error:
+        raise _device_error(args, error) from None
+    return {"device": device, "card": card, "software": {"torch": torch.__version__, "evaluator": __version__}}
+
+
+def _device_error(args: argparse.Namespace, error: ValueError) -> CommandError:
+    option = f"--gpu-ids {','.join(map(str, args.gpu_ids))}" if args.gpu_ids else f"--device {args.device}"
+    return CommandError(f"{option}: {error}")
 
 
 def _gpu_list(text: str) -> list[int]:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from evaluator.sandbox import Failure, FailureKind, Limits, SandboxFailure, WarmUp, WorkerPool
+from evaluator.sandbox.cards import cpu_model
 
 # The lock sockets open in this process. A forked child closes its copies, so that a lane is free once this
 # process lets it go, whatever the child does; a fork waits while a lock is being opened or closed.
@@ -204,6 +205,15 @@ def _past(give_up_at: float | None) -> bool:
 def _gave_up(what: str) -> SandboxFailure:
     return SandboxFailure(Failure(FailureKind.INFRA_ERROR,
                                   f"gave up waiting for {what}: other evaluations held it until the deadline"))
+
+
+def first_lane_card(device: str, gpus: Sequence[int] | None) -> tuple[str, str]:
+    """The device and card the first lane's workers would report (`WorkerInfo.device`, `.card`), found without
+    starting one; raises ValueError as `Lanes` does for a device or GPUs that cannot be had."""
+    _, worker_device, _ = _devices(device, gpus)[0]
+    if worker_device == "cpu":
+        return "cpu", cpu_model()
+    return "cuda", torch.cuda.get_device_name(gpus[0] if gpus else 0)
 
 
 def _devices(device: str, gpus: Sequence[int] | None) -> list[tuple[str, str, dict[str, str]]]:

@@ -12,7 +12,6 @@ import dataclasses
 import gc
 import importlib.util
 import os
-import platform
 import signal
 import sys
 import threading
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from evaluator.sandbox import channel, proctree
+from evaluator.sandbox.cards import cpu_model
 from evaluator.sandbox.confinement import Confinement, confine
 
 MODULE_NAME = "candidate"
@@ -68,17 +68,6 @@ def _flush_standard_streams() -> None:
             stream.flush()
         except BaseException:
             pass
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as file:
-            for line in file:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 class _Packing:
@@ -177,7 +166,7 @@ class Runtime:
             self._wait_end = self._end.synchronize
             self._elapsed_ms = self._start.elapsed_time
         else:
-            self.card = _cpu_model()
+            self.card = cpu_model()
             self.synchronize = lambda: None
         self.synchronize()
 
