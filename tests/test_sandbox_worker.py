@@ -543,8 +543,9 @@ def test_a_worker_reaches_nothing_outside_its_own_folder_and_tree(tmp_path, star
     # and where seccomp knows the architecture, as on the machines this project runs on
     assert confinement.calls_filtered or os.uname().machine not in ("x86_64", "aarch64")
     if confinement.calls_filtered:
-        for attempt in ("change_a_files_mode", "change_a_files_times", "set_an_extended_attribute",
-                        "create_shared_memory", "add_a_key", "set_up_io_uring"):
+        for attempt in ("change_a_files_mode", "change_a_files_times", "change_a_files_flags",
+                        "set_an_extended_attribute", "create_shared_memory", "create_a_message_queue", "add_a_key",
+                        "read_the_evaluators_limits", "set_up_io_uring", "open_a_udp_socket"):
             assert reached[attempt] == "refused: Operation not permitted", attempt
     if confinement.scoped:
         assert reached["signal_evaluator"].startswith("refused")

@@ -10,11 +10,11 @@ nothing of it):
   random ones, and to its own entries under /proc; no TCP bind or connect; no signal and no abstract unix socket to
   a process outside the worker's own tree, and no tracing or reading the memory of one (`/proc/<pid>/mem`),
   whatever the user;
-- a seccomp filter, on x86_64 and aarch64: no change to a file's mode, owner, times or extended attributes, no
-  System V IPC, no keyring and no io_uring (Landlock rules none of them, and each outlives the worker: a place
-  to leave a plan for the recheck's process, or, as root, a way to make a program setuid); and no new session or
-  process group, so that every process the worker starts stays in its process group, which the evaluator kills
-  whole.
+- a seccomp filter, on x86_64 and aarch64: no change to a file's mode, owner, times, flags or extended attributes,
+  no System V IPC or POSIX message queue, no keyring, no io_uring, no limit set on another process (Landlock rules
+  none of them, and each outlives the worker: a place to leave a plan for the recheck's process, or, as root, a way
+  to make a program setuid); no internet socket, UDP included; and no new session or process group, so that every
+  process the worker starts stays in its process group, which the evaluator kills whole.
 
 The evaluator and the zygote make themselves non-dumpable, so that a worker of the same user cannot read or trace
 them (the evaluator holds the held-out windows and the schedule's secret generator; every worker is forked from the
@@ -53,23 +53,43 @@ _NET_TCP = 1 << 0 | 1 << 1  # bind, connect (ABI 4)
 _SCOPES = 1 << 0 | 1 << 1  # abstract unix sockets, signals (ABI 6)
 # seccomp, from linux/seccomp.h, linux/filter.h and linux/audit.h
 _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
-_LOAD_WORD, _JUMP_IF_EQUAL, _JUMP_IF_AT_LEAST, _RETURN = 0x20, 0x15, 0x35, 0x06
-_SECCOMP_DATA_NR, _SECCOMP_DATA_ARCH = 0, 4  # offsets in struct seccomp_data
-_ALLOW, _REFUSE = 0x7FFF0000, 0x00050000 | errno.EPERM
-# the calls a worker is refused, by architecture: its audit number, the numbers of a file's mode, owner, times and
-# extended attributes (fchmodat2 452, setxattrat 463 and removexattrat 466 are numbered alike on both), of System V
-# IPC, keyrings, a new session or process group (setsid, setpgid) and io_uring (whose operations pass no system call,
-# so no filter), and where the numbers of another ABI sharing the architecture's begin (x86_64's x32, whose calls
-# would bypass the numbers above)
-_SINCE_6_6 = (452, 463, 466, 425, 426, 427)
-_REFUSED_CALLS = {
-    "x86_64": (0xC000003E, (90, 91, 268, 92, 93, 94, 260, 132, 235, 261, 280, 188, 189, 190, 197, 198, 199,
-                            29, 30, 31, 67, 64, 65, 66, 220, 68, 69, 70, 71, 248, 249, 250, 112, 109, *_SINCE_6_6),
-               0x40000000),
-    "aarch64": (0xC00000B7, (52, 53, 55, 54, 88, 5, 6, 7, 14, 15, 16,
-                             194, 196, 195, 197, 190, 193, 191, 192, 186, 189, 188, 187, 217, 218, 219, 157, 154,
-                             *_SINCE_6_6),
-                None),
+_LOAD_WORD, _JUMP, _JUMP_IF_EQUAL, _JUMP_IF_AT_LEAST, _RETURN = 0x20, 0x05, 0x15, 0x35, 0x06
+# offsets in struct seccomp_data: the call's number, the architecture, the low words of the first two arguments
+_NUMBER, _ARCHITECTURE, _FIRST_ARGUMENT, _SECOND_ARGUMENT = 0, 4, 16, 24
+_ALLOW, _REFUSE, _UNKNOWN = 0x7FFF0000, 0x00050000 | errno.EPERM, 0x00050000 | errno.ENOSYS
+_INTERNET_FAMILIES = (2, 10)  # AF_INET, AF_INET6
+# ioctl requests that change a file's metadata: FS_IOC_SETFLAGS (and its 32-bit twin), FS_IOC_SETVERSION (and
+# twin), FS_IOC_FSSETXATTR, FS_IOC_SET_ENCRYPTION_POLICY
+_METADATA_IOCTLS = (0x40086602, 0x40046602, 0x40087602, 0x40047602, 0x401C5820, 0x800C6613)
+
+
+@dataclass(frozen=True)
+class _Calls:
+    """An architecture's numbers for the filter."""
+
+    audit: int  # AUDIT_ARCH_*
+    refused: tuple[int, ...]  # refused whatever their arguments
+    socket: int  # refused for the internet's families
+    ioctl: int  # refused for `_METADATA_IOCTLS`
+    prlimit: int  # refused for any process but the caller's own
+    other_abi_from: int | None  # where the numbers of another ABI sharing the architecture's begin (x86_64's x32)
+
+
+# Newer than any call this filter knows (file_setattr, 469, is the last it does): refused as not implemented, so that
+# a call a later kernel adds is not open by default. 424 on, numbers are alike on every architecture: io_uring
+# (425-427, whose operations pass no system call, so no filter), fchmodat2 452, setxattrat 463, removexattrat 466,
+# file_setattr 469.
+_FIRST_UNKNOWN = 470
+_SHARED_NUMBERS = (425, 426, 427, 452, 463, 466, 469)
+# Refused: calls that change a file's mode, owner, times or extended attributes; System V IPC and POSIX message
+# queues; keyrings; a new session or process group (setsid, setpgid).
+_CALLS = {
+    "x86_64": _Calls(0xC000003E, (90, 91, 268, 92, 93, 94, 260, 132, 235, 261, 280, 188, 189, 190, 197, 198, 199,
+                                  29, 30, 31, 67, 64, 65, 66, 220, 68, 69, 70, 71, 240, 241, 242, 243, 244, 245,
+                                  248, 249, 250, 112, 109, *_SHARED_NUMBERS), 41, 16, 302, 0x40000000),
+    "aarch64": _Calls(0xC00000B7, (52, 53, 55, 54, 88, 5, 6, 7, 14, 15, 16, 194, 196, 195, 197, 190, 193, 191, 192,
+                                   186, 189, 188, 187, 180, 181, 182, 183, 184, 185, 217, 218, 219, 157, 154,
+                                   *_SHARED_NUMBERS), 198, 29, 261, None),
 }
 # what a worker may write under /dev: the null and random devices, its controlling terminal, and the GPU's (NVIDIA's,
 # AMD's compute and render nodes)
@@ -170,24 +190,46 @@ def _drop_capabilities(libc: ctypes.CDLL) -> bool:
 
 
 def _filter_calls(libc: ctypes.CDLL) -> bool:
-    """Refuse `_REFUSED_CALLS` with EPERM, and every call made through another architecture's entry (a 32-bit one)
-    or another ABI's numbers, which would bypass them; True if the filter is in place. Needs no new privileges set
-    first."""
-    native = _REFUSED_CALLS.get(os.uname().machine)
-    if native is None or ctypes.sizeof(ctypes.c_void_p) != 8:
+    """Install the seccomp filter `_filter_program` builds for this architecture; True if it is in place. Needs no
+    new privileges set first."""
+    calls = _CALLS.get(os.uname().machine)
+    if calls is None or ctypes.sizeof(ctypes.c_void_p) != 8:
         return False
-    architecture, numbers, other_abi_from = native
-    instructions = [(_LOAD_WORD, 0, 0, _SECCOMP_DATA_ARCH), (_JUMP_IF_EQUAL, 1, 0, architecture),
-                    (_RETURN, 0, 0, _REFUSE), (_LOAD_WORD, 0, 0, _SECCOMP_DATA_NR)]
-    tests = [(_JUMP_IF_EQUAL, number) for number in numbers]
-    if other_abi_from is not None:
-        tests.append((_JUMP_IF_AT_LEAST, other_abi_from))
-    for index, (test, number) in enumerate(tests):  # each jumps, when it holds, to the refusal at the end
-        instructions.append((test, len(tests) - index, 0, number))
-    instructions += [(_RETURN, 0, 0, _ALLOW), (_RETURN, 0, 0, _REFUSE)]
+    instructions = _filter_program(calls)
     array = (_FilterInstruction * len(instructions))(*(_FilterInstruction(*fields) for fields in instructions))
     program = _FilterProgram(len(instructions), array)
     return libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(program), 0, 0) == 0
+
+
+def _filter_program(calls: _Calls) -> list[tuple[int, int, int, int]]:
+    """The filter's instructions: EPERM for `calls.refused`, for a socket of the internet's families, for an ioctl
+    changing a file's metadata, for prlimit on another process, and for every call through another architecture's
+    entry (a 32-bit one) or another ABI's numbers, which would bypass the numbers; ENOSYS for calls newer than it
+    knows."""
+    assembled: list[tuple[int, int | str, int | str, int | str]] = [
+        (_LOAD_WORD, 0, 0, _ARCHITECTURE), (_JUMP_IF_EQUAL, 0, "refuse", calls.audit), (_LOAD_WORD, 0, 0, _NUMBER)]
+    if calls.other_abi_from is not None:
+        assembled.append((_JUMP_IF_AT_LEAST, "refuse", 0, calls.other_abi_from))
+    assembled.append((_JUMP_IF_AT_LEAST, "unknown", 0, _FIRST_UNKNOWN))
+    assembled += [(_JUMP_IF_EQUAL, "refuse", 0, number) for number in calls.refused]
+    assembled += [(_JUMP_IF_EQUAL, "socket", 0, calls.socket), (_JUMP_IF_EQUAL, "ioctl", 0, calls.ioctl),
+                  (_JUMP_IF_EQUAL, "prlimit", 0, calls.prlimit), (_JUMP, 0, 0, "allow")]
+    labels = {"socket": len(assembled)}
+    assembled += [(_LOAD_WORD, 0, 0, _FIRST_ARGUMENT),
+                  *((_JUMP_IF_EQUAL, "refuse", 0, family) for family in _INTERNET_FAMILIES), (_JUMP, 0, 0, "allow")]
+    labels["ioctl"] = len(assembled)
+    assembled += [(_LOAD_WORD, 0, 0, _SECOND_ARGUMENT),
+                  *((_JUMP_IF_EQUAL, "refuse", 0, request) for request in _METADATA_IOCTLS), (_JUMP, 0, 0, "allow")]
+    labels["prlimit"] = len(assembled)
+    assembled += [(_LOAD_WORD, 0, 0, _FIRST_ARGUMENT), (_JUMP_IF_EQUAL, "allow", "refuse", 0)]  # pid 0: itself
+    labels.update(allow=len(assembled), refuse=len(assembled) + 1, unknown=len(assembled) + 2)
+    assembled += [(_RETURN, 0, 0, _ALLOW), (_RETURN, 0, 0, _REFUSE), (_RETURN, 0, 0, _UNKNOWN)]
+
+    def offset(index: int, target: int | str) -> int:  # a label becomes the count of instructions skipped to it
+        return labels[target] - index - 1 if isinstance(target, str) else target
+
+    return [(code, offset(index, if_true), offset(index, if_false), offset(index, operand))
+            for index, (code, if_true, if_false, operand) in enumerate(assembled)]
 
 
 def _restrict(libc: ctypes.CDLL, abi: int, folder: str) -> bool:

@@ -22,7 +22,6 @@ from collections.abc import Mapping, Sequence
 
 from evaluator.sandbox import proctree, zygote
 
-_WAIT_STEP_S = (0.0005, 0.02)  # a waiting `ForkedProcess.wait` polls this often, first and at most
 _KILL_WAIT_S = 5.0
 _FORK_REPLY_S = 10.0  # a fork takes milliseconds: a zygote silent this long is stuck
 _ZYGOTE_START_S = 120.0  # importing torch; seconds, minutes only on a host far overloaded
@@ -38,40 +37,6 @@ class ZygoteUnavailable(Exception):
         self.sent = sent
 
 
-class ForkedProcess:
-    """A worker forked by the zygote and orphaned to this process (a child subreaper): what `subprocess.Popen`
-    offers for a spawned worker, `pid`, `returncode`, `poll` and `wait`."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.returncode: int | None = None
-        self._lock = threading.Lock()
-
-    def poll(self) -> int | None:
-        """The exit code (negative: the signal that ended it) once it has exited, else None."""
-        with self._lock:
-            if self.returncode is None:
-                try:
-                    pid, status = os.waitpid(self.pid, os.WNOHANG)
-                except ChildProcessError:  # collected elsewhere, which nothing here does; as Popen takes it
-                    self.returncode = 0
-                else:
-                    if pid == self.pid:
-                        self.returncode = os.waitstatus_to_exitcode(status)
-            return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        """Wait for it to exit; raises `subprocess.TimeoutExpired` after `timeout` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        step = _WAIT_STEP_S[0]
-        while (returncode := self.poll()) is None:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout or 0.0)
-            time.sleep(step if deadline is None else max(0.0, min(step, deadline - time.monotonic())))
-            step = min(step * 2, _WAIT_STEP_S[1])
-        return returncode
-
-
 class ForkServer:
     """A zygote process, started on first use with `environment` as its own; `fork` asks it for one worker.
     Thread-safe."""
@@ -84,7 +49,7 @@ class ForkServer:
         self._workdir: str | None = None
 
     def fork(self, arguments: Sequence[str], environment: Mapping[str, str], cwd: str,
-             descriptors: Mapping[str, int], timeout_s: float) -> ForkedProcess:
+             descriptors: Mapping[str, int], timeout_s: float) -> proctree.GroupLeader:
         """A fresh worker running the worker's main loop (`worker.main(ARGUMENTS)`) in `cwd` with exactly
         `environment`, and the descriptors named in `zygote.DESCRIPTORS` (the caller closes its copies).
 
@@ -113,7 +78,7 @@ class ForkServer:
             self._lock.release()
         if reply.get("op") != "forked" or not isinstance(reply.get("pid"), int):
             raise ZygoteUnavailable(f"the zygote could not fork a worker: {reply.get('message', reply)}", sent=True)
-        return ForkedProcess(reply["pid"])
+        return proctree.GroupLeader(reply["pid"])
 
     def close(self) -> None:
         """Kill the zygote; workers it forked live on, with their owners."""

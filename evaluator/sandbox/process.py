@@ -28,9 +28,8 @@ from evaluator.sandbox import channel, forkserver, proctree
 from evaluator.sandbox.capture import CapturedOutput, OutputCapture
 from evaluator.sandbox.confinement import FOLDER_VARIABLES, set_dumpable
 from evaluator.sandbox.failures import Failure, FailureKind, SandboxFailure
-from evaluator.sandbox.forkserver import ForkedProcess
 from evaluator.sandbox.limits import Limits
-from evaluator.sandbox.proctree import ProcessTree, become_subreaper, proportional_bytes
+from evaluator.sandbox.proctree import GroupLeader, ProcessTree, become_subreaper, proportional_bytes
 from evaluator.sandbox.results import CallResult, Confinement, Output, Unsupported, WorkerInfo
 
 DEFAULT_ENTRY_POINT = "rebalance_experts"
@@ -466,11 +465,10 @@ class Worker:
     def _kill(self) -> None:
         with self._kill_lock:
             if self._killed is None:
-                # The worker leads its own process group, which a confined process cannot leave: the group's kill
-                # reaches even a process that erased its marker. Its number stays the worker's until the last
-                # member is collected (and pids are reused only after a full cycle).
-                proctree.kill_group(self.pid)
-                self._killed = self._tree.kill()
+                self._killed = self._tree.kill()  # first: the worker, a subreaper, holds its tree together
+                # then the worker's process group, which a confined process cannot leave: a process that erased
+                # its marker and was never sampled is in it too
+                self._process.kill_group()
 
     def _terminate(self) -> None:
         """Kill the tree, collect every process, drain the streams and release our resources."""
@@ -545,7 +543,7 @@ class _Pipes:
 
 
 def _start(start_method: str, arguments: list[str], extra_environment: Mapping[str, str] | None, cwd: str,
-           timeout_s: float) -> tuple[subprocess.Popen[bytes] | ForkedProcess, _Pipes, str]:
+           timeout_s: float) -> tuple[GroupLeader, _Pipes, str]:
     """A new worker process in its own folder `cwd` (its temporary files and caches go there), forked from the
     zygote or spawned, its pipes and its marker; raises `SandboxFailure` (infra_error). A start the zygote cannot
     serve spawns its worker instead."""
@@ -571,9 +569,9 @@ def _start(start_method: str, arguments: list[str], extra_environment: Mapping[s
 
 
 def _spawn(arguments: list[str], environment: dict[str, str], cwd: str,
-           descriptors: dict[str, int]) -> subprocess.Popen[bytes]:
+           descriptors: dict[str, int]) -> GroupLeader:
     try:
-        return subprocess.Popen(
+        process = subprocess.Popen(
             [sys.executable, _SPAWNED_WORKER, *arguments,
              "--commands", str(descriptors["commands"]), "--results", str(descriptors["results"])],
             stdin=subprocess.DEVNULL, stdout=descriptors["stdout"], stderr=descriptors["stderr"],
@@ -581,6 +579,7 @@ def _spawn(arguments: list[str], environment: dict[str, str], cwd: str,
             env=environment)
     except OSError as error:
         raise SandboxFailure(Failure(FailureKind.INFRA_ERROR, f"could not start a worker process: {error}")) from None
+    return GroupLeader(process.pid, process)
 
 
 @dataclass(frozen=True)

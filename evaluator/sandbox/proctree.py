@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterable
@@ -24,6 +25,7 @@ _FREEZE_ROUNDS = 100
 _STOP_WAIT_S = 0.5  # how long a round waits for SIGSTOP to take effect (a process in the kernel may lag)
 _STOPPED_STATES = ("T", "t", "Z", "X")
 _STRAY_POLL_S = 0.01
+_WAIT_STEP_S = (0.0005, 0.02)  # a waiting `GroupLeader.wait` polls this often, first and at most
 
 
 def become_subreaper() -> bool:
@@ -129,6 +131,52 @@ def kill_group(group: int) -> None:
         os.killpg(group, signal.SIGKILL)
     except OSError:
         pass
+
+
+class GroupLeader:
+    """A child of this process that leads its own process group (a worker), waited for by pid, as
+    `subprocess.Popen` is (`pid`, `returncode`, `poll`, `wait`). Its group is killed whenever it is collected,
+    first, while its pid still names that group (a collected one's number may name another's later): whatever
+    the group holds dies with it, a process that hides what marks it as the worker's included."""
+
+    def __init__(self, pid: int, popen: subprocess.Popen[bytes] | None = None) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._popen = popen  # told the exit code, so that it never collects the pid itself
+        self._lock = threading.Lock()
+
+    def kill_group(self) -> None:
+        """SIGKILL to every process of its group, unless it has been collected."""
+        with self._lock:
+            if self.returncode is None:
+                kill_group(self.pid)
+
+    def poll(self) -> int | None:
+        """The exit code (negative: the signal that ended it) once it has exited, else None."""
+        with self._lock:
+            if self.returncode is None:
+                try:
+                    exited = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                except ChildProcessError:  # collected elsewhere, which nothing here does; as Popen takes it
+                    self.returncode = 0
+                else:
+                    if exited is not None:
+                        kill_group(self.pid)
+                        self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+                if self._popen is not None:
+                    self._popen.returncode = self.returncode
+            return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for it to exit; raises `subprocess.TimeoutExpired` after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        step = _WAIT_STEP_S[0]
+        while (returncode := self.poll()) is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout or 0.0)
+            time.sleep(step if deadline is None else max(0.0, min(step, deadline - time.monotonic())))
+            step = min(step * 2, _WAIT_STEP_S[1])
+        return returncode
 
 
 def reap_group_children(group: int, deadline: float) -> None:

@@ -1,21 +1,27 @@
 """Tries to reach past its worker and prints what came of each try, as one JSON object: read the evaluator's
 memory, signal it, write beside this file, in its own folder, in its temporary folder and in /dev/shm, open a disk
 (a block device), the kernel's log and the null device for writing (writing nothing), connect to the TCP port its
-environment's REACH_PORT names, change its own file's mode and times (to what they are) and its folder's extended
-attributes, create System V shared memory (removed again), add a key to its process's keyring and set up an io_uring;
-and what it holds (capabilities, no_new_privs), in every thread. Returns its input."""
+environment's REACH_PORT names, open a UDP socket (sending nothing), change its own file's mode, times and flags (to
+what they are) and its folder's extended attributes, create System V shared memory and a POSIX message queue
+(removed again), add a key to its process's keyring, read the evaluator's limits and set up an io_uring; and what it
+holds (capabilities, no_new_privs), in every thread. Returns its input."""
 import ctypes
+import fcntl
 import json
 import os
+import resource
 import signal
 import socket
 import stat
+import struct
 import tempfile
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
-_ADD_KEY, _IO_URING_SETUP = {"x86_64": (248, 425), "aarch64": (217, 425)}[os.uname().machine]
+# add_key, mq_open, mq_unlink, io_uring_setup
+_NUMBERS = {"x86_64": (248, 240, 241, 425), "aarch64": (217, 180, 181, 425)}.get(os.uname().machine)
 _IPC_PRIVATE, _IPC_CREAT, _IPC_RMID = 0, 0o1000, 0
 _PROCESS_KEYRING = -2
+_GET_FLAGS, _SET_FLAGS = 0x80086601, 0x40086602  # FS_IOC_GETFLAGS, FS_IOC_SETFLAGS
 
 
 def _attempt(action):
@@ -71,13 +77,38 @@ def _create_shared_memory():
     _LIBC.shmctl(segment, _IPC_RMID, None)
 
 
+def _keep_flags(path):
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        flags = fcntl.ioctl(descriptor, _GET_FLAGS, struct.pack("l", 0))
+        fcntl.ioctl(descriptor, _SET_FLAGS, flags)
+    finally:
+        os.close(descriptor)
+
+
+def _by_number(index, *arguments):
+    if _NUMBERS is None:
+        raise OSError(0, "not tried on this architecture")
+    return _checked(_LIBC.syscall(_NUMBERS[index], *arguments))
+
+
 def _add_a_key():
-    _checked(_LIBC.syscall(_ADD_KEY, b"user", b"reached", b"1", 1, _PROCESS_KEYRING))
+    _by_number(0, b"user", b"reached", b"1", 1, _PROCESS_KEYRING)
+
+
+def _create_a_message_queue():
+    """The call itself takes the queue's name without the leading slash the C library's mq_open strips."""
+    os.close(_by_number(1, b"eplb-reached", os.O_CREAT | os.O_RDONLY, 0o600, None))
+    _by_number(2, b"eplb-reached")
 
 
 def _set_up_io_uring():
     parameters = ctypes.create_string_buffer(120)  # struct io_uring_params, zeroed
-    os.close(_checked(_LIBC.syscall(_IO_URING_SETUP, 4, parameters)))
+    os.close(_by_number(3, 4, parameters))
+
+
+def _open_a_udp_socket():
+    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()
 
 
 def _status(task="self"):
@@ -110,10 +141,14 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus):
         "connect_tcp": _attempt(_connect),
         "change_a_files_mode": _attempt(lambda: os.chmod(__file__, stat.S_IMODE(os.stat(__file__).st_mode))),
         "change_a_files_times": _attempt(lambda: _keep_times(__file__)),
+        "change_a_files_flags": _attempt(lambda: _keep_flags(__file__)),
         "set_an_extended_attribute": _attempt(lambda: os.setxattr(os.getcwd(), "user.reached", b"1")),
         "create_shared_memory": _attempt(_create_shared_memory),
+        "create_a_message_queue": _attempt(_create_a_message_queue),
         "add_a_key": _attempt(_add_a_key),
+        "read_the_evaluators_limits": _attempt(lambda: resource.prlimit(os.getppid(), resource.RLIMIT_NOFILE)),
         "set_up_io_uring": _attempt(_set_up_io_uring),
+        "open_a_udp_socket": _attempt(_open_a_udp_socket),
         "effective_capabilities": _status()["CapEff"],
         "no_new_privileges": _status()["NoNewPrivs"],
         "unconfined_threads": _unconfined_threads(),
