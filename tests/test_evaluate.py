@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import secrets
 import textwrap
 import time
 from pathlib import Path
@@ -291,7 +292,7 @@ def test_a_plan_left_in_the_first_process_folder_does_not_reach_the_recheck(smal
     """The stale plan above, kept in the first process's own folder (which it may write), and looked for by the
     recheck's process in every folder beside its own: the first process's folder is gone before the recheck
     starts."""
-    name = f"plan-{tmp_path.name}.pt"  # this test's own: a plan an interrupted earlier run left is not found
+    name = f"plan-{secrets.token_hex(8)}.pt"  # this run's own: a plan another or an interrupted run left is not found
     body = f"""
     import glob
     _cache = []

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import shutil
+import secrets
 import signal
 import socket
 import stat
@@ -540,12 +541,16 @@ def test_a_worker_reaches_nothing_outside_its_own_folder_and_tree(tmp_path, star
     assert not (tmp_path / "reached").exists()
     if confinement.tcp_denied:
         assert reached["connect_tcp"].startswith("refused")
+    if confinement.ioctls_confined or confinement.calls_filtered:  # either refuses a loop device's ioctls
+        assert reached["ask_for_a_free_loop_device"].startswith("refused")
     # and where seccomp knows the architecture, as on the machines this project runs on
     assert confinement.calls_filtered or os.uname().machine not in ("x86_64", "aarch64")
     if confinement.calls_filtered:
-        for attempt in ("change_a_files_mode", "change_a_files_times", "change_a_files_flags",
+        for attempt in ("change_a_files_mode", "change_a_files_times", "change_a_files_flags", "change_a_files_version",
                         "set_an_extended_attribute", "create_shared_memory", "create_a_message_queue", "add_a_key",
-                        "read_the_evaluators_limits", "set_up_io_uring", "open_a_udp_socket"):
+                        "read_the_evaluators_limits", "set_the_evaluators_priority", "set_the_evaluators_cpus",
+                        "look_at_page_residency", "set_up_io_uring", "open_a_udp_socket", "open_a_vsock_socket",
+                        "enter_a_user_namespace"):
             assert reached[attempt] == "refused: Operation not permitted", attempt
     if confinement.scoped:
         assert reached["signal_evaluator"].startswith("refused")
@@ -583,9 +588,10 @@ def test_a_patched_clock_does_not_shorten_the_measured_time(pool):
 # ---- the pool itself ------------------------------------------------------------------------------
 
 
-def test_closing_a_pool_leaves_no_process(tmp_path):
-    tag = f"SANDBOX_TEST_POOL={tmp_path.name}".encode()
-    spare_pool = WorkerPool(LIMITS, device="cpu", spares=2, environment={"SANDBOX_TEST_POOL": tmp_path.name})
+def test_closing_a_pool_leaves_no_process():
+    name = secrets.token_hex(8)  # this run's own, whatever else runs on the machine
+    tag = f"SANDBOX_TEST_POOL={name}".encode()
+    spare_pool = WorkerPool(LIMITS, device="cpu", spares=2, environment={"SANDBOX_TEST_POOL": name})
     assert spare_pool.wait_for_spares()
     spares = processes_with(tag)
     spare_pool.close()
@@ -594,9 +600,10 @@ def test_closing_a_pool_leaves_no_process(tmp_path):
     assert not any(psutil.pid_exists(pid) for pid in spares)
 
 
-def test_a_spare_that_died_while_waiting_is_never_handed_out(tmp_path):
-    tag = f"SANDBOX_TEST_POOL={tmp_path.name}".encode()
-    with WorkerPool(LIMITS, device="cpu", spares=1, environment={"SANDBOX_TEST_POOL": tmp_path.name}) as spare_pool:
+def test_a_spare_that_died_while_waiting_is_never_handed_out():
+    name = secrets.token_hex(8)
+    tag = f"SANDBOX_TEST_POOL={name}".encode()
+    with WorkerPool(LIMITS, device="cpu", spares=1, environment={"SANDBOX_TEST_POOL": name}) as spare_pool:
         assert spare_pool.wait_for_spares()
         (spare,) = processes_with(tag)
         os.kill(spare, signal.SIGKILL)
@@ -710,9 +717,10 @@ def test_a_triton_kernel_compiles_and_runs_in_a_confined_worker(tmp_path, start_
     np.testing.assert_array_equal(result.outputs[0], weight_for(SMALL))
 
 
-def test_a_pool_that_does_not_replenish_starts_no_spare_after_its_first(tmp_path):
-    tag = f"SANDBOX_TEST_POOL={tmp_path.name}".encode()
-    with WorkerPool(LIMITS, device="cpu", spares=2, environment={"SANDBOX_TEST_POOL": tmp_path.name},
+def test_a_pool_that_does_not_replenish_starts_no_spare_after_its_first():
+    name = secrets.token_hex(8)
+    tag = f"SANDBOX_TEST_POOL={name}".encode()
+    with WorkerPool(LIMITS, device="cpu", spares=2, environment={"SANDBOX_TEST_POOL": name},
                     replenish=False) as spare_pool:
         assert spare_pool.wait_for_spares()
         first, second = spare_pool.acquire(), spare_pool.acquire()

@@ -7,14 +7,17 @@ nothing of it):
 - no new privileges: no setuid program or file capability gives any back;
 - no capabilities: a worker started as root cannot read or trace the evaluator, nor override file permissions;
 - Landlock, where the kernel has it: writes only in the worker's own folder, to the GPU's devices and the null and
-  random ones, and to its own entries under /proc; no TCP bind or connect; no signal and no abstract unix socket to
+  random ones, and to its own entries under /proc; ioctls only on those devices (no loop device, no terminal); no
+  TCP bind or connect; no signal and no abstract unix socket to
   a process outside the worker's own tree, and no tracing or reading the memory of one (`/proc/<pid>/mem`),
   whatever the user;
 - a seccomp filter, on x86_64 and aarch64: no change to a file's mode, owner, times, flags or extended attributes,
-  no System V IPC or POSIX message queue, no keyring, no io_uring, no limit set on another process (Landlock rules
-  none of them, and each outlives the worker: a place to leave a plan for the recheck's process, or, as root, a way
-  to make a program setuid); no internet socket, UDP included; and no new session or process group, so that every
-  process the worker starts stays in its process group, which the evaluator kills whole.
+  no System V IPC or POSIX message queue, no keyring, no io_uring, no loop device, no look at the page cache, no
+  limit, priority, CPU set or scheduling set on another process, no user namespace (Landlock rules none of them,
+  and each outlives the worker or reaches others: a place to leave a plan for the recheck's process, a way to slow
+  the evaluator or other workers, or, as root, to make a program setuid); no socket but unix and netlink ones; and
+  no new session or process group, so that every process the worker starts stays in its process group, which the
+  evaluator kills whole.
 
 The evaluator and the zygote make themselves non-dumpable, so that a worker of the same user cannot read or trace
 them (the evaluator holds the held-out windows and the schedule's secret generator; every worker is forked from the
@@ -49,48 +52,63 @@ _FILE_RIGHTS = 1 << 0 | _WRITE_FILE | 1 << 2 | 1 << 14 | 1 << 15  # the rights a
 # what the worker may do only where a rule allows it: every way of changing the file system, by ABI version
 _WRITES = _WRITE_FILE | sum(1 << bit for bit in range(4, 13))  # remove, make (char, dir, reg, sock, fifo, block, sym)
 _WRITES_BY_ABI = {1: _WRITES, 2: _WRITES | 1 << 13, 3: _WRITES | 1 << 13 | 1 << 14}  # refer, truncate
+_IOCTL_DEV = 1 << 15  # ioctls on a device (ABI 5)
 _NET_TCP = 1 << 0 | 1 << 1  # bind, connect (ABI 4)
 _SCOPES = 1 << 0 | 1 << 1  # abstract unix sockets, signals (ABI 6)
 # seccomp, from linux/seccomp.h, linux/filter.h and linux/audit.h
 _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
-_LOAD_WORD, _JUMP, _JUMP_IF_EQUAL, _JUMP_IF_AT_LEAST, _RETURN = 0x20, 0x05, 0x15, 0x35, 0x06
-# offsets in struct seccomp_data: the call's number, the architecture, the low words of the first two arguments
-_NUMBER, _ARCHITECTURE, _FIRST_ARGUMENT, _SECOND_ARGUMENT = 0, 4, 16, 24
+_LOAD_WORD, _AND, _JUMP, _JUMP_IF_EQUAL, _JUMP_IF_AT_LEAST, _RETURN = 0x20, 0x54, 0x05, 0x15, 0x35, 0x06
+# offsets in struct seccomp_data: the call's number, the architecture, the low word of its first argument (8 bytes each)
+_NUMBER, _ARCHITECTURE, _ARGUMENTS = 0, 4, 16
 _ALLOW, _REFUSE, _UNKNOWN = 0x7FFF0000, 0x00050000 | errno.EPERM, 0x00050000 | errno.ENOSYS
-_INTERNET_FAMILIES = (2, 10)  # AF_INET, AF_INET6
-# ioctl requests that change a file's metadata: FS_IOC_SETFLAGS (and its 32-bit twin), FS_IOC_SETVERSION (and
-# twin), FS_IOC_FSSETXATTR, FS_IOC_SET_ENCRYPTION_POLICY
-_METADATA_IOCTLS = (0x40086602, 0x40046602, 0x40087602, 0x40047602, 0x401C5820, 0x800C6613)
+_LOCAL_FAMILIES = (1, 16)  # AF_UNIX, AF_NETLINK: the only sockets a worker may open
+# ioctl requests that change a file's metadata: FS_IOC_SETFLAGS, FS_IOC_SETVERSION and EXT4_IOC_SETVERSION (each
+# with its 32-bit twin), FS_IOC_FSSETXATTR, FS_IOC_SET_ENCRYPTION_POLICY; and the loop devices' type of request
+# (attaching a file to a loop device, which outlives the worker, needs only a read-only descriptor)
+_METADATA_IOCTLS = (0x40086602, 0x40046602, 0x40087602, 0x40047602, 0x40086604, 0x40046604, 0x401C5820, 0x800C6613)
+_IOCTL_TYPE, _LOOP_IOCTLS = 0xFF00, 0x4C00
+_CLONE_NEWUSER = 0x10000000  # a user namespace, in which its capabilities would pass the kernel's checks on others
+_PRIO_PROCESS, _IOPRIO_WHO_PROCESS = 0, 1
 
 
-@dataclass(frozen=True)
-class _Calls:
-    """An architecture's numbers for the filter."""
-
-    audit: int  # AUDIT_ARCH_*
-    refused: tuple[int, ...]  # refused whatever their arguments
-    socket: int  # refused for the internet's families
-    ioctl: int  # refused for `_METADATA_IOCTLS`
-    prlimit: int  # refused for any process but the caller's own
-    other_abi_from: int | None  # where the numbers of another ABI sharing the architecture's begin (x86_64's x32)
-
-
-# Newer than any call this filter knows (file_setattr, 469, is the last it does): refused as not implemented, so that
-# a call a later kernel adds is not open by default. 424 on, numbers are alike on every architecture: io_uring
-# (425-427, whose operations pass no system call, so no filter), fchmodat2 452, setxattrat 463, removexattrat 466,
-# file_setattr 469.
-_FIRST_UNKNOWN = 470
-_SHARED_NUMBERS = (425, 426, 427, 452, 463, 466, 469)
-# Refused: calls that change a file's mode, owner, times or extended attributes; System V IPC and POSIX message
-# queues; keyrings; a new session or process group (setsid, setpgid).
-_CALLS = {
-    "x86_64": _Calls(0xC000003E, (90, 91, 268, 92, 93, 94, 260, 132, 235, 261, 280, 188, 189, 190, 197, 198, 199,
-                                  29, 30, 31, 67, 64, 65, 66, 220, 68, 69, 70, 71, 240, 241, 242, 243, 244, 245,
-                                  248, 249, 250, 112, 109, *_SHARED_NUMBERS), 41, 16, 302, 0x40000000),
-    "aarch64": _Calls(0xC00000B7, (52, 53, 55, 54, 88, 5, 6, 7, 14, 15, 16, 194, 196, 195, 197, 190, 193, 191, 192,
-                                   186, 189, 188, 187, 180, 181, 182, 183, 184, 185, 217, 218, 219, 157, 154,
-                                   *_SHARED_NUMBERS), 198, 29, 261, None),
+# Refused whatever their arguments: calls that change a file's mode, owner, times or extended attributes; System V
+# IPC and POSIX message queues; keyrings; a new session or process group; io_uring, whose operations pass no system
+# call, so no filter; the page cache's residency (which pages of the host's files are cached would carry a message).
+# Then calls refused for some arguments only (`_filter_program`), clone3, whose flags a filter cannot read (refused as
+# not implemented: the C library then uses clone), and the first number newer than any call this filter knows:
+# those too, so that a call a later kernel adds is not open by default.
+_REFUSED = ("chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "lchown", "fchownat", "utime", "utimes",
+            "futimesat", "utimensat", "setxattr", "lsetxattr", "fsetxattr", "removexattr", "lremovexattr",
+            "fremovexattr", "setxattrat", "removexattrat", "file_setattr", "shmget", "shmat", "shmctl", "shmdt",
+            "semget", "semop", "semctl", "semtimedop", "msgget", "msgsnd", "msgrcv", "msgctl", "mq_open", "mq_unlink",
+            "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr", "add_key", "request_key", "keyctl",
+            "setsid", "setpgid", "io_uring_setup", "io_uring_enter", "io_uring_register", "mincore", "cachestat")
+_ONE_NUMBERING = {"io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "clone3": 435,
+                  "cachestat": 451, "fchmodat2": 452, "setxattrat": 463, "removexattrat": 466, "file_setattr": 469,
+                  "first_unknown": 470}  # 424 on, numbers are alike on every architecture
+_NUMBERS = {  # from asm/unistd_64.h and asm-generic/unistd.h; aarch64 lacks the calls that take no directory
+    "x86_64": {"chmod": 90, "fchmod": 91, "fchmodat": 268, "chown": 92, "fchown": 93, "lchown": 94, "fchownat": 260,
+               "utime": 132, "utimes": 235, "futimesat": 261, "utimensat": 280, "setxattr": 188, "lsetxattr": 189,
+               "fsetxattr": 190, "removexattr": 197, "lremovexattr": 198, "fremovexattr": 199, "shmget": 29,
+               "shmat": 30, "shmctl": 31, "shmdt": 67, "semget": 64, "semop": 65, "semctl": 66, "semtimedop": 220,
+               "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71, "mq_open": 240, "mq_unlink": 241,
+               "mq_timedsend": 242, "mq_timedreceive": 243, "mq_notify": 244, "mq_getsetattr": 245, "add_key": 248,
+               "request_key": 249, "keyctl": 250, "setsid": 112, "setpgid": 109, "mincore": 27, "socket": 41,
+               "ioctl": 16, "prlimit64": 302, "setpriority": 141, "sched_setparam": 142, "sched_setscheduler": 144,
+               "sched_setaffinity": 203, "sched_setattr": 314, "ioprio_set": 251, "clone": 56, "unshare": 272,
+               **_ONE_NUMBERING},
+    "aarch64": {"fchmod": 52, "fchmodat": 53, "fchown": 55, "fchownat": 54, "utimensat": 88, "setxattr": 5,
+                "lsetxattr": 6, "fsetxattr": 7, "removexattr": 14, "lremovexattr": 15, "fremovexattr": 16,
+                "shmget": 194, "shmat": 196, "shmctl": 195, "shmdt": 197, "semget": 190, "semop": 193, "semctl": 191,
+                "semtimedop": 192, "msgget": 186, "msgsnd": 189, "msgrcv": 188, "msgctl": 187, "mq_open": 180,
+                "mq_unlink": 181, "mq_timedsend": 182, "mq_timedreceive": 183, "mq_notify": 184,
+                "mq_getsetattr": 185, "add_key": 217, "request_key": 218, "keyctl": 219, "setsid": 157,
+                "setpgid": 154, "mincore": 232, "socket": 198, "ioctl": 29, "prlimit64": 261, "setpriority": 140,
+                "sched_setparam": 118, "sched_setscheduler": 119, "sched_setaffinity": 122, "sched_setattr": 274,
+                "ioprio_set": 30, "clone": 220, "unshare": 97, **_ONE_NUMBERING},
 }
+# the audit number of each architecture, and where the numbers of another ABI sharing it begin (x86_64's x32)
+_ARCHITECTURES = {"x86_64": (0xC000003E, 0x40000000), "aarch64": (0xC00000B7, None)}
 # what a worker may write under /dev: the null and random devices, its controlling terminal, and the GPU's (NVIDIA's,
 # AMD's compute and render nodes)
 _WRITABLE_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/nvidia*",
@@ -106,15 +124,16 @@ class Confinement:
 
     no_new_privileges: bool  # no setuid program or file capability can raise its privileges
     capabilities_dropped: bool  # it holds no capability, even as root
-    landlock_abi: int  # the kernel's Landlock version; 0 where there is none, and the three below are False
+    landlock_abi: int  # the kernel's Landlock version; 0 where there is none, and the four below are False
     writes_confined: bool  # it writes only in its own folder, to the GPU's and harmless devices, to its /proc
     tcp_denied: bool  # no TCP bind or connect
+    ioctls_confined: bool  # ioctls only on the devices it may write
     scoped: bool  # no signal and no abstract unix socket to a process outside its own tree
-    calls_filtered: bool  # no file metadata, System V IPC, keyring, io_uring, new session or process group
+    calls_filtered: bool  # the seccomp filter: see `_REFUSED` and `_argument_rules`
 
     @classmethod
     def none(cls) -> Confinement:
-        return cls(False, False, 0, False, False, False, False)
+        return cls(False, False, 0, False, False, False, False, False)
 
 
 class _CapabilityHeader(ctypes.Structure):
@@ -170,9 +189,10 @@ def confine(folder: str) -> Confinement:
     calls_filtered = no_new_privileges and _filter_calls(libc)
     abi = libc.syscall(_SYS_CREATE_RULESET, None, 0, _CREATE_RULESET_VERSION) if no_new_privileges else -1
     if abi < 1 or not _restrict(libc, abi, folder):
-        return Confinement(no_new_privileges, capabilities_dropped, 0, False, False, False, calls_filtered)
+        return Confinement(no_new_privileges, capabilities_dropped, 0, False, False, False, False, calls_filtered)
     # before version 3 Landlock cannot refuse truncating a file: writes are not confined
-    return Confinement(no_new_privileges, capabilities_dropped, abi, abi >= 3, abi >= 4, abi >= 6, calls_filtered)
+    return Confinement(no_new_privileges, capabilities_dropped, abi, abi >= 3, abi >= 4, abi >= 5, abi >= 6,
+                       calls_filtered)
 
 
 def _drop_capabilities(libc: ctypes.CDLL) -> bool:
@@ -192,36 +212,35 @@ def _drop_capabilities(libc: ctypes.CDLL) -> bool:
 def _filter_calls(libc: ctypes.CDLL) -> bool:
     """Install the seccomp filter `_filter_program` builds for this architecture; True if it is in place. Needs no
     new privileges set first."""
-    calls = _CALLS.get(os.uname().machine)
-    if calls is None or ctypes.sizeof(ctypes.c_void_p) != 8:
+    machine = os.uname().machine
+    if machine not in _ARCHITECTURES or ctypes.sizeof(ctypes.c_void_p) != 8:
         return False
-    instructions = _filter_program(calls)
+    instructions = _filter_program(machine)
     array = (_FilterInstruction * len(instructions))(*(_FilterInstruction(*fields) for fields in instructions))
     program = _FilterProgram(len(instructions), array)
     return libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(program), 0, 0) == 0
 
 
-def _filter_program(calls: _Calls) -> list[tuple[int, int, int, int]]:
-    """The filter's instructions: EPERM for `calls.refused`, for a socket of the internet's families, for an ioctl
-    changing a file's metadata, for prlimit on another process, and for every call through another architecture's
-    entry (a 32-bit one) or another ABI's numbers, which would bypass the numbers; ENOSYS for calls newer than it
-    knows."""
+def _filter_program(machine: str) -> list[tuple[int, int, int, int]]:
+    """The filter's instructions: EPERM for `_REFUSED`, for the calls `_argument_rules` refuses on their arguments, and
+    for every call through another architecture's entry (a 32-bit one) or another ABI's numbers, which would bypass
+    the numbers; ENOSYS for clone3 and for calls newer than the filter knows."""
+    audit, other_abi_from = _ARCHITECTURES[machine]
+    number = _NUMBERS[machine]
+    rules = _argument_rules()
     assembled: list[tuple[int, int | str, int | str, int | str]] = [
-        (_LOAD_WORD, 0, 0, _ARCHITECTURE), (_JUMP_IF_EQUAL, 0, "refuse", calls.audit), (_LOAD_WORD, 0, 0, _NUMBER)]
-    if calls.other_abi_from is not None:
-        assembled.append((_JUMP_IF_AT_LEAST, "refuse", 0, calls.other_abi_from))
-    assembled.append((_JUMP_IF_AT_LEAST, "unknown", 0, _FIRST_UNKNOWN))
-    assembled += [(_JUMP_IF_EQUAL, "refuse", 0, number) for number in calls.refused]
-    assembled += [(_JUMP_IF_EQUAL, "socket", 0, calls.socket), (_JUMP_IF_EQUAL, "ioctl", 0, calls.ioctl),
-                  (_JUMP_IF_EQUAL, "prlimit", 0, calls.prlimit), (_JUMP, 0, 0, "allow")]
-    labels = {"socket": len(assembled)}
-    assembled += [(_LOAD_WORD, 0, 0, _FIRST_ARGUMENT),
-                  *((_JUMP_IF_EQUAL, "refuse", 0, family) for family in _INTERNET_FAMILIES), (_JUMP, 0, 0, "allow")]
-    labels["ioctl"] = len(assembled)
-    assembled += [(_LOAD_WORD, 0, 0, _SECOND_ARGUMENT),
-                  *((_JUMP_IF_EQUAL, "refuse", 0, request) for request in _METADATA_IOCTLS), (_JUMP, 0, 0, "allow")]
-    labels["prlimit"] = len(assembled)
-    assembled += [(_LOAD_WORD, 0, 0, _FIRST_ARGUMENT), (_JUMP_IF_EQUAL, "allow", "refuse", 0)]  # pid 0: itself
+        (_LOAD_WORD, 0, 0, _ARCHITECTURE), (_JUMP_IF_EQUAL, 0, "refuse", audit), (_LOAD_WORD, 0, 0, _NUMBER)]
+    if other_abi_from is not None:
+        assembled.append((_JUMP_IF_AT_LEAST, "refuse", 0, other_abi_from))
+    assembled += [(_JUMP_IF_AT_LEAST, "unknown", 0, number["first_unknown"]),
+                  (_JUMP_IF_EQUAL, "unknown", 0, number["clone3"])]
+    assembled += [(_JUMP_IF_EQUAL, "refuse", 0, number[name]) for name in _REFUSED if name in number]
+    assembled += [(_JUMP_IF_EQUAL, name, 0, number[name]) for name in rules]
+    assembled.append((_JUMP, 0, 0, "allow"))
+    labels: dict[str, int] = {}
+    for name, rule in rules.items():
+        labels[name] = len(assembled)
+        assembled += rule
     labels.update(allow=len(assembled), refuse=len(assembled) + 1, unknown=len(assembled) + 2)
     assembled += [(_RETURN, 0, 0, _ALLOW), (_RETURN, 0, 0, _REFUSE), (_RETURN, 0, 0, _UNKNOWN)]
 
@@ -232,10 +251,42 @@ def _filter_program(calls: _Calls) -> list[tuple[int, int, int, int]]:
             for index, (code, if_true, if_false, operand) in enumerate(assembled)]
 
 
+def _argument_rules() -> dict[str, list[tuple[int, int | str, int | str, int | str]]]:
+    """By call, the instructions that allow or refuse it on its arguments: sockets only of `_LOCAL_FAMILIES` (no
+    TCP, UDP or other network); no ioctl of `_METADATA_IOCTLS` nor of the loop devices; limits, priorities, CPUs and
+    scheduling set on itself only (on another process of its user, as root or in a user namespace, they would carry a
+    message, or slow the evaluator and other workers); no user namespace."""
+
+    def load(argument: int) -> tuple[int, int, int, int]:
+        return _LOAD_WORD, 0, 0, _ARGUMENTS + 8 * argument
+
+    def only_if(*required: tuple[int, int]) -> list[tuple[int, int | str, int | str, int | str]]:
+        """Allowed only when each (argument, value) holds."""
+        instructions: list[tuple[int, int | str, int | str, int | str]] = []
+        for position, (argument, value) in enumerate(required):
+            last = position == len(required) - 1
+            instructions += [load(argument), (_JUMP_IF_EQUAL, "allow" if last else 0, "refuse", value)]
+        return instructions
+
+    itself = only_if((0, 0))  # a pid (or thread id) of 0: the caller
+    no_user_namespace = [load(0), (_AND, 0, 0, _CLONE_NEWUSER), (_JUMP_IF_EQUAL, "allow", "refuse", 0)]
+    return {
+        "socket": [load(0), *((_JUMP_IF_EQUAL, "allow", 0, family) for family in _LOCAL_FAMILIES),
+                   (_JUMP, 0, 0, "refuse")],
+        "ioctl": [load(1), *((_JUMP_IF_EQUAL, "refuse", 0, request) for request in _METADATA_IOCTLS),
+                  (_AND, 0, 0, _IOCTL_TYPE), (_JUMP_IF_EQUAL, "refuse", "allow", _LOOP_IOCTLS)],
+        "prlimit64": itself, "sched_setaffinity": itself, "sched_setscheduler": itself, "sched_setparam": itself,
+        "sched_setattr": itself, "setpriority": only_if((0, _PRIO_PROCESS), (1, 0)),
+        "ioprio_set": only_if((0, _IOPRIO_WHO_PROCESS), (1, 0)), "clone": no_user_namespace,
+        "unshare": no_user_namespace,
+    }
+
+
 def _restrict(libc: ctypes.CDLL, abi: int, folder: str) -> bool:
     """Enforce a Landlock ruleset of the writes, network and scopes `abi` knows; True if enforced."""
     writes = _WRITES_BY_ABI[min(abi, 3)]
-    attributes = _RulesetAttributes(writes, _NET_TCP if abi >= 4 else 0, _SCOPES if abi >= 6 else 0)
+    device_ioctls = _IOCTL_DEV if abi >= 5 else 0
+    attributes = _RulesetAttributes(writes | device_ioctls, _NET_TCP if abi >= 4 else 0, _SCOPES if abi >= 6 else 0)
     size = 24 if abi >= 6 else 16 if abi >= 4 else 8
     ruleset = libc.syscall(_SYS_CREATE_RULESET, ctypes.byref(attributes), size, 0)
     if ruleset < 0:
@@ -245,8 +296,8 @@ def _restrict(libc: ctypes.CDLL, abi: int, folder: str) -> bool:
             return False
         # its own entries under /proc: the GPU's driver writes there as it initialises; CUDA starts only with them
         _allow(libc, ruleset, f"/proc/{os.getpid()}", writes)
-        for device in _writable_devices():
-            _allow(libc, ruleset, device, writes & _FILE_RIGHTS)
+        for device in _writable_devices():  # the only devices it may also send ioctls
+            _allow(libc, ruleset, device, (writes | device_ioctls) & _FILE_RIGHTS)
         return libc.syscall(_SYS_RESTRICT_SELF, ruleset, 0) == 0
     finally:
         os.close(ruleset)

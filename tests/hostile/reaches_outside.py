@@ -1,10 +1,12 @@
 """Tries to reach past its worker and prints what came of each try, as one JSON object: read the evaluator's
 memory, signal it, write beside this file, in its own folder, in its temporary folder and in /dev/shm, open a disk
 (a block device), the kernel's log and the null device for writing (writing nothing), connect to the TCP port its
-environment's REACH_PORT names, open a UDP socket (sending nothing), change its own file's mode, times and flags (to
-what they are) and its folder's extended attributes, create System V shared memory and a POSIX message queue
-(removed again), add a key to its process's keyring, read the evaluator's limits and set up an io_uring; and what it
-holds (capabilities, no_new_privs), in every thread. Returns its input."""
+environment's REACH_PORT names, open a UDP and a vsock socket (sending nothing), change its own file's mode, times,
+flags and version (to what they are) and its folder's extended attributes, create System V shared memory and a POSIX
+message queue (removed again), add a key to its process's keyring, read the evaluator's limits, set the evaluator's
+priority and CPUs (to what they are), ask the loop devices for a free one, look at its own pages' residency, set up
+an io_uring and, last, enter a user namespace; and what it holds (capabilities, no_new_privs), in every thread.
+Returns its input."""
 import ctypes
 import fcntl
 import json
@@ -17,11 +19,15 @@ import struct
 import tempfile
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
-# add_key, mq_open, mq_unlink, io_uring_setup
-_NUMBERS = {"x86_64": (248, 240, 241, 425), "aarch64": (217, 180, 181, 425)}.get(os.uname().machine)
+# add_key, mq_open, mq_unlink, io_uring_setup, mincore, unshare
+_NUMBERS = {"x86_64": (248, 240, 241, 425, 27, 272), "aarch64": (217, 180, 181, 425, 232, 97)}.get(os.uname().machine)
 _IPC_PRIVATE, _IPC_CREAT, _IPC_RMID = 0, 0o1000, 0
 _PROCESS_KEYRING = -2
 _GET_FLAGS, _SET_FLAGS = 0x80086601, 0x40086602  # FS_IOC_GETFLAGS, FS_IOC_SETFLAGS
+_GET_VERSION, _SET_VERSION = 0x80087601, 0x40086604  # FS_IOC_GETVERSION, EXT4_IOC_SETVERSION
+_LOOP_GET_FREE = 0x4C82  # LOOP_CTL_GET_FREE
+_NEW_USER_NAMESPACE = 0x10000000
+_AF_VSOCK = 40
 
 
 def _attempt(action):
@@ -77,11 +83,19 @@ def _create_shared_memory():
     _LIBC.shmctl(segment, _IPC_RMID, None)
 
 
-def _keep_flags(path):
+def _keep(path, get, set_):
+    """Read a file's attribute by ioctl `get` and write it back, unchanged, by `set_`."""
     descriptor = os.open(path, os.O_RDONLY)
     try:
-        flags = fcntl.ioctl(descriptor, _GET_FLAGS, struct.pack("l", 0))
-        fcntl.ioctl(descriptor, _SET_FLAGS, flags)
+        fcntl.ioctl(descriptor, set_, fcntl.ioctl(descriptor, get, struct.pack("l", 0)))
+    finally:
+        os.close(descriptor)
+
+
+def _ask_for_a_free_loop_device():
+    descriptor = os.open("/dev/loop-control", os.O_RDONLY)
+    try:
+        fcntl.ioctl(descriptor, _LOOP_GET_FREE)
     finally:
         os.close(descriptor)
 
@@ -107,8 +121,14 @@ def _set_up_io_uring():
     os.close(_by_number(3, 4, parameters))
 
 
-def _open_a_udp_socket():
-    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()
+def _open_a_socket(family, kind):
+    socket.socket(family, kind).close()
+
+
+def _look_at_residency():
+    page = ctypes.create_string_buffer(os.sysconf("SC_PAGE_SIZE") * 2)
+    start = (ctypes.addressof(page) | (os.sysconf("SC_PAGE_SIZE") - 1)) + 1  # the page-aligned part of it
+    _by_number(4, ctypes.c_void_p(start), 1, ctypes.create_string_buffer(1))
 
 
 def _status(task="self"):
@@ -141,17 +161,26 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus):
         "connect_tcp": _attempt(_connect),
         "change_a_files_mode": _attempt(lambda: os.chmod(__file__, stat.S_IMODE(os.stat(__file__).st_mode))),
         "change_a_files_times": _attempt(lambda: _keep_times(__file__)),
-        "change_a_files_flags": _attempt(lambda: _keep_flags(__file__)),
+        "change_a_files_flags": _attempt(lambda: _keep(__file__, _GET_FLAGS, _SET_FLAGS)),
+        "change_a_files_version": _attempt(lambda: _keep(__file__, _GET_VERSION, _SET_VERSION)),
         "set_an_extended_attribute": _attempt(lambda: os.setxattr(os.getcwd(), "user.reached", b"1")),
         "create_shared_memory": _attempt(_create_shared_memory),
         "create_a_message_queue": _attempt(_create_a_message_queue),
         "add_a_key": _attempt(_add_a_key),
         "read_the_evaluators_limits": _attempt(lambda: resource.prlimit(os.getppid(), resource.RLIMIT_NOFILE)),
+        "set_the_evaluators_priority": _attempt(
+            lambda: os.setpriority(os.PRIO_PROCESS, os.getppid(), os.getpriority(os.PRIO_PROCESS, os.getppid()))),
+        "set_the_evaluators_cpus": _attempt(
+            lambda: os.sched_setaffinity(os.getppid(), os.sched_getaffinity(os.getppid()))),
+        "ask_for_a_free_loop_device": _attempt(_ask_for_a_free_loop_device),
+        "look_at_page_residency": _attempt(_look_at_residency),
         "set_up_io_uring": _attempt(_set_up_io_uring),
-        "open_a_udp_socket": _attempt(_open_a_udp_socket),
+        "open_a_udp_socket": _attempt(lambda: _open_a_socket(socket.AF_INET, socket.SOCK_DGRAM)),
+        "open_a_vsock_socket": _attempt(lambda: _open_a_socket(_AF_VSOCK, socket.SOCK_STREAM)),
         "effective_capabilities": _status()["CapEff"],
         "no_new_privileges": _status()["NoNewPrivs"],
         "unconfined_threads": _unconfined_threads(),
     }
+    outcomes["enter_a_user_namespace"] = _attempt(lambda: _by_number(5, _NEW_USER_NAMESPACE))  # last: it changes us
     print(json.dumps(outcomes), flush=True)
     return weight
