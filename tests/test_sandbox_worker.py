@@ -543,14 +543,16 @@ def test_a_worker_reaches_nothing_outside_its_own_folder_and_tree(tmp_path, star
         assert reached["connect_tcp"].startswith("refused")
     if confinement.ioctls_confined or confinement.calls_filtered:  # either refuses a loop device's ioctls
         assert reached["ask_for_a_free_loop_device"].startswith("refused")
+    if os.geteuid() == 0 and os.path.exists("/proc/self/loginuid"):  # set while the worker could, before the rest
+        assert reached["set_a_threads_login_uid"] == "refused: Operation not permitted"
     # and where seccomp knows the architecture, as on the machines this project runs on
     assert confinement.calls_filtered or os.uname().machine not in ("x86_64", "aarch64")
     if confinement.calls_filtered:
         for attempt in ("change_a_files_mode", "change_a_files_times", "change_a_files_flags", "change_a_files_version",
                         "set_an_extended_attribute", "create_shared_memory", "create_a_message_queue", "add_a_key",
                         "read_the_evaluators_limits", "set_the_evaluators_priority", "set_the_evaluators_cpus",
-                        "look_at_page_residency", "set_up_io_uring", "open_a_udp_socket", "open_a_vsock_socket",
-                        "enter_a_user_namespace"):
+                        "look_at_page_residency", "take_a_lease", "set_up_io_uring", "open_a_udp_socket",
+                        "open_a_vsock_socket", "enter_a_user_namespace"):
             assert reached[attempt] == "refused: Operation not permitted", attempt
     if confinement.scoped:
         assert reached["signal_evaluator"].startswith("refused")

@@ -13,11 +13,12 @@ nothing of it):
   whatever the user;
 - a seccomp filter, on x86_64 and aarch64: no change to a file's mode, owner, times, flags or extended attributes,
   no System V IPC or POSIX message queue, no keyring, no io_uring, no loop device, no look at the page cache, no
-  limit, priority, CPU set or scheduling set on another process, no user namespace (Landlock rules none of them,
-  and each outlives the worker or reaches others: a place to leave a plan for the recheck's process, a way to slow
-  the evaluator or other workers, or, as root, to make a program setuid); no socket but unix and netlink ones; and
-  no new session or process group, so that every process the worker starts stays in its process group, which the
-  evaluator kills whole.
+  lease, no limit, priority, CPU set or scheduling set on another process, no user namespace (Landlock rules none
+  of them, and each outlives the worker or reaches others: a place to leave a plan for the recheck's process, a
+  way to slow the evaluator or other workers, or, as root, to make a program setuid); no socket but unix and
+  netlink ones; and no new session or process group, so that every process the worker starts stays in its process
+  group, which the evaluator kills whole;
+- its audit login uid set (where it may be: as root), so that no thread of it moves the audit session counter.
 
 The evaluator and the zygote make themselves non-dumpable, so that a worker of the same user cannot read or trace
 them (the evaluator holds the held-out windows and the schedule's secret generator; every worker is forked from the
@@ -69,6 +70,8 @@ _METADATA_IOCTLS = (0x40086602, 0x40046602, 0x40087602, 0x40047602, 0x40086604, 
 _IOCTL_TYPE, _LOOP_IOCTLS = 0xFF00, 0x4C00
 _CLONE_NEWUSER = 0x10000000  # a user namespace, in which its capabilities would pass the kernel's checks on others
 _PRIO_PROCESS, _IOPRIO_WHO_PROCESS = 0, 1
+_SET_LEASE = 1024  # F_SETLEASE: a lease on a file it can read stalls, for up to a minute, whoever opens it to write
+_UNSET_LOGIN_UID = "4294967295"
 
 
 # Refused whatever their arguments: calls that change a file's mode, owner, times or extended attributes; System V
@@ -94,18 +97,18 @@ _NUMBERS = {  # from asm/unistd_64.h and asm-generic/unistd.h; aarch64 lacks the
                "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71, "mq_open": 240, "mq_unlink": 241,
                "mq_timedsend": 242, "mq_timedreceive": 243, "mq_notify": 244, "mq_getsetattr": 245, "add_key": 248,
                "request_key": 249, "keyctl": 250, "setsid": 112, "setpgid": 109, "mincore": 27, "socket": 41,
-               "ioctl": 16, "prlimit64": 302, "setpriority": 141, "sched_setparam": 142, "sched_setscheduler": 144,
-               "sched_setaffinity": 203, "sched_setattr": 314, "ioprio_set": 251, "clone": 56, "unshare": 272,
-               **_ONE_NUMBERING},
+               "ioctl": 16, "fcntl": 72, "prlimit64": 302, "setpriority": 141, "sched_setparam": 142,
+               "sched_setscheduler": 144, "sched_setaffinity": 203, "sched_setattr": 314, "ioprio_set": 251,
+               "clone": 56, "unshare": 272, **_ONE_NUMBERING},
     "aarch64": {"fchmod": 52, "fchmodat": 53, "fchown": 55, "fchownat": 54, "utimensat": 88, "setxattr": 5,
                 "lsetxattr": 6, "fsetxattr": 7, "removexattr": 14, "lremovexattr": 15, "fremovexattr": 16,
                 "shmget": 194, "shmat": 196, "shmctl": 195, "shmdt": 197, "semget": 190, "semop": 193, "semctl": 191,
                 "semtimedop": 192, "msgget": 186, "msgsnd": 189, "msgrcv": 188, "msgctl": 187, "mq_open": 180,
                 "mq_unlink": 181, "mq_timedsend": 182, "mq_timedreceive": 183, "mq_notify": 184,
                 "mq_getsetattr": 185, "add_key": 217, "request_key": 218, "keyctl": 219, "setsid": 157,
-                "setpgid": 154, "mincore": 232, "socket": 198, "ioctl": 29, "prlimit64": 261, "setpriority": 140,
-                "sched_setparam": 118, "sched_setscheduler": 119, "sched_setaffinity": 122, "sched_setattr": 274,
-                "ioprio_set": 30, "clone": 220, "unshare": 97, **_ONE_NUMBERING},
+                "setpgid": 154, "mincore": 232, "socket": 198, "ioctl": 29, "fcntl": 25, "prlimit64": 261,
+                "setpriority": 140, "sched_setparam": 118, "sched_setscheduler": 119, "sched_setaffinity": 122,
+                "sched_setattr": 274, "ioprio_set": 30, "clone": 220, "unshare": 97, **_ONE_NUMBERING},
 }
 # the audit number of each architecture, and where the numbers of another ABI sharing it begin (x86_64's x32)
 _ARCHITECTURES = {"x86_64": (0xC000003E, 0x40000000), "aarch64": (0xC00000B7, None)}
@@ -185,6 +188,7 @@ def confine(folder: str) -> Confinement:
     except OSError:
         return Confinement.none()
     no_new_privileges = libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+    _set_login_uid()
     capabilities_dropped = _drop_capabilities(libc)
     calls_filtered = no_new_privileges and _filter_calls(libc)
     abi = libc.syscall(_SYS_CREATE_RULESET, None, 0, _CREATE_RULESET_VERSION) if no_new_privileges else -1
@@ -193,6 +197,19 @@ def confine(folder: str) -> Confinement:
     # before version 3 Landlock cannot refuse truncating a file: writes are not confined
     return Confinement(no_new_privileges, capabilities_dropped, abi, abi >= 3, abi >= 4, abi >= 5, abi >= 6,
                        calls_filtered)
+
+
+def _set_login_uid() -> None:
+    """Set this process's audit login uid to its user where none is set, while it may (as root): then neither it nor
+    any thread it starts can set one, and each first setting moves a global counter (the audit session id) that any
+    process can read, a channel between workers."""
+    try:
+        with open("/proc/self/loginuid", "r+") as file:
+            if file.read().strip() == _UNSET_LOGIN_UID:
+                file.seek(0)
+                file.write(str(os.getuid()))
+    except OSError:
+        pass
 
 
 def _drop_capabilities(libc: ctypes.CDLL) -> bool:
@@ -253,9 +270,9 @@ def _filter_program(machine: str) -> list[tuple[int, int, int, int]]:
 
 def _argument_rules() -> dict[str, list[tuple[int, int | str, int | str, int | str]]]:
     """By call, the instructions that allow or refuse it on its arguments: sockets only of `_LOCAL_FAMILIES` (no
-    TCP, UDP or other network); no ioctl of `_METADATA_IOCTLS` nor of the loop devices; limits, priorities, CPUs and
-    scheduling set on itself only (on another process of its user, as root or in a user namespace, they would carry a
-    message, or slow the evaluator and other workers); no user namespace."""
+    TCP, UDP or other network); no ioctl of `_METADATA_IOCTLS` nor of the loop devices; no lease; limits,
+    priorities, CPUs and scheduling set on itself only (on another process of its user, as root or in a user
+    namespace, they would carry a message, or slow the evaluator and other workers); no user namespace."""
 
     def load(argument: int) -> tuple[int, int, int, int]:
         return _LOAD_WORD, 0, 0, _ARGUMENTS + 8 * argument
@@ -275,6 +292,7 @@ def _argument_rules() -> dict[str, list[tuple[int, int | str, int | str, int | s
                    (_JUMP, 0, 0, "refuse")],
         "ioctl": [load(1), *((_JUMP_IF_EQUAL, "refuse", 0, request) for request in _METADATA_IOCTLS),
                   (_AND, 0, 0, _IOCTL_TYPE), (_JUMP_IF_EQUAL, "refuse", "allow", _LOOP_IOCTLS)],
+        "fcntl": [load(1), (_JUMP_IF_EQUAL, "refuse", "allow", _SET_LEASE)],
         "prlimit64": itself, "sched_setaffinity": itself, "sched_setscheduler": itself, "sched_setparam": itself,
         "sched_setattr": itself, "setpriority": only_if((0, _PRIO_PROCESS), (1, 0)),
         "ioprio_set": only_if((0, _IOPRIO_WHO_PROCESS), (1, 0)), "clone": no_user_namespace,

@@ -4,9 +4,9 @@ memory, signal it, write beside this file, in its own folder, in its temporary f
 environment's REACH_PORT names, open a UDP and a vsock socket (sending nothing), change its own file's mode, times,
 flags and version (to what they are) and its folder's extended attributes, create System V shared memory and a POSIX
 message queue (removed again), add a key to its process's keyring, read the evaluator's limits, set the evaluator's
-priority and CPUs (to what they are), ask the loop devices for a free one, look at its own pages' residency, set up
-an io_uring and, last, enter a user namespace; and what it holds (capabilities, no_new_privs), in every thread.
-Returns its input."""
+priority and CPUs (to what they are), ask the loop devices for a free one, look at its own pages' residency, take a
+lease on its own file, set a new thread's audit login uid, set up an io_uring and, last, enter a user namespace; and
+what it holds (capabilities, no_new_privs), in every thread. Returns its input."""
 import ctypes
 import fcntl
 import json
@@ -17,6 +17,7 @@ import socket
 import stat
 import struct
 import tempfile
+import threading
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
 # add_key, mq_open, mq_unlink, io_uring_setup, mincore, unshare
@@ -121,6 +122,36 @@ def _set_up_io_uring():
     os.close(_by_number(3, 4, parameters))
 
 
+def _take_a_lease(path):
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.fcntl(descriptor, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+        fcntl.fcntl(descriptor, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    finally:
+        os.close(descriptor)
+
+
+def _set_a_threads_login_uid():
+    """In a new thread, write its own audit login uid (to the process's): moves the audit session counter if done."""
+    outcome = []
+
+    def write():
+        try:
+            descriptor = os.open(f"/proc/self/task/{threading.get_native_id()}/loginuid", os.O_WRONLY)
+            try:
+                os.write(descriptor, str(os.getuid()).encode())
+            finally:
+                os.close(descriptor)
+        except OSError as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    thread.join()
+    if outcome:
+        raise outcome[0]
+
+
 def _open_a_socket(family, kind):
     socket.socket(family, kind).close()
 
@@ -174,6 +205,8 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus):
             lambda: os.sched_setaffinity(os.getppid(), os.sched_getaffinity(os.getppid()))),
         "ask_for_a_free_loop_device": _attempt(_ask_for_a_free_loop_device),
         "look_at_page_residency": _attempt(_look_at_residency),
+        "take_a_lease": _attempt(lambda: _take_a_lease(__file__)),
+        "set_a_threads_login_uid": _attempt(_set_a_threads_login_uid),
         "set_up_io_uring": _attempt(_set_up_io_uring),
         "open_a_udp_socket": _attempt(lambda: _open_a_socket(socket.AF_INET, socket.SOCK_DGRAM)),
         "open_a_vsock_socket": _attempt(lambda: _open_a_socket(_AF_VSOCK, socket.SOCK_STREAM)),
