@@ -8,9 +8,8 @@ nothing of it):
 - no capabilities: a worker started as root cannot read or trace the evaluator, nor override file permissions;
 - Landlock, where the kernel has it: writes only in the worker's own folder, to the GPU's devices and the null and
   random ones, and to its own entries under /proc; ioctls only on those devices (no loop device, no terminal); no
-  TCP bind or connect; no signal and no abstract unix socket to
-  a process outside the worker's own tree, and no tracing or reading the memory of one (`/proc/<pid>/mem`),
-  whatever the user;
+  TCP bind or connect; no signal and no abstract unix socket to a process outside the worker's own tree, and no
+  tracing or reading the memory of one (`/proc/<pid>/mem`), whatever the user;
 - a seccomp filter, on x86_64 and aarch64: no change to a file's mode, owner, times, flags or extended attributes,
   no System V IPC or POSIX message queue, no keyring, no io_uring, no loop device, no look at the page cache, no
   lease, no limit, priority, CPU set or scheduling set on another process, no user namespace (Landlock rules none
@@ -87,8 +86,9 @@ _REFUSED = ("chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "lcho
             "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr", "add_key", "request_key", "keyctl",
             "setsid", "setpgid", "io_uring_setup", "io_uring_enter", "io_uring_register", "mincore", "cachestat")
 _ONE_NUMBERING = {"io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "clone3": 435,
-                  "cachestat": 451, "fchmodat2": 452, "setxattrat": 463, "removexattrat": 466, "file_setattr": 469,
-                  "first_unknown": 470}  # 424 on, numbers are alike on every architecture
+                  "cachestat": 451, "fchmodat2": 452, "setxattrat": 463, "removexattrat": 466,
+                  "file_setattr": 469}  # 424 on, numbers are alike on every architecture
+_FIRST_UNKNOWN = 470
 _NUMBERS = {  # from asm/unistd_64.h and asm-generic/unistd.h; aarch64 lacks the calls that take no directory
     "x86_64": {"chmod": 90, "fchmod": 91, "fchmodat": 268, "chown": 92, "fchown": 93, "lchown": 94, "fchownat": 260,
                "utime": 132, "utimes": 235, "futimesat": 261, "utimensat": 280, "setxattr": 188, "lsetxattr": 189,
@@ -249,7 +249,7 @@ def _filter_program(machine: str) -> list[tuple[int, int, int, int]]:
         (_LOAD_WORD, 0, 0, _ARCHITECTURE), (_JUMP_IF_EQUAL, 0, "refuse", audit), (_LOAD_WORD, 0, 0, _NUMBER)]
     if other_abi_from is not None:
         assembled.append((_JUMP_IF_AT_LEAST, "refuse", 0, other_abi_from))
-    assembled += [(_JUMP_IF_AT_LEAST, "unknown", 0, number["first_unknown"]),
+    assembled += [(_JUMP_IF_AT_LEAST, "unknown", 0, _FIRST_UNKNOWN),
                   (_JUMP_IF_EQUAL, "unknown", 0, number["clone3"])]
     assembled += [(_JUMP_IF_EQUAL, "refuse", 0, number[name]) for name in _REFUSED if name in number]
     assembled += [(_JUMP_IF_EQUAL, name, 0, number[name]) for name in rules]

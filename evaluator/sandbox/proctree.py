@@ -182,20 +182,25 @@ class GroupLeader:
 def reap_group_children(group: int, deadline: float) -> None:
     """After process group `group` was killed: collect those of its processes that are (or become) this
     process's children, until none of the group is left or `deadline` passes."""
-    while True:
+    while _group_exists(group):  # first: a worker's group is mostly empty once the worker is collected
         for pid in children(os.getpid()):
             if _group(pid) == group:
                 try:
                     os.waitpid(pid, os.WNOHANG)
                 except ChildProcessError:
                     pass
-        try:
-            os.killpg(group, 0)
-        except OSError:
-            return  # nothing of the group is left, zombies included
         if time.monotonic() >= deadline:
             return
         time.sleep(0.002)
+
+
+def _group_exists(group: int) -> bool:
+    """Whether process group `group` holds any process, zombies included."""
+    try:
+        os.killpg(group, 0)
+    except OSError:
+        return False
+    return True
 
 
 def kill_strays_later(entry: bytes, watch_s: float) -> None:
