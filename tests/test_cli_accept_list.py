@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from evaluator import __version__
+from evaluator.build import evaluator_software
 from evaluator.commands.workload import default_trace_for
 from evaluator.eplb.problem import Problem
 from evaluator.evaluation import Result
@@ -38,16 +38,17 @@ def workload_of(problem: Problem) -> dict:
 
 
 def fake_result(status: str = "ok", combined: float = 0.5, problem: Problem = DEFAULT, card: str | None = None,
-                torch_version: str = torch.__version__, **workload: object) -> dict:
-    """A made-up result, measured where `apply` would measure on this machine unless `card` or `torch_version` say
-    otherwise."""
+                torch_version: str = torch.__version__, evaluator_digest: str | None = None, **workload: object) -> dict:
+    """A made-up result, measured where `apply` would measure on this machine unless `card`, `torch_version` or
+    `evaluator_digest` say otherwise."""
     ok = status == "ok"
     device, card_here = first_lane_card("auto", None)
     return Result(status, error=None if ok else f"{status}: made up", balancedness_score=0.8 if ok else 0.0,
                   speed_score=0.2 if ok else 0.0, combined_score=combined if ok else 0.0, speedup=6.3 if ok else None,
                   time_ms=1.0, seed_time_ms=6.3, slot_balancedness=0.3, reference_balancedness=0.9,
                   seed_balancedness=0.8, device=device, card=card or card_here,
-                  software={"torch": torch_version, "python": "3", "evaluator": __version__},
+                  software={"torch": torch_version, "python": "3", **evaluator_software(),
+                            **({"evaluator_digest": evaluator_digest} if evaluator_digest else {})},
                   workload={**workload_of(problem), **workload}).to_json()
 
 
@@ -103,19 +104,26 @@ def test_a_result_for_another_workload_or_a_held_out_trace_is_never_reused(tmp_p
     assert len(result_files(candidate)) == 3
 
 
-def test_a_result_measured_on_another_card_or_with_another_torch_is_never_reused(tmp_path):
+def test_a_result_measured_on_another_card_with_another_torch_or_evaluator_is_never_reused(tmp_path):
     """A newcomer with a GPU who runs the README's `apply` gets a result measured on that GPU, not the one a CPU
-    machine stored with the candidate."""
+    machine stored with the candidate; and an evaluator whose code changed measures again, even at the same
+    version number."""
     candidate = stored_seed_patch(tmp_path)
     candidate.add_result(fake_result(problem=SMALL, card="a card of another machine"))
     candidate.add_result(fake_result(problem=SMALL, torch_version="1.0.0"))
+    candidate.add_result(fake_result(problem=SMALL, evaluator_digest="0" * 16))
+    legacy = fake_result(problem=SMALL)
+    del legacy["software"]["evaluator_digest"]  # stored by an evaluator that recorded only its version
+    candidate.add_result(legacy)
     reply = evaluator("apply", str(SEED_PATCH), "--json", *SMALL_PROBLEM, cwd=tmp_path)
     assert reply.returncode == 0, reply.stderr
     answer = json.loads(reply.stdout)
     assert answer["reused"] is False
     assert (answer["result"]["device"], answer["result"]["card"]) == first_lane_card("auto", None)
-    assert answer["result"]["software"]["torch"] == torch.__version__
-    assert len(result_files(candidate)) == 3
+    software = answer["result"]["software"]
+    assert software["torch"] == torch.__version__
+    assert software["evaluator_digest"] == evaluator_software()["evaluator_digest"]
+    assert len(result_files(candidate)) == 5
 
 
 def test_a_reused_failure_exits_like_the_failure_and_infra_errors_are_not_reused(tmp_path):

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from evaluator import __version__
+from evaluator.build import evaluator_software
 from evaluator.commands import CommandError
 from evaluator.commands.workload import add_workload_arguments, problem_from, trace_from
 from evaluator.eplb.problem import Problem
@@ -76,7 +76,7 @@ def measured_here(args: argparse.Namespace) -> dict[str, Any]:
         device, card = first_lane_card(args.device, args.gpu_ids)
     except ValueError as error:
         raise _device_error(args, error) from None
-    return {"device": device, "card": card, "software": {"torch": torch.__version__, "evaluator": __version__}}
+    return {"device": device, "card": card, "software": {"torch": torch.__version__, **evaluator_software()}}
 
 
 def _device_error(args: argparse.Namespace, error: ValueError) -> CommandError:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evaluator import __version__
+from evaluator.build import evaluator_software
 from evaluator.eplb.invariants import Violation
 from evaluator.eplb.plan import Plan
 from evaluator.eplb.problem import Problem
@@ -79,6 +79,7 @@ class Evaluator:
         self._seed_timings = seed_timings or SeedTimingCache(None)
         self._retime_seed = retime_seed  # ignore the cached seed time once
         self._seed_digest = sha256_text(SEED_PROGRAM.read_text(encoding="utf-8"))[:12]  # part of the timing key
+        evaluator_software()  # the package's digest read now, not in the first evaluation's time
         self._seed_lock = threading.Lock()  # the seed is timed once, however many threads need it
         # Removed by close() or when collected, and only by this process: a forked child's copy of the
         # evaluator (a loop's process pool) must not take the warm-up program from under the parent's workers.
@@ -139,7 +140,8 @@ class Evaluator:
         """The seed timed on this device with this software: from the cache, else measured now on the lane the
         candidate ran on (lanes may hold GPUs of different models), giving up at `give_up_at` as `evaluate`."""
         key = " | ".join([info.device, info.card, f"torch {info.torch_version}", f"cuda {info.cuda_version}",
-                          f"python {platform.python_version()}", f"evaluator {__version__}",
+                          f"python {platform.python_version()}",
+                          *(f"{name} {value}" for name, value in evaluator_software().items()),
                           f"seed {self._seed_digest}",
                           repr(self.settings.problem)])
         cached = self._cached_seed_timing(key)
@@ -235,5 +237,5 @@ def _remove_if_owner(folder: Path, owner_pid: int) -> None:
 
 def _device(info: WorkerInfo) -> dict[str, object]:
     software = {"torch": info.torch_version, "cuda": info.cuda_version, "python": platform.python_version(),
-                "evaluator": __version__}
+                **evaluator_software()}
     return {"device": info.device, "card": info.card, "software": software, "sandbox": asdict(info.confinement)}

@@ -70,7 +70,10 @@ class SeedTiming:
 
 
 class SeedTimingCache:
-    """The seed's time per device and software version, in memory and (if `path` is set) in a JSON file."""
+    """The seed's time per device and software version, in memory and (if `path` is set) in a JSON file, which
+    keeps the newest `MAX_ENTRIES` (each edit of the evaluator is a new software version)."""
+
+    MAX_ENTRIES = 64
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
@@ -89,7 +92,10 @@ class SeedTimingCache:
 
     def put(self, key: str, timing: SeedTiming) -> None:
         with self._lock:
+            self._entries.pop(key, None)  # re-inserted as the newest
             self._entries[key] = timing
+            for oldest in list(self._entries)[:-self.MAX_ENTRIES]:
+                del self._entries[oldest]
             if self.path is None:
                 return
             try:

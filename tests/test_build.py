@@ -1,0 +1,86 @@
+"""The evaluator's digest: what tells results and seed timings of one evaluator's code from another's."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from small_problem import SMALL_SETTINGS, SMALL_TRACE
+
+from evaluator import __version__
+from evaluator.build import PACKAGE_ROOT, evaluator_software, package_digest
+from evaluator.evaluation import Evaluator
+from evaluator.evaluation.timing import SeedTiming, SeedTimingCache
+from evaluator.paths import SEED_PROGRAM
+
+
+def copy_of_the_package(folder: Path) -> Path:
+    return Path(shutil.copytree(PACKAGE_ROOT, folder / "evaluator", ignore=shutil.ignore_patterns("__pycache__")))
+
+
+def test_a_copy_of_the_package_has_its_digest_and_bytecode_caches_do_not_count(tmp_path):
+    copy = copy_of_the_package(tmp_path)
+    (copy / "__pycache__").mkdir(exist_ok=True)
+    (copy / "__pycache__" / "cli.cpython-311.pyc").write_bytes(b"compiled elsewhere")
+    (copy / "stray.pyc").write_bytes(b"\0")
+    assert package_digest(copy) == package_digest()
+
+
+def test_editing_adding_or_renaming_a_file_changes_the_digest(tmp_path):
+    digests = {package_digest()}
+    for number, change in enumerate((
+        lambda root: (root / "cli.py").write_text((root / "cli.py").read_text() + "\n# an edit\n"),
+        lambda root: (root / "eplb" / "notes.txt").write_text("a new data file"),
+        lambda root: (root / "cli.py").rename(root / "cli2.py"),
+    )):
+        change(copy_of_the_package(tmp_path / str(number)))
+        digests.add(package_digest(tmp_path / str(number) / "evaluator"))
+    assert len(digests) == 4
+
+
+def test_moving_bytes_between_a_name_and_a_content_changes_the_digest(tmp_path):
+    one, other = tmp_path / "one", tmp_path / "other"
+    one.mkdir()
+    other.mkdir()
+    (one / "ab").write_text("c")
+    (other / "a").write_text("bc")
+    assert package_digest(one) != package_digest(other)
+
+
+def test_results_record_the_version_and_the_digest():
+    software = evaluator_software()
+    assert software == {"evaluator": __version__, "evaluator_digest": package_digest()}
+    assert len(software["evaluator_digest"]) == 16 and int(software["evaluator_digest"], 16) >= 0
+
+
+def test_a_seed_time_cached_by_another_build_of_the_evaluator_is_measured_again(tmp_path):
+    path = tmp_path / "seed-timing.json"
+
+    def seed_time_ms_with(cache: dict) -> float:
+        path.write_text(json.dumps(cache))
+        with Evaluator(SMALL_TRACE, SMALL_SETTINGS, device="cpu", spares=0, seed_timings=SeedTimingCache(path)) as ev:
+            result = ev.evaluate(SEED_PROGRAM)
+        assert result.status == "ok", result.error
+        return result.seed_time_ms
+
+    seed_time_ms_with({})
+    (key, entry), = json.loads(path.read_text()).items()
+    digest = evaluator_software()["evaluator_digest"]
+    assert f"evaluator_digest {digest}" in key
+    planted = {**entry, "time_ms": 12345.0}
+    assert seed_time_ms_with({key: planted}) == 12345.0
+    assert seed_time_ms_with({key.replace(digest, "0" * 16): planted}) != 12345.0
+
+
+def test_the_seed_timing_cache_keeps_the_newest_entries(tmp_path):
+    path = tmp_path / "seed-timing.json"
+    cache = SeedTimingCache(path)
+    limit = SeedTimingCache.MAX_ENTRIES
+    for number in range(limit + 5):
+        cache.put(f"build {number}", SeedTiming(float(number), 0.0, 0.0, 1))
+    cache.put("build 5", SeedTiming(5.0, 0.0, 0.0, 1))  # used again: the newest now
+    kept = list(json.loads(path.read_text()))
+    assert len(kept) == limit and kept[-1] == "build 5"
+    assert kept[0] == "build 6" and "build 4" not in kept and "build 5" not in kept[:-1]
+    assert SeedTimingCache(path).get(f"build {limit + 4}") == SeedTiming(float(limit + 4), 0.0, 0.0, 1)
