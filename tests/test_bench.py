@@ -1,4 +1,5 @@
-"""`python -m evaluator bench pace` through a real subprocess: its figures agree with its own rounds."""
+"""`python -m evaluator bench` through a real subprocess: the pace figures agree with their own rounds, and wrong
+arguments are refused before anything is measured."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import statistics
 import subprocess
 import sys
 
+import pytest
+
 from evaluator.exitcodes import ExitCode
 
 
-def bench(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "evaluator", "bench", "pace", *args], capture_output=True,
+def bench(*args: str, benchmark: str = "pace") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "evaluator", "bench", benchmark, *args], capture_output=True,
                           text=True, timeout=300)
 
 
@@ -31,3 +34,10 @@ def test_the_pace_figures_are_read_off_the_rounds_they_report():
 def test_a_run_too_short_to_compare_rounds_is_refused():
     run = bench("--seconds", "1", "--device", "cpu")
     assert run.returncode == ExitCode.BAD_INPUT and "at least 2" in run.stderr
+
+
+@pytest.mark.parametrize("option", ["--warmup-s", "--clocks-hold-s", "--rechecks"])
+def test_the_evaluator_bench_refuses_a_negative_setting(option):
+    run = bench(option, "-1", "--device", "cpu", benchmark="evaluator")
+    assert run.returncode == ExitCode.BAD_INPUT and option in run.stderr and "at least 0" in run.stderr
+    assert not run.stdout

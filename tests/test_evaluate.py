@@ -121,6 +121,30 @@ def test_an_invalid_output_is_the_failure_even_when_the_program_crashes_in_a_lat
     assert result.error.startswith("warm-up call 1 ") and result.violations[0]["invariant"] == "phy2log.shape"
 
 
+def test_the_warm_up_is_two_calls_and_lasts_longer_only_after_the_device_idled(tmp_path):
+    """The warm-up's least candidate time is for a device's clocks, which an idle device may let fall."""
+    candidate = program(tmp_path, """
+    def rebalance_experts(weight, *args):
+        print("called", flush=True)
+        time.sleep(0.03)
+        return seed.rebalance_experts(weight, *args)
+    """)
+    settings = Settings(problem=SMALL, timeout_s=30, warmup_s=0.1, clocks_hold_s=1.0, limits=Limits(memory_mb=1536))
+
+    def warm_up_calls(result: Result) -> int:
+        assert result.status == "ok", result.error
+        return result.stdout.count("called") - result.timing["summary"]["count"]
+
+    with Evaluator(SMALL_TRACE, settings, device="cpu", spares=3) as evaluator:  # a run takes two
+        busy = [warm_up_calls(evaluator.evaluate(candidate)) for _ in range(2)]
+        assert evaluator.lanes.wait_for_spares()
+        time.sleep(settings.clocks_hold_s + 0.2)
+        idle = warm_up_calls(evaluator.evaluate(candidate))
+        # on a spare as old as the last, but the device has just run a candidate
+        busy.append(warm_up_calls(evaluator.evaluate(candidate)))
+    assert busy == [2, 2, 2] and idle >= 4
+
+
 @pytest.mark.parametrize(
     "returned, invariant",
     [

@@ -52,6 +52,7 @@ class EvaluationBenchResult:
     rechecks: int  # calls repeated in a second fresh process per candidate (0: one process per candidate)
     validate_during_calls: bool
     warmup_s: float
+    clocks_hold_s: float
     phases_ms_median: dict[str, float]  # where an A/A evaluation's time went
     phase_overhead_ms_median: dict[str, float]  # the same, less the candidate's own compute in each phase
     scoring_ms: float  # balancedness of a whole trace's plans (plus the seed reference), median of 20
@@ -95,6 +96,7 @@ def measure(repeats: int = 10, throughput_candidates: int = 60, threads: int = 2
         aa_time_ms=[round(r.time_ms, 3) for r in aa],
         aa_min_ms=[round(r.timing["summary"]["min_ms"], 3) for r in aa],
         validate_during_calls=settings.validate_during_calls, warmup_s=settings.warmup_s,
+        clocks_hold_s=settings.clocks_hold_s,
         phases_ms_median={name: statistics.median(r.timing["phases"][name] for r in aa) for name in aa[0].timing["phases"]},
         phase_overhead_ms_median={name: statistics.median(_phase_overhead(r, name) for r in aa)
                                   for name in aa[0].timing["phases"]},

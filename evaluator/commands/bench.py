@@ -67,7 +67,10 @@ def _add_evaluator_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rechecks", type=int, default=Settings().rechecks, metavar="N",
                         help="calls repeated in a second fresh process per candidate; 0 for none (default: %(default)s)")
     parser.add_argument("--warmup-s", type=float, default=Settings().warmup_s, metavar="S",
-                        help="least candidate time spent warming up before the timed calls (default: %(default)s)")
+                        help="least candidate time spent warming up on a device that idled (default: %(default)s)")
+    parser.add_argument("--clocks-hold-s", type=float, default=Settings().clocks_hold_s, metavar="S",
+                        help="idle time after which a device is warmed up for --warmup-s; 0: always "
+                             "(default: %(default)s)")
     parser.add_argument("--validate-between-calls", action="store_true",
                         help="validate each output before the next call instead of during it")
     parser.add_argument("--start-method", choices=START_METHODS, default=Settings().start_method,
@@ -77,10 +80,12 @@ def _add_evaluator_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_evaluator(args: argparse.Namespace) -> int:
-    if min(args.repeats, args.candidates, args.threads, args.spares) < 1 or args.rechecks < 0:
-        raise CommandError("--repeats, --candidates, --threads and --spares must be at least 1, --rechecks at least 0")
+    if min(args.repeats, args.candidates, args.threads, args.spares) < 1 or min(
+            args.rechecks, args.warmup_s, args.clocks_hold_s) < 0:
+        raise CommandError("--repeats, --candidates, --threads and --spares must be at least 1, --rechecks, "
+                           "--warmup-s and --clocks-hold-s at least 0")
     settings = Settings(rechecks=args.rechecks, validate_during_calls=not args.validate_between_calls,
-                        warmup_s=args.warmup_s, start_method=args.start_method)
+                        warmup_s=args.warmup_s, clocks_hold_s=args.clocks_hold_s, start_method=args.start_method)
     try:
         result = evaluation.measure(args.repeats, args.candidates, args.threads, args.spares, args.device, settings)
     except RuntimeError as error:

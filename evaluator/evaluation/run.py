@@ -7,6 +7,7 @@ data (`Run`) for scoring, or `RunFailed` with the failure a result reports.
 
 from __future__ import annotations
 
+import math
 import secrets
 import statistics
 import threading
@@ -108,6 +109,7 @@ class Runner:
         self.lanes = lanes
         self.inputs = inputs
         self.score_on_next_window = score_on_next_window
+        self._lane_used_at: dict[str, float] = {}  # lane name -> when a run on it last ended (monotonic)
 
     def check(self, program: Path, give_up_at: float | None = None) -> tuple[WorkerInfo, str, str]:
         """Import `program` and validate its plan for the first window: its worker's info, stdout and stderr
@@ -137,9 +139,10 @@ class Runner:
             deadline = time.monotonic() + settings.timeout_s  # waiting for the device is not the candidate's time
             worker = processes.launch(lane, program, deadline)
             phase("launch_ms")
+            idle_s = time.monotonic() - max(self._lane_used_at.get(lane.name, -math.inf), worker.info.ready_monotonic)
             with _validation_thread() as validator:
                 calls = _Calls(self, worker, validator, deadline, schedule, rechecked)
-                calls.warm_up(rng)
+                calls.warm_up(rng, for_clocks=idle_s >= settings.clocks_hold_s)
                 phase("warmup_ms")
                 calls.follow_schedule()
                 phase("calls_ms")
@@ -171,6 +174,7 @@ class Runner:
             try:
                 yield holding.lane, processes
             finally:
+                self._lane_used_at[holding.lane.name] = time.monotonic()
                 _release_when_gone(processes, holding)
         except SandboxFailure as error:
             raise RunFailed.from_sandbox(error.failure) from None
@@ -236,17 +240,16 @@ class _Calls:
         self.duplicates: list[int] = []
         self.warmup_ns = self.timed_ns = self.skipped = 0
 
-    def warm_up(self, rng: np.random.Generator) -> None:
-        """Untimed calls until the settings' least count and candidate time are reached (the time as known when
-        the next input is sent: with results taken in during the next call, one call late)."""
+    def warm_up(self, rng: np.random.Generator, for_clocks: bool) -> None:
+        """Untimed calls until the settings' least count is reached and, `for_clocks`, their least candidate time
+        (as known when the next input is sent: with results taken in during the next call, one call late)."""
         settings = self._runner.settings
+        least_ns = settings.warmup_s * 1e9 if for_clocks else 0
         labels: deque[str] = deque()
 
         def weights() -> Iterator[np.ndarray]:
             count = 0
-            while count < settings.max_warmup_calls and (
-                count < settings.warmup_calls or self.warmup_ns < settings.warmup_s * 1e9
-            ):
+            while count < settings.max_warmup_calls and (count < settings.warmup_calls or self.warmup_ns < least_ns):
                 count += 1
                 call = warmup_call(self._runner.inputs, rng)
                 labels.append(f"warm-up call {count} (planning on a variant of window {call.window})")

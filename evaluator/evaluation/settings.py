@@ -15,11 +15,13 @@ class Settings:
     problem: Problem = field(default_factory=Problem)
     timeout_s: float = 120.0  # one candidate, import and every call included
     variants_per_window: int = 1  # timed-only calls per planned window
-    # Warm-up lasts at least this many calls (a program's own first-call costs: caches, lazy set-up) and this
-    # much candidate time (the device's clocks, if it idled), and at most `max_warmup_calls` calls. On an H100
-    # idle for 3 s the clocks stayed up and a GPU-bound program kept its pace from its first call or second.
+    # Warm-up lasts at least `warmup_calls` calls (a program's own first-call costs: caches, lazy set-up) and at
+    # most `max_warmup_calls`. Where the device idled for `clocks_hold_s` or more before the candidate (no call
+    # on it, no spare warming up on it), it lasts `warmup_s` of candidate time too, for the clocks to rise. An
+    # H100 idle for 20 s kept its clocks (P0, 1980 MHz) and a GPU-bound program its pace from the first call.
     warmup_calls: int = 2
     warmup_s: float = 0.1
+    clocks_hold_s: float = 10.0
     max_warmup_calls: int = 100
     timing_budget_s: float = 3.0  # candidate time after which the remaining variant calls are skipped
     # Plans made on variants of a window must score (on the next window) within this of the plan made on the

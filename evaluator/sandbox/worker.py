@@ -82,26 +82,25 @@ class _Packing:
 
     @staticmethod
     def summarise(tensor: Any, torch: Any) -> Any:
-        """On the tensor's device, queued to the host: its least and greatest values and how many columns of the
-        last dimension it has up to the last holding anything but -1 (0 for a 0-d tensor); None where there is
-        nothing to pack."""
+        """On the tensor's device, queued to the host: the least and greatest value of each column of its last
+        dimension (a 0-d tensor: one column), as a [2, columns] tensor; None where there is nothing to pack.
+        Two kernels and a copy, whatever the tensor's shape: this runs after every call."""
         if tensor.dtype != torch.int64 or tensor.numel() == 0:
             return None
-        if tensor.dim():
-            holds = (tensor != -1).reshape(-1, tensor.shape[-1]).any(0)
-            used_columns = (holds * torch.arange(1, holds.numel() + 1, device=holds.device)).max()
-        else:
-            used_columns = tensor.new_zeros(())
-        return torch.stack([*tensor.aminmax(), used_columns]).to("cpu", non_blocking=True)
+        columns = tensor.shape[-1] if tensor.dim() else 1
+        return torch.stack(tensor.reshape(-1, columns).aminmax(dim=0)).to("cpu", non_blocking=True)
 
     @classmethod
     def read(cls, summary: Any, tensor: Any, torch: Any) -> _Packing:
         """The packing of `tensor` from its summary, once the device has been waited for."""
         if summary is None:
             return cls(None, None)
-        low, high, used_columns = summary.tolist()
+        lows, highs = summary.numpy()
+        low, high = int(lows.min()), int(highs.max())
         narrowest = next((narrow for narrow in (torch.int16, torch.int32)
                           if torch.iinfo(narrow).min <= low and high <= torch.iinfo(narrow).max), torch.int64)
+        padding = (lows == -1) & (highs == -1)  # columns holding only -1
+        used_columns = len(padding) - int(np.argmin(padding[::-1])) if not padding.all() else 0
         return cls(narrowest, used_columns if tensor.dim() and used_columns < tensor.shape[-1] else None)
 
     def pack(self, tensor: Any) -> Any:
