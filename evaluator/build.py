@@ -19,10 +19,10 @@ _DIGEST_LENGTH = 16
 
 @functools.lru_cache(maxsize=4)
 def package_digest(root: Path = PACKAGE_ROOT) -> str:
-    """A sha256 prefix over the package's files under `root` (code and data, not bytecode caches): their names
-    and contents. Read once per root and process."""
-    files = sorted(path for path in root.rglob("*")
-                   if path.is_file() and "__pycache__" not in path.relative_to(root).parts and path.suffix != ".pyc")
+    """A sha256 prefix over the package's files under `root` (code and data; not bytecode caches, nor hidden
+    files such as an editor's): their names and contents. Read once per root and process."""
+    files = sorted(path for path in root.rglob("*") if path.is_file() and path.suffix != ".pyc" and not any(
+        part == "__pycache__" or part.startswith(".") for part in path.relative_to(root).parts))
     digest = hashlib.sha256()
     for path in files:
         name = path.relative_to(root).as_posix().encode()

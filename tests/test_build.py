@@ -19,11 +19,14 @@ def copy_of_the_package(folder: Path) -> Path:
     return Path(shutil.copytree(PACKAGE_ROOT, folder / "evaluator", ignore=shutil.ignore_patterns("__pycache__")))
 
 
-def test_a_copy_of_the_package_has_its_digest_and_bytecode_caches_do_not_count(tmp_path):
+def test_a_copy_of_the_package_has_its_digest_and_bytecode_caches_and_hidden_files_do_not_count(tmp_path):
     copy = copy_of_the_package(tmp_path)
     (copy / "__pycache__").mkdir(exist_ok=True)
     (copy / "__pycache__" / "cli.cpython-311.pyc").write_bytes(b"compiled elsewhere")
     (copy / "stray.pyc").write_bytes(b"\0")
+    (copy / ".cli.py.swp").write_bytes(b"an editor's")
+    (copy / ".hidden").mkdir()
+    (copy / ".hidden" / "notes.py").write_text("x = 1")
     assert package_digest(copy) == package_digest()
 
 
