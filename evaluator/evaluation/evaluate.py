@@ -139,11 +139,8 @@ class Evaluator:
     def _seed_timing(self, info: WorkerInfo, lane_name: str, give_up_at: float | None) -> SeedTiming:
         """The seed timed on this device with this software: from the cache, else measured now on the lane the
         candidate ran on (lanes may hold GPUs of different models), giving up at `give_up_at` as `evaluate`."""
-        key = " | ".join([info.device, info.card, f"torch {info.torch_version}", f"cuda {info.cuda_version}",
-                          f"python {platform.python_version()}",
-                          *(f"{name} {value}" for name, value in evaluator_software().items()),
-                          f"seed {self._seed_digest}",
-                          repr(self.settings.problem)])
+        key = " | ".join([info.device, info.card, *(f"{name} {value}" for name, value in _software(info).items()),
+                          f"seed {self._seed_digest}", repr(self.settings.problem)])
         cached = self._cached_seed_timing(key)
         if cached is not None:  # without the lock: other lanes need not wait for one timing the seed
             return cached
@@ -235,7 +232,11 @@ def _remove_if_owner(folder: Path, owner_pid: int) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _software(info: WorkerInfo) -> dict[str, str | None]:
+    """The versions a result records and the seed's timing is kept by: what changes timings or scores."""
+    return {"torch": info.torch_version, "cuda": info.cuda_version, "python": platform.python_version(),
+            **evaluator_software()}
+
+
 def _device(info: WorkerInfo) -> dict[str, object]:
-    software = {"torch": info.torch_version, "cuda": info.cuda_version, "python": platform.python_version(),
-                **evaluator_software()}
-    return {"device": info.device, "card": info.card, "software": software, "sandbox": asdict(info.confinement)}
+    return {"device": info.device, "card": info.card, "software": _software(info), "sandbox": asdict(info.confinement)}
