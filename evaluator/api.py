@@ -31,9 +31,9 @@ from evaluator.eplb.default_trace import default_trace
 from evaluator.eplb.trace import Trace
 from evaluator.evaluation import Evaluator, Result, Settings
 from evaluator.evaluation.timing import SeedTimingCache, default_cache_path
-from evaluator.parent import ParentError, resolve_parent
+from evaluator.parent import resolve_parent
 from evaluator.patch import PatchError, apply_parsed, parse_patch
-from evaluator.paths import DEFAULT_STORE, SEED_PROGRAM
+from evaluator.paths import DEFAULT_STORE
 from evaluator.store import CandidateStore
 
 ProgramLike = str | os.PathLike[str]
@@ -137,11 +137,10 @@ def evaluate_patch(patch_text: str, parent: ProgramLike | None = None, *, rewrit
     default `candidates/`). `rewrite` takes the answer as a whole new program instead of SEARCH/REPLACE
     blocks. A patch that does not apply is a Result with status `apply_error` and a message written to be
     pasted into the next prompt. Nothing is stored: a loop keeps its own database (the `apply` command stores).
+    Raises `ParentError` (a `ValueError`) for a parent that names nothing, or whose EVOLVE-BLOCK is broken.
     """
-    try:
-        source = _parent_source(parent, store)
-    except ParentError as error:
-        raise FileNotFoundError(str(error)) from None
+    candidates = CandidateStore(Path(store if store is not None else DEFAULT_STORE))
+    source = resolve_parent(None if parent is None else os.fspath(parent), candidates).source
     try:
         program = apply_parsed(source, parse_patch(patch_text, rewrite=rewrite)).program
     except PatchError as error:
@@ -159,13 +158,6 @@ async def evaluate_patch_async(patch_text: str, parent: ProgramLike | None = Non
     """`evaluate_patch` in a worker thread: awaiting it leaves the event loop free."""
     return await asyncio.to_thread(evaluate_patch, patch_text, parent, rewrite=rewrite, store=store,
                                    evaluator=evaluator)
-
-
-def _parent_source(parent: ProgramLike | None, store: ProgramLike | None) -> str:
-    if parent is None:
-        return SEED_PROGRAM.read_text(encoding="utf-8")
-    candidates = CandidateStore(Path(store if store is not None else DEFAULT_STORE))
-    return resolve_parent(os.fspath(parent), candidates).source
 
 
 @contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Sequence
 
 from evaluator.commands import (
@@ -49,3 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception:  # the evaluator's own fault: never the exit code of a verdict (1 is `check`'s regression)
+        traceback.print_exc()
+        print(f"error: the evaluator failed (exit code {ExitCode.INFRA_ERROR.value}); the traceback above says where",
+              file=sys.stderr)
+        return int(ExitCode.INFRA_ERROR)

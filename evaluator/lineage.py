@@ -24,11 +24,10 @@ from git.objects import Blob, Commit, Tree
 from gitdb.base import IStream
 
 from evaluator.paths import PROJECT_ROOT
-from evaluator.store import CandidateStore, StoredCandidate, StoreError, sha256_text
+from evaluator.store import META_FILE, PROGRAM_FILE, CandidateStore, StoredCandidate, StoreError, sha256_text
 
 LINEAGE_DIR = ".lineage"
 LOCK_FILE = ".lineage.lock"
-PROGRAM_FILE = "program.py"
 BRANCH = "main"
 CANDIDATE_TAG = "candidate/"
 ROOT_TAG = "root/"
@@ -54,6 +53,7 @@ class LineageStep:
 
 
 def lineage_path(store_root: Path) -> Path:
+    """Where the lineage repository of the store at `store_root` lives."""
     return Path(store_root) / LINEAGE_DIR
 
 
@@ -110,7 +110,7 @@ def _record(
     if sha256_text(parent_program) != parent_ref["sha256"]:
         raise LineageError(
             f"the parent program given for candidate {candidate.id} does not match the sha256 in its "
-            f"{candidate.path / 'meta.json'} (parent.sha256 {parent_ref['sha256']})"
+            f"{candidate.path / META_FILE} (parent.sha256 {parent_ref['sha256']})"
         )
     if parent_ref.get("kind") == "candidate":
         parent = _stored(store, str(parent_ref.get("id")), f"the parent of candidate {candidate.id}")
@@ -170,7 +170,7 @@ def _find_parent_program(store: CandidateStore, candidate: StoredCandidate) -> s
         return _stored(store, str(parent_ref.get("id")), f"the parent of candidate {candidate.id}").program()
     if kind not in ("seed", "file") or not parent_ref.get("path"):
         raise LineageError(
-            f"candidate {candidate.id} has an unknown parent kind {kind!r} in {candidate.path / 'meta.json'}"
+            f"candidate {candidate.id} has an unknown parent kind {kind!r} in {candidate.path / META_FILE}"
         )
     path = Path(str(parent_ref["path"]))
     if kind == "seed" and not path.is_absolute():
@@ -187,7 +187,7 @@ def _find_parent_program(store: CandidateStore, candidate: StoredCandidate) -> s
 def _parent_ref(candidate: StoredCandidate) -> dict[str, object]:
     parent = candidate.meta.get("parent")
     if not isinstance(parent, dict) or not isinstance(parent.get("sha256"), str):
-        raise LineageError(f"candidate {candidate.id} has no parent with a sha256 in {candidate.path / 'meta.json'}")
+        raise LineageError(f"candidate {candidate.id} has no parent with a sha256 in {candidate.path / META_FILE}")
     return parent
 
 

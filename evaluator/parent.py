@@ -6,12 +6,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evaluator.paths import SEED_PROGRAM
+from evaluator.patch.errors import PatchError
+from evaluator.patch.evolve_block import editable_ranges
+from evaluator.paths import PROJECT_ROOT, SEED_PROGRAM
 from evaluator.store import CandidateStore, StoreError, sha256_text
 
 
-class ParentError(Exception):
-    """The parent named cannot be found or read."""
+_SEED_PATH = SEED_PROGRAM.relative_to(PROJECT_ROOT).as_posix()  # as metadata records it
+
+
+class ParentError(ValueError):
+    """The parent named cannot be found or read, or its EVOLVE-BLOCK markers do not pair up."""
 
 
 @dataclass(frozen=True)
@@ -22,10 +27,20 @@ class ParentProgram:
 
 
 def resolve_parent(spec: str | None, store: CandidateStore) -> ParentProgram:
-    """`spec` is None (the seed), a path to a program file, or a stored candidate's id (or unique prefix)."""
+    """`spec` is None (the seed), a path to a program file, or a stored candidate's id (or unique prefix).
+    Raises ParentError when it names nothing readable, or a program whose EVOLVE-BLOCK markers do not pair up."""
+    parent = _find_parent(spec, store)
+    try:
+        editable_ranges(parent.source.splitlines(), parent.label)
+    except PatchError as error:
+        raise ParentError(str(error)) from None
+    return parent
+
+
+def _find_parent(spec: str | None, store: CandidateStore) -> ParentProgram:
     if spec is None:
         source = _read(SEED_PROGRAM, "the seed program")
-        return ParentProgram(source, "the seed", {"kind": "seed", "path": "seeds/eplb.py", "sha256": sha256_text(source)})
+        return ParentProgram(source, "the seed", {"kind": "seed", "path": _SEED_PATH, "sha256": sha256_text(source)})
     path = Path(spec)
     if path.is_file():
         source = _read(path, "parent program")

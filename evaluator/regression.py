@@ -7,10 +7,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from evaluator.bench import coefficient_of_variation
+
 BALANCEDNESS_TOLERANCE = 1e-6  # the default trace is fixed, so balancedness is exact up to float rounding
 # A speedup may drop by at least this fraction before it counts: evaluating one candidate again in fresh
 # processes moved its speedup by 7% to 16% on an H100 (docs/benchmarks.md) and by up to 27% between two
-# evaluations in one run on a 2-core CPU machine, and a baseline is one evaluation from another session.
+# evaluations in one run on a 2-core CPU machine, and a baseline is one evaluation from an earlier run.
 MIN_SPEED_TOLERANCE = 0.5
 NOISE_MULTIPLE = 3
 
@@ -30,11 +32,11 @@ class Verdict:
 
 def speed_noise(speedups_per_candidate: Sequence[Sequence[float]]) -> float:
     """The largest coefficient of variation of speedup among candidates evaluated more than once in this run."""
-    spreads = [statistics.pstdev(s) / statistics.fmean(s) for s in speedups_per_candidate if len(s) > 1]
-    return max(spreads, default=0.0)
+    return max((coefficient_of_variation(s) for s in speedups_per_candidate if len(s) > 1), default=0.0)
 
 
 def speed_tolerance(noise: float) -> float:
+    """How far below its baseline a speedup may fall in a run of this `noise` before it counts."""
     return max(NOISE_MULTIPLE * noise, MIN_SPEED_TOLERANCE)
 
 

@@ -7,16 +7,18 @@ import json
 import os
 import re
 import secrets
-import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from evaluator import __version__
-from evaluator.files import write_atomically, write_durably
+from evaluator.eplb.problem import Problem
+from evaluator.files import remove_tree, write_atomically, write_durably
 
 PROGRAM_FILE = "program.py"
 PATCH_FILE = "patch.diff"
@@ -26,7 +28,13 @@ ACCEPTED_FILE = "accepted.json"
 ID_LENGTH = 12
 MIN_PREFIX = 4
 DEFAULT_SOURCE = "default"  # the `workload.source` of results on the fixed, public default trace
-WORKLOAD_KEYS = ("source", "windows", "problem")  # what makes two results measure the same thing
+# What makes two results measure the same thing: `digest` is the trace's data, so an edited trace file (or
+# the same path seen from another folder) is another workload
+WORKLOAD_KEYS = ("source", "digest", "windows", "steps_per_window", "problem")
+# The workload a baseline is measured on, since `check` re-measures there: the default trace, default shape
+BASELINE_WORKLOAD: Mapping[str, Any] = MappingProxyType({"source": DEFAULT_SOURCE, "problem": asdict(Problem())})
+ABANDONED_STAGING_S = 3600  # a writer's hidden folder older than this belongs to no live writer
+_STAGING_PREFIX = ".incoming-"
 _CANDIDATE_FOLDER = re.compile(f"[0-9a-f]{{{ID_LENGTH}}}")
 
 
@@ -35,6 +43,7 @@ class StoreError(Exception):
 
 
 def sha256_text(text: str) -> str:
+    """The hex sha256 of `text` encoded as UTF-8."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -44,7 +53,7 @@ def candidate_id(program: str) -> str:
 
 
 def same_workload(result: Mapping[str, Any], workload: Mapping[str, Any]) -> bool:
-    """Whether `result` was measured on `workload`, comparing those of source, windows and problem it gives."""
+    """Whether `result` was measured on `workload`, comparing those of `WORKLOAD_KEYS` that `workload` gives."""
     measured = result.get("workload") or {}
     return all(measured.get(key) == workload[key] for key in WORKLOAD_KEYS if key in workload)
 
@@ -112,6 +121,9 @@ class StoredCandidate:
         baseline = record.get("result")
         if not isinstance(baseline, dict):
             raise StoreError(f"{self.path / ACCEPTED_FILE} has no 'result' object")
+        for key in ("balancedness_score", "speedup"):
+            if not isinstance(baseline.get(key), (int, float)) or isinstance(baseline.get(key), bool):
+                raise StoreError(f"{self.path / ACCEPTED_FILE}: its result has no number {key!r}")
         return baseline
 
 
@@ -150,7 +162,8 @@ class CandidateStore:
         if final.is_dir():
             return self._read(final), False
         self.root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".incoming-{cid}-", dir=self.root))
+        self._remove_abandoned_staging()
+        staging = Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{cid}-", dir=self.root))
         try:
             staging.chmod(0o755)  # mkdtemp makes it private; a candidate folder is as readable as the store
             write_durably(staging / PROGRAM_FILE, program)
@@ -165,25 +178,26 @@ class CandidateStore:
                 return self._read(final), False  # another process stored the same program first
         finally:
             if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+                remove_tree(staging)
         return self._read(final), True
 
     def accept(self, candidate: StoredCandidate, result: Mapping[str, Any]) -> Path:
         """Mark `candidate` accepted with `result` as its regression baseline; returns accepted.json's path.
 
-        Only an `ok` result measured on the default trace can be a baseline, since `check` re-measures there.
+        Only an `ok` result measured on `BASELINE_WORKLOAD` can be a baseline, since `check` re-measures there.
         Accepting again replaces the baseline.
         """
         status = result.get("status")
         if status != "ok":
             detail = f": {result.get('error')}" if result.get("error") else ""
             raise StoreError(f"candidate {candidate.id} cannot be accepted: its result is {status!r}, not 'ok'{detail}")
-        source = (result.get("workload") or {}).get("source")
-        if source != DEFAULT_SOURCE:
+        if not same_workload(result, BASELINE_WORKLOAD):
+            workload = result.get("workload") or {}
             raise StoreError(
-                f"candidate {candidate.id} cannot be accepted: its result was measured on workload {source!r}; "
-                f"a baseline must be measured on the {DEFAULT_SOURCE!r} trace (the default problem shape, "
-                "no --workload or --holdout)"
+                f"candidate {candidate.id} cannot be accepted: its result was measured on workload "
+                f"{workload.get('source')!r} with problem shape {workload.get('problem')}; a baseline must be "
+                f"measured on the {DEFAULT_SOURCE!r} trace with the default problem shape (no --workload, "
+                "--holdout or shape option)"
             )
         record = {
             "id": candidate.id,
@@ -194,6 +208,16 @@ class CandidateStore:
         path = candidate.path / ACCEPTED_FILE
         write_atomically(path, json.dumps(record, indent=2) + "\n")
         return path
+
+    def _remove_abandoned_staging(self) -> None:
+        """Remove the hidden folders of writers that were killed mid-write, once no live writer can own them."""
+        abandoned_before = time.time() - ABANDONED_STAGING_S
+        for path in self.root.glob(f"{_STAGING_PREFIX}*"):
+            try:
+                if path.is_dir() and path.stat().st_mtime < abandoned_before:
+                    remove_tree(path)
+            except OSError:
+                pass  # another writer removed it first
 
     def _folders(self) -> list[Path]:
         if not self.root.is_dir():

@@ -18,6 +18,7 @@ from small_problem import SMALL, SMALL_OPTIONS, SMALL_SETTINGS, SMALL_TRACE
 from evaluator import api
 from evaluator.eplb.synthetic import SyntheticConfig, generate_trace
 from evaluator.evaluation import Result
+from evaluator.parent import ParentError
 from evaluator.paths import PROJECT_ROOT, SEED_PROGRAM
 
 SEED_PATCH_TEXT = (PROJECT_ROOT / "patches" / "vectorized_packing_and_replication.diff").read_text()
@@ -68,10 +69,10 @@ def test_a_program_given_by_path_or_by_source_scores_the_same(small):
     assert by_text.timing["lane"] == "cpu"
 
 
-def test_a_path_that_names_no_file_is_the_callers_mistake(small, tmp_path):
+def test_a_path_or_parent_that_names_no_file_is_the_callers_mistake(small, tmp_path):
     with pytest.raises(FileNotFoundError, match="no program file"):
         api.evaluate_program(tmp_path / "missing.py", evaluator=small)
-    with pytest.raises(FileNotFoundError, match="neither a program file nor a stored candidate"):
+    with pytest.raises(ParentError, match="neither a program file nor a stored candidate"):
         api.evaluate_patch(SEED_PATCH_TEXT, parent=tmp_path / "missing.py", store=tmp_path, evaluator=small)
 
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from evaluator.paths import PROJECT_ROOT
 from evaluator.regression import judge
@@ -75,3 +76,25 @@ def test_a_speed_drop_counts_only_beyond_the_tolerance_and_on_the_same_card():
     elsewhere = judge("a", "x", BASELINE, [{**BASELINE, "speedup": 2.0, "card": "H200"}], tolerance=0.25)
     assert within.holds and not beyond.holds and "speedup fell" in beyond.reasons[0]
     assert elsewhere.holds and "speed not compared" in elsewhere.reasons[0]
+
+
+def run_check(*options: str, cache: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "evaluator", "check", *options], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "EPLB_EVALUATOR_CACHE": str(cache)})
+
+
+def test_a_baseline_without_its_scores_is_bad_input_not_a_regression(tmp_path, cache):
+    store = copy_of_landed(tmp_path)
+    accepted = store / SEED_PATCH_ID / "accepted.json"
+    data = json.loads(accepted.read_text())
+    del data["result"]["speedup"]
+    accepted.write_text(json.dumps(data))
+    done = run_check("--store", str(store), cache=cache)
+    assert done.returncode == 2, done.stderr
+    assert f"{accepted}: its result has no number 'speedup'" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_check_on_a_device_that_is_not_there_is_bad_input(tmp_path, cache):
+    done = run_check("--store", str(copy_of_landed(tmp_path)), "--device", "cuda", cache=cache)
+    assert done.returncode == 2 and done.stderr.startswith("error: --device cuda:"), done.stderr

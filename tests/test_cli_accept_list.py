@@ -6,18 +6,19 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
 
-from evaluator.build import evaluator_software
 from evaluator.commands.workload import default_trace_for
 from evaluator.eplb.problem import Problem
+from evaluator.eplb.trace_file import load_trace_file
 from evaluator.evaluation import Result
 from evaluator.evaluation.lanes import first_lane_card
+from evaluator.evaluation.evaluate import workload_summary
 from evaluator.paths import PROJECT_ROOT
+from evaluator.software import software
 from evaluator.store import CandidateStore, StoredCandidate, sha256_text
 
 SEED_PATCH = PROJECT_ROOT / "patches" / "vectorized_packing_and_replication.diff"
@@ -32,23 +33,20 @@ def evaluator(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def workload_of(problem: Problem) -> dict:
-    trace = default_trace_for(problem)
-    return {"source": trace.source, "windows": trace.num_windows, "steps_per_window": trace.steps_per_window,
-            "problem": asdict(problem)}
+    return workload_summary(default_trace_for(problem), problem)
 
 
 def fake_result(status: str = "ok", combined: float = 0.5, problem: Problem = DEFAULT, card: str | None = None,
-                torch_version: str = torch.__version__, evaluator_digest: str | None = None, **workload: object) -> dict:
-    """A made-up result, measured where `apply` would measure on this machine unless `card`, `torch_version` or
-    `evaluator_digest` say otherwise."""
+                other_software: dict | None = None, **workload: object) -> dict:
+    """A made-up result, measured where `apply` would measure on this machine unless `card` or `other_software`
+    (versions in a result's `software`) say otherwise."""
     ok = status == "ok"
     device, card_here = first_lane_card("auto", None)
     return Result(status, error=None if ok else f"{status}: made up", balancedness_score=0.8 if ok else 0.0,
                   speed_score=0.2 if ok else 0.0, combined_score=combined if ok else 0.0, speedup=6.3 if ok else None,
                   time_ms=1.0, seed_time_ms=6.3, slot_balancedness=0.3, reference_balancedness=0.9,
                   seed_balancedness=0.8, device=device, card=card or card_here,
-                  software={"torch": torch_version, "python": "3", **evaluator_software(),
-                            **({"evaluator_digest": evaluator_digest} if evaluator_digest else {})},
+                  software={**software(), **(other_software or {})},
                   workload={**workload_of(problem), **workload}).to_json()
 
 
@@ -104,14 +102,40 @@ def test_a_result_for_another_workload_or_a_held_out_trace_is_never_reused(tmp_p
     assert len(result_files(candidate)) == 3
 
 
-def test_a_result_measured_on_another_card_with_another_torch_or_evaluator_is_never_reused(tmp_path):
+def test_a_result_on_a_trace_file_is_reused_for_the_same_data_only(tmp_path):
+    candidate = stored_seed_patch(tmp_path)
+    steps = torch.randint(0, 100, (6, SMALL.num_layers, SMALL.num_experts), generator=torch.Generator().manual_seed(3))
+    trace_file = tmp_path / "trace.json"
+
+    def write_trace() -> None:
+        trace_file.write_text(json.dumps({"load_history": [{"logical_expert_load": step} for step in steps.tolist()]}))
+
+    write_trace()
+    measured = load_trace_file(str(trace_file), SMALL, 2)
+    candidate.add_result({**fake_result(problem=SMALL), "workload": workload_summary(measured, SMALL)})
+    options = ("apply", str(SEED_PATCH), "--json", "--workload", str(trace_file), "--window", "2", *SMALL_PROBLEM)
+    reply = evaluator(*options, cwd=tmp_path)
+    assert reply.returncode == 0, reply.stderr
+    assert json.loads(reply.stdout)["reused"] is True
+
+    steps[0, 0, 0] += 1  # the same path, the same shape, other loads
+    write_trace()
+    reply = evaluator(*options, cwd=tmp_path)
+    assert reply.returncode == 0, reply.stderr
+    answer = json.loads(reply.stdout)
+    assert answer["reused"] is False
+    assert answer["result"]["workload"]["digest"] == load_trace_file(str(trace_file), SMALL, 2).digest
+    assert answer["result"]["workload"]["digest"] != measured.digest
+
+
+def test_a_result_measured_on_another_card_with_other_software_is_never_reused(tmp_path):
     """A newcomer with a GPU who runs the README's `apply` gets a result measured on that GPU, not the one a CPU
-    machine stored with the candidate; and an evaluator whose code changed measures again, even at the same
-    version number."""
+    machine stored with the candidate; another torch, CUDA or Python measures again, and so does an evaluator
+    whose code changed, even at the same version number."""
     candidate = stored_seed_patch(tmp_path)
     candidate.add_result(fake_result(problem=SMALL, card="a card of another machine"))
-    candidate.add_result(fake_result(problem=SMALL, torch_version="1.0.0"))
-    candidate.add_result(fake_result(problem=SMALL, evaluator_digest="0" * 16))
+    for other in ({"torch": "1.0.0"}, {"cuda": "9.0"}, {"python": "3.0.0"}, {"evaluator_digest": "0" * 16}):
+        candidate.add_result(fake_result(problem=SMALL, other_software=other))
     legacy = fake_result(problem=SMALL)
     del legacy["software"]["evaluator_digest"]  # stored by an evaluator that recorded only its version
     candidate.add_result(legacy)
@@ -120,10 +144,8 @@ def test_a_result_measured_on_another_card_with_another_torch_or_evaluator_is_ne
     answer = json.loads(reply.stdout)
     assert answer["reused"] is False
     assert (answer["result"]["device"], answer["result"]["card"]) == first_lane_card("auto", None)
-    software = answer["result"]["software"]
-    assert software["torch"] == torch.__version__
-    assert software["evaluator_digest"] == evaluator_software()["evaluator_digest"]
-    assert len(result_files(candidate)) == 5
+    assert answer["result"]["software"] == software()
+    assert len(result_files(candidate)) == 7
 
 
 def test_a_reused_failure_exits_like_the_failure_and_infra_errors_are_not_reused(tmp_path):
@@ -181,7 +203,8 @@ def test_apply_accept_refuses_a_failed_result_with_exit_2(tmp_path):
     assert not candidate.accepted
 
 
-@pytest.mark.parametrize("options", [SMALL_PROBLEM, ("--holdout",), ("--no-evaluate",), ("--dry-run",)])
+@pytest.mark.parametrize("options", [SMALL_PROBLEM, ("--replicas", "320"), ("--holdout",), ("--no-evaluate",),
+                                     ("--dry-run",)])
 def test_apply_accept_refuses_what_cannot_give_a_default_trace_result_before_writing(tmp_path, options):
     reply = evaluator("apply", str(SEED_PATCH), "--accept", *options, cwd=tmp_path)
     assert reply.returncode == 2
@@ -210,6 +233,7 @@ def test_accept_makes_the_latest_default_trace_result_the_baseline(tmp_path):
         ([], "has no result on the 'default' trace"),
         ([fake_result(problem=SMALL)], "has no result on the 'default' trace"),
         ([fake_result(source="holdout")], "has no result on the 'default' trace"),
+        ([fake_result(problem=Problem(num_replicas=320))], "has no result on the 'default' trace"),
         ([fake_result(), fake_result("timeout")], "its result is 'timeout', not 'ok': timeout: made up"),
     ],
 )

@@ -135,6 +135,18 @@ def test_parent_by_candidate_id_and_by_file(tmp_path):
     assert json.loads(from_file.stdout)["candidate"]["parent"]["kind"] == "file"
 
 
+def test_a_parent_whose_evolve_block_is_never_closed_is_bad_input_naming_it(tmp_path):
+    (tmp_path / "small.diff").write_text(SMALL_PATCH)
+    parent = tmp_path / "parent.py"
+    lines = SEED_PROGRAM.read_text().splitlines(keepends=True)
+    opened = next(number for number, line in enumerate(lines, start=1) if "EVOLVE-BLOCK-START" in line)
+    parent.write_text("".join(line for line in lines if "EVOLVE-BLOCK-END" not in line))
+    reply = evaluator("apply", "small.diff", "--parent", str(parent), "--no-evaluate", cwd=tmp_path)
+    assert reply.returncode == 2, reply.stderr
+    assert f"file {parent}'s EVOLVE-BLOCK opened on line {opened} is never closed" in reply.stderr
+    assert not (tmp_path / "candidates").exists()
+
+
 @pytest.mark.parametrize("patch", MALFORMED, ids=[path.name for path in MALFORMED])
 def test_malformed_patches_fail_with_a_patch_error_and_write_nothing(tmp_path, patch):
     result = evaluator("apply", str(patch), cwd=tmp_path)

@@ -6,6 +6,7 @@ Each hostile candidate must end in the right status or gain nothing, within its 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import secrets
 import textwrap
@@ -397,3 +398,60 @@ def test_the_evaluator_outlives_every_candidate(small, tmp_path):
     """After the hostile candidates above, the same evaluator still scores the seed."""
     result = small.evaluate(SEED_PROGRAM)
     assert result.status == "ok" and 0 < result.balancedness_score <= 1
+
+
+@pytest.mark.parametrize("end_stamp, said", [("0", "no time at all"), ("_real() + 10**15", "more than its round trip")])
+def test_a_call_time_forged_from_inside_the_worker_is_a_crash(small, tmp_path, end_stamp, said):
+    """The worker's clock is within the candidate's reach (here through its caller's frame): an end stamp before
+    the start, or beyond the round trip the evaluator saw, is refused, not scored or let fail the evaluator."""
+    body = f"""
+    _real = time.perf_counter_ns
+    def rebalance_experts(weight, *args):
+        timer = sys._getframe(1).f_locals["self"]
+        timer.now = lambda: {end_stamp}
+        return seed.rebalance_experts(weight, *args)
+    """
+    result = small.evaluate(program(tmp_path, body))
+    assert_failed(result, "crash")
+    assert said in result.error and "its clock was tampered with" in result.error
+
+
+def test_a_folder_nested_deeper_than_python_recurses_is_removed_and_the_device_released(small, tmp_path):
+    body = """
+    print("folder", os.getcwd())
+    for _ in range(3000):
+        os.mkdir("d")
+        os.chdir("d")
+
+    def rebalance_experts(weight, *args):
+        return seed.rebalance_experts(weight, *args)
+    """
+    result = small.evaluate(program(tmp_path, body))
+    assert result.status == "ok", result.error
+    folders = [line.split(" ", 1)[1] for line in result.stdout.splitlines() if line.startswith("folder ")]
+    assert folders and not any(os.path.lexists(folder) for folder in folders)
+    after = small.evaluate(SEED_PROGRAM, give_up_at=time.monotonic() + 60)
+    assert after.status == "ok", after.error
+
+
+def test_a_slow_call_early_skips_neither_the_least_variants_nor_the_rechecks(tmp_path):
+    """Spending the timing budget in the first timed call would skip the variant calls (and the freshness check
+    they feed) and the rechecks that fell on them; the least number of variants still runs, and the rechecks
+    are drawn from the calls that ran."""
+    body = """
+    _calls = [0]
+    def rebalance_experts(weight, *args):
+        _calls[0] += 1
+        if _calls[0] == 3:  # the first timed call, after the two of the warm-up
+            time.sleep(0.3)
+        return seed.rebalance_experts(weight, *args)
+    """
+    settings = Settings(problem=SMALL, timeout_s=60, variants_per_window=2, timing_budget_s=0.2, min_variant_calls=3,
+                        clocks_hold_s=math.inf)  # the warm-up is two calls, so the third call is the first timed
+    with Evaluator(SMALL_TRACE, settings, device="cpu") as evaluator:
+        result = evaluator.evaluate(program(tmp_path, body))
+    assert result.status == "ok", result.error
+    windows = SMALL_TRACE.num_windows - 1
+    assert (result.timing["variant_calls"], result.timing["skipped_variant_calls"]) == (3, 2 * windows - 3)
+    assert result.timing["summary"]["count"] == windows + 3
+    assert result.timing["rechecked_calls"] == settings.rechecks

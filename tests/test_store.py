@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
-from evaluator.store import CandidateStore, StoreError, candidate_id, sha256_text
+from evaluator.eplb.problem import Problem
+from evaluator.store import ABANDONED_STAGING_S, CandidateStore, StoreError, candidate_id, sha256_text
 
-DEFAULT_WORKLOAD = {"source": "default", "windows": 20, "steps_per_window": 100, "problem": {"num_layers": 58}}
+DEFAULT_PROBLEM = asdict(Problem())
+DEFAULT_WORKLOAD = {"source": "default", "digest": "0123456789abcdef", "windows": 20, "steps_per_window": 100,
+                    "problem": DEFAULT_PROBLEM}
 
 
 def result(status: str = "ok", combined: float = 0.5, source: str = "default", **workload: object) -> dict:
@@ -32,7 +37,7 @@ def test_results_come_back_oldest_first_and_latest_skips_infra_errors_and_other_
     candidate = add(CandidateStore(tmp_path), "x = 1\n")
     assert candidate.results() == [] and candidate.latest_result() is None
     first = result(combined=0.1)
-    other_shape = result(combined=0.2, problem={"num_layers": 4})
+    other_shape = result(combined=0.2, problem={**DEFAULT_PROBLEM, "num_layers": 4})
     infra = result("infra_error")
     for item in (first, other_shape, infra):
         candidate.add_result(item)
@@ -41,6 +46,8 @@ def test_results_come_back_oldest_first_and_latest_skips_infra_errors_and_other_
     assert candidate.latest_result(DEFAULT_WORKLOAD) == first
     assert candidate.latest_result({"source": "default"}) == other_shape
     assert candidate.latest_result({"source": "holdout"}) is None
+    for key, other in (("digest", "fedcba9876543210"), ("windows", 21), ("steps_per_window", 50)):
+        assert candidate.latest_result({**DEFAULT_WORKLOAD, key: other}) is None
 
 
 def test_an_unreadable_result_file_is_an_error_naming_it(tmp_path):
@@ -61,6 +68,18 @@ def test_candidates_lists_every_complete_folder_and_ignores_leftovers(tmp_path):
     (tmp_path / ".incoming-0123456789ab-xyz").mkdir()  # what a killed writer leaves
     (tmp_path / "notes").mkdir()  # not a candidate id
     assert [candidate.id for candidate in store.candidates()] == ids
+
+
+def test_a_killed_writers_hidden_folder_is_removed_once_abandoned(tmp_path):
+    store = CandidateStore(tmp_path)
+    abandoned, recent = tmp_path / ".incoming-0123456789ab-x", tmp_path / ".incoming-0123456789ab-y"
+    for folder in (abandoned, recent):
+        folder.mkdir()
+        (folder / "program.py").write_text("x = 1\n")
+    long_ago = time.time() - ABANDONED_STAGING_S - 60
+    os.utime(abandoned, (long_ago, long_ago))
+    add(store, "y = 2\n")
+    assert not abandoned.exists() and recent.exists()
 
 
 def test_a_candidate_folder_without_metadata_is_an_error(tmp_path):
@@ -93,6 +112,7 @@ def test_accept_records_the_baseline(tmp_path):
         (result(source="holdout"), "measured on workload 'holdout'"),
         (result(source="traces/prod.json"), "measured on workload 'traces/prod.json'"),
         ({"status": "ok"}, "measured on workload None"),
+        (result(problem={**DEFAULT_PROBLEM, "num_replicas": 320}), "'num_replicas': 320"),
     ],
 )
 def test_accept_refuses_failed_results_and_other_workloads(tmp_path, bad, message):
@@ -117,6 +137,9 @@ def test_an_unreadable_acceptance_record_is_an_error(tmp_path):
     candidate = add(store, "x = 1\n")
     (candidate.path / "accepted.json").write_text("{}")
     with pytest.raises(StoreError, match="has no 'result' object"):
+        candidate.baseline()
+    (candidate.path / "accepted.json").write_text(json.dumps({"result": {"balancedness_score": 0.8}}))
+    with pytest.raises(StoreError, match="accepted.json: its result has no number 'speedup'"):
         candidate.baseline()
 
 

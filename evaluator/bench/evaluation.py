@@ -2,7 +2,7 @@
 through per minute, and how much a speedup moves when the same candidate is evaluated again (A/A noise).
 
 The candidate is the seed patch's program (a "seed-patch-class" candidate). The seed is timed once first, as
-in any session, and left out of the figures.
+every evaluator does on a device it has no cached time for, and left out of the figures.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from evaluator.eplb.problem import Problem
 from evaluator.eplb.synthetic import SyntheticConfig, generate_trace
+from evaluator.eplb.trace import STEPS_PER_WINDOW
 from evaluator.eplb.trace_file import load_trace_file
 
 DEFAULT_SIZE_BYTES = 250 * 10**6
@@ -41,7 +42,7 @@ class TraceLoadResult:
     machine: str
 
 
-def measure(size_bytes: int = DEFAULT_SIZE_BYTES, window: int = 100, problem: Problem | None = None) -> TraceLoadResult:
+def measure(size_bytes: int = DEFAULT_SIZE_BYTES, window: int = STEPS_PER_WINDOW, problem: Problem | None = None) -> TraceLoadResult:
     """Write a published-format trace of about `size_bytes` and time loading it in a fresh process.
     RuntimeError if the load fails or takes too long; OSError if the file cannot be written."""
     problem = problem or Problem()

@@ -26,3 +26,9 @@ def add_store_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--store", type=Path, default=DEFAULT_STORE, metavar="DIR", help="where candidates live (default: ./candidates)"
     )
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """--device auto|cuda|cpu, for every command that runs candidates."""
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                        help="where candidates run: cuda when there is a GPU, else cpu (default: auto)")

@@ -7,10 +7,11 @@ import json
 
 from evaluator.commands import CommandError, add_store_argument
 from evaluator.exitcodes import ExitCode
-from evaluator.store import DEFAULT_SOURCE, CandidateStore, StoreError
+from evaluator.store import BASELINE_WORKLOAD, DEFAULT_SOURCE, CandidateStore, StoreError
 
 NAME = "accept"
-HELP = "Accept a stored candidate: its latest result on the default trace, which must be ok, becomes its baseline."
+HELP = ("Accept a stored candidate: its latest result on the default trace and problem shape, which must be ok, "
+        "becomes its baseline.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,11 +24,12 @@ def run(args: argparse.Namespace) -> int:
     store = CandidateStore(args.store)
     try:
         candidate = store.get(args.id)
-        result = candidate.latest_result({"source": DEFAULT_SOURCE})
+        result = candidate.latest_result(BASELINE_WORKLOAD)
         if result is None:
             raise CommandError(
-                f"candidate {candidate.id} has no result on the {DEFAULT_SOURCE!r} trace to accept; evaluate it "
-                f"first, e.g. `python -m evaluator apply PATCH` on the default problem shape"
+                f"candidate {candidate.id} has no result on the {DEFAULT_SOURCE!r} trace with the default problem "
+                "shape to accept; evaluate it there first, e.g. `python -m evaluator apply PATCH` with no workload "
+                "or shape option"
             )
         path = store.accept(candidate, result)
     except StoreError as error:

@@ -28,7 +28,15 @@ from evaluator.lineage import LineageError, record
 from evaluator.exitcodes import ExitCode
 from evaluator.parent import ParentError, ParentProgram, resolve_parent
 from evaluator.patch import Application, Patch, PatchError, apply_parsed, decode_patch, parse_patch
-from evaluator.store import DEFAULT_SOURCE, CandidateStore, StoreError, StoredCandidate, sha256_text
+from evaluator.store import (
+    BASELINE_WORKLOAD,
+    DEFAULT_SOURCE,
+    CandidateStore,
+    StoreError,
+    StoredCandidate,
+    same_workload,
+    sha256_text,
+)
 
 NAME = "apply"
 HELP = "Apply a patch to the seed (or to --parent), store the candidate program and evaluate it."
@@ -85,10 +93,10 @@ def run(args: argparse.Namespace) -> int:
         return ExitCode.OK
     problem, trace = (None, None) if args.no_evaluate else evaluation_inputs(args)
     workload = None if trace is None else workload_summary(trace, problem)
-    if args.accept and workload["source"] != DEFAULT_SOURCE:
+    if args.accept and not same_workload({"workload": workload}, BASELINE_WORKLOAD):
         raise CommandError(
-            f"--accept needs a result on the {DEFAULT_SOURCE!r} trace (the default problem shape, no --workload or "
-            f"--holdout); this run would measure on {workload['source']!r}"
+            f"--accept needs a result on the {DEFAULT_SOURCE!r} trace with the default problem shape (no --workload, "
+            f"--holdout or shape option); this run would measure on {workload['source']!r} with {workload['problem']}"
         )
     try:
         stored, created = store.add(applied.program, patch_text, _metadata(patch, applied, parent))

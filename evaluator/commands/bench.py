@@ -9,7 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from evaluator.bench import evaluation, pace, trace_load
-from evaluator.commands import CommandError
+from evaluator.commands import CommandError, add_device_argument
+from evaluator.eplb.trace import STEPS_PER_WINDOW
 from evaluator.evaluation import Settings
 from evaluator.exitcodes import ExitCode
 from evaluator.sandbox import START_METHODS, SandboxFailure
@@ -31,7 +32,8 @@ def _add_trace_load_arguments(parser: argparse.ArgumentParser) -> None:
         "--size-mb", type=float, default=trace_load.DEFAULT_SIZE_BYTES / 1e6, metavar="MB",
         help="size of the trace file to write and load, in megabytes (default: %(default)s)",
     )
-    parser.add_argument("--window", type=int, default=100, metavar="N", help="steps per window (default: 100)")
+    parser.add_argument("--window", type=int, default=STEPS_PER_WINDOW, metavar="N",
+                        help="steps per window (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -75,7 +77,7 @@ def _add_evaluator_arguments(parser: argparse.ArgumentParser) -> None:
                         help="validate each output before the next call instead of during it")
     parser.add_argument("--start-method", choices=START_METHODS, default=Settings().start_method,
                         help="how workers start: forked from a zygote, or each a new interpreter (default: %(default)s)")
-    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    add_device_argument(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -114,7 +116,7 @@ def _run_evaluator(args: argparse.Namespace) -> int:
 def _add_pace_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=30.0, metavar="S",
                         help="how long the two workers take turns (default: %(default)s)")
-    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    add_device_argument(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 

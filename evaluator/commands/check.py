@@ -7,7 +7,7 @@ import json
 import sys
 from dataclasses import asdict
 
-from evaluator.commands import CommandError, add_store_argument
+from evaluator.commands import CommandError, add_device_argument, add_store_argument
 from evaluator.eplb.default_trace import default_trace
 from evaluator.evaluation import Evaluator, Settings
 from evaluator.evaluation.timing import SeedTimingCache, default_cache_path
@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_store_argument(parser)
     parser.add_argument("--repeats", type=int, default=2, metavar="N",
                         help="evaluations of each candidate, to measure the speed noise of this run (default: 2)")
-    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    add_device_argument(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -36,8 +36,12 @@ def run(args: argparse.Namespace) -> int:
     except StoreError as error:
         raise CommandError(str(error)) from None
     results: dict[str, list[dict]] = {}
-    with Evaluator(default_trace(), Settings(), device=args.device,
-                   seed_timings=SeedTimingCache(default_cache_path())) as evaluator:
+    try:
+        evaluator = Evaluator(default_trace(), Settings(), device=args.device,
+                              seed_timings=SeedTimingCache(default_cache_path()))
+    except ValueError as error:  # no such device
+        raise CommandError(f"--device {args.device}: {error}") from None
+    with evaluator:
         for number, candidate in enumerate(accepted, start=1):
             print(f"[{number}/{len(accepted)}] {candidate.id} {candidate.meta.get('name') or ''}", file=sys.stderr,
                   flush=True)

@@ -9,10 +9,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from evaluator.build import evaluator_software
-from evaluator.commands import CommandError
+from evaluator.commands import CommandError, add_device_argument
 from evaluator.commands.workload import add_workload_arguments, problem_from, trace_from
 from evaluator.eplb.problem import Problem
 from evaluator.eplb.trace import Trace
@@ -21,6 +18,7 @@ from evaluator.evaluation.lanes import first_lane_card
 from evaluator.evaluation.timing import SeedTimingCache, default_cache_path
 from evaluator.exitcodes import ExitCode
 from evaluator.sandbox import Limits
+from evaluator.software import software
 
 NAME = "evaluate"
 HELP = "Run candidate programs in isolated workers, validate every output and score them."
@@ -39,8 +37,7 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
                         help="wall-clock limit for one candidate, import and every call (default: %(default)s)")
     parser.add_argument("--memory-mb", type=int, default=defaults.limits.memory_mb, metavar="MB",
                         help="host memory limit of a candidate's process tree (default: %(default)s)")
-    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
-                        help="where candidates run: cuda when there is a GPU, else cpu (default: auto)")
+    add_device_argument(parser)
     parser.add_argument("--gpu-ids", dest="gpu_ids", type=_gpu_list, metavar="LIST",
                         help="GPUs to run candidates on, one candidate per GPU at a time, e.g. 0,1 "
                              "(default: every visible GPU)")
@@ -76,7 +73,7 @@ def measured_here(args: argparse.Namespace) -> dict[str, Any]:
         device, card = first_lane_card(args.device, args.gpu_ids)
     except ValueError as error:
         raise _device_error(args, error) from None
-    return {"device": device, "card": card, "software": {"torch": torch.__version__, **evaluator_software()}}
+    return {"device": device, "card": card, "software": software()}
 
 
 def _device_error(args: argparse.Namespace, error: ValueError) -> CommandError:
@@ -112,12 +109,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def exit_code_of(result: Result) -> ExitCode:
+    """The command's exit code for one evaluation's result."""
     if result.ok:
         return ExitCode.OK
     return ExitCode.INFRA_ERROR if result.status == "infra_error" else ExitCode.CANDIDATE_FAILED
 
 
 def note_cpu_fallback(result: Result, device: str, first: bool) -> None:
+    """Say once, on standard error, that `--device auto` found no GPU and ran on the CPU."""
     if first and device == "auto" and result.device == "cpu":
         print("note: no GPU found, so candidates run on the CPU; the seed is timed on the same CPU, so speedups "
               "stay comparable, but GPU-only tricks show no gain here", file=sys.stderr)

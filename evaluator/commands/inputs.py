@@ -9,6 +9,7 @@ from evaluator.commands import CommandError
 
 
 def describe(path: str) -> str:
+    """How an error names an input argument: its path, or standard input for `-`."""
     return "standard input" if path == "-" else path
 
 

@@ -9,10 +9,8 @@ from evaluator.eplb.default_trace import DEFAULT_SEED, default_trace
 from evaluator.eplb.holdout import holdout_trace
 from evaluator.eplb.problem import Problem
 from evaluator.eplb.synthetic import SyntheticConfig, generate_trace
-from evaluator.eplb.trace import Trace
+from evaluator.eplb.trace import STEPS_PER_WINDOW, Trace
 from evaluator.eplb.trace_file import load_trace_file
-
-DEFAULT_WINDOW = 100
 
 _PROBLEM_OPTIONS = (
     ("--layers", "num_layers", "MoE layers"),
@@ -34,7 +32,7 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
         "--holdout", action="store_true", help="a fresh trace from a secret seed that never reaches the candidate"
     )
     parser.add_argument(
-        "--window", type=int, metavar="N", help=f"steps summed into one window, with --workload (default: {DEFAULT_WINDOW})"
+        "--window", type=int, metavar="N", help=f"steps summed into one window, with --workload (default: {STEPS_PER_WINDOW})"
     )
     default = Problem()
     problem = parser.add_argument_group("problem shape (default: DeepSeek-V3 prefill)")
@@ -45,6 +43,7 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def problem_from(args: argparse.Namespace) -> Problem:
+    """The problem shape the options give; a CommandError for one that cannot be."""
     try:
         return Problem(**{field: getattr(args, field) for _, field, _ in _PROBLEM_OPTIONS})
     except ValueError as error:
@@ -54,10 +53,11 @@ def problem_from(args: argparse.Namespace) -> Problem:
 def trace_from(args: argparse.Namespace, problem: Problem) -> Trace:
     """The trace the options name: a file, a fresh held-out trace, or the default for the problem's shape."""
     if args.window is not None and args.workload is None:
-        raise CommandError("--window applies to --workload only: the default and held-out traces have 100-step windows")
+        raise CommandError(f"--window applies to --workload only: the default and held-out traces have "
+                           f"{STEPS_PER_WINDOW}-step windows")
     try:
         if args.workload is not None:
-            return load_trace_file(args.workload, problem, DEFAULT_WINDOW if args.window is None else args.window)
+            return load_trace_file(args.workload, problem, STEPS_PER_WINDOW if args.window is None else args.window)
         if args.holdout:
             return holdout_trace(problem)
         return default_trace_for(problem)

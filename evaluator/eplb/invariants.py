@@ -107,33 +107,6 @@ def check_plan(outputs: object, problem: Problem, device: torch.device | str | N
     return PlanCheck((), Plan(phy2log, log2phy, logcnt), _gpus_with_duplicate_expert(phy2log, problem))
 
 
-def check_input_unchanged(before: torch.Tensor, after: object) -> list[Violation]:
-    """Compare the load tensor as the evaluator made it with the same tensor after the candidate's call.
-
-    A NaN that stays NaN is no change. Returns [] when nothing changed.
-    """
-    tensor, found = _vet_tensor(after, "input", before.dtype, tuple(before.shape))
-    if found:
-        return found
-    original = before.detach()
-    now = tensor.to(original.device)
-    changed = original != now
-    if original.is_floating_point() or original.is_complex():
-        changed &= ~(original.isnan() & now.isnan())
-    first = _first(changed)
-    if first is None:
-        return []
-    index, count = first
-    return [
-        Violation(
-            "input.changed",
-            index,
-            f"{_at('weight', index)} was {original[index].item()} before the call and is {now[index].item()} "
-            f"after it, but the candidate must not modify its input{_and_more(count)}",
-        )
-    ]
-
-
 def _unpack_outputs(outputs: object) -> tuple[tuple[object, ...], Violation | None]:
     # Read through the base class: a subclass could override __len__ or __getitem__.
     kind = type(outputs)

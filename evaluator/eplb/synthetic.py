@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from evaluator.eplb.problem import Problem
-from evaluator.eplb.trace import Trace
+from evaluator.eplb.trace import STEPS_PER_WINDOW, Trace
 
 # Routing probabilities are counted in units of 2**-30, so that each token's picks add up exactly.
 _QUANTUM = 1 << 30
@@ -40,7 +40,7 @@ class SyntheticConfig:
     num_experts: int = 256
     num_groups: int = 8
     num_windows: int = 12
-    steps_per_window: int = 100
+    steps_per_window: int = STEPS_PER_WINDOW
     tokens_per_step: int = 8192
     # routing
     experts_per_token: int = 8

@@ -5,13 +5,17 @@ The evaluator plans on window i and scores the plan on window i+1, so a trace ha
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
 from evaluator.eplb.problem import Problem
 
+# Inference steps summed into one window: the default and held-out traces', and a trace file's unless told.
+STEPS_PER_WINDOW = 100
 # The largest load accepted, per step and per window: every integer up to it is exact in float64, so an
 # integer trace and the same trace written with floats (3.0) mean the same thing, and sums cannot overflow.
 MAX_LOAD = 2**53
@@ -58,6 +62,13 @@ class Trace:
         windows = as_loads(self.windows, lambda i: f"trace {self.source}: window {i[0]}, layer {i[1]}, expert {i[2]}")
         windows.setflags(write=False)
         object.__setattr__(self, "windows", windows)
+
+    @cached_property
+    def digest(self) -> str:
+        """A sha256 of the windows' data (dtype, shape, values) and the window length: equal for equal traces."""
+        content = hashlib.sha256(f"{self.windows.dtype.str} {self.windows.shape} {self.steps_per_window}".encode())
+        content.update(np.ascontiguousarray(self.windows).data)
+        return content.hexdigest()[:16]
 
     @property
     def num_windows(self) -> int:

@@ -15,7 +15,7 @@ from typing import TextIO
 import numpy as np
 
 from evaluator.eplb.problem import Problem
-from evaluator.eplb.trace import MAX_LOAD, Trace, TraceError, as_loads
+from evaluator.eplb.trace import MAX_LOAD, STEPS_PER_WINDOW, Trace, TraceError, as_loads
 
 _CHUNK_CHARS = 1 << 20
 _NOT_SPACE = re.compile(r"[^ \t\n\r]")
@@ -26,7 +26,7 @@ _PARTIAL_TOKEN = re.compile(r"[\w.+-]*\s*")
 _DECODER = json.JSONDecoder()
 
 
-def load_trace_file(path: str | os.PathLike[str], problem: Problem, window: int = 100) -> Trace:
+def load_trace_file(path: str | os.PathLike[str], problem: Problem, window: int = STEPS_PER_WINDOW) -> Trace:
     """Read a trace in the published format, checked against the problem's shape, summed into windows of
     `window` steps. Steps after the last full window are dropped (`Trace.dropped_steps` counts them).
     Raises TraceError, naming the file and the step, layer and expert, for anything unusable."""

@@ -106,6 +106,7 @@ def zipf_exponents(windows: np.ndarray, rank_offset_fraction: float = RANK_OFFSE
 
 
 def hot_set_size(num_experts: int) -> int:
+    """How many experts make a layer's hot set: `HOT_SET_FRACTION` of them, at least one."""
     return max(1, round(num_experts * HOT_SET_FRACTION))
 
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import functools
 import os
-import platform
-import shutil
 import statistics
 import tempfile
 import threading
 import time
+import traceback
 import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, replace
@@ -22,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evaluator.build import evaluator_software
 from evaluator.eplb.invariants import Violation
 from evaluator.eplb.plan import Plan
 from evaluator.eplb.problem import Problem
@@ -42,8 +40,10 @@ from evaluator.evaluation.run import Run, Runner, RunFailed
 from evaluator.evaluation.schedule import call_inputs
 from evaluator.evaluation.settings import Settings
 from evaluator.evaluation.timing import SeedTiming, SeedTimingCache, default_cache_path, measure
+from evaluator.files import remove_tree
 from evaluator.paths import SEED_PROGRAM
 from evaluator.sandbox import WorkerInfo
+from evaluator.software import software
 from evaluator.store import sha256_text
 
 __all__ = ["Evaluator", "Settings", "workload_summary"]
@@ -79,7 +79,7 @@ class Evaluator:
         self._seed_timings = seed_timings or SeedTimingCache(None)
         self._retime_seed = retime_seed  # ignore the cached seed time once
         self._seed_digest = sha256_text(SEED_PROGRAM.read_text(encoding="utf-8"))[:12]  # part of the timing key
-        evaluator_software()  # the package's digest read now, not in the first evaluation's time
+        software()  # the package's digest read now, not in the first evaluation's time
         self._seed_lock = threading.Lock()  # the seed is timed once, however many threads need it
         # Removed by close() or when collected, and only by this process: a forked child's copy of the
         # evaluator (a loop's process pool) must not take the warm-up program from under the parent's workers.
@@ -101,17 +101,21 @@ class Evaluator:
         self._remove_files()
 
     def evaluate(self, program: str | Path, give_up_at: float | None = None) -> Result:
-        """Run, validate and score `program`; every failure is a Result with score 0, never an exception.
-        With `give_up_at` (a `time.monotonic()` time), an evaluation that has no device by then ends as an
-        `infra_error`; one that has a device runs to its end."""
+        """Run, validate and score `program`; every failure is a Result with score 0, never an exception (a path
+        that names no file raises FileNotFoundError: the caller's mistake). With `give_up_at` (a `time.monotonic()`
+        time), an evaluation that has no device by then ends as an `infra_error`; one that has a device runs to
+        its end."""
+        _require_file(program)
         started = time.perf_counter()
         try:
             run = self._runner.run(Path(program), give_up_at=give_up_at)
             seed = self._seed_timing(run.info, run.lane, give_up_at)
+            scoring_started = time.perf_counter()
+            result = self._score(run, seed)
         except RunFailed as failed:
             return self._failure(failed)
-        scoring_started = time.perf_counter()
-        result = self._score(run, seed)
+        except Exception as error:  # the evaluator's own fault: a result too, never a crash
+            return self._failure(_own_fault(error))
         # What the evaluation cost beyond the candidate's own compute (the seed's timing, once, included).
         phases = {**run.phases, "scoring_ms": (time.perf_counter() - scoring_started) * 1e3}
         costs = {"evaluation_ms": (time.perf_counter() - started) * 1e3,
@@ -123,10 +127,13 @@ class Evaluator:
         """A cheap first stage for a loop: the program imports and returns a valid plan for the trace's first
         window. Nothing is timed or scored: an `ok` Result here keeps every score at 0. `give_up_at` as for
         `evaluate`."""
+        _require_file(program)
         try:
             info, stdout, stderr = self._runner.check(Path(program), give_up_at)
         except RunFailed as failed:
             return self._failure(failed)
+        except Exception as error:  # as in evaluate
+            return self._failure(_own_fault(error))
         return Result("ok", workload=self._workload(), stdout=stdout, stderr=stderr, **_device(info))
 
     def _failure(self, failed: RunFailed) -> Result:
@@ -139,7 +146,7 @@ class Evaluator:
     def _seed_timing(self, info: WorkerInfo, lane_name: str, give_up_at: float | None) -> SeedTiming:
         """The seed timed on this device with this software: from the cache, else measured now on the lane the
         candidate ran on (lanes may hold GPUs of different models), giving up at `give_up_at` as `evaluate`."""
-        key = " | ".join([info.device, info.card, *(f"{name} {value}" for name, value in _software(info).items()),
+        key = " | ".join([info.device, info.card, *(f"{name} {value}" for name, value in software().items()),
                           f"seed {self._seed_digest}", repr(self.settings.problem)])
         cached = self._cached_seed_timing(key)
         if cached is not None:  # without the lock: other lanes need not wait for one timing the seed
@@ -189,7 +196,7 @@ class Evaluator:
             seed_balancedness=self._seed_report.balancedness_score,
             gpus_with_duplicate_expert=run.duplicate_gpus,
             timing={**timing.to_json(), "seed": asdict(seed), "variant_calls": len(run.variants),
-                    "skipped_variant_calls": run.skipped_variants},
+                    "skipped_variant_calls": run.skipped_variants, "rechecked_calls": run.rechecked},
             workload=self._workload(),
             stdout=run.stdout,
             stderr=run.stderr,
@@ -223,20 +230,26 @@ class Evaluator:
 
 def workload_summary(trace: Trace, problem: Problem) -> dict[str, object]:
     """What a result records of the workload it was measured on; stored results are matched on it."""
-    return {"source": trace.source, "windows": int(trace.windows.shape[0]),
+    return {"source": trace.source, "digest": trace.digest, "windows": trace.num_windows,
             "steps_per_window": trace.steps_per_window, "problem": asdict(problem)}
+
+
+def _require_file(program: str | Path) -> None:
+    if not Path(program).is_file():
+        raise FileNotFoundError(f"no program file at {program}")
+
+
+def _own_fault(error: Exception) -> RunFailed:
+    """An unexpected exception as an `infra_error`, naming it and where it was raised."""
+    where = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
+    place = f" at {Path(where.filename).name}:{where.lineno}" if where else ""
+    return RunFailed("infra_error", f"the evaluator failed: {type(error).__name__}: {error}{place}")
 
 
 def _remove_if_owner(folder: Path, owner_pid: int) -> None:
     if os.getpid() == owner_pid:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _software(info: WorkerInfo) -> dict[str, str | None]:
-    """The versions a result records and the seed's timing is kept by: what changes timings or scores."""
-    return {"torch": info.torch_version, "cuda": info.cuda_version, "python": platform.python_version(),
-            **evaluator_software()}
+        remove_tree(folder)
 
 
 def _device(info: WorkerInfo) -> dict[str, object]:
-    return {"device": info.device, "card": info.card, "software": _software(info), "sandbox": asdict(info.confinement)}
+    return {"device": info.device, "card": info.card, "software": software(), "sandbox": asdict(info.confinement)}

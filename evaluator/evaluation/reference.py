@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import threading
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,16 +56,21 @@ def _seed_module() -> types.ModuleType:
 
 _CACHED_TRACES = 4
 _cache: dict[tuple[str, tuple[int, ...], Problem], SeedPlans] = {}
+_cache_lock = threading.Lock()
 
 
 def seed_plans(windows: np.ndarray, problem: Problem) -> SeedPlans:
-    """The seed's plan on every window (cached by content: the default trace is planned once per process)."""
+    """The seed's plan on every window (cached by content: the default trace is planned once per process).
+    Thread-safe: evaluators in several threads may ask at once."""
     key = (hashlib.sha256(np.ascontiguousarray(windows).tobytes()).hexdigest(), windows.shape, problem)
-    if key not in _cache:
-        if len(_cache) >= _CACHED_TRACES:
-            _cache.clear()
-        _cache[key] = _plan_every_window(windows, problem)
-    return _cache[key]
+    with _cache_lock:
+        plans = _cache.get(key)
+        if plans is None:
+            plans = _plan_every_window(windows, problem)
+            if len(_cache) >= _CACHED_TRACES:
+                _cache.clear()
+            _cache[key] = plans
+    return plans
 
 
 def _plan_every_window(windows: np.ndarray, problem: Problem) -> SeedPlans:

@@ -1,22 +1,20 @@
-"""The result of evaluating one candidate: plain data, and its JSON form (the schema is in docs/results.md)."""
+"""The result of evaluating one candidate: plain data, and its JSON form (the schema is in docs/evaluation.md)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-# Failures a candidate is responsible for, then the evaluator's own. Any failure scores 0.
+from evaluator.sandbox import FailureKind
+
+# Failures a candidate is responsible for: its patch's, its process's (the sandbox's kinds) and its outputs'.
+# Then the evaluator's own. Any failure scores 0.
 CANDIDATE_FAILURES = (
     "apply_error",
-    "import_error",
-    "missing_function",
-    "exception",
-    "timeout",
-    "crash",
-    "memory_limit",
+    *(kind.value for kind in FailureKind if kind is not FailureKind.INFRA_ERROR),
     "invalid_output",
 )
-STATUSES = ("ok", *CANDIDATE_FAILURES, "infra_error")
+STATUSES = ("ok", *CANDIDATE_FAILURES, FailureKind.INFRA_ERROR.value)
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,7 @@ class Run:
     variants: list[tuple[int, float]]  # (window it varies, GPU balancedness on the next window of its plan)
     timed: list[CallResult]
     skipped_variants: int
+    rechecked: int  # calls repeated in the recheck's process
     duplicate_gpus: float
     phases: dict[str, float]  # where the run's wall time went, in ms
     phase_compute: dict[str, float]  # the candidate's own time in the calls of each phase, in ms
@@ -80,9 +81,16 @@ class _Processes:
         return worker
 
     def end(self) -> None:
-        """Kill every process now (none runs another instruction); their exits are collected in the background."""
+        """Kill every process now (none runs another instruction); their exits are collected in the background.
+        Each is killed even if killing another failed; the first such error is raised once all were tried."""
+        errors = []
         for worker in self._workers:
-            worker.close(wait=False)
+            try:
+                worker.close(wait=False)
+            except Exception as error:
+                errors.append(error)
+        if errors:
+            raise errors[0]
 
     def release_when_gone(self, holding: Holding) -> None:
         """Release the lane once every process has exited (a CUDA context's teardown takes about 0.1 s), or
@@ -127,7 +135,6 @@ class Runner:
         settings = self.settings
         rng = np.random.default_rng(secrets.randbits(128))
         schedule = build_schedule(self.inputs, settings.variants_per_window, rng)
-        rechecked = set(rng.choice(len(schedule), min(settings.rechecks, len(schedule)), replace=False))
         phases: dict[str, float] = {}
         started = time.perf_counter()
 
@@ -141,14 +148,14 @@ class Runner:
             phase("launch_ms")
             idle_s = time.monotonic() - max(self._lane_used_at.get(lane.name, -math.inf), worker.info.ready_monotonic)
             with _validation_thread() as validator:
-                calls = _Calls(self, worker, validator, deadline, schedule, rechecked)
+                calls = _Calls(self, worker, validator, deadline, schedule, _Sample(settings.rechecks, rng))
                 calls.warm_up(rng, for_clocks=idle_s >= settings.clocks_hold_s)
                 phase("warmup_ms")
                 calls.follow_schedule()
                 phase("calls_ms")
                 stdout, stderr = _tails(worker.output())
                 worker.close(wait=False)  # killed before the recheck's process starts
-                kept = calls.kept
+                kept = calls.rechecked.items
                 try:  # while the last outputs are validated
                     recheck_ns = self._recheck(lane, processes, program, [
                         (schedule[k].weight, kept[k], k + 1) for k in rng.permutation(list(kept))], deadline)
@@ -159,7 +166,7 @@ class Runner:
                 calls.settle(wait=True)
                 phase("validation_tail_ms")
         compute = {"warmup_ms": calls.warmup_ns / 1e6, "calls_ms": calls.timed_ns / 1e6, "recheck_ms": recheck_ns / 1e6}
-        return Run(worker.info, calls.scored, calls.variants, calls.timed, calls.skipped,
+        return Run(worker.info, calls.scored, calls.variants, calls.timed, calls.skipped, len(kept),
                    statistics.fmean(calls.duplicates), phases, compute, lane.name, stdout, stderr)
 
     @contextmanager
@@ -229,14 +236,14 @@ class _Calls:
     `validator` while the worker computes the next (or before it, if the settings say so)."""
 
     def __init__(self, runner: Runner, worker: Worker, validator: ThreadPoolExecutor, deadline: float,
-                 schedule: list[Call], rechecked: set[int]) -> None:
+                 schedule: list[Call], rechecked: _Sample) -> None:
         self._runner, self._worker, self._validator, self._deadline = runner, worker, validator, deadline
-        self._schedule, self._rechecked = schedule, rechecked
+        self._schedule = schedule
+        self.rechecked = rechecked  # the timed calls to repeat in a fresh process, by schedule position
         self._pending: deque[_Pending] = deque()
         self.scored: dict[int, BalancednessReport] = {}  # window -> how the plan made on it balances the next
         self.variants: list[tuple[int, float]] = []
         self.timed: list[CallResult] = []  # times only: outputs are megabytes each
-        self.kept: dict[int, CallResult] = {}  # the calls to recheck, by schedule position
         self.duplicates: list[int] = []
         self.warmup_ns = self.timed_ns = self.skipped = 0
 
@@ -260,14 +267,19 @@ class _Calls:
             self._take(result, labels.popleft())
 
     def follow_schedule(self) -> None:
-        """The timed calls; variants are skipped once the candidate has spent the settings' timing budget."""
+        """The timed calls; variants are skipped once the candidate has spent the settings' timing budget and
+        the least number of variants ran."""
+        settings = self._runner.settings
         positions: deque[int] = deque()
 
         def weights() -> Iterator[np.ndarray]:
+            variants_sent = 0
             for position, call in enumerate(self._schedule):
-                if not call.scored and self.timed_ns > self._runner.settings.timing_budget_s * 1e9:
-                    self.skipped += 1
-                    continue
+                if not call.scored:
+                    if variants_sent >= settings.min_variant_calls and self.timed_ns > settings.timing_budget_s * 1e9:
+                        self.skipped += 1
+                        continue
+                    variants_sent += 1
                 positions.append(position)
                 yield call.weight
 
@@ -307,20 +319,39 @@ class _Calls:
         """Queue `result`'s validation, keep it if it is to be rechecked, and take in the checks already done."""
         verdict = self._validator.submit(check_call, result, self._runner.settings.problem)
         self._pending.append(_Pending(what, position, result, verdict))
-        if position in self._rechecked:
-            self.kept[position] = result
+        if position is not None:
+            self.rechecked.offer(position, result)
         self.settle(wait=not self._runner.settings.validate_during_calls)
+
+
+class _Sample:
+    """A uniform random sample of at most `size` of the items offered, however many are (reservoir sampling):
+    the calls to recheck are drawn from the calls that ran, which only the end of the schedule tells."""
+
+    def __init__(self, size: int, rng: np.random.Generator) -> None:
+        self._size, self._rng, self._offered = size, rng, 0
+        self.items: dict[int, CallResult] = {}
+
+    def offer(self, key: int, item: CallResult) -> None:
+        self._offered += 1
+        if len(self.items) < self._size:
+            self.items[key] = item
+        elif self._size and self._rng.integers(self._offered) < self._size:
+            del self.items[list(self.items)[self._rng.integers(self._size)]]
+            self.items[key] = item
 
 
 def _release_when_gone(processes: _Processes, holding: Holding) -> None:
     """Kill the processes now; release the lane on a background thread once they are gone, or here (waiting)
-    if no thread can start."""
-    processes.end()
+    if no thread can start. The lane is released even if killing them failed, once they are gone."""
     try:
-        threading.Thread(target=processes.release_when_gone, args=(holding,), name="lane-release",
-                         daemon=True).start()
-    except RuntimeError:
-        processes.release_when_gone(holding)
+        processes.end()
+    finally:
+        try:
+            threading.Thread(target=processes.release_when_gone, args=(holding,), name="lane-release",
+                             daemon=True).start()
+        except RuntimeError:
+            processes.release_when_gone(holding)
 
 
 @contextmanager

@@ -23,12 +23,16 @@ class Settings:
     warmup_s: float = 0.1
     clocks_hold_s: float = 10.0
     max_warmup_calls: int = 100
-    timing_budget_s: float = 3.0  # candidate time after which the remaining variant calls are skipped
+    # Candidate time after which the remaining variant calls are skipped, once `min_variant_calls` have run: a
+    # slow program is not called twice per window, and a program cannot escape the freshness check by spending
+    # the budget early.
+    timing_budget_s: float = 3.0
+    min_variant_calls: int = 4
     # Plans made on variants of a window must score (on the next window) within this of the plan made on the
     # window itself; a candidate whose output does not follow its input (a cached or stale plan, a table
     # looked up from a known trace) falls far below.
     freshness_tolerance: float = 0.03
-    rechecks: int = 3  # calls repeated in a fresh process, which must give the same plan
+    rechecks: int = 3  # calls repeated in a fresh process, which must give the same plan: a random few of those run
     # Validate each output while the worker computes the next one (less overhead), or between calls (the
     # evaluator's CPU work never overlaps a timed call).
     validate_during_calls: bool = True

@@ -9,6 +9,7 @@ candidate's round trips say it took clearly longer than it claims, the round-tri
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import statistics
@@ -50,9 +51,7 @@ def measure(calls: list[CallResult], trusted_overhead_ms: float | None) -> Timin
     time_ms, verdict = summary.median_ms, "agrees"
     if trusted_overhead_ms is not None:
         estimate = round_trip - trusted_overhead_ms
-        if any(claim > trip for claim, trip in zip(claimed, round_trips)):
-            time_ms, verdict = round_trip, "the worker claimed calls longer than their round trips; round trips used"
-        elif estimate > summary.median_ms + max(CLOCK_SLACK_MS, CLOCK_SLACK_RELATIVE * summary.median_ms):
+        if estimate > summary.median_ms + max(CLOCK_SLACK_MS, CLOCK_SLACK_RELATIVE * summary.median_ms):
             time_ms = estimate
             verdict = (
                 f"the worker claimed {summary.median_ms:.3f} ms per call but its round trips imply {estimate:.3f} ms; "
@@ -71,20 +70,15 @@ class SeedTiming:
 
 class SeedTimingCache:
     """The seed's time per device and software version, in memory and (if `path` is set) in a JSON file, which
-    keeps the newest `MAX_ENTRIES` (each edit of the evaluator is a new software version)."""
+    keeps the newest `MAX_ENTRIES` (each edit of the evaluator is a new software version). Evaluators in other
+    processes may share the file: each write merges what they wrote since."""
 
     MAX_ENTRIES = 64
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._entries: dict[str, SeedTiming] = {}
-        if path is not None and path.is_file():
-            try:
-                raw = json.loads(path.read_text(encoding="utf-8"))
-                self._entries = {key: SeedTiming(**value) for key, value in raw.items()}
-            except (OSError, ValueError, TypeError):
-                self._entries = {}  # a damaged cache only costs one re-timing
+        self._entries: dict[str, SeedTiming] = _read_timings(path) if path is not None else {}
 
     def get(self, key: str) -> SeedTiming | None:
         with self._lock:
@@ -92,17 +86,33 @@ class SeedTimingCache:
 
     def put(self, key: str, timing: SeedTiming) -> None:
         with self._lock:
-            self._entries.pop(key, None)  # re-inserted as the newest
-            self._entries[key] = timing
-            for oldest in list(self._entries)[:-self.MAX_ENTRIES]:
-                del self._entries[oldest]
             if self.path is None:
+                self._entries = self._newest({**self._entries}, key, timing)
                 return
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                write_atomically(self.path, json.dumps({k: asdict(v) for k, v in self._entries.items()}, indent=1))
-            except OSError:
-                pass  # an unwritable cache only costs a re-timing in the next process
+                with open(self.path.with_name(f".{self.path.name}.lock"), "a") as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed
+                    self._entries = self._newest({**self._entries, **_read_timings(self.path)}, key, timing)
+                    write_atomically(self.path, json.dumps({k: asdict(v) for k, v in self._entries.items()},
+                                                           indent=1))
+            except OSError:  # an unwritable cache only costs a re-timing in the next process
+                self._entries = self._newest({**self._entries}, key, timing)
+
+    def _newest(self, entries: dict[str, SeedTiming], key: str, timing: SeedTiming) -> dict[str, SeedTiming]:
+        """`entries` with `key` set to `timing` as the newest, less the oldest beyond `MAX_ENTRIES`."""
+        entries.pop(key, None)
+        entries[key] = timing
+        return dict(list(entries.items())[-self.MAX_ENTRIES:])
+
+
+def _read_timings(path: Path) -> dict[str, SeedTiming]:
+    """The timings kept in `path`, oldest first; none if it is missing or damaged (that costs one re-timing)."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return {key: SeedTiming(**value) for key, value in raw.items()}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {}
 
 
 def default_cache_path() -> Path:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 
+from evaluator.files import remove_tree
 from evaluator.sandbox import proctree, zygote
 
 _KILL_WAIT_S = 5.0
@@ -161,7 +161,7 @@ class ForkServer:
             proctree.reap_group_children(group, time.monotonic() + _KILL_WAIT_S)
             self._process = None
         if self._workdir is not None:
-            shutil.rmtree(self._workdir, ignore_errors=True)
+            remove_tree(self._workdir)
             self._workdir = None
 
 

@@ -97,11 +97,6 @@ class WorkerPool:
             raise
         return worker
 
-    @property
-    def ready_count(self) -> int:
-        with self._condition:
-            return sum(worker.is_ready() for worker in self._ready)
-
     def wait_for_spares(self, timeout_s: float | None = None) -> bool:
         """Wait until all `spares` workers are ready; True if they are."""
         deadline = time.monotonic() + (self.limits.start_timeout_s if timeout_s is None else timeout_s)

@@ -6,7 +6,6 @@ import atexit
 import fcntl
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import psutil
 from numpy.typing import ArrayLike
 
 import evaluator
+from evaluator.files import remove_tree
 from evaluator.sandbox import channel, forkserver, proctree
 from evaluator.sandbox.capture import CapturedOutput, OutputCapture
 from evaluator.sandbox.confinement import FOLDER_VARIABLES, set_dumpable
@@ -173,7 +173,7 @@ class Worker:
             self._process, pipes, marker = _start(start_method, arguments, environment, self._workdir,
                                                   limits.start_timeout_s)
         except BaseException:
-            _remove_folder(self._workdir)
+            remove_tree(self._workdir)
             raise
         pipes.close_theirs()  # only the worker may hold its ends
         self._command_fd, self._result_fd, stdout_read, stderr_read = pipes.ours
@@ -199,11 +199,6 @@ class Worker:
     @property
     def pid(self) -> int:
         return self._process.pid
-
-    @property
-    def state(self) -> str:
-        """"starting", "ready", "loaded", "failed" or "closed"."""
-        return self._state
 
     def is_ready(self) -> bool:
         """Ready for `load` and its process still running."""
@@ -330,7 +325,7 @@ class Worker:
             return
         self._stop_watching.set()
         self._kill()
-        if not _remove_folder(self._workdir):  # a write in flight as the kill landed: wait till none can be
+        if not remove_tree(self._workdir):  # a write in flight as the kill landed: wait till none can be
             self._terminate()
             return
         try:
@@ -504,14 +499,8 @@ class Worker:
                 os.close(fd)
             except OSError:
                 pass
-        _remove_folder(self._workdir)
+        remove_tree(self._workdir)
         _live_workers.discard(self)
-
-
-def _remove_folder(path: str) -> bool:
-    """Remove a worker's folder and all in it; True if it is gone."""
-    shutil.rmtree(path, ignore_errors=True)
-    return not os.path.lexists(path)
 
 
 class _Pipes:
@@ -679,13 +668,20 @@ def _call_result(message: channel.Message, call_index: int, wall_ns: int, max_by
             described = _field(entry, "unsupported", dict)
             outputs.append(Unsupported(_field(described, "type", str), _field(described, "detail", str)))
             devices.append(None)
+    worker_ns = _field(header, "worker_ns", int)
+    # The worker's stamps fall inside the evaluator's, on the same clock: anything else is a tampered clock.
+    if worker_ns <= 0:
+        raise channel.ProtocolError(f"it timed the call at {worker_ns} ns, no time at all: its clock was tampered with")
+    if worker_ns > wall_ns:
+        raise channel.ProtocolError(f"it timed the call at {worker_ns} ns, more than its round trip of {wall_ns} ns: "
+                                    "its clock was tampered with")
     return CallResult(
         call_index=call_index,
         returned_type=_field(header, "returned_type", str),
         returned_length=_field(header, "returned_length", (int, type(None))),
         outputs=tuple(outputs),
         output_devices=tuple(devices),
-        worker_ns=_field(header, "worker_ns", int),
+        worker_ns=worker_ns,
         cuda_event_ns=_field(header, "cuda_event_ns", (int, type(None))),
         evaluator_wall_ns=wall_ns,
         input_mutated=_field(header, "input_mutated", bool),

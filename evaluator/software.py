@@ -1,15 +1,19 @@
-"""Which evaluator is running: its version and a digest of its own files.
+"""The software a measurement depends on: torch, its CUDA, Python, and which evaluator (its version and a
+digest of its own files).
 
-Results and seed timings are reused only where they were measured by the same evaluator. The version alone
-does not say that: an edited checkout or an upgrade between releases keeps it, yet may time or score
-differently. The digest changes with any file of the package.
+Results and seed timings are reused only where they were measured by the same software. The evaluator's
+version alone does not say that: an edited checkout or an upgrade between releases keeps it, yet may time or
+score differently. The digest changes with any file of the package.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import platform
 from pathlib import Path
+
+import torch
 
 from evaluator import __version__
 
@@ -32,6 +36,8 @@ def package_digest(root: Path = PACKAGE_ROOT) -> str:
     return digest.hexdigest()[:_DIGEST_LENGTH]
 
 
-def evaluator_software() -> dict[str, str]:
-    """What a result's `software` records of the evaluator: its version and its package digest."""
-    return {"evaluator": __version__, "evaluator_digest": package_digest()}
+def software() -> dict[str, str | None]:
+    """What a result's `software` records and the seed's timing is kept by: the versions that change timings
+    or scores. Workers run this same interpreter, so the evaluator's process reads them for its workers."""
+    return {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+            "evaluator": __version__, "evaluator_digest": package_digest()}

@@ -1,15 +1,19 @@
-"""The evaluator's digest: what tells results and seed timings of one evaluator's code from another's."""
+"""The software a measurement depends on, and the evaluator's digest among it: what tells results and seed timings
+of one evaluator's code from another's."""
 
 from __future__ import annotations
 
 import json
+import platform
 import shutil
 from pathlib import Path
+
+import torch
 
 from small_problem import SMALL_SETTINGS, SMALL_TRACE
 
 from evaluator import __version__
-from evaluator.build import PACKAGE_ROOT, evaluator_software, package_digest
+from evaluator.software import PACKAGE_ROOT, package_digest, software
 from evaluator.evaluation import Evaluator
 from evaluator.evaluation.timing import SeedTiming, SeedTimingCache
 from evaluator.paths import SEED_PROGRAM
@@ -51,10 +55,14 @@ def test_moving_bytes_between_a_name_and_a_content_changes_the_digest(tmp_path):
     assert package_digest(one) != package_digest(other)
 
 
-def test_results_record_the_version_and_the_digest():
-    software = evaluator_software()
-    assert software == {"evaluator": __version__, "evaluator_digest": package_digest()}
-    assert len(software["evaluator_digest"]) == 16 and int(software["evaluator_digest"], 16) >= 0
+def test_results_record_torch_cuda_python_the_evaluator_version_and_its_digest(small):
+    versions = software()
+    assert versions == {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+                        "evaluator": __version__, "evaluator_digest": package_digest()}
+    assert len(versions["evaluator_digest"]) == 16 and int(versions["evaluator_digest"], 16) >= 0
+    result = small.evaluate(SEED_PROGRAM)
+    assert result.status == "ok", result.error
+    assert result.software == versions
 
 
 def test_a_seed_time_cached_by_another_build_of_the_evaluator_is_measured_again(tmp_path):
@@ -69,7 +77,7 @@ def test_a_seed_time_cached_by_another_build_of_the_evaluator_is_measured_again(
 
     seed_time_ms_with({})
     (key, entry), = json.loads(path.read_text()).items()
-    digest = evaluator_software()["evaluator_digest"]
+    digest = software()["evaluator_digest"]
     assert f"evaluator_digest {digest}" in key
     planted = {**entry, "time_ms": 12345.0}
     assert seed_time_ms_with({key: planted}) == 12345.0
@@ -87,3 +95,13 @@ def test_the_seed_timing_cache_keeps_the_newest_entries(tmp_path):
     assert len(kept) == limit and kept[-1] == "build 5"
     assert kept[0] == "build 6" and "build 4" not in kept and "build 5" not in kept[:-1]
     assert SeedTimingCache(path).get(f"build {limit + 4}") == SeedTiming(float(limit + 4), 0.0, 0.0, 1)
+
+
+def test_two_evaluators_sharing_the_cache_file_keep_each_others_seed_timings(tmp_path):
+    path = tmp_path / "seed-timing.json"
+    first, second = SeedTimingCache(path), SeedTimingCache(path)  # both read the file while it was empty
+    first.put("a card", SeedTiming(1.0, 0.0, 0.0, 1))
+    second.put("another card", SeedTiming(2.0, 0.0, 0.0, 1))
+    assert list(json.loads(path.read_text())) == ["a card", "another card"]
+    assert SeedTimingCache(path).get("a card") == SeedTiming(1.0, 0.0, 0.0, 1)
+    assert second.get("a card") == SeedTiming(1.0, 0.0, 0.0, 1)
