@@ -132,18 +132,21 @@ def test_the_warm_up_is_two_calls_and_lasts_longer_only_after_the_device_idled(t
     """)
     settings = Settings(problem=SMALL, timeout_s=30, warmup_s=0.1, clocks_hold_s=1.0, limits=Limits(memory_mb=1536))
 
-    def warm_up_calls(result: Result) -> int:
+    def warm_up(result: Result) -> tuple[int, float]:
+        """Its calls, and the candidate's time in them (ms)."""
         assert result.status == "ok", result.error
-        return result.stdout.count("called") - result.timing["summary"]["count"]
+        return (result.stdout.count("called") - result.timing["summary"]["count"],
+                result.timing["phase_compute"]["warmup_ms"])
 
     with Evaluator(SMALL_TRACE, settings, device="cpu", spares=3) as evaluator:  # a run takes two
-        busy = [warm_up_calls(evaluator.evaluate(candidate)) for _ in range(2)]
+        busy = [warm_up(evaluator.evaluate(candidate))[0] for _ in range(2)]
         assert evaluator.lanes.wait_for_spares()
         time.sleep(settings.clocks_hold_s + 0.2)
-        idle = warm_up_calls(evaluator.evaluate(candidate))
+        idle_calls, idle_ms = warm_up(evaluator.evaluate(candidate))
         # on a spare as old as the last, but the device has just run a candidate
-        busy.append(warm_up_calls(evaluator.evaluate(candidate)))
-    assert busy == [2, 2, 2] and idle >= 4
+        busy.append(warm_up(evaluator.evaluate(candidate))[0])
+    # however slow the machine, the idle device's warm-up went on past two calls until it had lasted 0.1 s
+    assert busy == [2, 2, 2] and idle_calls > 2 and idle_ms >= settings.warmup_s * 1e3
 
 
 @pytest.mark.parametrize(
@@ -455,3 +458,17 @@ def test_a_slow_call_early_skips_neither_the_least_variants_nor_the_rechecks(tmp
     assert (result.timing["variant_calls"], result.timing["skipped_variant_calls"]) == (3, 2 * windows - 3)
     assert result.timing["summary"]["count"] == windows + 3
     assert result.timing["rechecked_calls"] == settings.rechecks
+
+
+def test_the_held_out_key_never_reaches_a_worker(tmp_path, monkeypatch):
+    key = secrets.token_hex(16)
+    monkeypatch.setenv("EPLB_EVALUATOR_HOLDOUT_KEY", key)
+    body = """
+    print("environment", sorted(os.environ.items()))
+    def rebalance_experts(weight, *args):
+        return seed.rebalance_experts(weight, *args)
+    """
+    with Evaluator(holdout_trace(SMALL), Settings(problem=SMALL, timeout_s=60), device="cpu", spares=1) as evaluator:
+        result = evaluator.evaluate(program(tmp_path, body))
+    assert result.status == "ok", result.error
+    assert "environment [" in result.stdout and key not in result.stdout

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import gc
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
+import pytest
 
 from evaluator.eplb.default_trace import DEFAULT_CONFIG, default_trace
-from evaluator.eplb.holdout import holdout_trace
+from evaluator.eplb.holdout import KEY_VARIABLE, holdout_trace
 from evaluator.eplb.problem import Problem
 from evaluator.eplb.synthetic import generate_trace
 from evaluator.eplb.trace import Trace
@@ -62,3 +67,42 @@ def test_the_seed_is_not_reachable_from_the_trace() -> None:
     assert big_ints == []  # a 128-bit seed would be one
     assert set(vars(trace)) == {"windows", "source", "steps_per_window", "dropped_steps"}
     assert isinstance(trace, Trace) and trace.source == "holdout"
+
+
+KEY = "c0ffee" * 6  # 36 characters
+
+
+def test_a_key_draws_one_secret_trace_wherever_it_is_given(monkeypatch) -> None:
+    keyed = holdout_trace(SMALL, KEY)
+    monkeypatch.setenv(KEY_VARIABLE, KEY)
+    from_the_environment = holdout_trace(SMALL)
+    assert np.array_equal(keyed.windows, from_the_environment.windows)
+    assert keyed.source == "holdout" and KEY not in repr(keyed)
+    another_key = holdout_trace(SMALL, KEY[:-1] + "f")
+    assert not np.array_equal(keyed.windows, another_key.windows)
+    assert not np.array_equal(keyed.windows, generate_trace(DEFAULT_CONFIG, 0).windows[:, :4, :16])
+
+
+def held_out_summary(key: str | None) -> subprocess.CompletedProcess[str]:
+    environment = {name: value for name, value in os.environ.items() if name != KEY_VARIABLE}
+    if key is not None:
+        environment[KEY_VARIABLE] = key
+    return subprocess.run([sys.executable, "-m", "evaluator", "trace", "--holdout", "--json", "--layers", "4",
+                           "--experts", "16", "--replicas", "24", "--groups", "4", "--nodes", "2", "--gpus", "4"],
+                          capture_output=True, text=True, env=environment, timeout=120)
+
+
+def test_processes_given_the_key_score_on_the_same_trace_and_others_draw_fresh_ones() -> None:
+    first, second = held_out_summary(KEY), held_out_summary(KEY)
+    assert first.returncode == second.returncode == 0, first.stderr
+    assert json.loads(first.stdout) == json.loads(second.stdout)
+    unkeyed = [held_out_summary(None) for _ in range(2)]
+    assert json.loads(unkeyed[0].stdout) != json.loads(unkeyed[1].stdout)
+
+
+@pytest.mark.parametrize("key", ["too short", "x" * 31])
+def test_a_key_a_candidate_could_guess_is_refused(key: str) -> None:
+    with pytest.raises(ValueError, match="at least 32 characters"):
+        holdout_trace(SMALL, key)
+    done = held_out_summary(key)
+    assert done.returncode == 2 and "at least 32 characters" in done.stderr

@@ -43,8 +43,10 @@ shinka_run copies its text:
 PYTHON (job_config.python_executable, by default the Python running ShinkaEvolve) must have this package
 installed. Options with a value can come through extra_cmd_args, e.g. {{device: cuda, workload:
 /data/trace.json, timeout: 60}}; a flag without one (--retime-seed) goes into the shim's list:
-main(["shinka", "--retime-seed", *sys.argv[1:]]). Every job is a new process, so --holdout would draw a new
-trace for each candidate: score on the default trace or on one --workload file instead.
+main(["shinka", "--retime-seed", *sys.argv[1:]]). Every job is a new process, so --holdout alone would draw a
+new trace for each candidate: put --holdout in the shim's list and set EPLB_EVALUATOR_HOLDOUT_KEY (32 characters
+or more, e.g. from secrets.token_hex(16)) in ShinkaEvolve's environment, and every job scores on the same secret
+trace.
 
 Exit codes: 0 ok; {ExitCode.CANDIDATE_FAILED.value} the program failed and {ExitCode.INFRA_ERROR.value} the \
 evaluator failed (both still write the files, with correct=false;

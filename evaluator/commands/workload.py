@@ -29,7 +29,9 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
         "--workload", metavar="PATH", help='a trace in the published JSON format: {"load_history": [...]}'
     )
     source.add_argument(
-        "--holdout", action="store_true", help="a fresh trace from a secret seed that never reaches the candidate"
+        "--holdout", action="store_true",
+        help="a trace from a secret seed that never reaches the candidate: fresh each time, or the one of the key "
+             "in $EPLB_EVALUATOR_HOLDOUT_KEY"
     )
     parser.add_argument(
         "--window", type=int, metavar="N", help=f"steps summed into one window, with --workload (default: {STEPS_PER_WINDOW})"
