@@ -129,7 +129,7 @@ def _require_ok(result: Result) -> Result:
 def _scoring_ms() -> float:
     trace = default_trace()
     problem = Settings().problem
-    plans = seed_plans(trace.windows, problem).on_window
+    plans = seed_plans(trace, problem).on_window
     loads = torch.from_numpy(trace.windows.astype("float64"))
     times = []
     for _ in range(20):

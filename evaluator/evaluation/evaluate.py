@@ -207,7 +207,7 @@ class Evaluator:
     def _seed_report(self) -> BalancednessReport:
         """The seed planning as a candidate does (on the past window), with the reference: the seed planning on the
         very window its plan is scored on. The same for every candidate, so computed once."""
-        plans = seed_plans(self.trace.windows, self.settings.problem).on_window
+        plans = seed_plans(self.trace, self.settings.problem).on_window
         return balancedness_scores(list(plans[:-1]), self._loads, self.settings.problem,
                                    reference_plans=list(plans[1:]))
 

@@ -8,7 +8,6 @@ that on random inputs). This is trusted code of the project's own; no candidate 
 from __future__ import annotations
 
 import functools
-import hashlib
 import threading
 import types
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import torch
 from evaluator.eplb.invariants import check_plan
 from evaluator.eplb.plan import Plan
 from evaluator.eplb.problem import Problem
+from evaluator.eplb.trace import Trace
 from evaluator.patch import apply_patch
 from evaluator.paths import PROJECT_ROOT, SEED_PROGRAM
 from evaluator.sandbox import WarmUp
@@ -55,18 +55,18 @@ def _seed_module() -> types.ModuleType:
 
 
 _CACHED_TRACES = 4
-_cache: dict[tuple[str, tuple[int, ...], Problem], SeedPlans] = {}
+_cache: dict[tuple[str, Problem], SeedPlans] = {}
 _cache_lock = threading.Lock()
 
 
-def seed_plans(windows: np.ndarray, problem: Problem) -> SeedPlans:
-    """The seed's plan on every window (cached by content: the default trace is planned once per process).
-    Thread-safe: evaluators in several threads may ask at once."""
-    key = (hashlib.sha256(np.ascontiguousarray(windows).tobytes()).hexdigest(), windows.shape, problem)
+def seed_plans(trace: Trace, problem: Problem) -> SeedPlans:
+    """The seed's plan on every window of `trace` (cached by its content: the default trace is planned once per
+    process). Thread-safe: evaluators in several threads may ask at once."""
+    key = (trace.digest, problem)
     with _cache_lock:
         plans = _cache.get(key)
         if plans is None:
-            plans = _plan_every_window(windows, problem)
+            plans = _plan_every_window(trace.windows, problem)
             if len(_cache) >= _CACHED_TRACES:
                 _cache.clear()
             _cache[key] = plans
