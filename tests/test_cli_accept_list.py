@@ -121,7 +121,7 @@ def test_a_result_on_a_trace_file_is_reused_for_the_same_data_only(tmp_path):
     steps[0, 0, 0] += 1  # the same path, the same shape, other loads
     write_trace()
     reply = evaluator(*options, cwd=tmp_path)
-    assert reply.returncode == 0, reply.stderr
+    assert reply.returncode == 0, reply.stdout + reply.stderr
     answer = json.loads(reply.stdout)
     assert answer["reused"] is False
     assert answer["result"]["workload"]["digest"] == load_trace_file(str(trace_file), SMALL, 2).digest

@@ -279,6 +279,35 @@ def test_a_patched_clock_gains_nothing(small, tmp_path):
     assert result.speedup == pytest.approx(result.seed_time_ms / result.time_ms)
 
 
+def test_the_workers_own_clock_made_to_claim_half_of_each_call_gains_at_most_the_harness_overhead(small, tmp_path):
+    """Through its caller's frame a candidate reaches the worker's clock itself and makes every end stamp claim
+    half of the call's time; the round trips, less the seed's harness overhead and the slack, set the time."""
+    body = """
+    _real = time.perf_counter_ns
+    _started = []
+    def _halving_clock():
+        now = _real()
+        if not _started:
+            return now  # the next call's start stamp
+        started = _started.pop()
+        return started + (now - started) // 2
+    def rebalance_experts(weight, *args):
+        sys._getframe(1).f_locals["self"].now = _halving_clock
+        _started[:] = [_real()]
+        time.sleep(0.06)
+        return seed.rebalance_experts(weight, *args)
+    """
+    result = small.evaluate(program(tmp_path, body))
+    assert result.status == "ok", result.error
+    timing = result.timing
+    harness_ms, round_trip_ms = timing["seed"]["overhead_ms"], timing["round_trip_ms"]
+    assert timing["summary"]["median_ms"] < 0.6 * (round_trip_ms - harness_ms)  # the claims: about half
+    assert timing["clock_check"] != "agrees"
+    assert timing["clock_slack_ms"] <= harness_ms
+    assert result.time_ms >= max(60, round_trip_ms - 2 * harness_ms - 1e-6)  # every call sleeps 60 ms
+    assert result.speedup == pytest.approx(result.seed_time_ms / result.time_ms)
+
+
 def test_a_stale_cached_plan_is_caught(small, tmp_path):
     body = """
     _cache = []

@@ -222,14 +222,21 @@ def test_an_openevolve_run_scores_the_seed_and_its_child(folder, tmp_path, fake_
     initial = tmp_path / "initial_program.py"
     initial.write_text(SEED_SOURCE)
     cli = Path(sys.executable).with_name("openevolve-run")
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+                   "TMPDIR": str(temporary)}
     done = subprocess.run(
         [str(cli), str(initial), str(folder / "evaluate_eplb.py"), "--config", str(config),
          "--output", str(tmp_path / "out")],
         capture_output=True, text=True, timeout=300,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-             "EPLB_EVALUATOR_STAGE2_DEADLINE_S": "100"},  # below the timeout of 120
+        env={**environment, "EPLB_EVALUATOR_STAGE2_DEADLINE_S": "100"},  # below the timeout of 120
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    # OpenEvolve terminates its pool's processes, evaluators included: the next evaluator removes what they left
+    makes_a_folder = "from evaluator.scratch import scratch_folder; scratch_folder('x')"
+    following = subprocess.run([sys.executable, "-c", makes_a_folder], env=environment, timeout=60)
+    assert following.returncode == 0 and list(temporary.iterdir()) == []
     saved = [json.loads(path.read_text()) for path in (tmp_path / "out").glob("checkpoints/*/programs/*.json")]
     [seed] = [program for program in saved if program["generation"] == 0]
     [child] = [program for program in saved if program["generation"] == 1]

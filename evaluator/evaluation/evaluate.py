@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import os
 import statistics
-import tempfile
 import threading
 import time
 import traceback
@@ -43,6 +42,7 @@ from evaluator.evaluation.timing import SeedTiming, SeedTimingCache, default_cac
 from evaluator.files import remove_tree
 from evaluator.paths import SEED_PROGRAM
 from evaluator.sandbox import WorkerInfo
+from evaluator.scratch import scratch_folder
 from evaluator.software import software
 from evaluator.store import sha256_text
 
@@ -83,7 +83,7 @@ class Evaluator:
         self._seed_lock = threading.Lock()  # the seed is timed once, however many threads need it
         # Removed by close() or when collected, and only by this process: a forked child's copy of the
         # evaluator (a loop's process pool) must not take the warm-up program from under the parent's workers.
-        self._files = Path(tempfile.mkdtemp(prefix="eplb-evaluator-"))
+        self._files = scratch_folder("evaluator-")
         self._remove_files = weakref.finalize(self, _remove_if_owner, self._files, os.getpid())
         warm_up = seed_patch_warm_up(self._files, self.settings.problem, self._inputs.dtype.name)
         self.lanes = Lanes(self.settings.limits, device, spares, gpus, str(default_cache_path().parent.resolve()),

@@ -14,13 +14,13 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
 
 from evaluator.files import remove_tree
 from evaluator.sandbox import proctree, zygote
+from evaluator.scratch import scratch_folder
 
 _KILL_WAIT_S = 5.0
 _FORK_REPLY_S = 10.0  # a fork takes milliseconds: a zygote silent this long is stuck
@@ -95,7 +95,7 @@ class ForkServer:
         try:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             self._control = ours
-            self._workdir = tempfile.mkdtemp(prefix="eplb-zygote-")
+            self._workdir = str(scratch_folder("zygote-"))
             try:
                 self._process = subprocess.Popen(
                     [sys.executable, "-m", "evaluator.sandbox.zygote", "--control", str(theirs.fileno())],

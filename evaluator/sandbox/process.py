@@ -9,7 +9,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import weakref
@@ -31,6 +30,7 @@ from evaluator.sandbox.failures import Failure, FailureKind, SandboxFailure
 from evaluator.sandbox.limits import Limits
 from evaluator.sandbox.proctree import GroupLeader, ProcessTree, become_subreaper, proportional_bytes
 from evaluator.sandbox.results import CallResult, Confinement, Output, Unsupported, WorkerInfo
+from evaluator.scratch import scratch_folder
 
 DEFAULT_ENTRY_POINT = "rebalance_experts"
 WEIGHT_DTYPES = (np.dtype(np.float32), np.dtype(np.int64))
@@ -168,7 +168,7 @@ class Worker:
         self._stop_watching = threading.Event()
         arguments = ["--device", device, "--max-message-bytes", str(limits.max_message_bytes),
                      *(warm_up.command_line() if warm_up else []), *([] if limits.confined else ["--unconfined"])]
-        self._workdir = tempfile.mkdtemp(prefix="eplb-worker-")
+        self._workdir = str(scratch_folder("worker-"))
         try:
             self._process, pipes, marker = _start(start_method, arguments, environment, self._workdir,
                                                   limits.start_timeout_s)

@@ -1,0 +1,103 @@
+"""The temporary folders of this process (its workers', its zygote's, its evaluator's files), all under one root
+folder that the process holds a lock in for as long as it lives.
+
+A process killed before it could remove its folders (a loop's process pool terminating its workers, SIGKILL)
+leaves its root behind, its lock released by the kernel: the next process to make a root removes every root
+whose owner is gone.
+"""
+
+from __future__ import annotations
+
+import atexit
+import fcntl
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from evaluator.files import remove_tree
+
+ROOT_PREFIX = "eplb-scratch-"
+OWNER_FILE = ".owner"  # locked by the root's process while it lives
+NEW_ROOT_GRACE_S = 60.0  # a root without its owner file for less than this may be one being made
+
+_lock = threading.Lock()
+_root: Path | None = None
+_owner_fd: int | None = None
+
+
+def scratch_folder(prefix: str) -> Path:
+    """A new private folder under this process's root, which is made (and abandoned roots removed) on first use."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=_process_root()))
+
+
+def remove_abandoned_roots() -> list[Path]:
+    """Remove the roots in the temporary folder whose process is gone; returns those it removed."""
+    removed = []
+    try:
+        entries = list(os.scandir(tempfile.gettempdir()))
+    except OSError:
+        return removed
+    for entry in entries:
+        if (entry.name.startswith(ROOT_PREFIX) and entry.is_dir(follow_symlinks=False)
+                and Path(entry.path) != _root and _is_abandoned(entry.path)):
+            remove_tree(entry.path)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _process_root() -> Path:
+    global _root, _owner_fd
+    with _lock:
+        if _root is None:
+            root = Path(tempfile.mkdtemp(prefix=f"{ROOT_PREFIX}{os.getpid()}-"))
+            owner = os.open(root / OWNER_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            fcntl.flock(owner, fcntl.LOCK_EX)
+            _root, _owner_fd = root, owner
+            remove_abandoned_roots()
+        return _root
+
+
+def _is_abandoned(root: str) -> bool:
+    """True if no process holds the lock in `root`'s owner file, or it has had none for `NEW_ROOT_GRACE_S`."""
+    try:
+        owner = os.open(os.path.join(root, OWNER_FILE), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        try:
+            return time.time() - os.lstat(root).st_mtime > NEW_ROOT_GRACE_S
+        except OSError:
+            return False
+    except OSError:  # another user's root, or not a file
+        return False
+    try:
+        fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:  # held: its process lives
+        return False
+    finally:
+        os.close(owner)
+
+
+def _forget_in_child() -> None:
+    """A forked child makes a root of its own; its copy of the parent's lock goes, so the parent's root is
+    abandoned once the parent is gone, whatever its children do."""
+    global _root, _owner_fd, _lock
+    if _owner_fd is not None:
+        os.close(_owner_fd)
+    _root, _owner_fd, _lock = None, None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
+# Registered on import, before the modules that make folders here register their own clean-up: at exit theirs
+# run first (last registered, first run), and this removes what is left.
+@atexit.register
+def _remove_root() -> None:
+    global _root, _owner_fd
+    if _root is not None:
+        remove_tree(_root)
+        if _owner_fd is not None:
+            os.close(_owner_fd)
+        _root, _owner_fd = None, None

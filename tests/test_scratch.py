@@ -1,0 +1,119 @@
+"""Temporary folders: each process's under a root it holds a lock in; roots whose process died go with the next."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from evaluator import scratch
+from evaluator.scratch import NEW_ROOT_GRACE_S, OWNER_FILE, ROOT_PREFIX
+
+MAKES_A_FOLDER = """
+import sys, time
+from evaluator.scratch import scratch_folder
+folder = scratch_folder("worker-")
+(folder / "plan.txt").write_text("left behind")
+print(folder, flush=True)
+if sys.argv[1] == "wait":
+    time.sleep(60)
+"""
+
+
+def start(temporary: Path, then: str) -> tuple[subprocess.Popen, Path]:
+    """A process of its own with `temporary` as its temporary folder, and the folder it made there."""
+    process = subprocess.Popen([sys.executable, "-c", textwrap.dedent(MAKES_A_FOLDER), then], stdout=subprocess.PIPE,
+                               text=True, env={**os.environ, "TMPDIR": str(temporary)})
+    return process, Path(process.stdout.readline().strip())
+
+
+def roots(temporary: Path) -> set[Path]:
+    return set(temporary.glob(f"{ROOT_PREFIX}*"))
+
+
+@pytest.fixture
+def temporary(tmp_path):
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    return folder
+
+
+def test_a_process_that_exits_leaves_nothing(temporary):
+    process, folder = start(temporary, "exit")
+    assert process.wait(30) == 0
+    assert folder.parent.parent == temporary and not folder.exists()
+    assert roots(temporary) == set()
+
+
+def test_a_killed_processes_folders_go_with_the_next_process_and_a_live_ones_stay(temporary):
+    killed, left = start(temporary, "wait")
+    living, kept = start(temporary, "wait")
+    try:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(30)
+        assert left.exists()  # nothing ran in the killed process
+        following, _ = start(temporary, "exit")
+        assert following.wait(30) == 0
+        assert not left.parent.exists()
+        assert (kept / "plan.txt").read_text() == "left behind"
+        assert roots(temporary) == {kept.parent}
+    finally:
+        living.kill()
+        living.wait(30)
+
+
+def test_a_root_without_its_owner_file_goes_only_once_it_is_old(temporary, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    being_made = temporary / f"{ROOT_PREFIX}1-new"
+    abandoned = temporary / f"{ROOT_PREFIX}2-old"
+    for root in (being_made, abandoned):
+        (root / "worker-x").mkdir(parents=True)
+    past = time.time() - NEW_ROOT_GRACE_S - 1
+    os.utime(abandoned, (past, past))
+    assert scratch.remove_abandoned_roots() == [abandoned]
+    assert being_made.exists() and not abandoned.exists()
+
+
+def test_an_owner_file_that_is_not_a_file_keeps_the_root(temporary, monkeypatch):
+    """A root whose owner file cannot be opened and locked is not known to be abandoned."""
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    root = temporary / f"{ROOT_PREFIX}3-odd"
+    root.mkdir()
+    (root / OWNER_FILE).symlink_to("/dev/null")
+    assert scratch.remove_abandoned_roots() == []
+    assert root.exists()
+
+
+FORKS = """
+import os, sys, time
+from evaluator.scratch import scratch_folder
+parent = scratch_folder("evaluator-")
+child = os.fork()
+if child == 0:  # a loop's pool worker, forked: a root of its own, left behind as it is killed
+    print(scratch_folder("worker-"), flush=True)
+    os._exit(0)
+os.waitpid(child, 0)
+print(parent, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_forked_child_makes_its_own_root_and_its_exit_leaves_the_parents_locked(temporary):
+    parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(FORKS)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "TMPDIR": str(temporary)})
+    try:
+        childs, parents = Path(parent.stdout.readline().strip()), Path(parent.stdout.readline().strip())
+        assert childs.parent != parents.parent
+        following, _ = start(temporary, "exit")
+        assert following.wait(30) == 0
+        assert not childs.parent.exists() and parents.exists()
+    finally:
+        parent.kill()
+        parent.wait(30)
