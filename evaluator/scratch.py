@@ -61,8 +61,8 @@ def _process_root() -> Path:
 
 def _is_abandoned(root: str) -> bool:
     """True if no process holds the lock in `root`'s owner file, or it has had none for `NEW_ROOT_GRACE_S`."""
-    try:
-        owner = os.open(os.path.join(root, OWNER_FILE), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:  # not blocking: a named pipe put there by someone else would wait for a writer forever
+        owner = os.open(os.path.join(root, OWNER_FILE), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         try:
             return time.time() - os.lstat(root).st_mtime > NEW_ROOT_GRACE_S

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def test_a_root_without_its_owner_file_goes_only_once_it_is_old(temporary, monke
     assert being_made.exists() and not abandoned.exists()
 
 
-def test_an_owner_file_that_is_not_a_file_keeps_the_root(temporary, monkeypatch):
+def test_an_owner_file_that_is_a_link_keeps_the_root(temporary, monkeypatch):
     """A root whose owner file cannot be opened and locked is not known to be abandoned."""
     monkeypatch.setattr(tempfile, "tempdir", str(temporary))
     root = temporary / f"{ROOT_PREFIX}3-odd"
@@ -89,6 +90,19 @@ def test_an_owner_file_that_is_not_a_file_keeps_the_root(temporary, monkeypatch)
     (root / OWNER_FILE).symlink_to("/dev/null")
     assert scratch.remove_abandoned_roots() == []
     assert root.exists()
+
+
+def test_an_owner_file_that_is_a_named_pipe_does_not_hang_the_sweep(temporary, monkeypatch):
+    """Where a candidate can write to the temporary folder, it can plant a root whose owner file is a pipe that
+    no one writes to: opening it to read must not wait for a writer."""
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    root = temporary / f"{ROOT_PREFIX}4-pipe"
+    root.mkdir()
+    os.mkfifo(root / OWNER_FILE)
+    sweep = threading.Thread(target=scratch.remove_abandoned_roots, daemon=True)
+    sweep.start()
+    sweep.join(10)
+    assert not sweep.is_alive()
 
 
 FORKS = """

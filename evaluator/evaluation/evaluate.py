@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import os
-import statistics
 import threading
 import time
 import traceback
@@ -32,6 +31,7 @@ from evaluator.eplb.scoring import (
     speedup,
 )
 from evaluator.eplb.trace import Trace, check_matches
+from evaluator.evaluation.freshness import input_dependence
 from evaluator.evaluation.lanes import Lanes
 from evaluator.evaluation.reference import seed_patch_warm_up, seed_plans
 from evaluator.evaluation.result import Result
@@ -213,16 +213,9 @@ class Evaluator:
 
     def _staleness(self, run: Run, scored_per_window: tuple[float, ...]) -> Violation | None:
         """A violation when plans made on variants score clearly worse than plans made on the windows."""
-        if not run.variants:
-            return None
         position = {window: k for k, window in enumerate(sorted(run.scored))}
-        gap = statistics.fmean(scored_per_window[position[window]] - score for window, score in run.variants)
-        if gap <= self.settings.freshness_tolerance:
-            return None
-        return Violation("plan.input_dependence", None,
-                         f"plans for fresh inputs near the trace's windows balance the next window {gap:.3f} worse "
-                         f"than plans for the windows themselves (tolerance {self.settings.freshness_tolerance}); "
-                         "the plan must be computed from the input it is given, not cached, stale or looked up")
+        gaps = [scored_per_window[position[window]] - score for window, score in run.variants]
+        return input_dependence(gaps, self.settings.freshness_tolerance)
 
     def _workload(self) -> dict[str, object]:
         return workload_summary(self.trace, self.settings.problem)

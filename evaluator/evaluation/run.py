@@ -134,7 +134,7 @@ class Runner:
         (infra_error if no lane is free by the monotonic time `give_up_at`)."""
         settings = self.settings
         rng = np.random.default_rng(secrets.randbits(128))
-        schedule = build_schedule(self.inputs, settings.variants_per_window, rng)
+        schedule = build_schedule(self.inputs, settings.variants_per_window, rng, settings.min_variants)
         phases: dict[str, float] = {}
         started = time.perf_counter()
 

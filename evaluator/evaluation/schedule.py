@@ -9,6 +9,7 @@ trace. The order is shuffled with the same secret generator.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,10 +29,13 @@ def call_inputs(windows: np.ndarray) -> np.ndarray:
     return windows if windows.dtype == np.int64 else windows.astype(np.float32)
 
 
-def build_schedule(windows: np.ndarray, variants_per_window: int, rng: np.random.Generator) -> list[Call]:
+def build_schedule(windows: np.ndarray, variants_per_window: int, rng: np.random.Generator,
+                   min_variants: int = 0) -> list[Call]:
     """Calls on windows[0..n-2] (the last window is only a future) and `variants_per_window` variants of
-    each, shuffled."""
+    each, or as many more as make `min_variants` in all (none if `variants_per_window` is 0), shuffled."""
     planned = range(len(windows) - 1)
+    if variants_per_window:
+        variants_per_window = max(variants_per_window, math.ceil(min_variants / len(planned)))
     calls = [Call(windows[i], i, scored=True) for i in planned]
     calls += [Call(vary(windows[i], rng), i, scored=False) for i in planned for _ in range(variants_per_window)]
     return [calls[i] for i in rng.permutation(len(calls))]

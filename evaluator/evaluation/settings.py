@@ -29,9 +29,13 @@ class Settings:
     timing_budget_s: float = 3.0
     min_variant_calls: int = 4
     # Plans made on variants of a window must score (on the next window) within this of the plan made on the
-    # window itself; a candidate whose output does not follow its input (a cached or stale plan, a table
-    # looked up from a known trace) falls far below.
+    # window itself, on average over the variants, give or take two standard errors of that average (freshness.py);
+    # a candidate whose output does not follow its input (a cached or stale plan, a table looked up from a known
+    # trace) falls far below.
     freshness_tolerance: float = 0.03
+    # Variants in all, however few the trace's windows (more of them per window on a short trace), so that their
+    # average is known well enough to tell a stale plan from chance.
+    min_variants: int = 8
     rechecks: int = 3  # calls repeated in a fresh process, which must give the same plan: a random few of those run
     # Validate each output while the worker computes the next one (less overhead), or between calls (the
     # evaluator's CPU work never overlaps a timed call).

@@ -1,0 +1,44 @@
+"""The input-dependence check's verdict on the gaps between plans for the windows and plans for their variants."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from evaluator.evaluation.freshness import input_dependence
+from evaluator.evaluation.schedule import build_schedule
+
+TOLERANCE = 0.03
+
+
+def test_a_clear_gap_on_every_variant_is_a_violation():
+    violation = input_dependence([0.05, 0.06, 0.045, 0.055, 0.05, 0.06, 0.05, 0.052], TOLERANCE)
+    assert violation is not None and violation.invariant == "plan.input_dependence"
+    assert "over 8 inputs" in violation.message
+
+
+def test_an_average_over_the_tolerance_by_chance_is_not():
+    """Honest gaps on a small problem: a variant's gap spreads by about 0.027, so two of them can average
+    0.04 without any staleness."""
+    assert input_dependence([0.07, 0.01], TOLERANCE) is None
+
+
+def test_a_single_gap_is_judged_by_the_tolerance_alone():
+    assert input_dependence([0.031], TOLERANCE) is not None
+    assert input_dependence([0.029], TOLERANCE) is None
+
+
+def test_no_variants_no_verdict():
+    assert input_dependence([], TOLERANCE) is None
+
+
+@pytest.mark.parametrize("windows, per_window, least, expected", [(3, 1, 8, 8), (12, 1, 8, 11), (6, 1, 8, 10),
+                                                                    (3, 0, 8, 0), (6, 2, 0, 10)])
+def test_a_short_trace_gets_more_variants_per_window(windows, per_window, least, expected):
+    loads = np.arange(windows * 2 * 4).reshape(windows, 2, 4)
+    schedule = build_schedule(loads, per_window, np.random.default_rng(0), least)
+    variants = [call for call in schedule if not call.scored]
+    assert len(variants) == expected
+    assert len([call for call in schedule if call.scored]) == windows - 1
+    counts = np.bincount([call.window for call in variants], minlength=windows - 1)
+    assert len(set(counts.tolist())) == 1  # as many for every planned window
