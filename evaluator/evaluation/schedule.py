@@ -30,7 +30,7 @@ def call_inputs(windows: np.ndarray) -> np.ndarray:
 
 
 def build_schedule(windows: np.ndarray, variants_per_window: int, rng: np.random.Generator,
-                   min_variants: int = 0) -> list[Call]:
+                   min_variants: int) -> list[Call]:
     """Calls on windows[0..n-2] (the last window is only a future) and `variants_per_window` variants of
     each, or as many more as make `min_variants` in all (none if `variants_per_window` is 0), shuffled."""
     planned = range(len(windows) - 1)
