@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +28,7 @@ DEFAULT = Problem()
 
 def evaluator(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "evaluator", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "EPLB_EVALUATOR_CACHE": str(cwd / ".cache")}, timeout=600, check=False)
+                          timeout=600, check=False)
 
 
 def workload_of(problem: Problem) -> dict:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,7 +37,6 @@ def evaluator(*args: str, cwd: Path, stdin: bytes | None = None) -> subprocess.C
     result = subprocess.run(
         [sys.executable, "-m", "evaluator", *args],
         cwd=cwd,
-        env={**os.environ, "EPLB_EVALUATOR_CACHE": str(cwd / ".cache")},
         input=stdin.decode() if stdin is not None else None,
         capture_output=True,
         text=True,

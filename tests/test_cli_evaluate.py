@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +15,7 @@ from evaluator.paths import SEED_PROGRAM
 
 def evaluate(*args: str, cwd) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "evaluator", "evaluate", *args, "--device", "cpu", *SMALL_OPTIONS],
-                          cwd=cwd, env={**os.environ, "EPLB_EVALUATOR_CACHE": str(cwd / ".cache")},
-                          capture_output=True, text=True, timeout=180)
+                          cwd=cwd, capture_output=True, text=True, timeout=180)
 
 
 def test_several_programs_each_get_a_result_and_progress_is_shown(tmp_path):

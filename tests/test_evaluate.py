@@ -21,6 +21,7 @@ from evaluator import apply_patch
 from evaluator.eplb.default_trace import DEFAULT_SEED, default_trace
 from evaluator.eplb.holdout import holdout_trace
 from evaluator.evaluation import Evaluator, Result, Settings
+from evaluator.evaluation.timing import SeedTimingCache, default_cache_path
 from evaluator.paths import PROJECT_ROOT, SEED_PROGRAM
 from evaluator.sandbox import Limits
 
@@ -59,7 +60,9 @@ def assert_failed(result: Result, status: str) -> None:
 def test_seed_and_seed_patch_score_ok_with_identical_balancedness(tmp_path):
     patched = tmp_path / "patched.py"
     patched.write_text(apply_patch(SEED_PROGRAM.read_text(), SEED_PATCH.read_text()))
-    with Evaluator(default_trace(), Settings(timeout_s=300), device="cpu") as evaluator:
+    # the session's seed timings: the seed on the default trace takes the CPU about 20 s to time
+    with Evaluator(default_trace(), Settings(timeout_s=300), device="cpu",
+                   seed_timings=SeedTimingCache(default_cache_path())) as evaluator:
         seed = evaluator.evaluate(SEED_PROGRAM)
         candidate = evaluator.evaluate(patched)
     assert seed.status == "ok" and candidate.status == "ok", (seed.error, candidate.error)

@@ -50,7 +50,6 @@ def evaluator(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "evaluator", *args],
         check=False,
         cwd=cwd,
-        env={**os.environ, "EPLB_EVALUATOR_CACHE": str(cwd / ".cache")},
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
@@ -88,17 +87,27 @@ def program_of(store: Path, candidate_id: str) -> str:
     return CandidateStore(store).get(candidate_id).program()
 
 
-@pytest.fixture
-def family(tmp_path: Path) -> dict[str, str]:
-    """seed -> A -> B -> C, each applied with the CLI and recorded right after, as `apply` will do."""
-    store = tmp_path / "candidates"
-    a = apply(tmp_path, "drop_redundant_check")
+@pytest.fixture(scope="module")
+def built_family(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """seed -> A -> B -> C, each applied with the CLI (which records it) and recorded again right after; built once
+    for the module (each `apply` is a process of its own, seconds on a small machine)."""
+    root = tmp_path_factory.mktemp("family")
+    store = root / "candidates"
+    a = apply(root, "drop_redundant_check")
     record_candidate(store, a, SEED_PROGRAM.read_text())
-    b = apply(tmp_path, "drop_pack_check", parent=a)
+    b = apply(root, "drop_pack_check", parent=a)
     record_candidate(store, b, program_of(store, a))
-    c = apply(tmp_path, "drop_group_check", parent=b)
+    c = apply(root, "drop_group_check", parent=b)
     record_candidate(store, c, program_of(store, b))
-    return {"A": a, "B": b, "C": c}
+    return root, {"A": a, "B": b, "C": c}
+
+
+@pytest.fixture
+def family(tmp_path: Path, built_family: tuple[Path, dict[str, str]]) -> dict[str, str]:
+    """A copy of the family (store and lineage repository) in the test's own folder, which the test may change."""
+    root, ids = built_family
+    shutil.copytree(root, tmp_path, dirs_exist_ok=True)
+    return ids
 
 
 def test_git_log_walks_from_the_candidate_back_to_the_seed(tmp_path, family):
@@ -236,9 +245,8 @@ def test_unknown_id_is_a_clear_error(tmp_path, family):
     assert result.returncode == 2 and "not a candidate id" in result.stderr
 
 
-def test_a_store_without_lineage_is_a_clear_error_until_recorded(tmp_path):
-    a = apply(tmp_path, "drop_redundant_check")
-    b = apply(tmp_path, "drop_pack_check", parent=a)
+def test_a_store_without_lineage_is_a_clear_error_until_recorded(tmp_path, family):
+    a, b = family["A"], family["B"]
     shutil.rmtree(lineage_path(tmp_path / "candidates"))  # as in a clone of a store committed without it
     result = evaluator("lineage", b, cwd=tmp_path)
     assert result.returncode == 2
@@ -250,19 +258,16 @@ def test_a_store_without_lineage_is_a_clear_error_until_recorded(tmp_path):
     assert [line.split()[0] for line in result.stdout.splitlines()] == ["root", a, b]
 
 
-def test_a_parent_program_that_does_not_match_the_metadata_is_refused(tmp_path):
-    store = tmp_path / "candidates"
-    a = apply(tmp_path, "drop_redundant_check")
+def test_a_parent_program_that_does_not_match_the_metadata_is_refused(tmp_path, family):
+    store, a = tmp_path / "candidates", family["A"]
     shutil.rmtree(lineage_path(store))
     with pytest.raises(LineageError, match=rf"candidate {a}.*{a}/meta.json"):
         record_candidate(store, a, SEED_PROGRAM.read_text() + "# changed\n")
     assert run_git(lineage_path(store), "tag", "--list") == ""
 
 
-def test_parents_forming_a_cycle_are_refused(tmp_path):
-    store = tmp_path / "candidates"
-    a = apply(tmp_path, "drop_redundant_check")
-    b = apply(tmp_path, "drop_pack_check", parent=a)
+def test_parents_forming_a_cycle_are_refused(tmp_path, family):
+    store, a, b = tmp_path / "candidates", family["A"], family["B"]
     meta_a = store / a / "meta.json"
     meta = json.loads(meta_a.read_text())
     meta["parent"] = json.loads((store / b / "meta.json").read_text())["parent"] | {"id": b}
