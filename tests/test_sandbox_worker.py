@@ -778,12 +778,16 @@ def test_a_candidate_that_stops_the_zygotes_forks_costs_a_worker_starting_beside
         with own_pool.launch(HOSTILE / "stops_the_zygotes_forks.py") as hostile:
             caller = threading.Thread(target=hostile.call, args=(weight_for(SMALL), SMALL.rebalance_args()))
             caller.start()
-            time.sleep(0.5)  # until it watches
+            deadline = time.monotonic() + 30
+            while "watching" not in hostile.output()[0].text():
+                assert time.monotonic() < deadline, "the hostile program never started watching"
+                time.sleep(0.01)
             with own_pool.launch(SEED) as worker:  # its fork is stopped: it is spawned instead
                 result = worker.call(weight_for(SMALL), SMALL.rebalance_args())
             caller.join()
-            stopped = [int(pid) for pid in hostile.output()[0].text().split()]
-    assert stopped
+            watching, *pids = hostile.output()[0].text().split()
+    stopped = [int(pid) for pid in pids]
+    assert watching == "watching" and stopped
     np.testing.assert_array_equal(result.outputs[0], seed_plan(weight_for(SMALL), SMALL)[0])
     deadline = time.monotonic() + 30
     while any(map(running, stopped)):  # the zygote kills what it forked and was stopped; nothing stays behind

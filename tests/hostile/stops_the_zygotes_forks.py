@@ -1,5 +1,6 @@
 """For a few seconds, stops (SIGSTOP) every process the zygotes fork (the children of the evaluator's children
-running the zygote, found as `signals_the_zygote` finds them), then returns its input. It prints the pids it stopped.
+running the zygote, found as `signals_the_zygote` finds them), then returns its input. It prints "watching" once it
+has found the zygotes, then the pids it stopped.
 
 A fork lives for a millisecond or so before it hands its worker over, so between looks for the zygotes it watches
 only their children lists (/proc/<pid>/task/<tid>/children): a sweep of all of /proc on a busy machine can take
@@ -38,7 +39,8 @@ def _children(pid):
 def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus):
     evaluator, stopped = os.getppid(), set()
     deadline = time.monotonic() + WATCH_S
-    zygotes, looked_at = [], -LOOK_AGAIN_S
+    zygotes, looked_at = _zygotes(evaluator), time.monotonic()
+    print("watching", flush=True)
     while time.monotonic() < deadline:
         if time.monotonic() - looked_at >= LOOK_AGAIN_S:
             zygotes, looked_at = _zygotes(evaluator), time.monotonic()
