@@ -3,7 +3,8 @@ folder that the process holds a lock in for as long as it lives.
 
 A process killed before it could remove its folders (a loop's process pool terminating its workers, SIGKILL)
 leaves its root behind, its lock released by the kernel: the next process to make a root removes every root
-whose owner is gone.
+whose owner is gone. A root is made under another name and renamed into place once its lock is held, so that no
+process sweeping at that moment can take it for abandoned.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from pathlib import Path
 from evaluator.files import remove_tree
 
 ROOT_PREFIX = "eplb-scratch-"
+UNREADY_PREFIX = "eplb-unready-"  # a root being made: its owner file not yet locked
 OWNER_FILE = ".owner"  # locked by the root's process while it lives
-NEW_ROOT_GRACE_S = 60.0  # a root without its owner file for less than this may be one being made
+UNREADY_GRACE_S = 60.0  # an unready root younger than this may be one being made; older, its process died making it
 
 _lock = threading.Lock()
 _root: Path | None = None
@@ -33,15 +35,18 @@ def scratch_folder(prefix: str) -> Path:
 
 
 def remove_abandoned_roots() -> list[Path]:
-    """Remove the roots in the temporary folder whose process is gone; returns those it removed."""
+    """Remove the roots in the temporary folder whose process is gone, and unready ones left by a process that died
+    making its root; returns those it removed."""
     removed = []
     try:
         entries = list(os.scandir(tempfile.gettempdir()))
     except OSError:
         return removed
     for entry in entries:
-        if (entry.name.startswith(ROOT_PREFIX) and entry.is_dir(follow_symlinks=False)
-                and Path(entry.path) != _root and _is_abandoned(entry.path)):
+        if not entry.is_dir(follow_symlinks=False) or Path(entry.path) == _root:
+            continue
+        if ((entry.name.startswith(ROOT_PREFIX) and _is_abandoned(entry.path))
+                or (entry.name.startswith(UNREADY_PREFIX) and _is_old(entry.path))):
             remove_tree(entry.path)
             removed.append(Path(entry.path))
     return removed
@@ -51,23 +56,23 @@ def _process_root() -> Path:
     global _root, _owner_fd
     with _lock:
         if _root is None:
-            root = Path(tempfile.mkdtemp(prefix=f"{ROOT_PREFIX}{os.getpid()}-"))
-            owner = os.open(root / OWNER_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            unready = Path(tempfile.mkdtemp(prefix=f"{UNREADY_PREFIX}{os.getpid()}-"))
+            owner = os.open(unready / OWNER_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
             fcntl.flock(owner, fcntl.LOCK_EX)
+            root = unready.with_name(ROOT_PREFIX + unready.name.removeprefix(UNREADY_PREFIX))
+            os.rename(unready, root)
             _root, _owner_fd = root, owner
             remove_abandoned_roots()
         return _root
 
 
 def _is_abandoned(root: str) -> bool:
-    """True if no process holds the lock in `root`'s owner file, or it has had none for `NEW_ROOT_GRACE_S`."""
+    """True if no process holds the lock in `root`'s owner file, or it has none (a root is renamed into place with
+    its lock held, so a root without one belongs to no process)."""
     try:  # not blocking: a named pipe put there by someone else would wait for a writer forever
         owner = os.open(os.path.join(root, OWNER_FILE), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
-        try:
-            return time.time() - os.lstat(root).st_mtime > NEW_ROOT_GRACE_S
-        except OSError:
-            return False
+        return True
     except OSError:  # another user's root, or not a file
         return False
     try:
@@ -77,6 +82,13 @@ def _is_abandoned(root: str) -> bool:
         return False
     finally:
         os.close(owner)
+
+
+def _is_old(unready: str) -> bool:
+    try:
+        return time.time() - os.lstat(unready).st_mtime > UNREADY_GRACE_S
+    except OSError:
+        return False
 
 
 def _forget_in_child() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from evaluator import scratch
-from evaluator.scratch import NEW_ROOT_GRACE_S, OWNER_FILE, ROOT_PREFIX
+from evaluator.scratch import OWNER_FILE, ROOT_PREFIX, UNREADY_GRACE_S, UNREADY_PREFIX
 
 MAKES_A_FOLDER = """
 import sys, time
@@ -70,16 +70,47 @@ def test_a_killed_processes_folders_go_with_the_next_process_and_a_live_ones_sta
         living.wait(30)
 
 
-def test_a_root_without_its_owner_file_goes_only_once_it_is_old(temporary, monkeypatch):
+def test_an_unready_root_goes_only_once_it_is_old_and_a_root_without_its_owner_file_at_once(temporary, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(temporary))
-    being_made = temporary / f"{ROOT_PREFIX}1-new"
-    abandoned = temporary / f"{ROOT_PREFIX}2-old"
-    for root in (being_made, abandoned):
+    being_made = temporary / f"{UNREADY_PREFIX}1-new"
+    died_making = temporary / f"{UNREADY_PREFIX}2-old"
+    without_owner = temporary / f"{ROOT_PREFIX}3-bare"
+    for root in (being_made, died_making, without_owner):
         (root / "worker-x").mkdir(parents=True)
-    past = time.time() - NEW_ROOT_GRACE_S - 1
-    os.utime(abandoned, (past, past))
-    assert scratch.remove_abandoned_roots() == [abandoned]
-    assert being_made.exists() and not abandoned.exists()
+    past = time.time() - UNREADY_GRACE_S - 1
+    os.utime(died_making, (past, past))
+    assert sorted(scratch.remove_abandoned_roots()) == [without_owner, died_making]
+    assert being_made.exists()
+
+
+LOCKS_SLOWLY = """
+import fcntl, time
+from evaluator.scratch import scratch_folder
+locking = fcntl.flock
+
+def slowly(fd, operation):
+    print("locking", flush=True)
+    time.sleep(2)
+    return locking(fd, operation)
+
+fcntl.flock = slowly
+print(scratch_folder("worker-"), flush=True)
+"""
+
+
+def test_a_root_being_made_survives_a_sweep_before_its_lock_is_held(temporary, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    making = subprocess.Popen([sys.executable, "-c", textwrap.dedent(LOCKS_SLOWLY)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(temporary)})
+    try:
+        assert making.stdout.readline().strip() == "locking"
+        assert scratch.remove_abandoned_roots() == []  # its owner file exists, not yet locked
+        folder = Path(making.stdout.readline().strip())
+        assert making.wait(30) == 0, making.stderr.read()
+        assert folder.name.startswith("worker-") and folder.parent.name.startswith(ROOT_PREFIX)
+    finally:
+        making.kill()
+        making.wait(30)
 
 
 def test_an_owner_file_that_is_a_link_keeps_the_root(temporary, monkeypatch):
