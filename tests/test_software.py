@@ -105,3 +105,26 @@ def test_two_evaluators_sharing_the_cache_file_keep_each_others_seed_timings(tmp
     assert list(json.loads(path.read_text())) == ["a card", "another card"]
     assert SeedTimingCache(path).get("a card") == SeedTiming(1.0, 0.0, 0.0, 1)
     assert second.get("a card") == SeedTiming(1.0, 0.0, 0.0, 1)
+
+
+def test_unsound_entries_of_the_seed_timing_cache_are_dropped_not_used(tmp_path):
+    """A damaged or hand-edited entry costs a re-timing: a NaN overhead would switch the clock's cross-check off, a
+    string would fail every evaluation."""
+    sound = {"time_ms": 500.0, "overhead_ms": 2.0, "relative_spread": 0.1, "calls": 19}
+    path = tmp_path / "seed-timing.json"
+    path.write_text(json.dumps({
+        "sound": sound,
+        "nan overhead": {**sound, "overhead_ms": float("nan")},
+        "infinite time": {**sound, "time_ms": float("inf")},
+        "string time": {**sound, "time_ms": "500"},
+        "no time": {**sound, "time_ms": 0.0},
+        "negative spread": {**sound, "relative_spread": -0.1},
+        "no calls": {**sound, "calls": 0},
+        "calls not counted": {**sound, "calls": 19.5},
+        "a field missing": {key: value for key, value in sound.items() if key != "calls"},
+        "an unknown field": {**sound, "extra": 1},
+        "not an object": [1, 2],
+    }))
+    cache = SeedTimingCache(path)
+    assert cache.get("sound") == SeedTiming(**sound)
+    assert [key for key in json.loads(path.read_text()) if cache.get(key) is not None] == ["sound"]

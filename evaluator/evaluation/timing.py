@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import statistics
 import threading
@@ -110,12 +111,28 @@ class SeedTimingCache:
 
 
 def _read_timings(path: Path) -> dict[str, SeedTiming]:
-    """The timings kept in `path`, oldest first; none if it is missing or damaged (that costs one re-timing)."""
+    """The timings kept in `path`, oldest first; none if it is missing or damaged, and none of an entry that is not a
+    sound timing (each costs one re-timing): a NaN overhead would switch the clock's cross-check off unseen."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-        return {key: SeedTiming(**value) for key, value in raw.items()}
-    except (OSError, ValueError, TypeError, AttributeError):
+        entries = raw.items()
+    except (OSError, ValueError, AttributeError):
         return {}
+    timings = {}
+    for key, value in entries:
+        try:
+            timing = SeedTiming(**value)
+        except TypeError:
+            continue
+        if _is_sound(timing):
+            timings[key] = timing
+    return timings
+
+
+def _is_sound(timing: SeedTiming) -> bool:
+    numbers = (timing.time_ms, timing.overhead_ms, timing.relative_spread)
+    return (all(type(number) in (int, float) and math.isfinite(number) and number >= 0 for number in numbers)
+            and timing.time_ms > 0 and type(timing.calls) is int and timing.calls >= 1)
 
 
 def default_cache_path() -> Path:
