@@ -481,7 +481,7 @@ def test_a_slow_call_early_skips_neither_the_least_variants_nor_the_rechecks(tmp
             time.sleep(0.3)
         return seed.rebalance_experts(weight, *args)
     """
-    settings = Settings(problem=SMALL, timeout_s=60, variants_per_window=2, timing_budget_s=0.2, min_variant_calls=3,
+    settings = Settings(problem=SMALL, timeout_s=60, variants_per_window=2, timing_budget_s=0.2, min_variants=3,
                         clocks_hold_s=math.inf)  # the warm-up is two calls, so the third call is the first timed
     with Evaluator(SMALL_TRACE, settings, device="cpu") as evaluator:
         result = evaluator.evaluate(program(tmp_path, body))

@@ -276,7 +276,7 @@ class _Calls:
             variants_sent = 0
             for position, call in enumerate(self._schedule):
                 if not call.scored:
-                    if variants_sent >= settings.min_variant_calls and self.timed_ns > settings.timing_budget_s * 1e9:
+                    if variants_sent >= settings.min_variants and self.timed_ns > settings.timing_budget_s * 1e9:
                         self.skipped += 1
                         continue
                     variants_sent += 1

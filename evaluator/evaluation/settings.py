@@ -23,18 +23,18 @@ class Settings:
     warmup_s: float = 0.1
     clocks_hold_s: float = 10.0
     max_warmup_calls: int = 100
-    # Candidate time after which the remaining variant calls are skipped, once `min_variant_calls` have run: a
-    # slow program is not called twice per window, and a program cannot escape the freshness check by spending
-    # the budget early.
+    # Candidate time after which the remaining variant calls are skipped, once `min_variants` have run: a slow
+    # program is not called twice per window, and a program cannot escape the freshness check, nor make it take
+    # fewer variants, by spending the budget early.
     timing_budget_s: float = 3.0
-    min_variant_calls: int = 4
     # Plans made on variants of a window must score (on the next window) within this of the plan made on the
     # window itself, on average over the variants, give or take two standard errors of that average (freshness.py);
     # a candidate whose output does not follow its input (a cached or stale plan, a table looked up from a known
     # trace) falls far below.
     freshness_tolerance: float = 0.03
-    # Variants in all, however few the trace's windows (more of them per window on a short trace), so that their
-    # average is known well enough to tell a stale plan from chance.
+    # Variants in all, however few the trace's windows (more of them per window on a short trace), and the least
+    # that run whatever the timing budget, so that their average is known well enough to tell a stale plan from
+    # chance.
     min_variants: int = 8
     rechecks: int = 3  # calls repeated in a fresh process, which must give the same plan: a random few of those run
     # Validate each output while the worker computes the next one (less overhead), or between calls (the
