@@ -215,7 +215,8 @@ class Evaluator:
         """A violation when plans made on variants score clearly worse than plans made on the windows."""
         position = {window: k for k, window in enumerate(sorted(run.scored))}
         gaps = [scored_per_window[position[window]] - score for window, score in run.variants]
-        return input_dependence(gaps, self.settings.freshness_tolerance)
+        honest_spread = seed_plans(self.trace, self.settings.problem).gap_spread
+        return input_dependence(gaps, self.settings.freshness_tolerance, honest_spread)
 
     def _workload(self) -> dict[str, object]:
         return workload_summary(self.trace, self.settings.problem)

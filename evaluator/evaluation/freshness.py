@@ -14,16 +14,21 @@ from evaluator.eplb.invariants import Violation
 # chance (one variant's gap spreads by 0.009 on the default trace, 0.027 on a problem of 4 layers), and the
 # average of a few such gaps, on a short trace, would otherwise exceed the tolerance now and then.
 STANDARD_ERRORS = 2.0
+# The gaps' spread counts for at most this many times an honest program's (the seed's): a program fresh on some
+# variants and stale on others spreads its gaps wide, and would widen the standard error that excuses it.
+SPREAD_CAP = 2.0
 
 
-def input_dependence(gaps: Sequence[float], tolerance: float) -> Violation | None:
+def input_dependence(gaps: Sequence[float], tolerance: float, honest_spread: float) -> Violation | None:
     """A violation when `gaps` (per variant: its window's plan's balancedness on the next window less the
     variant's plan's) exceed `tolerance` on average by more than `STANDARD_ERRORS` standard errors of the
-    average; None when they do not, or there are none."""
+    average, their spread taken as at most `SPREAD_CAP` times `honest_spread` (one honest variant's standard
+    deviation); None when they do not, or there are none."""
     if not gaps:
         return None
     gap = statistics.fmean(gaps)
-    error = statistics.stdev(gaps) / math.sqrt(len(gaps)) if len(gaps) > 1 else 0.0
+    spread = min(statistics.stdev(gaps), SPREAD_CAP * honest_spread) if len(gaps) > 1 else 0.0
+    error = spread / math.sqrt(len(gaps))
     if gap - STANDARD_ERRORS * error <= tolerance:
         return None
     return Violation("plan.input_dependence", None,

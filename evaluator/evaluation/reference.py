@@ -8,6 +8,7 @@ that on random inputs). This is trusted code of the project's own; no candidate 
 from __future__ import annotations
 
 import functools
+import statistics
 import threading
 import types
 from dataclasses import dataclass
@@ -19,17 +20,24 @@ import torch
 from evaluator.eplb.invariants import check_plan
 from evaluator.eplb.plan import Plan
 from evaluator.eplb.problem import Problem
+from evaluator.eplb.scoring import balancedness_scores
 from evaluator.eplb.trace import Trace
+from evaluator.evaluation.schedule import call_inputs, vary
 from evaluator.patch import apply_patch
 from evaluator.paths import PROJECT_ROOT, SEED_PROGRAM
 from evaluator.sandbox import WarmUp
 
 SEED_PATCH = PROJECT_ROOT / "patches" / "vectorized_packing_and_replication.diff"
+REFERENCE_VARIANTS = 16  # the seed's own variants, which tell how far an honest program's gaps spread
+_REFERENCE_VARIANT_SEED = 0  # a fixed generator: these variants are never given to a candidate
 
 
 @dataclass(frozen=True)
 class SeedPlans:
     on_window: tuple[Plan, ...]  # [i]: the seed planned on window i, for i in 0..n-1 (all windows)
+    # The standard deviation of the seed's gaps over `REFERENCE_VARIANTS` variants: per variant, its window's plan's
+    # balancedness on the next window less the variant's plan's (as the input-dependence check takes them).
+    gap_spread: float
 
 
 def seed_patch_program() -> str:
@@ -60,25 +68,38 @@ _cache_lock = threading.Lock()
 
 
 def seed_plans(trace: Trace, problem: Problem) -> SeedPlans:
-    """The seed's plan on every window of `trace` (cached by its content: the default trace is planned once per
-    process). Thread-safe: evaluators in several threads may ask at once."""
+    """The seed's plan on every window of `trace`, and the spread of its gaps on variants (cached by the trace's
+    content: the default trace is planned once per process). Thread-safe: evaluators in several threads may ask
+    at once."""
     key = (trace.digest, problem)
     with _cache_lock:
         plans = _cache.get(key)
         if plans is None:
-            plans = _plan_every_window(trace.windows, problem)
+            plans = _seed_plans(trace.windows, problem)
             if len(_cache) >= _CACHED_TRACES:
                 _cache.clear()
             _cache[key] = plans
     return plans
 
 
-def _plan_every_window(windows: np.ndarray, problem: Problem) -> SeedPlans:
-    plans = []
-    for index, window in enumerate(windows):
-        outputs = _seed_module().rebalance_experts(torch.from_numpy(np.array(window)), *problem.rebalance_args())
-        check = check_plan(outputs, problem)
-        if check.plan is None:
-            raise RuntimeError(f"the seed's plan for window {index} is invalid: {check.violations[0].message}")
-        plans.append(check.plan)
-    return SeedPlans(tuple(plans))
+def _seed_plans(windows: np.ndarray, problem: Problem) -> SeedPlans:
+    on_window = tuple(_seed_plan(window, problem, f"window {index}") for index, window in enumerate(windows))
+    loads = torch.from_numpy(np.array(windows, dtype=np.float64))
+    inputs = call_inputs(windows)
+    rng = np.random.default_rng(_REFERENCE_VARIANT_SEED)
+    gaps = []
+    for number in range(REFERENCE_VARIANTS):
+        window = number % (len(windows) - 1)
+        variant = _seed_plan(vary(inputs[window], rng), problem, f"a variant of window {window}")
+        pair = loads[window:window + 2]
+        gaps.append(balancedness_scores([on_window[window]], pair, problem).balancedness_score
+                    - balancedness_scores([variant], pair, problem).balancedness_score)
+    return SeedPlans(on_window, statistics.stdev(gaps))
+
+
+def _seed_plan(load: np.ndarray, problem: Problem, what: str) -> Plan:
+    outputs = _seed_module().rebalance_experts(torch.from_numpy(np.array(load)), *problem.rebalance_args())
+    check = check_plan(outputs, problem)
+    if check.plan is None:
+        raise RuntimeError(f"the seed's plan for {what} is invalid: {check.violations[0].message}")
+    return check.plan
