@@ -3,7 +3,8 @@
 The worker times each call itself (perf_counter around the call, with the whole device synchronised before
 the end stamp), but that clock lives in the candidate's process, where it can be patched. The evaluator
 also measures every round trip. Round trip minus worker time is the harness's overhead, which for the same
-shapes is about the same for every program; it is taken from the seed, which cannot lie. Round trip less
+shapes is about the same for every program; it is taken from the seed and the seed patch (the lesser of the
+two), which cannot lie. Round trip less
 that overhead, less a slack for scheduling noise, is a lower bound on the program's time that no clock in its
 process can move: a claim below the bound is replaced by it.
 """
@@ -67,7 +68,7 @@ def measure(calls: list[CallResult], trusted_overhead_ms: float | None) -> Timin
 @dataclass(frozen=True)
 class SeedTiming:
     time_ms: float
-    overhead_ms: float
+    overhead_ms: float  # the harness's per call: the lesser of the seed's and the seed patch's
     relative_spread: float
     calls: int
 

@@ -172,7 +172,10 @@ def _unconfined_threads():
     """Threads of this process that kept a capability or may gain privileges: started before the confinement."""
     found = []
     for thread in os.listdir("/proc/self/task"):
-        fields = _status(f"self/task/{thread}")
+        try:
+            fields = _status(f"self/task/{thread}")
+        except (ProcessLookupError, FileNotFoundError):
+            continue  # it ended since the listing
         if fields["NoNewPrivs"] != "1" or int(fields["CapEff"], 16):
             found.append(thread)
     return found
