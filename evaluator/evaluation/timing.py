@@ -4,9 +4,8 @@ The worker times each call itself (perf_counter around the call, with the whole 
 the end stamp), but that clock lives in the candidate's process, where it can be patched. The evaluator
 also measures every round trip. Round trip minus worker time is the harness's overhead, which for the same
 shapes is about the same for every program; it is taken from the seed and the seed patch (the lesser of the
-two), which cannot lie. Round trip less
-that overhead, less a slack for scheduling noise, is a lower bound on the program's time that no clock in its
-process can move: a claim below the bound is replaced by it.
+two), which cannot lie. Round trip less that overhead, less a slack for scheduling noise, is a lower bound on the
+program's time that no clock in its process can move: a claim below the bound is replaced by it.
 """
 
 from __future__ import annotations
@@ -26,8 +25,8 @@ from evaluator.sandbox import CallResult
 
 # Round trips may exceed a truthful claim by the slack: the harness's overhead varies with the host's pace (a
 # vCPU's pace switched by 1.6 to 1.8 times within seconds on the H100 hosts), not with the program's own time.
-# The slack is the larger of CLOCK_SLACK_MS and the lesser of the claim and the seed's overhead: never more
-# than the claim itself, and no more than the harness's overhead for slow programs.
+# The slack is the larger of CLOCK_SLACK_MS and the lesser of the claim and the harness's overhead kept with the
+# seed's timing: never more than the claim itself, and no more than that overhead for slow programs.
 CLOCK_SLACK_MS = 0.5
 
 
