@@ -114,6 +114,11 @@ def balancedness_scores(
     )
 
 
+def next_window_report(plan: Plan, loads: torch.Tensor, window: int, problem: Problem) -> BalancednessReport:
+    """How `plan`, made on window `window` of `loads` ([W, L, E]) or on an input near it, balances the window after."""
+    return balancedness_scores([plan], loads[window:window + 2], problem)
+
+
 def combined_reports(reports: Sequence[BalancednessReport]) -> BalancednessReport:
     """One report from reports on consecutive stretches of the trace (plans scored as they arrive, one window
     each): the same numbers `balancedness_scores` gives for all the plans at once. References are dropped."""

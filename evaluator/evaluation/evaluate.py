@@ -27,6 +27,7 @@ from evaluator.eplb.scoring import (
     balancedness_scores,
     combined_reports,
     combined_score,
+    next_window_report,
     speed_score,
     speedup,
 )
@@ -142,7 +143,7 @@ class Evaluator:
                       stdout=failed.stdout, stderr=failed.stderr)
 
     def _score_on_next_window(self, plan: Plan, window: int) -> BalancednessReport:
-        return balancedness_scores([plan], self._loads[window:window + 2], self.settings.problem)
+        return next_window_report(plan, self._loads, window, self.settings.problem)
 
     def _seed_timing(self, info: WorkerInfo, lane_name: str, give_up_at: float | None) -> SeedTiming:
         """The seed timed on this device with this software: from the cache, else measured now on the lane the
@@ -220,8 +221,8 @@ class Evaluator:
         """A violation when plans made on variants score clearly worse than plans made on the windows."""
         position = {window: k for k, window in enumerate(sorted(run.scored))}
         gaps = [scored_per_window[position[window]] - score for window, score in run.variants]
-        honest_spread = seed_plans(self.trace, self.settings.problem).gap_spread
-        return input_dependence(gaps, self.settings.freshness_tolerance, honest_spread)
+        plans = seed_plans(self.trace, self.settings.problem)
+        return input_dependence(gaps, self.settings.freshness_tolerance, lambda: plans.gap_spread)
 
     def _workload(self) -> dict[str, object]:
         return workload_summary(self.trace, self.settings.problem)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from evaluator.eplb.invariants import Violation
 
@@ -19,15 +19,18 @@ STANDARD_ERRORS = 2.0
 SPREAD_CAP = 2.0
 
 
-def input_dependence(gaps: Sequence[float], tolerance: float, honest_spread: float) -> Violation | None:
+def input_dependence(gaps: Sequence[float], tolerance: float,
+                     honest_spread: Callable[[], float]) -> Violation | None:
     """A violation when `gaps` (per variant: its window's plan's balancedness on the next window less the
     variant's plan's) exceed `tolerance` on average by more than `STANDARD_ERRORS` standard errors of the
-    average, their spread taken as at most `SPREAD_CAP` times `honest_spread` (one honest variant's standard
-    deviation); None when they do not, or there are none."""
+    average, their spread taken as at most `SPREAD_CAP` times `honest_spread()` (one honest variant's standard
+    deviation, asked for only when the average is over the tolerance); None when they do not, or there are none."""
     if not gaps:
         return None
     gap = statistics.fmean(gaps)
-    spread = min(statistics.stdev(gaps), SPREAD_CAP * honest_spread) if len(gaps) > 1 else 0.0
+    if gap <= tolerance:  # no spread can tell against an average within the tolerance
+        return None
+    spread = min(statistics.stdev(gaps), SPREAD_CAP * honest_spread()) if len(gaps) > 1 else 0.0
     error = spread / math.sqrt(len(gaps))
     if gap - STANDARD_ERRORS * error <= tolerance:
         return None
