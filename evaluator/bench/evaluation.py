@@ -20,7 +20,7 @@ import torch
 
 from evaluator.bench import coefficient_of_variation as _cv
 from evaluator.eplb.default_trace import default_trace
-from evaluator.eplb.scoring import balancedness_scores
+from evaluator.eplb.scoring import balancedness_scores, window_loads
 from evaluator.evaluation import Evaluator, Result, Settings
 from evaluator.evaluation.reference import seed_patch_program, seed_patch_warm_up, seed_plans
 from evaluator.evaluation.schedule import call_inputs
@@ -130,7 +130,7 @@ def _scoring_ms() -> float:
     trace = default_trace()
     problem = Settings().problem
     plans = seed_plans(trace, problem).on_window
-    loads = torch.from_numpy(trace.windows.astype("float64"))
+    loads = window_loads(trace.windows)
     times = []
     for _ in range(20):
         started = time.perf_counter()

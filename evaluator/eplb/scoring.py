@@ -114,6 +114,11 @@ def balancedness_scores(
     )
 
 
+def window_loads(windows: np.ndarray) -> torch.Tensor:
+    """A trace's windows ([W, L, E]) as the loads plans are scored on: float64, exact for every load a trace holds."""
+    return torch.from_numpy(np.array(windows, dtype=np.float64))
+
+
 def next_window_report(plan: Plan, loads: torch.Tensor, window: int, problem: Problem) -> BalancednessReport:
     """How `plan`, made on window `window` of `loads` ([W, L, E]) or on an input near it, balances the window after."""
     return balancedness_scores([plan], loads[window:window + 2], problem)

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from evaluator.eplb.invariants import Violation
@@ -30,6 +29,7 @@ from evaluator.eplb.scoring import (
     next_window_report,
     speed_score,
     speedup,
+    window_loads,
 )
 from evaluator.eplb.trace import Trace, check_matches
 from evaluator.evaluation.freshness import input_dependence
@@ -76,7 +76,7 @@ class Evaluator:
         torch.set_num_threads(min(EVALUATOR_THREADS, torch.get_num_threads()))
         self.trace = trace
         self._inputs = call_inputs(trace.windows)
-        self._loads = torch.from_numpy(np.array(trace.windows, dtype=np.float64))
+        self._loads = window_loads(trace.windows)
         self._seed_timings = seed_timings or SeedTimingCache(None)
         self._retime_seed = retime_seed  # ignore the cached seed time once
         self._seed_digest = sha256_text(SEED_PROGRAM.read_text(encoding="utf-8"))[:12]  # part of the timing key

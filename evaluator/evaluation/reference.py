@@ -20,7 +20,7 @@ import torch
 from evaluator.eplb.invariants import check_plan
 from evaluator.eplb.plan import Plan
 from evaluator.eplb.problem import Problem
-from evaluator.eplb.scoring import next_window_report
+from evaluator.eplb.scoring import balancedness_scores, next_window_report, window_loads
 from evaluator.eplb.trace import Trace
 from evaluator.evaluation.schedule import call_inputs, vary
 from evaluator.patch import apply_patch
@@ -46,14 +46,15 @@ class SeedPlans:
         plan's balancedness on the next window less the variant's plan's (as the input-dependence check takes
         them). Sixteen more plans of the seed (0.4 s of CPU on the default trace): computed only for a candidate
         whose gaps average over the tolerance, which an honest one's do not."""
-        loads = torch.from_numpy(np.array(self.windows, dtype=np.float64))
+        loads = window_loads(self.windows)
+        on_window_scores = balancedness_scores(list(self.on_window[:-1]), loads, self.problem).per_window
         inputs = call_inputs(self.windows)
         rng = np.random.default_rng(_REFERENCE_VARIANT_SEED)
         gaps = []
         for number in range(REFERENCE_VARIANTS):
             window = number % (len(self.windows) - 1)
             variant = _seed_plan(vary(inputs[window], rng), self.problem, f"a variant of window {window}")
-            gaps.append(next_window_report(self.on_window[window], loads, window, self.problem).balancedness_score
+            gaps.append(on_window_scores[window]
                         - next_window_report(variant, loads, window, self.problem).balancedness_score)
         return statistics.stdev(gaps)
 
