@@ -1,4 +1,4 @@
-"""The sandbox's plain parts, without worker processes: framing, bounded capture, limits."""
+"""The sandbox's plain parts, without worker processes: framing, the exchange, bounded capture, limits."""
 
 from __future__ import annotations
 
@@ -11,11 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from evaluator.sandbox import Limits, channel
+from evaluator.sandbox import Limits, channel, exchange
 from evaluator.sandbox.capture import OutputCapture
-
-MAX_PAYLOAD = 1024 * 1024
-
 
 @pytest.fixture
 def pipe():
@@ -28,78 +25,49 @@ def pipe():
             pass
 
 
-def frame(header: dict, payload: bytes = b"", header_len: int | None = None, magic: bytes = b"EPLB") -> bytes:
+def frame(header: object, header_len: int | None = None, magic: bytes = b"EPLB") -> bytes:
     raw = json.dumps(header).encode()
-    return struct.pack(">4sIQ", magic, len(raw) if header_len is None else header_len, len(payload)) + raw + payload
+    return struct.pack(">4sI", magic, len(raw) if header_len is None else header_len) + raw
 
 
-def read_one(read_fd: int, timeout_s: float = 2.0, alive=lambda: True) -> channel.Message:
-    return channel.FrameReader(read_fd, MAX_PAYLOAD).read(time.monotonic() + timeout_s, alive)
+def read_one(read_fd: int, timeout_s: float = 2.0, alive=lambda: True) -> dict:
+    return channel.FrameReader(read_fd).read(time.monotonic() + timeout_s, alive)
 
 
-def test_round_trip_keeps_header_dtypes_shapes_and_values(pipe):
+def test_round_trip_keeps_the_header(pipe):
     read_fd, write_fd = pipe
-    arrays = [
-        np.arange(12, dtype=np.int64).reshape(3, 4),
-        np.array(2.5, dtype=np.float32),  # 0-d stays 0-d
-        np.zeros((0, 5), dtype=np.int32),
-        np.array([True, False, True]),
-        np.arange(6, dtype=np.float64).reshape(2, 3).T,  # not contiguous
-    ]
-    channel.write_blocking(write_fd, channel.encode({"op": "result", "n": 7}, arrays))
-    message = read_one(read_fd)
-    assert message.header == {"op": "result", "n": 7}
-    assert len(message.arrays) == len(arrays)
-    for sent, received in zip(arrays, message.arrays):
-        assert received.dtype == sent.dtype
-        assert received.shape == sent.shape
-        np.testing.assert_array_equal(received, sent)
+    header = {"op": "result", "n": 7, "outputs": [{"dtype": "int64", "shape": [3, 4], "offset": 64}], "text": "é"}
+    channel.write_blocking(write_fd, channel.encode(header))
+    assert read_one(read_fd) == header
 
 
 @pytest.mark.parametrize("writer", ["evaluator", "worker"])
-def test_a_frame_larger_than_the_pipe_in_many_arrays_crosses_whole(pipe, writer):
-    """The pipe takes a part of the frame at a time, while the reader drains it."""
+def test_a_frame_larger_than_the_pipe_crosses_whole(pipe, writer):
+    """The pipe takes a part of the frame at a time, while the reader drains it (a long traceback does this)."""
     read_fd, write_fd = pipe
-    rng = np.random.default_rng(5)
-    arrays = [rng.integers(-9, 9, size=int(rng.integers(0, 4000))) for _ in range(150)]  # 2.4 MB or so
-    chunks = channel.encode({"op": "result"}, arrays)
+    header = {"op": "fail", "message": "line of a traceback\n" * 40_000}  # 800 kB, a pipe holds 64 kB
+    encoded = channel.encode(header)
     if writer == "evaluator":
         write = threading.Thread(target=channel.FrameWriter(write_fd).write,
-                                 args=(chunks, time.monotonic() + 10, lambda: True))
+                                 args=(encoded, time.monotonic() + 10, lambda: True))
     else:
-        write = threading.Thread(target=channel.write_blocking, args=(write_fd, chunks))
+        write = threading.Thread(target=channel.write_blocking, args=(write_fd, encoded))
     write.start()
-    message = channel.FrameReader(read_fd, 8 * MAX_PAYLOAD).read(time.monotonic() + 10, lambda: True)
+    received = read_one(read_fd, timeout_s=10)
     write.join()
-    assert len(message.arrays) == len(arrays)
-    for sent, received in zip(arrays, message.arrays):
-        np.testing.assert_array_equal(received, sent)
-
-
-def test_encode_refuses_dtypes_outside_the_whitelist():
-    with pytest.raises(ValueError, match="object"):
-        channel.encode({}, [np.array([object()], dtype=object)])
+    assert received == header
 
 
 @pytest.mark.parametrize(
     "raw, expected",
     [
-        (frame({"arrays": []}, magic=b"JUNK"), "not b'EPLB'"),
-        (frame({"arrays": []}, header_len=channel.MAX_HEADER_BYTES + 1), "header of"),
-        (struct.pack(">4sIQ", b"EPLB", 2, MAX_PAYLOAD + 1) + b"{}", "payload of"),
-        (struct.pack(">4sIQ", b"EPLB", 4, 0) + b"\xff\xfe{}", "not JSON"),
-        (struct.pack(">4sIQ", b"EPLB", 2000, 0) + b"[" * 1000 + b"]" * 1000, "not JSON|not a JSON object"),
+        (frame({}, magic=b"JUNK"), "not b'EPLB'"),
+        (frame({}, header_len=channel.MAX_HEADER_BYTES + 1), "header of"),
+        (struct.pack(">4sI", b"EPLB", 4) + b"\xff\xfe{}", "not JSON"),
+        (struct.pack(">4sI", b"EPLB", 2000) + b"[" * 1000 + b"]" * 1000, "not JSON|not a JSON object"),
         (frame([1, 2]), "not a JSON object"),
-        (frame({"op": "result"}), "'arrays' list"),
-        (frame({"arrays": [{"dtype": "object", "shape": [1]}]}, b"x" * 8), "dtype 'object'"),
-        (frame({"arrays": [{"dtype": "int64", "shape": [-1]}]}), "shape"),
-        (frame({"arrays": [{"dtype": "int64", "shape": [True]}]}, b"x" * 8), "shape"),
-        (frame({"arrays": [{"dtype": "int64", "shape": [1] * 9}]}, b"x" * 8), "shape"),
-        (frame({"arrays": [{"dtype": "int64", "shape": [2]}]}, b"x" * 8), "need 16 bytes but the payload holds 8"),
-        (frame({"arrays": [{"dtype": "int64", "shape": [0, 2**62, 4]}]}), "even if empty"),
     ],
-    ids=["magic", "huge-header", "huge-payload", "not-utf8", "deep-nesting", "not-object", "no-arrays",
-         "bad-dtype", "negative-size", "bool-size", "too-many-dims", "size-mismatch", "empty-but-huge"],
+    ids=["magic", "huge-header", "not-utf8", "deep-nesting", "not-object"],
 )
 def test_malformed_frames_are_protocol_errors(pipe, raw, expected):
     read_fd, write_fd = pipe
@@ -110,14 +78,14 @@ def test_malformed_frames_are_protocol_errors(pipe, raw, expected):
 
 def test_a_partial_frame_times_out_instead_of_blocking(pipe):
     read_fd, write_fd = pipe
-    os.write(write_fd, frame({"arrays": []})[:10])
-    with pytest.raises(channel.ChannelTimeout, match="10 of 16 bytes"):
+    os.write(write_fd, frame({})[:5])
+    with pytest.raises(channel.ChannelTimeout, match="5 of 8 bytes"):
         read_one(read_fd, timeout_s=0.3)
 
 
 def test_a_closed_writer_ends_the_read(pipe):
     read_fd, write_fd = pipe
-    os.write(write_fd, frame({"arrays": []})[:20])
+    os.write(write_fd, frame({"op": "result", "outputs": []})[:20])
     os.close(write_fd)
     with pytest.raises(channel.ChannelClosed, match="closed after"):
         read_one(read_fd)
@@ -132,9 +100,9 @@ def test_a_dead_peer_ends_the_read_even_while_the_pipe_stays_open(pipe):
 def test_writing_to_a_peer_that_never_reads_times_out(pipe):
     _, write_fd = pipe
     writer = channel.FrameWriter(write_fd)
-    chunks = channel.encode({"op": "call"}, [np.zeros(4 * 1024 * 1024, dtype=np.uint8)])
     with pytest.raises(channel.ChannelTimeout):
-        writer.write(chunks, time.monotonic() + 0.3, lambda: True)
+        writer.write(channel.encode({"op": "call", "padding": "x" * (1 << 20)}), time.monotonic() + 0.3,
+                     lambda: True)
 
 
 def test_writing_to_a_closed_reader_is_a_closed_channel(pipe):
@@ -144,11 +112,91 @@ def test_writing_to_a_closed_reader_is_a_closed_channel(pipe):
         channel.FrameWriter(write_fd).write(channel.encode({"op": "call"}), time.monotonic() + 1, lambda: True)
 
 
+@pytest.fixture
+def shared():
+    fd = exchange.create(1 << 20)
+    region = exchange.Exchange(fd)
+    yield fd, region
+    region.close()
+    os.close(fd)
+
+
+def place(fd: int, arrays: list[np.ndarray], start: int) -> list[dict]:
+    """What a worker does: each array's bytes at an aligned offset from `start`, in order; their descriptions."""
+    described = []
+    offset = start
+    for array in arrays:
+        os.pwrite(fd, np.ascontiguousarray(array).tobytes(), offset)
+        described.append({"dtype": array.dtype.name, "shape": list(array.shape), "offset": offset})
+        offset = exchange.aligned(offset + exchange.counted_bytes(array.shape, array.itemsize))
+    return described
+
+
+def test_outputs_cross_the_exchange_with_their_dtypes_shapes_and_values(shared):
+    fd, region = shared
+    arrays = [
+        np.arange(12, dtype=np.int64).reshape(3, 4),
+        np.array(2.5, dtype=np.float32),  # 0-d stays 0-d
+        np.zeros((0, 5), dtype=np.int32),
+        np.array([True, False, True]),
+        np.arange(6, dtype=np.float64).reshape(2, 3).T,
+    ]
+    start = exchange.outputs_start(5)
+    received = region.read_outputs(place(fd, arrays, start), start)
+    assert len(received) == len(arrays)
+    for sent, got in zip(arrays, received):
+        assert got.dtype == sent.dtype and got.shape == sent.shape
+        np.testing.assert_array_equal(got, sent)
+    os.pwrite(fd, bytes(256), start)  # what the worker's process writes later is not in the copies
+    np.testing.assert_array_equal(received[0], arrays[0])
+
+
+def test_the_input_lands_at_the_start_and_is_described(shared):
+    fd, region = shared
+    weight = np.arange(2 * 7, dtype=np.int64).reshape(7, 2).T  # not contiguous
+    assert region.write_input(weight) == {"dtype": "int64", "shape": [2, 7]}
+    np.testing.assert_array_equal(np.frombuffer(os.pread(fd, weight.nbytes, 0), np.int64).reshape(2, 7), weight)
+    with pytest.raises(ValueError, match="does not fit"):
+        region.write_input(np.zeros(region.size + 1, dtype=np.uint8))
+
+
+def test_the_exchange_cannot_be_shrunk_or_grown(shared):
+    """A read past the end of a shrunk region would kill the evaluator with SIGBUS."""
+    fd, _ = shared
+    for size in (0, 2 << 20):
+        with pytest.raises(PermissionError):
+            os.ftruncate(fd, size)
+
+
+START = 128
+
+
+@pytest.mark.parametrize("described, expected", [
+    ([{"dtype": "int64", "shape": [4], "offset": 0}], "outside 128 to"),  # in the input's part
+    ([{"dtype": "int64", "shape": [1 << 20], "offset": START}], "outside 128 to"),  # past the end
+    ([{"dtype": "int64", "shape": [0, 2**62, 4], "offset": START}], "outside 128 to"),  # empty but huge
+    ([{"dtype": "int64", "shape": [16], "offset": START}, {"dtype": "int64", "shape": [16], "offset": START}],
+     "after the arrays before it"),  # one range twice: a forged header could make the evaluator copy it 16 times
+    ([{"dtype": "int64", "shape": [4], "offset": START + 8}], "not a multiple of 64"),
+    ([{"dtype": "int64", "shape": [4], "offset": True}], "offset True"),
+    ([{"dtype": "object", "shape": [1], "offset": START}], "dtype 'object'"),
+    ([{"dtype": "int64", "shape": [-1], "offset": START}], "shape"),
+    ([{"dtype": "int64", "shape": [True], "offset": START}], "shape"),
+    ([{"dtype": "int64", "shape": [1] * 9, "offset": START}], "shape"),
+    (["int64"], "described by"),
+], ids=["input-part", "past-the-end", "empty-but-huge", "overlapping", "unaligned", "bool-offset", "bad-dtype",
+        "negative-size", "bool-size", "too-many-dims", "not-an-object"])
+def test_outputs_described_outside_their_part_of_the_exchange_are_refused(shared, described, expected):
+    _, region = shared
+    with pytest.raises(exchange.ExchangeError, match=expected):
+        region.read_outputs(described, START)
+
+
 def test_capture_keeps_head_and_tail_and_counts_everything():
     read_fd, write_fd = os.pipe()
     capture = OutputCapture(os.fdopen(read_fd, "rb"), keep_bytes=1000, name="test")
     lines = b"".join(b"line %06d\n" % number for number in range(100_000))
-    writer = threading.Thread(target=channel.write_blocking, args=(write_fd, [lines]))
+    writer = threading.Thread(target=channel.write_blocking, args=(write_fd, lines))
     writer.start()
     writer.join()
     os.close(write_fd)

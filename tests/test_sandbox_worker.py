@@ -462,8 +462,7 @@ import json, os, stat, struct
 def rebalance_experts(weight, *args):
     # a well-formed frame, into every pipe the program did not open: the result channel is one of them
     header = json.dumps({header!r}).encode()
-    payload = bytes({payload_bytes})
-    frame = struct.pack(">4sIQ", b"EPLB", len(header), len(payload)) + header + payload
+    frame = struct.pack(">4sI", b"EPLB", len(header)) + header
     for fd in range(3, 256):
         try:
             if stat.S_ISFIFO(os.fstat(fd).st_mode):
@@ -474,29 +473,75 @@ def rebalance_experts(weight, *args):
 """
 
 
-def forging_program(tmp_path: Path, header: dict, payload_bytes: int = 0, ending: str = "return weight") -> Path:
+def forging_program(tmp_path: Path, header: dict, ending: str = "return weight") -> Path:
     """A program that writes the frame `header` describes into the result channel during its call."""
     program = tmp_path / "forges_a_frame.py"
-    program.write_text(FORGES_A_FRAME.format(header=header, payload_bytes=payload_bytes, ending=ending))
+    program.write_text(FORGES_A_FRAME.format(header=header, ending=ending))
     return program
 
 
-@pytest.mark.parametrize("outputs, dtype, shape, expected", [
-    ([{"device": "cpu", "array": 0, "dtype": "int64", "columns": 2**40}], "int16", [4, 2], "more bytes than a message"),
-    ([{"device": "cpu", "array": 0, "columns": 2**63}], "int16", [0, 3], "more bytes than a message"),
-    ([{"device": "cpu", "array": 0, "dtype": "int64"}] * 2, "int16", [4, 2], "belongs to one output"),
-    ([{"unsupported": {"type": "list", "detail": ""}}] * 17, "int16", [4, 2], "over the limit of 16"),
-    ([{"device": "cpu", "array": 0, "dtype": "int64"}], "int8", [4, 2], "claims dtype 'int64' for a int8"),
-    ([{"device": "cpu", "array": 0, "columns": 2}], "int16", [4, 2], "claims 2 columns"),
-], ids=["padding-beyond-a-message", "empty-but-huge", "one-array-twice", "too-many-outputs", "widening-int8",
-        "columns-fewer-than-sent"])
-def test_a_forged_result_the_worker_never_sends_is_a_crash(pool, tmp_path, outputs, dtype, shape, expected):
+def crossed(offset: object, shape: list, dtype: str = "int64") -> dict:
+    return {"device": "cpu", "dtype": dtype, "shape": shape, "offset": offset}
+
+
+EXCHANGE_BYTES = LIMITS.exchange_bytes
+# SMALL's input takes the exchange's first 256 bytes (4 x 16 float32): the outputs may begin there
+OUTPUTS_START = 256
+
+
+@pytest.mark.parametrize("outputs, expected", [
+    ([crossed(0, [4])], "outside 256 to"),  # the input's part: the evaluator never reads back what it wrote
+    ([crossed(EXCHANGE_BYTES - 64, [16])], "outside 256 to"),
+    ([crossed(OUTPUTS_START, [0, 2**62, 4])], "outside 256 to"),
+    ([crossed(OUTPUTS_START, [2**20])] * 16, "after the arrays before it"),  # 16 copies of 8 MB from one range
+    ([crossed(OUTPUTS_START + 8, [4])], "not a multiple of 64"),
+    ([crossed("256", [4])], "offset '256'"),
+    ([crossed(OUTPUTS_START, [4], dtype="object")], "dtype 'object'"),
+    ([crossed(OUTPUTS_START, [4], dtype=["int64"])], "dtype ['int64']"),  # unhashable: no TypeError may escape
+    ([crossed(OUTPUTS_START, [2**40, -2**40])], "shape"),
+    ([{"unsupported": {"type": "list", "detail": ""}}] * 17, "over the limit of 16"),
+    (["int64"], "outputs are"),
+    ([{"device": "cpu"}], "field 'unsupported'"),
+], ids=["input-part", "past-the-end", "empty-but-huge", "one-range-sixteen-times", "unaligned", "string-offset",
+        "object-dtype", "list-dtype", "negative-size", "too-many-outputs", "not-an-object", "neither-crossed-nor-described"])
+def test_a_forged_result_the_worker_never_sends_is_a_crash(pool, tmp_path, outputs, expected):
     header = {"op": "result", "returned_type": "tuple", "returned_length": len(outputs), "worker_ns": 1,
-              "cuda_event_ns": None, "input_mutated": False, "outputs": outputs,
-              "arrays": [{"dtype": dtype, "shape": shape}]}
-    failure, _ = run(pool, forging_program(tmp_path, header, int(np.prod(shape)) * np.dtype(dtype).itemsize))
+              "cuda_event_ns": None, "input_mutated": False, "outputs": outputs}
+    failure, _ = run(pool, forging_program(tmp_path, header))
     assert failure.kind is FailureKind.CRASH
     assert "malformed result" in failure.message and expected in failure.message
+
+
+def test_a_candidate_cannot_resize_the_exchange_and_its_writes_there_cost_only_its_own_outputs(pool):
+    worker = pool.acquire()
+    with worker:
+        worker.load(HOSTILE / "tampers_with_the_exchange.py")
+        results = list(worker.calls([(weight_for(SMALL, seed), SMALL.rebalance_args(), None) for seed in range(5)]))
+        stdout, _ = worker.output()
+    assert "resized" not in stdout.text() and stdout.text().count("refused: Operation not permitted") >= 2
+    assert len(results) == 5  # the evaluator read every result, whatever the thread wrote meanwhile
+    assert all(result.outputs[0].shape == (SMALL.num_layers, SMALL.num_experts) for result in results)
+
+
+def exchanges_held() -> int:
+    """How many descriptors of this process hold a worker's exchange."""
+    held = 0
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            held += "eplb-exchange" in os.readlink(f"/proc/self/fd/{name}")
+    return held
+
+
+@pytest.mark.parametrize("ending", ["finished", "failed"])
+def test_a_closed_worker_leaves_no_exchange_behind(tmp_path, ending):
+    before = exchanges_held()
+    program = SEED if ending == "finished" else HOSTILE / "segfault.py"
+    for _ in range(3):
+        worker = Worker.start(LIMITS, device="cpu", start_method="forkserver")
+        with contextlib.suppress(SandboxFailure), worker:
+            worker.load(program)
+            worker.call(weight_for(SMALL), SMALL.rebalance_args())
+    assert exchanges_held() == before
 
 
 def test_closing_the_channel_is_a_crash(pool):
@@ -505,11 +550,14 @@ def test_closing_the_channel_is_a_crash(pool):
     assert "channel" in failure.message
 
 
-def test_a_forged_infra_error_is_not_believed(pool, tmp_path):
-    header = {"op": "fail", "kind": "infra_error", "message": "not my fault", "arrays": []}
+@pytest.mark.parametrize("kind", ["infra_error", ["exception"]], ids=["infra-error", "unhashable"])
+def test_a_forged_failure_of_a_kind_the_call_cannot_have_is_not_believed(pool, tmp_path, kind):
+    """An `infra_error` would escape the candidate's score; a kind that is not even a string must not raise inside
+    the evaluator (which would also end as its own fault)."""
+    header = {"op": "fail", "kind": kind, "message": "not my fault"}
     failure, _ = run(pool, forging_program(tmp_path, header, ending="raise SystemExit(0)"))
     assert failure.kind is FailureKind.CRASH
-    assert "'infra_error'" in failure.message
+    assert f"kind {kind!r}" in failure.message
 
 
 @pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
@@ -680,6 +728,17 @@ def test_on_cuda_the_seed_gets_its_input_on_the_gpu_and_returns_the_in_process_p
 
 
 @needs_cuda
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+def test_on_cuda_outputs_of_every_kind_arrive_as_returned_up_to_the_exchanges_end(tmp_path, start_method):
+    large = (LIMITS.exchange_bytes - 4096) // 4  # int32s that fill the exchange after the other outputs
+    with Worker.start(LIMITS, device="cuda", start_method=start_method) as worker:
+        worker.load(of_every_kind(tmp_path, large))
+        result = worker.call(weight_for(SMALL), SMALL.rebalance_args())
+    assert_arrive_as_returned(result.outputs, expected_of_every_kind(weight_for(SMALL), large))
+    assert result.output_devices[0] == "cuda:0" and result.output_devices[8] == "cpu"
+
+
+@needs_cuda
 def test_work_left_running_on_a_side_stream_is_timed():
     with Worker.start(LIMITS, device="cuda") as worker:
         worker.load(HOSTILE / "side_stream.py")
@@ -742,9 +801,12 @@ def test_a_forked_worker_holds_only_its_own_descriptors(pool):
     with pool.acquire() as worker:
         worker.load(HOSTILE / "lists_descriptors.py")
         held = json.loads(worker.output()[0].text())
-    assert sorted(held, key=int) == ["0", "1", "2", "3", "4"]  # nothing of the zygote's, its socket least of all
+    # nothing of the zygote's, its socket least of all: stdin, stdout, stderr, the channel's two pipes, the exchange
+    # (and the copy its mapping holds)
+    assert sorted(held, key=int)[:5] == ["0", "1", "2", "3", "4"]
     assert held["0"] == "/dev/null"
-    assert all(target.startswith("pipe:") for name, target in held.items() if name != "0")
+    assert all(target.startswith("pipe:") for name, target in held.items() if name in ("1", "2", "3", "4"))
+    assert [target.split(" ")[0] for name, target in held.items() if int(name) > 4] == ["/memfd:eplb-exchange"] * 2
 
 
 def test_a_forked_workers_environment_is_its_own_in_proc_too(tmp_path):
@@ -848,31 +910,57 @@ def test_a_forked_worker_sees_the_thread_count_its_environment_sets_at_import(tm
     assert threads == 1  # read when torch is imported: in a zygote of that environment, not of another
 
 
-def test_outputs_packed_for_the_channel_arrive_as_they_were_returned(pool, tmp_path):
-    program = tmp_path / "packable.py"
-    program.write_text(textwrap.dedent("""
-        import torch
-        def rebalance_experts(weight, *args):
-            padded = torch.full((3, 4, 9), -1)
-            padded[:, :, :2] = torch.arange(24).view(3, 4, 2)
-            padded[2, 3, 4] = -2
-            bounds = torch.tensor([[-2**15, 2**15 - 1], [0, 2**15], [-2**15 - 1, 0], [-2**31, 2**31 - 1],
-                                   [0, 2**31], [-2**31 - 1, 0], [-2**63, 2**63 - 1]])  # at int16's, int32's edges
-            return (padded, *bounds.split(1), bounds.t(), torch.full((2, 5), -1),
-                    torch.tensor(-1), torch.full((2, 3), -1, dtype=torch.int32), torch.zeros(2, 0, dtype=torch.int64))
-        """))
-    result, _ = run(pool, program)
+OF_EVERY_KIND = """
+import torch
+def rebalance_experts(weight, *args):
+    device = weight.device
+    padded = torch.full((3, 4, 9), -1, device=device)
+    padded[:, :, :2] = torch.arange(24, device=device).view(3, 4, 2)
+    bounds = torch.tensor([[-2**15, 2**15 - 1], [-2**31, 2**31 - 1], [-2**63, 2**63 - 1]], device=device)
+    return (padded, bounds.t(), padded[:, 1, ::2], torch.tensor(-1, device=device),
+            torch.zeros(2, 0, dtype=torch.int64, device=device), torch.tensor([True, False], device=device),
+            torch.arange(5, dtype=torch.float16, device=device), weight.requires_grad_(True) * 2,
+            torch.arange(7, dtype=torch.int8), torch.full(({large},), 3, dtype=torch.int32, device=device))
+"""
+
+
+def of_every_kind(tmp_path: Path, large: int) -> Path:
+    """A program returning tensors of many dtypes and layouts (one on the CPU whatever the worker's device), the
+    last of `large` elements."""
+    program = tmp_path / "of_every_kind.py"
+    program.write_text(OF_EVERY_KIND.format(large=large))
+    return program
+
+
+def expected_of_every_kind(weight: np.ndarray, large: int) -> list[np.ndarray]:
     padded = np.full((3, 4, 9), -1)
     padded[:, :, :2] = np.arange(24).reshape(3, 4, 2)
-    padded[2, 3, 4] = -2
-    bounds = np.array([[-2**15, 2**15 - 1], [0, 2**15], [-2**15 - 1, 0], [-2**31, 2**31 - 1],
-                       [0, 2**31], [-2**31 - 1, 0], [-2**63, 2**63 - 1]])
-    expected = [padded, *np.split(bounds, 7), bounds.T, np.full((2, 5), -1), np.array(-1),
-                np.full((2, 3), -1, dtype=np.int32), np.zeros((2, 0), dtype=np.int64)]
-    assert len(result.outputs) == len(expected)
-    for received, wanted in zip(result.outputs, expected):
-        assert received.dtype == wanted.dtype and received.shape == wanted.shape
-        np.testing.assert_array_equal(received, wanted)
+    bounds = np.array([[-2**15, 2**15 - 1], [-2**31, 2**31 - 1], [-2**63, 2**63 - 1]])
+    return [padded, bounds.T, padded[:, 1, ::2], np.array(-1), np.zeros((2, 0), dtype=np.int64),
+            np.array([True, False]), np.arange(5, dtype=np.float16), weight * 2, np.arange(7, dtype=np.int8),
+            np.full(large, 3, dtype=np.int32)]
+
+
+def assert_arrive_as_returned(received: tuple, expected: list[np.ndarray]) -> None:
+    assert len(received) == len(expected)
+    for got, wanted in zip(received, expected):
+        assert got.dtype == wanted.dtype and got.shape == wanted.shape
+        np.testing.assert_array_equal(got, wanted)
+
+
+def test_outputs_of_every_dtype_and_layout_arrive_as_they_were_returned(pool, tmp_path):
+    result, _ = run(pool, of_every_kind(tmp_path, 1000))
+    assert_arrive_as_returned(result.outputs, expected_of_every_kind(weight_for(SMALL), 1000))
+
+
+def test_outputs_too_large_for_the_exchange_are_described_not_sent(tmp_path):
+    limits = dataclasses.replace(LIMITS, exchange_bytes=1 << 20)
+    with Worker.start(limits, device="cpu") as worker:
+        worker.load(of_every_kind(tmp_path, 1 << 18))  # 1 MiB in its last output alone
+        result = worker.call(weight_for(SMALL), SMALL.rebalance_args())
+    assert len(result.outputs) == 10
+    assert all(isinstance(output, Unsupported) and "too large to return" in output.detail
+               for output in result.outputs)
 
 
 # ---- several calls in a row -----------------------------------------------------------------------------

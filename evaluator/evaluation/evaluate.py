@@ -29,6 +29,7 @@ from evaluator.eplb.scoring import (
     next_window_report,
     speed_score,
     speedup,
+    timing_summary,
     window_loads,
 )
 from evaluator.eplb.trace import Trace, check_matches
@@ -39,7 +40,7 @@ from evaluator.evaluation.result import Result
 from evaluator.evaluation.run import Run, Runner, RunFailed
 from evaluator.evaluation.schedule import call_inputs
 from evaluator.evaluation.settings import Settings
-from evaluator.evaluation.timing import SeedTiming, SeedTimingCache, default_cache_path, measure
+from evaluator.evaluation.timing import SeedTiming, SeedTimingCache, default_cache_path, harness_overhead_ms, measure
 from evaluator.files import remove_tree
 from evaluator.paths import SEED_PROGRAM
 from evaluator.sandbox import WorkerInfo
@@ -88,8 +89,8 @@ class Evaluator:
         self._remove_files = weakref.finalize(self, _remove_if_owner, self._files, os.getpid())
         warm_up = seed_patch_warm_up(self._files, self.settings.problem, self._inputs.dtype.name)
         self._seed_patch = warm_up.program  # trusted too: the harness's overhead is measured with it as well
-        self.lanes = Lanes(self.settings.limits, device, spares, gpus, str(default_cache_path().parent.resolve()),
-                           warm_up, replenish, self.settings.start_method)
+        self.lanes = Lanes(self.settings.worker_limits(), device, spares, gpus,
+                           str(default_cache_path().parent.resolve()), warm_up, replenish, self.settings.start_method)
         self._runner = Runner(self.settings, self.lanes, self._inputs, self._score_on_next_window)
 
     def __enter__(self) -> Evaluator:
@@ -165,12 +166,13 @@ class Evaluator:
                 patch_run = self._runner.run(self._seed_patch, lane_name, give_up_at)
             except RunFailed as failed:
                 raise RunFailed("infra_error", f"timing the seed failed ({failed.status}): {failed.error}") from None
-            timing = measure(run.timed, None)
-            # The harness's overhead per call is the lesser of two trusted programs': one measurement can come out
+            # The harness's time per call is the lesser of two trusted programs': one measurement can come out
             # several times too high (the seed's, 19.5 ms against 2.3 to 2.5 ms otherwise, once on an H100 host),
-            # and it sets how far below its round trips a candidate's claim may fall.
-            overhead = min(timing.overhead_ms, measure(patch_run.timed, None).overhead_ms)
-            seed = SeedTiming(timing.time_ms, overhead, timing.summary.relative_spread, timing.summary.count)
+            # and every candidate's round trips are taken less it. The seed's own clock is trusted: its time is its
+            # claim, which such an outlier cannot inflate.
+            overhead = min(harness_overhead_ms(run.timed), harness_overhead_ms(patch_run.timed))
+            claimed = timing_summary([call.worker_ns / 1e6 for call in run.timed])
+            seed = SeedTiming(claimed.median_ms, overhead, claimed.relative_spread, claimed.count)
             self._seed_timings.put(key, seed)
             self._retime_seed = False
             return seed

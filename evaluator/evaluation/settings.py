@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from evaluator.eplb.problem import Problem
 from evaluator.sandbox import Limits
@@ -44,3 +44,13 @@ class Settings:
     # "spawn" (a new interpreter each, 4.5 s there). Either way each candidate runs in a fresh process.
     start_method: str = "forkserver"
     limits: Limits = field(default_factory=Limits)
+
+    def worker_limits(self) -> Limits:
+        """`limits`, with an exchange large enough for this problem's input and its widest valid plan (log2phy
+        with one column more than there are spare slots), each array aligned."""
+        problem = self.problem
+        layers, experts, slots = problem.num_layers, problem.num_experts, problem.num_replicas
+        widest_log2phy = layers * experts * (slots - experts + 1)
+        arrays = (layers * experts, layers * slots, layers * experts, widest_log2phy)  # int64 each
+        widest = sum(8 * count + 64 for count in arrays)
+        return replace(self.limits, exchange_bytes=max(self.limits.exchange_bytes, widest))

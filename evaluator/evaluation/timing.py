@@ -1,11 +1,16 @@
-"""Per-call times of a candidate, checked against the evaluator's own clock, and the seed's time per device.
+"""Per-call times of a program, taken by the evaluator's own clock, and the seed's time per device.
 
-The worker times each call itself (perf_counter around the call, with the whole device synchronised before
-the end stamp), but that clock lives in the candidate's process, where it can be patched. The evaluator
-also measures every round trip. Round trip minus worker time is the harness's overhead, which for the same
-shapes is about the same for every program; it is taken from the seed and the seed patch (the lesser of the
-two), which cannot lie. Round trip less that overhead, less a slack for scheduling noise, is a lower bound on the
-program's time that no clock in its process can move: a claim below the bound is replaced by it.
+The evaluator stamps each call's round trip: from before it writes the input into the exchange (a thread of the
+candidate's can watch that memory) to after it has copied the outputs out. Beyond the call itself, a round trip
+holds the harness's work (the input to the device and the outputs back, the input check, two small frames), which
+for the same shapes is about the same for every program; it is measured on the seed and the seed patch, which
+cannot lie, and the lesser of the two is kept with the seed's timing. A program's time is its median round trip
+less that harness time: nothing in the candidate's process moves it, so a patched clock gains nothing, and a
+program that skips the harness's work in its process gains at most the worker's part of the harness time.
+
+The worker also times each call itself (perf_counter around the call, the whole device synchronised before the end
+stamp). That claim is a cross-check: more than its round trip, or no time at all, is a tampered clock (a crash);
+a claim above the round trips' estimate (the harness ran faster than when it was measured) is taken instead.
 """
 
 from __future__ import annotations
@@ -23,45 +28,40 @@ from evaluator.eplb.scoring import TimingSummary, timing_summary
 from evaluator.files import write_atomically
 from evaluator.sandbox import CallResult
 
-# Round trips may exceed a truthful claim by the slack: the harness's overhead varies with the host's pace (a
-# vCPU's pace switched by 1.6 to 1.8 times within seconds on the H100 hosts), not with the program's own time.
-# The slack is the larger of CLOCK_SLACK_MS and the lesser of the claim and the harness's overhead kept with the
-# seed's timing: never more than the claim itself, and no more than that overhead for slow programs.
-CLOCK_SLACK_MS = 0.5
-
 
 @dataclass(frozen=True)
 class Timing:
     """How long one program took per call, with the cross-check's verdict."""
 
-    time_ms: float  # what the scores use: the median per call, or the round trips' lower bound where higher
-    summary: TimingSummary  # of the worker's own per-call times
+    time_ms: float  # what the scores use: the median round trip less the harness's time, or the claim if higher
+    summary: TimingSummary  # of the worker's own per-call times (its claim)
     round_trip_ms: float  # median round trip seen by the evaluator
-    overhead_ms: float  # median round trip minus worker time
-    clock_slack_ms: float | None  # how far the claim may fall below the round trips' estimate; None for the seed
-    clock_check: str  # "agrees", or why the round trips' lower bound was used instead
+    overhead_ms: float  # median round trip minus the claim: the harness's time in this run
+    harness_ms: float  # the harness's time taken off the round trips, kept with the seed's timing
+    clock_check: str  # "agrees", or how far the claim fell below the round trips' estimate
 
     def to_json(self) -> dict[str, object]:
         return {**asdict(self), "summary": asdict(self.summary)}
 
 
-def measure(calls: list[CallResult], trusted_overhead_ms: float | None) -> Timing:
-    """Timing of a program from its timed calls; without a trusted overhead (the seed itself) no cross-check."""
-    claimed = [call.worker_ns / 1e6 for call in calls]
-    round_trips = [call.evaluator_wall_ns / 1e6 for call in calls]
-    summary = timing_summary(claimed)
-    round_trip = statistics.median(round_trips)
-    overhead = statistics.median(trip - claim for trip, claim in zip(round_trips, claimed))
-    time_ms, slack, verdict = summary.median_ms, None, "agrees"
-    if trusted_overhead_ms is not None:
-        slack = max(CLOCK_SLACK_MS, min(summary.median_ms, trusted_overhead_ms))
-        bound = round_trip - trusted_overhead_ms - slack
-        if bound > summary.median_ms:
-            time_ms = bound
-            verdict = (f"the worker claimed {summary.median_ms:.3f} ms per call, but its round trips of "
-                       f"{round_trip:.3f} ms, less the harness's {trusted_overhead_ms:.3f} ms and a slack of "
-                       f"{slack:.3f} ms, say at least {bound:.3f} ms; that is used")
-    return Timing(time_ms, summary, round_trip, overhead, slack, verdict)
+def harness_overhead_ms(calls: list[CallResult]) -> float:
+    """The harness's time per call in these calls of a trusted program: median round trip minus claim."""
+    return statistics.median((call.evaluator_wall_ns - call.worker_ns) / 1e6 for call in calls)
+
+
+def measure(calls: list[CallResult], harness_ms: float) -> Timing:
+    """Timing of a program from its timed calls, less `harness_ms` per call (the lesser of the trusted programs')."""
+    summary = timing_summary([call.worker_ns / 1e6 for call in calls])
+    round_trip = statistics.median(call.evaluator_wall_ns / 1e6 for call in calls)
+    estimate = round_trip - harness_ms
+    verdict = "agrees"
+    # A claim below the estimate by more than the harness's whole time is not the harness running slower now
+    # than when it was measured: the worker's clock (or what it times) is not the call's.
+    if estimate - summary.median_ms > harness_ms:
+        verdict = (f"the worker claimed {summary.median_ms:.3f} ms per call, but its round trips of {round_trip:.3f} "
+                   f"ms, less the harness's {harness_ms:.3f} ms, say {estimate:.3f} ms; the round trips are used")
+    return Timing(max(estimate, summary.median_ms), summary, round_trip, harness_overhead_ms(calls), harness_ms,
+                  verdict)
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ class SeedTimingCache:
 
 def _read_timings(path: Path) -> dict[str, SeedTiming]:
     """The timings kept in `path`, oldest first; none if it is missing or damaged, and none of an entry that is not a
-    sound timing (each costs one re-timing): a NaN overhead would switch the clock's cross-check off unseen."""
+    sound timing (each costs one re-timing): a NaN harness time would make every program's time NaN."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
         entries = raw.items()

@@ -20,7 +20,9 @@ class Limits:
     memory_mb: int = 4096  # host memory of the whole process tree
     output_bytes: int = 128 * 1024  # kept of each of stdout and stderr: half its head, half its tail
     max_processes: int = 64  # processes alive at once in the tree, the worker included
-    max_message_bytes: int = 256 * 1024 * 1024  # one message from the worker, arrays included
+    # the shared memory one call's input and outputs cross in: on a GPU all of it is pinned host memory, on the CPU
+    # only what is written is used
+    exchange_bytes: int = 64 * 1024 * 1024
     # writes only in the worker's own folder, no capability, no TCP, no signal or tracing outside its tree (see
     # confinement.py); off only to test what holds without it, as on a kernel without Landlock
     confined: bool = True

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import fcntl
 import os
 import secrets
 import signal
@@ -23,7 +22,7 @@ from numpy.typing import ArrayLike
 
 import evaluator
 from evaluator.files import remove_tree
-from evaluator.sandbox import channel, forkserver, proctree
+from evaluator.sandbox import channel, exchange, forkserver, proctree
 from evaluator.sandbox.capture import CapturedOutput, OutputCapture
 from evaluator.sandbox.confinement import FOLDER_VARIABLES, set_dumpable
 from evaluator.sandbox.failures import Failure, FailureKind, SandboxFailure
@@ -60,9 +59,6 @@ _SPAWNED_WORKER = str(Path(__file__).resolve().parent / "spawned_worker.py")
 _live_workers: weakref.WeakSet[Worker] = weakref.WeakSet()
 _subreaper_lock = threading.Lock()
 _subreaper_set = False
-
-
-PIPE_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -166,19 +162,19 @@ class Worker:
         self._reaped = False
         self._gone = threading.Event()  # every process collected, our resources released
         self._stop_watching = threading.Event()
-        arguments = ["--device", device, "--max-message-bytes", str(limits.max_message_bytes),
-                     *(warm_up.command_line() if warm_up else []), *([] if limits.confined else ["--unconfined"])]
+        arguments = ["--device", device, *(warm_up.command_line() if warm_up else []),
+                     *([] if limits.confined else ["--unconfined"])]
         self._workdir = str(scratch_folder("worker-"))
         try:
-            self._process, pipes, marker = _start(start_method, arguments, environment, self._workdir,
-                                                  limits.start_timeout_s)
+            self._process, handles, marker = _start(start_method, arguments, environment, self._workdir, limits)
         except BaseException:
             remove_tree(self._workdir)
             raise
-        pipes.close_theirs()  # only the worker may hold its ends
-        self._command_fd, self._result_fd, stdout_read, stderr_read = pipes.ours
+        handles.close_theirs()  # only the worker may hold its ends
+        self._command_fd, self._result_fd, stdout_read, stderr_read = handles.ours
+        self._exchange = handles.exchange
         self._writer = channel.FrameWriter(self._command_fd)
-        self._reader = channel.FrameReader(self._result_fd, limits.max_message_bytes)
+        self._reader = channel.FrameReader(self._result_fd)
         self._stdout = OutputCapture(open(stdout_read, "rb", buffering=0), limits.output_bytes, "stdout")
         self._stderr = OutputCapture(open(stderr_read, "rb", buffering=0), limits.output_bytes, "stderr")
         self._tree = ProcessTree(self._process.pid, f"{MARKER_VARIABLE}={marker}".encode())
@@ -208,8 +204,7 @@ class Worker:
         """Wait for the worker to import torch and initialise its device. Failures are `infra_error`."""
         self._expect_state("starting")
         timeout = self.limits.start_timeout_s if timeout_s is None else timeout_s
-        message = self._receive(time.monotonic() + timeout, timeout, "the worker's start", infra=True)
-        header = message.header
+        header = self._receive(time.monotonic() + timeout, timeout, "the worker's start", infra=True)
         if header.get("op") == "fail" and header.get("kind") == FailureKind.INFRA_ERROR.value:
             self._fail(FailureKind.INFRA_ERROR, _text(header.get("message")))
         try:
@@ -239,8 +234,8 @@ class Worker:
         timeout = self.limits.import_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout
         what = f"the import of {path.name}"
-        self._send({"op": "load", "path": str(path), "entry_point": entry_point}, [], deadline, timeout, what)
-        header = self._receive(deadline, timeout, what).header
+        self._send({"op": "load", "path": str(path), "entry_point": entry_point}, deadline, timeout, what)
+        header = self._receive(deadline, timeout, what)
         if header.get("op") == "loaded":
             self._entry_point = entry_point
             self._state = "loaded"
@@ -251,7 +246,8 @@ class Worker:
     def call(self, weight: ArrayLike, args: Sequence[int], timeout_s: float | None = None) -> CallResult:
         """Call the entry point as `entry_point(weight_tensor, *args)` on the worker's device.
 
-        `weight` is a float32 or int64 array, copied to the device outside the timed region.
+        `weight` is a float32 or int64 array; it crosses in the exchange and is copied to the device inside the
+        round trip (`evaluator_wall_ns`) but outside the worker's own timing (`worker_ns`).
         Raises `SandboxFailure` (exception, timeout, crash, memory_limit).
         """
         return next(self.calls([(weight, args, timeout_s)]))
@@ -260,20 +256,20 @@ class Worker:
               overlap: bool = True) -> Iterator[CallResult]:
         """`call` on each (weight, args, timeout_s) of `inputs` in turn, yielding each result.
 
-        The worker holds one input at a time: the next is sent once a result has arrived. With `overlap`, that
-        is before the result is decoded and yielded, so the evaluator's work on it runs while the worker
-        computes the next call (and `inputs` is asked for the next item before the caller has seen the
-        result); without, after the caller is done with it.
+        The worker holds one input at a time: the next is sent once a result has arrived and its outputs are
+        copied out of the exchange. With `overlap`, that is before the result is decoded and yielded, so the
+        evaluator's work on it runs while the worker computes the next call (and `inputs` is asked for the next item
+        before the caller has seen the result); without, after the caller is done with it.
         """
         items = iter(inputs)
         item = next(items, None)
         sent = self._send_call(*item) if item is not None else None
         while sent is not None:
-            message, wall_ns = self._receive_call(sent)
+            answer = self._receive_call(sent)
             following = None
-            if overlap and message.header.get("op") == "result" and (item := next(items, None)) is not None:
+            if overlap and answer.header.get("op") == "result" and (item := next(items, None)) is not None:
                 following = self._send_call(*item)
-            yield self._call_result(message, sent, wall_ns)
+            yield self._call_result(answer, sent)
             if not overlap and (item := next(items, None)) is not None:
                 following = self._send_call(*item)
             sent = following
@@ -287,21 +283,33 @@ class Worker:
         self._expect_state("loaded")
         self._calls += 1
         timeout = self.limits.timeout_s if timeout_s is None else timeout_s
+        # stamped before the input is written: a thread of the candidate's can watch the exchange for it
+        started_ns = time.perf_counter_ns()
         sent = _SentCall(self._calls, f"call {self._calls} of {self._entry_point}", timeout,
-                         time.monotonic() + timeout, time.perf_counter_ns())
-        self._send({"op": "call", "args": [int(arg) for arg in args]}, [array], sent.deadline, timeout, sent.what)
+                         time.monotonic() + timeout, started_ns, exchange.outputs_start(array.nbytes))
+        described = self._exchange.write_input(array)
+        self._send({"op": "call", "args": [int(arg) for arg in args], "input": described}, sent.deadline, timeout,
+                   sent.what)
         return sent
 
-    def _receive_call(self, sent: _SentCall) -> tuple[channel.Message, int]:
-        """The call's answer, and its round trip in ns."""
-        message = self._receive(sent.deadline, sent.timeout, sent.what)
-        return message, time.perf_counter_ns() - sent.started_ns
+    def _receive_call(self, sent: _SentCall) -> _Answer:
+        """The call's answer with its outputs copied out of the exchange, and its round trip in ns, stamped once
+        they are: whatever the candidate's process writes there after its reply is either in the copies, and
+        timed, or not read at all."""
+        header = self._receive(sent.deadline, sent.timeout, sent.what)
+        outputs = None
+        if header.get("op") == "result":
+            try:
+                outputs = _read_outputs(header, self._exchange, sent.outputs_start)
+            except channel.ProtocolError as error:
+                self._fail(FailureKind.CRASH, f"the worker sent a malformed result for {sent.what}: {error}")
+        return _Answer(header, outputs, time.perf_counter_ns() - sent.started_ns)
 
-    def _call_result(self, message: channel.Message, sent: _SentCall, wall_ns: int) -> CallResult:
-        if message.header.get("op") != "result":
-            self._fail_reported(message.header, (FailureKind.EXCEPTION, FailureKind.MEMORY_LIMIT), sent.what)
+    def _call_result(self, answer: _Answer, sent: _SentCall) -> CallResult:
+        if answer.outputs is None:
+            self._fail_reported(answer.header, (FailureKind.EXCEPTION, FailureKind.MEMORY_LIMIT), sent.what)
         try:
-            return _call_result(message, sent.index, wall_ns, self.limits.max_message_bytes)
+            return _call_result(answer.header, answer.outputs, sent.index, answer.wall_ns)
         except channel.ProtocolError as error:
             self._fail(FailureKind.CRASH, f"the worker sent a malformed result for {sent.what}: {error}")
 
@@ -354,10 +362,9 @@ class Worker:
         if self._state != expected:
             raise RuntimeError(f"worker {self.pid} is {self._state}, not {expected}")
 
-    def _send(self, header: dict[str, Any], arrays: list[np.ndarray], deadline: float, timeout: float,
-              what: str) -> None:
+    def _send(self, header: dict[str, Any], deadline: float, timeout: float, what: str) -> None:
         try:
-            self._writer.write(channel.encode(header, arrays), deadline, self._alive)
+            self._writer.write(channel.encode(header), deadline, self._alive)
         except channel.ChannelTimeout:
             self._fail_timeout(what, timeout)
         except channel.ChannelClosed:
@@ -366,7 +373,7 @@ class Worker:
             self._terminate()  # KeyboardInterrupt and the like: never leave a worker behind
             raise
 
-    def _receive(self, deadline: float, timeout: float, what: str, infra: bool = False) -> channel.Message:
+    def _receive(self, deadline: float, timeout: float, what: str, infra: bool = False) -> dict[str, Any]:
         try:
             return self._reader.read(deadline, self._alive)
         except channel.ChannelTimeout:
@@ -424,7 +431,8 @@ class Worker:
         """A failure the worker reported itself, trusted only for kinds it may report at this step:
         a candidate must not be able to claim `infra_error` and escape its score."""
         kind = header.get("kind")
-        if header.get("op") != "fail" or kind not in {allowed_kind.value for allowed_kind in allowed}:
+        if (header.get("op") != "fail" or not isinstance(kind, str)
+                or kind not in {allowed_kind.value for allowed_kind in allowed}):
             self._fail(FailureKind.CRASH, f"the worker sent an unexpected message during {what}: "
                                           f"op {header.get('op')!r}, kind {kind!r}")
         self._fail(FailureKind(kind), _text(header.get("message"))[:_REPORTED_MESSAGE_CHARS])
@@ -499,73 +507,82 @@ class Worker:
                 os.close(fd)
             except OSError:
                 pass
+        self._exchange.close()
         remove_tree(self._workdir)
         _live_workers.discard(self)
 
 
-class _Pipes:
-    """A worker's four pipes: its channel (commands in, results out), its stdout and its stderr."""
+class _Handles:
+    """What a worker is started with: its four pipes (its channel's commands in and results out, its stdout, its
+    stderr) and its exchange, the shared memory its calls' inputs and outputs cross in."""
 
-    def __init__(self) -> None:
+    def __init__(self, exchange_bytes: int) -> None:
         self._fds: list[int] = []
+        self.exchange: exchange.Exchange | None = None
         try:
             for _ in range(4):
                 self._fds.extend(os.pipe())
+            self._fds.append(exchange.create(exchange_bytes))
+            self.exchange = exchange.Exchange(self._fds[-1])
         except BaseException:
             self.close()
             raise
         command_read, command_write, result_read, result_write, stdout_read, stdout_write, stderr_read, \
-            stderr_write = self._fds
-        self.theirs = {"commands": command_read, "results": result_write, "stdout": stdout_write,
-                       "stderr": stderr_write}
+            stderr_write, shared = self._fds
+        self.theirs = {"commands": command_read, "results": result_write, "exchange": shared,
+                       "stdout": stdout_write, "stderr": stderr_write}
         self.ours = (command_write, result_read, stdout_read, stderr_read)
-        for fd in (command_write, result_write):
-            _widen_pipe(fd)
 
     def close_theirs(self) -> None:
         for fd in self.theirs.values():
             os.close(fd)
 
     def close(self) -> None:
-        for fd in self._fds:
+        """Close every descriptor and the mapping; idempotent, since by the next call these numbers may be
+        another worker's."""
+        fds, self._fds = self._fds, []
+        for fd in fds:
             os.close(fd)
+        if self.exchange is not None:
+            self.exchange.close()
+            self.exchange = None
 
 
 def _start(start_method: str, arguments: list[str], extra_environment: Mapping[str, str] | None, cwd: str,
-           timeout_s: float) -> tuple[GroupLeader, _Pipes, str]:
+           limits: Limits) -> tuple[GroupLeader, _Handles, str]:
     """A new worker process in its own folder `cwd` (its temporary files and caches go there), forked from the
-    zygote or spawned, its pipes and its marker; raises `SandboxFailure` (infra_error). A start the zygote cannot
+    zygote or spawned, its handles and its marker; raises `SandboxFailure` (infra_error). A start the zygote cannot
     serve spawns its worker instead."""
     marker = secrets.token_hex(16)
-    pipes = _Pipes()
+    handles = _Handles(limits.exchange_bytes)
     extra_environment = {**(extra_environment or {}), **{name: cwd for name in FOLDER_VARIABLES}}
     try:
         if start_method == "forkserver":
             environment = worker_environment(marker, extra_environment)
             server = forkserver.for_environment(environment, ignored=(MARKER_VARIABLE, *FOLDER_VARIABLES))
             try:
-                return server.fork(arguments, environment, cwd, pipes.theirs, timeout_s), pipes, marker
+                return (server.fork(arguments, environment, cwd, handles.theirs, limits.start_timeout_s), handles,
+                        marker)
             except forkserver.ZygoteUnavailable as error:
                 if error.sent:  # a worker forked all the same holds these: it finds them closed and leaves
-                    pipes.close()
-                    pipes = _Pipes()
+                    handles.close()
+                    handles = _Handles(limits.exchange_bytes)
                     proctree.kill_strays_later(f"{MARKER_VARIABLE}={marker}".encode(), _STRAY_WATCH_S)
                     marker = secrets.token_hex(16)
-        return _spawn(arguments, worker_environment(marker, extra_environment), cwd, pipes.theirs), pipes, marker
+        return _spawn(arguments, worker_environment(marker, extra_environment), cwd, handles.theirs), handles, marker
     except BaseException:
-        pipes.close()
+        handles.close()
         raise
 
 
 def _spawn(arguments: list[str], environment: dict[str, str], cwd: str,
            descriptors: dict[str, int]) -> GroupLeader:
+    channels = ("commands", "results", "exchange")  # the worker's options naming them
     try:
         process = subprocess.Popen(
-            [sys.executable, _SPAWNED_WORKER, *arguments,
-             "--commands", str(descriptors["commands"]), "--results", str(descriptors["results"])],
+            [sys.executable, _SPAWNED_WORKER, *arguments, *(f"--{name}={descriptors[name]}" for name in channels)],
             stdin=subprocess.DEVNULL, stdout=descriptors["stdout"], stderr=descriptors["stderr"],
-            pass_fds=(descriptors["commands"], descriptors["results"]), start_new_session=True, cwd=cwd,
-            env=environment)
+            pass_fds=[descriptors[name] for name in channels], start_new_session=True, cwd=cwd, env=environment)
     except OSError as error:
         raise SandboxFailure(Failure(FailureKind.INFRA_ERROR, f"could not start a worker process: {error}")) from None
     return GroupLeader(process.pid, process)
@@ -577,17 +594,15 @@ class _SentCall:
     what: str  # the call, as a failure names it
     timeout: float
     deadline: float  # time.monotonic()
-    started_ns: int  # time.perf_counter_ns() before the input was sent
+    started_ns: int  # time.perf_counter_ns() before the input was written
+    outputs_start: int  # where in the exchange its outputs may begin
 
 
-def _widen_pipe(fd: int) -> None:
-    """Grow a pipe so that an input or a plan (megabytes) crosses in a few writes, not one per 64 KiB."""
-    for size in (PIPE_BYTES, 1 << 20):
-        try:
-            fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), size)
-            return
-        except OSError:  # above /proc/sys/fs/pipe-max-size for this user: try smaller, else keep the default
-            continue
+@dataclass(frozen=True)
+class _Answer:
+    header: dict[str, Any]  # the worker's reply
+    outputs: tuple[tuple[Output, ...], tuple[str | None, ...]] | None  # with their devices; None unless a result
+    wall_ns: int  # the round trip, from before the input was written to after the outputs were copied out
 
 
 def _text(value: Any) -> str:
@@ -610,64 +625,35 @@ def _confinement(header: dict[str, Any]) -> Confinement:
                           for field in fields(Confinement)})
 
 
-def _unpacked(entry: dict[str, Any], array: np.ndarray, position: int) -> tuple[np.dtype, tuple[int, ...]]:
-    """The dtype and shape of an output as the candidate returned it, from what the worker sent (`worker._Packing`):
-    int64 if `dtype` says the int16 or int32 array was narrowed, and `columns` columns if trailing columns of -1
-    stayed behind. Only those restorations are accepted."""
-    wide = array.dtype
-    if "dtype" in entry:
-        if _field(entry, "dtype", str) != "int64" or array.dtype not in (np.int16, np.int32):
-            raise channel.ProtocolError(f"output {position} claims dtype {entry['dtype']!r} for a {array.dtype} array")
-        wide = np.dtype(np.int64)
-    if "columns" not in entry:
-        return wide, array.shape
-    columns = _field(entry, "columns", int)
-    if array.dtype.kind != "i" or array.ndim == 0 or not array.shape[-1] < columns:
-        raise channel.ProtocolError(f"output {position} claims {columns!r} columns for a {array.dtype} array of "
-                                    f"shape {array.shape}")
-    return wide, (*array.shape[:-1], columns)
-
-
-def _restored(array: np.ndarray, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-    if shape == array.shape:
-        return array.astype(dtype, copy=False)
-    padded = np.full(shape, -1, dtype=dtype)
-    padded[..., :array.shape[-1]] = array
-    return padded
-
-
-def _call_result(message: channel.Message, call_index: int, wall_ns: int, max_bytes: int) -> CallResult:
-    """The result of a call from the worker's message. The outputs as returned (each array sent once, restored
-    from its packing) must fit in `max_bytes` together, even empty ones counted as if their empty sizes were 1:
-    a forged header cannot make the evaluator allocate more than a message holds."""
-    header = message.header
+def _read_outputs(header: dict[str, Any], shared: exchange.Exchange,
+                  start: int) -> tuple[tuple[Output, ...], tuple[str | None, ...]]:
+    """The outputs a result describes, those that crossed copied out of the exchange, with their devices."""
     entries = _field(header, "outputs", list)
     if len(entries) > channel.MAX_OUTPUTS:
         raise channel.ProtocolError(f"{len(entries)} outputs, over the limit of {channel.MAX_OUTPUTS}")
+    if not all(isinstance(entry, dict) for entry in entries):
+        raise channel.ProtocolError(f"outputs are {entries!r:.200}")
+    crossed = [entry for entry in entries if "offset" in entry]
+    try:
+        arrays = iter(shared.read_outputs(crossed, start))
+    except exchange.ExchangeError as error:
+        raise channel.ProtocolError(str(error)) from None
     outputs: list[Output] = []
     devices: list[str | None] = []
-    named: set[int] = set()
-    restored_bytes = 0
-    for position, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise channel.ProtocolError(f"output {position} is {entry!r}")
-        if "array" in entry:
-            index = _field(entry, "array", int)
-            if not 0 <= index < len(message.arrays) or index in named:
-                raise channel.ProtocolError(f"output {position} names array {index} of {len(message.arrays)}, "
-                                            "each of which belongs to one output")
-            named.add(index)
-            dtype, shape = _unpacked(entry, message.arrays[index], position)
-            restored_bytes += channel.counted_bytes(shape, dtype.itemsize)
-            if restored_bytes > max_bytes:
-                raise channel.ProtocolError(f"outputs up to output {position} restore to more bytes than a message "
-                                            "holds")
-            outputs.append(_restored(message.arrays[index], dtype, shape))
+    for entry in entries:
+        if "offset" in entry:
+            outputs.append(next(arrays))
             devices.append(_field(entry, "device", str))
         else:
             described = _field(entry, "unsupported", dict)
             outputs.append(Unsupported(_field(described, "type", str), _field(described, "detail", str)))
             devices.append(None)
+    return tuple(outputs), tuple(devices)
+
+
+def _call_result(header: dict[str, Any], outputs: tuple[tuple[Output, ...], tuple[str | None, ...]], call_index: int,
+                 wall_ns: int) -> CallResult:
+    """The result of a call from the worker's reply and the outputs read out of the exchange."""
     worker_ns = _field(header, "worker_ns", int)
     # The worker's stamps fall inside the evaluator's, on the same clock: anything else is a tampered clock.
     if worker_ns <= 0:
@@ -679,8 +665,8 @@ def _call_result(message: channel.Message, call_index: int, wall_ns: int, max_by
         call_index=call_index,
         returned_type=_field(header, "returned_type", str),
         returned_length=_field(header, "returned_length", (int, type(None))),
-        outputs=tuple(outputs),
-        output_devices=tuple(devices),
+        outputs=outputs[0],
+        output_devices=outputs[1],
         worker_ns=worker_ns,
         cuda_event_ns=_field(header, "cuda_event_ns", (int, type(None))),
         evaluator_wall_ns=wall_ns,

