@@ -23,7 +23,7 @@ from evaluator.eplb.holdout import holdout_trace
 from evaluator.eplb.problem import Problem
 from evaluator.evaluation import Evaluator, Result, Settings
 from evaluator.evaluation.timing import SeedTimingCache, default_cache_path
-from evaluator.paths import PROJECT_ROOT, SEED_PROGRAM
+from evaluator.paths import HARNESS_PROGRAM, PROJECT_ROOT, SEED_PROGRAM
 from evaluator.sandbox import Limits
 
 SEED_PATCH = PROJECT_ROOT / "patches" / "vectorized_packing_and_replication.diff"
@@ -322,6 +322,49 @@ def test_the_workers_own_clock_made_to_claim_half_of_each_call_gains_nothing(sma
     assert timing["harness_ms"] == harness_ms
     assert result.time_ms == pytest.approx(round_trip_ms - harness_ms) and result.time_ms >= 60  # each sleeps 60 ms
     assert result.speedup == pytest.approx(result.seed_time_ms / result.time_ms)
+
+
+def test_the_narrowest_outputs_with_a_clock_claiming_a_microsecond_gain_nothing(tmp_path):
+    """The harness's work grows with the outputs: a program returning the narrowest valid plan saves the harness
+    work that wider outputs cost, and must not have that saving let its claimed microsecond through (on the default
+    problem, whose widest plans are 4 MB). Its 2 ms of real work per call count. The narrowest plan's own calls,
+    which take next to nothing, come back too soon for the evaluator's work on each to run beside the next: a
+    program faster than that work is not timed at the evaluator's pace."""
+    body = f"""
+    _spec = importlib.util.spec_from_file_location("narrowest_plan", {str(HARNESS_PROGRAM)!r})
+    narrowest = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(narrowest)
+    _real = time.perf_counter_ns
+    _started = []
+    def _claims_a_microsecond():
+        return _started.pop() + 1000 if _started else _real()
+    def rebalance_experts(weight, *args):
+        sys._getframe(1).f_locals["self"].now = _claims_a_microsecond
+        _started[:] = [_real()]
+        end = _real() + 2_000_000
+        while _real() < end:
+            pass
+        return narrowest.rebalance_experts(weight, *args)
+    """
+    with Evaluator(default_trace(), Settings(variants_per_window=0), device="cpu",
+                   seed_timings=SeedTimingCache(default_cache_path())) as evaluator:
+        claiming = evaluator.evaluate(program(tmp_path, body))
+        narrowest = evaluator.evaluate(HARNESS_PROGRAM)
+    assert claiming.status == "ok", claiming.error
+    assert claiming.timing["summary"]["median_ms"] < 0.1  # a microsecond after its own start stamp
+    assert claiming.time_ms >= 1.0 and claiming.timing["clock_check"] != "agrees"
+    assert narrowest.status == "ok", narrowest.error
+    assert narrowest.timing["overlapped_calls"] == 0
+
+
+def test_a_slow_programs_outputs_are_validated_while_its_next_call_runs(small, tmp_path):
+    result = small.evaluate(program(tmp_path, """
+    def rebalance_experts(weight, *args):
+        time.sleep(0.03)
+        return seed.rebalance_experts(weight, *args)
+    """))
+    assert result.status == "ok", result.error
+    assert result.timing["overlapped_calls"] == result.timing["summary"]["count"]
 
 
 def test_a_stale_cached_plan_is_caught(small, tmp_path):

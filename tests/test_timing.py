@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
+import importlib.util
+import math
 
+import pytest
+import torch
+
+from evaluator.eplb.invariants import check_plan
+from evaluator.eplb.problem import Problem
 from evaluator.evaluation.timing import harness_overhead_ms, measure
+from evaluator.paths import HARNESS_PROGRAM
 from evaluator.sandbox import CallResult
 
 HARNESS_MS = 0.4  # the trusted programs' round trip beyond their calls
@@ -15,6 +22,25 @@ def calls(claimed_ms: float, round_trip_ms: float, count: int = 9) -> list[CallR
                        worker_ns=round(claimed_ms * 1e6), cuda_event_ns=None,
                        evaluator_wall_ns=round(round_trip_ms * 1e6), input_mutated=False)
             for index in range(1, count + 1)]
+
+
+@pytest.mark.parametrize("problem", [
+    Problem(),
+    Problem(num_layers=8, num_gpus=144, num_nodes=18),
+    Problem(num_layers=2, num_experts=8, num_replicas=8, num_groups=4, num_nodes=2, num_gpus=4),
+    Problem(num_layers=3, num_experts=6, num_replicas=18, num_groups=3, num_nodes=2, num_gpus=2),
+], ids=["deepseek-v3-prefill", "decode-144-gpus", "no-redundancy", "three-replicas-each"])
+def test_the_harness_is_measured_with_the_narrowest_valid_plan(problem):
+    """The harness's work grows with the outputs; the program it is measured with returns a valid plan whose log2phy
+    is as narrow as R/E allows (some expert holds at least that many slots), so no candidate's outputs are smaller."""
+    spec = importlib.util.spec_from_file_location("narrowest_plan", HARNESS_PROGRAM)
+    program = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(program)
+    weight = torch.randint(0, 1000, (problem.num_layers, problem.num_experts))
+    outputs = program.rebalance_experts(weight, *problem.rebalance_args())
+    check = check_plan(outputs, problem)
+    assert check.plan is not None, check.violations
+    assert outputs[1].shape[-1] == math.ceil(problem.num_replicas / problem.num_experts)
 
 
 def test_the_harness_time_of_a_trusted_program_is_its_round_trip_beyond_its_calls():

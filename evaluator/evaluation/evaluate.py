@@ -42,7 +42,7 @@ from evaluator.evaluation.schedule import call_inputs
 from evaluator.evaluation.settings import Settings
 from evaluator.evaluation.timing import SeedTiming, SeedTimingCache, default_cache_path, harness_overhead_ms, measure
 from evaluator.files import remove_tree
-from evaluator.paths import SEED_PROGRAM
+from evaluator.paths import HARNESS_PROGRAM, SEED_PROGRAM
 from evaluator.sandbox import WorkerInfo
 from evaluator.scratch import scratch_folder
 from evaluator.software import software
@@ -88,7 +88,6 @@ class Evaluator:
         self._files = scratch_folder("evaluator-")
         self._remove_files = weakref.finalize(self, _remove_if_owner, self._files, os.getpid())
         warm_up = seed_patch_warm_up(self._files, self.settings.problem, self._inputs.dtype.name)
-        self._seed_patch = warm_up.program  # trusted too: the harness's overhead is measured with it as well
         self.lanes = Lanes(self.settings.worker_limits(), device, spares, gpus,
                            str(default_cache_path().parent.resolve()), warm_up, replenish, self.settings.start_method)
         self._runner = Runner(self.settings, self.lanes, self._inputs, self._score_on_next_window)
@@ -163,14 +162,15 @@ class Evaluator:
                 return cached
             try:
                 run = self._runner.run(SEED_PROGRAM, lane_name, give_up_at)
-                patch_run = self._runner.run(self._seed_patch, lane_name, give_up_at)
+                harness_run = self._runner.run(HARNESS_PROGRAM, lane_name, give_up_at)
             except RunFailed as failed:
                 raise RunFailed("infra_error", f"timing the seed failed ({failed.status}): {failed.error}") from None
-            # The harness's time per call is the lesser of two trusted programs': one measurement can come out
-            # several times too high (the seed's, 19.5 ms against 2.3 to 2.5 ms otherwise, once on an H100 host),
-            # and every candidate's round trips are taken less it. The seed's own clock is trusted: its time is its
-            # claim, which such an outlier cannot inflate.
-            overhead = min(harness_overhead_ms(run.timed), harness_overhead_ms(patch_run.timed))
+            # The harness's time per call is the lesser of two trusted programs': the narrowest plan's, whose
+            # outputs cost the harness less than any candidate's, and the seed's, since one measurement can come
+            # out several times too high (the seed's, 19.5 ms against 2.3 to 2.5 ms otherwise, once on an H100
+            # host), and every candidate's round trips are taken less it. The seed's own clock is trusted: its time
+            # is its claim, which such an outlier cannot inflate.
+            overhead = min(harness_overhead_ms(run.timed), harness_overhead_ms(harness_run.timed))
             claimed = timing_summary([call.worker_ns / 1e6 for call in run.timed])
             seed = SeedTiming(claimed.median_ms, overhead, claimed.relative_spread, claimed.count)
             self._seed_timings.put(key, seed)
@@ -204,7 +204,8 @@ class Evaluator:
             seed_balancedness=self._seed_report.balancedness_score,
             gpus_with_duplicate_expert=run.duplicate_gpus,
             timing={**timing.to_json(), "seed": asdict(seed), "variant_calls": len(run.variants),
-                    "skipped_variant_calls": run.skipped_variants, "rechecked_calls": run.rechecked},
+                    "skipped_variant_calls": run.skipped_variants, "rechecked_calls": run.rechecked,
+                    "overlapped_calls": run.overlapped},
             workload=self._workload(),
             stdout=run.stdout,
             stderr=run.stderr,

@@ -23,6 +23,7 @@ import numpy as np
 
 from evaluator.eplb.invariants import PlanCheck, Violation
 from evaluator.eplb.plan import Plan
+from evaluator.eplb.problem import Problem
 from evaluator.eplb.scoring import BalancednessReport
 from evaluator.evaluation.lanes import Holding, Lane, Lanes
 from evaluator.evaluation.outputs import check_call
@@ -58,6 +59,7 @@ class Run:
     timed: list[CallResult]
     skipped_variants: int
     rechecked: int  # calls repeated in the recheck's process
+    overlapped: int  # timed calls whose result the evaluator took in while the next call ran (`_Calls.overlaps`)
     duplicate_gpus: float
     phases: dict[str, float]  # where the run's wall time went, in ms
     phase_compute: dict[str, float]  # the candidate's own time in the calls of each phase, in ms
@@ -166,7 +168,7 @@ class Runner:
                 calls.settle(wait=True)
                 phase("validation_tail_ms")
         compute = {"warmup_ms": calls.warmup_ns / 1e6, "calls_ms": calls.timed_ns / 1e6, "recheck_ms": recheck_ns / 1e6}
-        return Run(worker.info, calls.scored, calls.variants, calls.timed, calls.skipped, len(kept),
+        return Run(worker.info, calls.scored, calls.variants, calls.timed, calls.skipped, len(kept), calls.overlapped,
                    statistics.fmean(calls.duplicates), phases, compute, lane.name, stdout, stderr)
 
     @contextmanager
@@ -192,14 +194,16 @@ class Runner:
 
     def call(self, worker: Worker, weight: np.ndarray, deadline: float) -> CallResult:
         """One call of the entry point on `weight`, within what is left of the candidate's time."""
-        return next(self.calls(worker, [weight], deadline))
+        return next(self.calls(worker, [weight], deadline, overlap=False))
 
-    def calls(self, worker: Worker, weights: Iterable[np.ndarray], deadline: float) -> Iterator[CallResult]:
-        """A call on each of `weights` in turn, within what is left of the candidate's time; a result is taken in
-        while the worker computes the next call if the settings validate during calls (`Worker.calls`)."""
+    def calls(self, worker: Worker, weights: Iterable[np.ndarray], deadline: float,
+              overlap: bool | Callable[[int], bool]) -> Iterator[CallResult]:
+        """A call on each of `weights` in turn, within what is left of the candidate's time; with `overlap` (or
+        where it says so, asked with each call's round trip), a result is taken in while the worker computes the
+        next call (`Worker.calls`)."""
         args = self.settings.problem.rebalance_args()
         return worker.calls(((weight, args, _remaining(deadline, self.settings.timeout_s)) for weight in weights),
-                            overlap=self.settings.validate_during_calls)
+                            overlap=overlap)
 
     def _recheck(self, lane: Lane, processes: _Processes, program: Path,
                  calls: list[tuple[np.ndarray, CallResult, int]], deadline: float) -> int:
@@ -209,7 +213,8 @@ class Runner:
         if not calls:
             return spent_ns
         worker = processes.launch(lane, program, deadline)
-        for (_, first, number), again in zip(calls, self.calls(worker, [weight for weight, _, _ in calls], deadline)):
+        for (_, first, number), again in zip(calls, self.calls(worker, [weight for weight, _, _ in calls], deadline,
+                                                                         self.settings.validate_during_calls)):
             spent_ns += again.worker_ns
             if len(first.outputs) != len(again.outputs) or not all(map(_same_array, first.outputs, again.outputs)):
                 violation = Violation(
@@ -228,12 +233,13 @@ class _Pending:
     what: str  # the call, as an error names it
     position: int | None  # its place in the schedule; None for a warm-up call
     result: CallResult
-    verdict: Future[PlanCheck]
+    verdict: Future[tuple[PlanCheck, int]]  # with the validation's time in ns
 
 
 class _Calls:
     """The calls of a run's first process, in order: warm-up, then the schedule. Each output is validated on
-    `validator` while the worker computes the next (or before it, if the settings say so)."""
+    `validator` while the worker computes the next, unless the settings say otherwise or the calls are too short
+    for it (`overlaps`)."""
 
     def __init__(self, runner: Runner, worker: Worker, validator: ThreadPoolExecutor, deadline: float,
                  schedule: list[Call], rechecked: _Sample) -> None:
@@ -245,7 +251,10 @@ class _Calls:
         self.variants: list[tuple[int, float]] = []
         self.timed: list[CallResult] = []  # times only: outputs are megabytes each
         self.duplicates: list[int] = []
-        self.warmup_ns = self.timed_ns = self.skipped = 0
+        self.warmup_ns = self.timed_ns = self.skipped = self.overlapped = 0
+        self._work_ns = 0  # the evaluator's work on the latest result taken in: its validation and score
+        # whether the result being taken in is taken in while the next call runs (`overlaps`)
+        self._overlapping = runner.settings.validate_during_calls
 
     def warm_up(self, rng: np.random.Generator, for_clocks: bool) -> None:
         """Untimed calls until the settings' least count is reached and, `for_clocks`, their least candidate time
@@ -288,19 +297,31 @@ class _Calls:
             call = self._schedule[position]
             what = f"window {call.window}" if call.scored else f"a variant of window {call.window}"
             self.timed_ns += result.worker_ns
+            self.overlapped += self._overlapping
             self.timed.append(replace(result, outputs=()))
             self._take(result, f"timed call {position + 1} (planning on {what})", position)
+
+    def overlaps(self, round_trip_ns: int) -> bool:
+        """Whether the evaluator's work on the result of a call that took `round_trip_ns` may run beside the next
+        call. Not when the call came back before the work on the previous result was done, or in less than twice
+        that work's time: the work would then delay the reading of the next result, whose round trip is the
+        program's time, and a fast program would be timed at the evaluator's pace."""
+        busy = any(not pending.verdict.done() for pending in self._pending)
+        self._overlapping = not busy and round_trip_ns >= 2 * self._work_ns
+        return self._overlapping
 
     def settle(self, wait: bool) -> None:
         """Take in validated calls, in order (all of them if `wait`); raises `RunFailed` at the first invalid."""
         while self._pending and (wait or self._pending[0].verdict.done()):
             pending = self._pending.popleft()
-            check = pending.verdict.result()
+            check, self._work_ns = pending.verdict.result()
             _require_valid(check, pending.what, self._worker)
             if pending.position is None:
                 continue
             call = self._schedule[pending.position]
+            scoring_started = time.perf_counter_ns()
             report = self._runner.score_on_next_window(check.plan, call.window)
+            self._work_ns += time.perf_counter_ns() - scoring_started
             if call.scored:
                 self.scored[call.window] = report
                 self.duplicates.append(check.gpus_with_duplicate_expert or 0)
@@ -310,18 +331,19 @@ class _Calls:
     def _calls(self, weights: Iterable[np.ndarray]) -> Iterator[CallResult]:
         """The worker's results on `weights`; when it fails, an earlier invalid output is the failure raised."""
         try:
-            yield from self._runner.calls(self._worker, weights, self._deadline)
+            overlap = self.overlaps if self._runner.settings.validate_during_calls else False
+            yield from self._runner.calls(self._worker, weights, self._deadline, overlap)
         except SandboxFailure:
             self.settle(wait=True)
             raise
 
     def _take(self, result: CallResult, what: str, position: int | None = None) -> None:
         """Queue `result`'s validation, keep it if it is to be rechecked, and take in the checks already done."""
-        verdict = self._validator.submit(check_call, result, self._runner.settings.problem)
+        verdict = self._validator.submit(_timed_check, result, self._runner.settings.problem)
         self._pending.append(_Pending(what, position, result, verdict))
         if position is not None:
             self.rechecked.offer(position, result)
-        self.settle(wait=not self._runner.settings.validate_during_calls)
+        self.settle(wait=not self._overlapping)
 
 
 class _Sample:
@@ -364,6 +386,13 @@ def _validation_thread() -> Iterator[ThreadPoolExecutor]:
         validator.shutdown(wait=False, cancel_futures=True)
         raise
     validator.shutdown()
+
+
+def _timed_check(result: CallResult, problem: Problem) -> tuple[PlanCheck, int]:
+    """`check_call`, and how long it took in ns."""
+    started = time.perf_counter_ns()
+    check = check_call(result, problem)
+    return check, time.perf_counter_ns() - started
 
 
 def _require_valid(check: PlanCheck, which: str, worker: Worker) -> None:

@@ -1,12 +1,13 @@
 """Per-call times of a program, taken by the evaluator's own clock, and the seed's time per device.
 
 The evaluator stamps each call's round trip: from before it writes the input into the exchange (a thread of the
-candidate's can watch that memory) to after it has copied the outputs out. Beyond the call itself, a round trip
-holds the harness's work (the input to the device and the outputs back, the input check, two small frames), which
-for the same shapes is about the same for every program; it is measured on the seed and the seed patch, which
-cannot lie, and the lesser of the two is kept with the seed's timing. A program's time is its median round trip
-less that harness time: nothing in the candidate's process moves it, so a patched clock gains nothing, and a
-program that skips the harness's work in its process gains at most the worker's part of the harness time.
+candidate's can watch that memory) to the reply's arrival. Beyond the call itself, a round trip holds the harness's
+work (the input to the device and the outputs back into the exchange, the input check, two small frames), which
+for the same shapes is about the same for every program but grows with the outputs' size; it is measured on the
+seed and on the narrowest valid plan (no candidate's outputs are smaller), which cannot lie, and the lesser of the
+two is kept with the seed's timing. A program's time is its median round trip less that harness time: nothing in
+the candidate's process moves it, so a patched clock gains nothing, and a program that skips the harness's work in
+its process gains at most the worker's part of the harness time.
 
 The worker also times each call itself (perf_counter around the call, the whole device synchronised before the end
 stamp). That claim is a cross-check: more than its round trip, or no time at all, is a tampered clock (a crash);
@@ -67,7 +68,7 @@ def measure(calls: list[CallResult], harness_ms: float) -> Timing:
 @dataclass(frozen=True)
 class SeedTiming:
     time_ms: float
-    overhead_ms: float  # the harness's per call: the lesser of the seed's and the seed patch's
+    overhead_ms: float  # the harness's per call: the lesser of the seed's and the narrowest plan's
     relative_spread: float
     calls: int
 

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NoReturn
@@ -253,24 +253,27 @@ class Worker:
         return next(self.calls([(weight, args, timeout_s)]))
 
     def calls(self, inputs: Iterable[tuple[ArrayLike, Sequence[int], float | None]],
-              overlap: bool = True) -> Iterator[CallResult]:
+              overlap: bool | Callable[[int], bool] = True) -> Iterator[CallResult]:
         """`call` on each (weight, args, timeout_s) of `inputs` in turn, yielding each result.
 
         The worker holds one input at a time: the next is sent once a result has arrived and its outputs are
         copied out of the exchange. With `overlap`, that is before the result is decoded and yielded, so the
         evaluator's work on it runs while the worker computes the next call (and `inputs` is asked for the next item
-        before the caller has seen the result); without, after the caller is done with it.
+        before the caller has seen the result); without, after the caller is done with it. `overlap` may also be
+        asked, with each call's round trip in ns, when its result arrives.
         """
+        overlaps = overlap if callable(overlap) else lambda _round_trip_ns: overlap
         items = iter(inputs)
         item = next(items, None)
         sent = self._send_call(*item) if item is not None else None
         while sent is not None:
             answer = self._receive_call(sent)
+            overlapped = answer.header.get("op") == "result" and overlaps(answer.wall_ns)
             following = None
-            if overlap and answer.header.get("op") == "result" and (item := next(items, None)) is not None:
+            if overlapped and (item := next(items, None)) is not None:
                 following = self._send_call(*item)
             yield self._call_result(answer, sent)
-            if not overlap and (item := next(items, None)) is not None:
+            if not overlapped and (item := next(items, None)) is not None:
                 following = self._send_call(*item)
             sent = following
 
@@ -293,17 +296,19 @@ class Worker:
         return sent
 
     def _receive_call(self, sent: _SentCall) -> _Answer:
-        """The call's answer with its outputs copied out of the exchange, and its round trip in ns, stamped once
-        they are: whatever the candidate's process writes there after its reply is either in the copies, and
-        timed, or not read at all."""
+        """The call's answer with its outputs copied out of the exchange, and its round trip in ns, stamped when
+        the answer arrived. The copying is the evaluator's own work and left out, so that the round trip does not
+        grow with the outputs' size; what the candidate's process writes there after its reply, while they are
+        copied, gains it at most the copies' time."""
         header = self._receive(sent.deadline, sent.timeout, sent.what)
+        wall_ns = time.perf_counter_ns() - sent.started_ns
         outputs = None
         if header.get("op") == "result":
             try:
                 outputs = _read_outputs(header, self._exchange, sent.outputs_start)
             except channel.ProtocolError as error:
                 self._fail(FailureKind.CRASH, f"the worker sent a malformed result for {sent.what}: {error}")
-        return _Answer(header, outputs, time.perf_counter_ns() - sent.started_ns)
+        return _Answer(header, outputs, wall_ns)
 
     def _call_result(self, answer: _Answer, sent: _SentCall) -> CallResult:
         if answer.outputs is None:
@@ -602,7 +607,7 @@ class _SentCall:
 class _Answer:
     header: dict[str, Any]  # the worker's reply
     outputs: tuple[tuple[Output, ...], tuple[str | None, ...]] | None  # with their devices; None unless a result
-    wall_ns: int  # the round trip, from before the input was written to after the outputs were copied out
+    wall_ns: int  # the round trip, from before the input was written to the answer's arrival
 
 
 def _text(value: Any) -> str:
