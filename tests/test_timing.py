@@ -64,6 +64,14 @@ def test_a_harness_running_at_another_pace_moves_a_truthful_time_by_the_differen
     assert timing.clock_check == "agrees"
 
 
+def test_an_honest_program_with_outputs_wider_than_the_narrowest_plans_is_not_named():
+    """The harness is measured with the narrowest valid outputs; wider ones cost the worker's copies on top (the seed
+    patch's 4.2 MB about as much again as the harness, on an H200 host): timed at its round trips, not named."""
+    timing = measure(calls(12.5, 12.5 + HARNESS_MS * 1.9), HARNESS_MS)
+    assert timing.time_ms == pytest.approx(12.5 + HARNESS_MS * 0.9)
+    assert timing.clock_check == "agrees"
+
+
 @pytest.mark.parametrize("claimed_ms", [0.000001, 0.001, 7.5])
 def test_a_patched_clock_gains_nothing(claimed_ms):
     """A program of 15 ms claiming next to nothing, or half: timed at its round trips less the harness, as if

@@ -59,7 +59,7 @@ class Run:
     timed: list[CallResult]
     skipped_variants: int
     rechecked: int  # calls repeated in the recheck's process
-    overlapped: int  # timed calls whose result the evaluator took in while the next call ran (`_Calls.overlaps`)
+    overlapped: int  # timed calls that ran while the evaluator took in the result before (`_Calls.overlaps`)
     duplicate_gpus: float
     phases: dict[str, float]  # where the run's wall time went, in ms
     phase_compute: dict[str, float]  # the candidate's own time in the calls of each phase, in ms
@@ -253,8 +253,10 @@ class _Calls:
         self.duplicates: list[int] = []
         self.warmup_ns = self.timed_ns = self.skipped = self.overlapped = 0
         self._work_ns = 0  # the evaluator's work on the latest result taken in: its validation and score
-        # whether the result being taken in is taken in while the next call runs (`overlaps`)
+        # Whether the result being taken in is taken in while the next call runs (`overlaps`), and whether the call
+        # that brought it ran while the evaluator worked on the result before.
         self._overlapping = runner.settings.validate_during_calls
+        self._ran_beside_work = False
 
     def warm_up(self, rng: np.random.Generator, for_clocks: bool) -> None:
         """Untimed calls until the settings' least count is reached and, `for_clocks`, their least candidate time
@@ -297,17 +299,20 @@ class _Calls:
             call = self._schedule[position]
             what = f"window {call.window}" if call.scored else f"a variant of window {call.window}"
             self.timed_ns += result.worker_ns
-            self.overlapped += self._overlapping
+            self.overlapped += self._ran_beside_work
             self.timed.append(replace(result, outputs=()))
             self._take(result, f"timed call {position + 1} (planning on {what})", position)
 
     def overlaps(self, round_trip_ns: int) -> bool:
         """Whether the evaluator's work on the result of a call that took `round_trip_ns` may run beside the next
-        call. Not when the call came back before the work on the previous result was done, or in less than twice
-        that work's time: the work would then delay the reading of the next result, whose round trip is the
-        program's time, and a fast program would be timed at the evaluator's pace."""
+        call. Not when the call came back before the validation of the previous result was done, or in less than
+        twice the work's time (less that work, if it ran beside this call and so may have lengthened it, so that one
+        slow call does not keep the overlap going): the work would then delay the reading of the next result, whose
+        round trip is the program's time, and a fast program would be timed at the evaluator's pace."""
+        self._ran_beside_work = self._overlapping
         busy = any(not pending.verdict.done() for pending in self._pending)
-        self._overlapping = not busy and round_trip_ns >= 2 * self._work_ns
+        alone_ns = round_trip_ns - (self._work_ns if self._ran_beside_work else 0)
+        self._overlapping = not busy and alone_ns >= 2 * self._work_ns
         return self._overlapping
 
     def settle(self, wait: bool) -> None:

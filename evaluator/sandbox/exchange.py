@@ -5,8 +5,8 @@ an aligned offset, and names their dtypes, shapes and offsets in its reply on th
 packed, pickled or twice: a round trip costs the call, two copies and two small frames.
 
 The worker's process can write anywhere in the region at any time, so the evaluator treats it as untrusted
-memory: it copies every output out at once (before the round trip's end is stamped and before the next input goes
-in), reads only ranges that lie, in order and apart, between the outputs' start and the region's end, and never
+memory: it copies every output out at once (as soon as the reply has come and its round trip is stamped, before the
+next input goes in), reads only ranges that lie, in order and apart, between the outputs' start and the region's end, and never
 reads back what it wrote. The region cannot be shrunk (a sealed size), so no read of it faults.
 """
 
