@@ -977,9 +977,9 @@ def test_calls_in_a_row_give_each_input_its_own_plan_in_order(pool, overlap):
 
 
 def test_overlap_asked_per_call_decides_whether_the_next_input_goes_before_the_result_is_seen(pool):
-    """`overlap` asked with each call's round trip: where it says no, the next input is not even drawn before the
-    caller has the result."""
-    asked: list[int] = []
+    """`overlap` asked with when each call was sent and its reply came in: where it says no, the next input is not
+    even drawn before the caller has the result."""
+    asked: list[tuple[int, int]] = []
     events: list[str] = []
 
     def inputs():
@@ -987,16 +987,17 @@ def test_overlap_asked_per_call_decides_whether_the_next_input_goes_before_the_r
             events.append(f"input {seed + 1}")
             yield weight_for(SMALL, seed), SMALL.rebalance_args(), None
 
-    def overlap(round_trip_ns: int) -> bool:
-        asked.append(round_trip_ns)
+    def overlap(started_ns: int, replied_ns: int) -> bool:
+        asked.append((started_ns, replied_ns))
         return len(asked) % 2 == 1  # after calls 1 and 3, not after call 2
 
     with pool.launch(SEED) as worker:
         for result in worker.calls(inputs(), overlap=overlap):
             events.append(f"result {result.call_index}")
-            assert result.evaluator_wall_ns == asked[-1]
+            started_ns, replied_ns = asked[-1]
+            assert result.evaluator_wall_ns == replied_ns - started_ns > 0
     assert events == ["input 1", "input 2", "result 1", "result 2", "input 3", "input 4", "result 3", "result 4"]
-    assert len(asked) == 4 and all(round_trip > 0 for round_trip in asked)
+    assert len(asked) == 4 and all(earlier[1] < later[0] for earlier, later in zip(asked, asked[1:]))
 
 
 def test_the_next_input_is_sent_only_once_a_result_has_arrived(pool, tmp_path):

@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -197,10 +198,10 @@ class Runner:
         return next(self.calls(worker, [weight], deadline, overlap=False))
 
     def calls(self, worker: Worker, weights: Iterable[np.ndarray], deadline: float,
-              overlap: bool | Callable[[int], bool]) -> Iterator[CallResult]:
+              overlap: bool | Callable[[int, int], bool]) -> Iterator[CallResult]:
         """A call on each of `weights` in turn, within what is left of the candidate's time; with `overlap` (or
-        where it says so, asked with each call's round trip), a result is taken in while the worker computes the
-        next call (`Worker.calls`)."""
+        where it says so, asked as each result arrives), a result is taken in while the worker computes the next
+        call (`Worker.calls`)."""
         args = self.settings.problem.rebalance_args()
         return worker.calls(((weight, args, _remaining(deadline, self.settings.timeout_s)) for weight in weights),
                             overlap=overlap)
@@ -233,7 +234,7 @@ class _Pending:
     what: str  # the call, as an error names it
     position: int | None  # its place in the schedule; None for a warm-up call
     result: CallResult
-    verdict: Future[tuple[PlanCheck, int]]  # with the validation's time in ns
+    verdict: Future[_Validated]
 
 
 class _Calls:
@@ -252,7 +253,9 @@ class _Calls:
         self.timed: list[CallResult] = []  # times only: outputs are megabytes each
         self.duplicates: list[int] = []
         self.warmup_ns = self.timed_ns = self.skipped = self.overlapped = 0
-        self._work_ns = 0  # the evaluator's work on the latest result taken in: its validation and score
+        # The evaluator's work on a result, its validation and score: how long it took the latest time, and when the
+        # work taken in so far was done (perf_counter_ns), the validations' and the caller's own.
+        self._work_ns = self._work_done_ns = 0
         # Whether the result being taken in is taken in while the next call runs (`overlaps`), and whether the call
         # that brought it ran while the evaluator worked on the result before.
         self._overlapping = runner.settings.validate_during_calls
@@ -303,23 +306,28 @@ class _Calls:
             self.timed.append(replace(result, outputs=()))
             self._take(result, f"timed call {position + 1} (planning on {what})", position)
 
-    def overlaps(self, round_trip_ns: int) -> bool:
-        """Whether the evaluator's work on the result of a call that took `round_trip_ns` may run beside the next
-        call. Not when the call came back before the validation of the previous result was done, or in less than
-        twice the work's time (less that work, if it ran beside this call and so may have lengthened it, so that one
-        slow call does not keep the overlap going): the work would then delay the reading of the next result, whose
-        round trip is the program's time, and a fast program would be timed at the evaluator's pace."""
+    def overlaps(self, started_ns: int, replied_ns: int) -> bool:
+        """Whether the evaluator's work on the result of a call (sent at `started_ns`, its reply in at `replied_ns`)
+        may run beside the next call: where the work would delay the reading of the next result, whose round trip
+        is the program's time, a fast program would be timed at the evaluator's pace. A call that ran beside the
+        work on the result before says so by when that work was done: by the middle of its round trip. One that ran
+        alone, by its round trip against the work's time: at least twice as long."""
         self._ran_beside_work = self._overlapping
-        busy = any(not pending.verdict.done() for pending in self._pending)
-        alone_ns = round_trip_ns - (self._work_ns if self._ran_beside_work else 0)
-        self._overlapping = not busy and alone_ns >= 2 * self._work_ns
+        if any(not pending.verdict.done() for pending in self._pending):
+            self._overlapping = False
+        elif self._ran_beside_work:
+            done_ns = max([self._work_done_ns, *(pending.verdict.result().finished_ns for pending in self._pending)])
+            self._overlapping = done_ns <= (started_ns + replied_ns) // 2
+        else:
+            self._overlapping = replied_ns - started_ns >= 2 * self._work_ns
         return self._overlapping
 
     def settle(self, wait: bool) -> None:
         """Take in validated calls, in order (all of them if `wait`); raises `RunFailed` at the first invalid."""
         while self._pending and (wait or self._pending[0].verdict.done()):
             pending = self._pending.popleft()
-            check, self._work_ns = pending.verdict.result()
+            check, started_ns, finished_ns = pending.verdict.result()
+            self._work_ns, self._work_done_ns = finished_ns - started_ns, max(self._work_done_ns, finished_ns)
             _require_valid(check, pending.what, self._worker)
             if pending.position is None:
                 continue
@@ -349,6 +357,7 @@ class _Calls:
         if position is not None:
             self.rechecked.offer(position, result)
         self.settle(wait=not self._overlapping)
+        self._work_done_ns = max(self._work_done_ns, time.perf_counter_ns())
 
 
 class _Sample:
@@ -393,11 +402,17 @@ def _validation_thread() -> Iterator[ThreadPoolExecutor]:
     validator.shutdown()
 
 
-def _timed_check(result: CallResult, problem: Problem) -> tuple[PlanCheck, int]:
-    """`check_call`, and how long it took in ns."""
+class _Validated(NamedTuple):
+    check: PlanCheck
+    started_ns: int  # perf_counter_ns
+    finished_ns: int
+
+
+def _timed_check(result: CallResult, problem: Problem) -> _Validated:
+    """`check_call`, and when it started and finished."""
     started = time.perf_counter_ns()
     check = check_call(result, problem)
-    return check, time.perf_counter_ns() - started
+    return _Validated(check, started, time.perf_counter_ns())
 
 
 def _require_valid(check: PlanCheck, which: str, worker: Worker) -> None:

@@ -253,22 +253,23 @@ class Worker:
         return next(self.calls([(weight, args, timeout_s)]))
 
     def calls(self, inputs: Iterable[tuple[ArrayLike, Sequence[int], float | None]],
-              overlap: bool | Callable[[int], bool] = True) -> Iterator[CallResult]:
+              overlap: bool | Callable[[int, int], bool] = True) -> Iterator[CallResult]:
         """`call` on each (weight, args, timeout_s) of `inputs` in turn, yielding each result.
 
         The worker holds one input at a time: the next is sent once a result has arrived and its outputs are
         copied out of the exchange. With `overlap`, that is before the result is decoded and yielded, so the
         evaluator's work on it runs while the worker computes the next call (and `inputs` is asked for the next item
         before the caller has seen the result); without, after the caller is done with it. `overlap` may also be
-        asked, with each call's round trip in ns, when its result arrives.
+        asked when each result arrives, with the times (perf_counter_ns) the call was sent and its reply came in.
         """
-        overlaps = overlap if callable(overlap) else lambda _round_trip_ns: overlap
+        overlaps = overlap if callable(overlap) else lambda _started_ns, _replied_ns: overlap
         items = iter(inputs)
         item = next(items, None)
         sent = self._send_call(*item) if item is not None else None
         while sent is not None:
             answer = self._receive_call(sent)
-            overlapped = answer.header.get("op") == "result" and overlaps(answer.wall_ns)
+            overlapped = answer.header.get("op") == "result" and overlaps(sent.started_ns,
+                                                                          sent.started_ns + answer.wall_ns)
             following = None
             if overlapped and (item := next(items, None)) is not None:
                 following = self._send_call(*item)
