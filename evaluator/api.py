@@ -30,7 +30,7 @@ import numpy as np
 from evaluator.eplb.default_trace import default_trace
 from evaluator.eplb.trace import Trace
 from evaluator.evaluation import Evaluator, Result, Settings
-from evaluator.evaluation.timing import SeedTimingCache, default_cache_path
+from evaluator.evaluation.timing import ReferenceCache, default_cache_path
 from evaluator.parent import resolve_parent
 from evaluator.patch import PatchError, apply_parsed, parse_patch
 from evaluator.paths import DEFAULT_STORE
@@ -83,14 +83,14 @@ def configure(*, trace: Trace | None = None, settings: Settings | None = None, d
 
 def shared_evaluator() -> Evaluator:
     """The evaluator the API uses unless given one, as `configure` set it (by default: the embedded trace, the
-    default settings, the best device there is); the seed's timings are cached on disk. Created on first use,
+    default settings, the best device there is); the seed's references are cached on disk. Created on first use,
     closed at exit."""
     global _shared
     with _shared_lock:
         if _shared is None:
             config = _configuration
             _shared = Evaluator(config.trace or default_trace(), config.settings, device=config.device,
-                                spares=config.spares, seed_timings=SeedTimingCache(default_cache_path()))
+                                spares=config.spares, seed_references=ReferenceCache(default_cache_path()))
         return _shared
 
 

@@ -8,8 +8,8 @@ from evaluator.evaluation import Evaluator
 
 @pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory):
-    """The seed's timings and the device locks of the whole test session, in a folder of its own: tests never
-    read a user's cached timings nor wait on the locks of the user's own evaluations."""
+    """The seed's references of the whole test session, in a folder of its own: tests never read a user's cached
+    references. (Devices are locked machine-wide: a test waits for a user's evaluation on the same device.)"""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("EPLB_EVALUATOR_CACHE", str(tmp_path_factory.mktemp("cache")))
         yield

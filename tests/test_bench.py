@@ -1,5 +1,5 @@
-"""`python -m evaluator bench` through a real subprocess: the pace figures agree with their own rounds, and wrong
-arguments are refused before anything is measured."""
+"""`python -m evaluator bench` through a real subprocess: the pace and A/A figures agree with the samples they report,
+and wrong arguments are refused before anything is measured."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from evaluator.bench.speed_classes import SPEED_CLASSES
 from evaluator.exitcodes import ExitCode
 
 
@@ -36,8 +37,28 @@ def test_a_run_too_short_to_compare_rounds_is_refused():
     assert run.returncode == ExitCode.BAD_INPUT and "at least 2" in run.stderr
 
 
-@pytest.mark.parametrize("option", ["--warmup-s", "--clocks-hold-s", "--rechecks"])
-def test_the_evaluator_bench_refuses_a_negative_setting(option):
-    run = bench(option, "-1", "--device", "cpu", benchmark="evaluator")
-    assert run.returncode == ExitCode.BAD_INPUT and option in run.stderr and "at least 0" in run.stderr
+def test_the_evaluator_bench_refuses_a_negative_setting():
+    run = bench("--rechecks", "-1", "--device", "cpu", benchmark="evaluator")
+    assert run.returncode == ExitCode.BAD_INPUT and "--rechecks" in run.stderr and "at least 0" in run.stderr
     assert not run.stdout
+
+
+def test_the_aa_figures_are_read_off_the_evaluations_and_processes_they_report():
+    run = bench("--copies", "2", "--processes", "2", "--spares", "2", "--device", "cpu", "--json", benchmark="aa")
+    assert run.returncode == ExitCode.OK, run.stderr
+    result = json.loads(run.stdout)
+    assert [row["name"] for row in result["classes"]] == [speed.name for speed in SPEED_CLASSES]
+    for row in result["classes"]:
+        assert row["evaluations"] == 2 and row["failed"] == 0 and len(row["speedups"]) == 2
+        assert row["speedup_cv"] == pytest.approx(statistics.pstdev(row["speedups"]) / statistics.fmean(row["speedups"]))
+        assert row["speedup_max_over_min"] == pytest.approx(max(row["speedups"]) / min(row["speedups"]))
+        assert len(row["in_process_each_ms"]) == 2 and row["in_process_ms"] == statistics.median(row["in_process_each_ms"])
+        assert row["bias"] == pytest.approx(row["time_ms"] / row["in_process_ms"] - 1)
+    fastest, *_, slowest = result["classes"]
+    assert fastest["time_ms"] < slowest["time_ms"]
+
+
+@pytest.mark.parametrize("option", ["--copies", "--processes"])
+def test_the_aa_bench_needs_two_of_each_to_measure_a_spread(option):
+    run = bench(option, "1", "--device", "cpu", benchmark="aa")
+    assert run.returncode == ExitCode.BAD_INPUT and "at least 2" in run.stderr and not run.stdout

@@ -61,15 +61,36 @@ def test_a_candidate_made_invalid_fails(tmp_path):
     assert not verdict["holds"] and verdict["status"] == "invalid_output"
 
 
-BASELINE = {"status": "ok", "balancedness_score": 0.7, "speedup": 40.0, "device": "cuda", "card": "H100"}
+BASELINE = {"status": "ok", "balancedness_score": 0.7, "speedup": 40.0, "speedup_interval": [38.0, 42.0],
+            "device": "cuda", "card": "H100"}
 
 
-def test_a_speed_drop_counts_only_beyond_the_tolerance_and_on_the_same_card():
-    within = judge("a", "x", BASELINE, [{**BASELINE, "speedup": 31.0}], tolerance=0.25)
-    beyond = judge("a", "x", BASELINE, [{**BASELINE, "speedup": 29.0}], tolerance=0.25)
-    elsewhere = judge("a", "x", BASELINE, [{**BASELINE, "speedup": 2.0, "card": "H200"}], tolerance=0.25)
-    assert within.holds and not beyond.holds and "speedup fell" in beyond.reasons[0]
+def run(speedup: float, low: float, high: float, **changes: object) -> dict:
+    return {**BASELINE, "speedup": speedup, "speedup_interval": [low, high], **changes}
+
+
+def test_a_speed_drop_counts_only_when_the_intervals_part_by_more_than_the_tolerance_and_on_the_same_card():
+    # the baseline's bottom is 38: less a GPU's 15% is 32.3
+    overlapping = judge("a", "x", BASELINE, [run(30.0, 28.0, 33.0)])
+    apart = judge("a", "x", BASELINE, [run(30.0, 29.0, 32.0)])
+    one_of_two_near = judge("a", "x", BASELINE, [run(30.0, 29.0, 32.0), run(36.0, 35.0, 37.0)])
+    elsewhere = judge("a", "x", BASELINE, [run(2.0, 1.9, 2.1, card="H200")])
+    assert overlapping.holds and one_of_two_near.holds
+    assert not apart.holds and "speedup fell from 40.00x (95% interval 38.00 to 42.00) to 30.00x" in apart.reasons[0]
     assert elsewhere.holds and "speed not compared" in elsewhere.reasons[0]
+
+
+def test_a_baseline_from_before_intervals_counts_as_its_speedup_alone():
+    old = {key: value for key, value in BASELINE.items() if key != "speedup_interval"}
+    assert judge("a", "x", old, [run(34.5, 33.0, 34.5)]).holds  # 40 less 15% is 34
+    assert not judge("a", "x", old, [run(33.0, 32.0, 33.5)]).holds
+
+
+def test_on_a_cpu_which_other_load_slows_unevenly_a_speedup_may_fall_by_half():
+    on_cpu = {**BASELINE, "device": "cpu", "card": "a CPU"}
+    assert judge("a", "x", on_cpu, [run(25.0, 20.0, 20.0, device="cpu", card="a CPU")]).holds  # 38 less half: 19
+    fell = judge("a", "x", on_cpu, [run(17.0, 16.0, 18.0, device="cpu", card="a CPU")])
+    assert not fell.holds and "more than 50% below" in fell.reasons[0]
 
 
 def run_check(*options: str) -> subprocess.CompletedProcess[str]:

@@ -7,8 +7,7 @@ import pytest
 from small_problem import SMALL_SETTINGS, SMALL_TRACE
 
 from evaluator.evaluation.freshness import input_dependence
-from evaluator.evaluation.reference import seed_plans
-from evaluator.evaluation.schedule import build_schedule
+from evaluator.evaluation.seed_plans import seed_plans
 
 TOLERANCE = 0.03
 HONEST_SPREAD = 0.027  # one variant's gap, honest, on a problem of 4 layers
@@ -77,15 +76,3 @@ def test_the_seeds_own_gaps_spread_by_a_fraction_of_the_tolerance():
     spread = seed_plans(SMALL_TRACE, SMALL_SETTINGS.problem).gap_spread
     assert 0.2 * TOLERANCE < spread < TOLERANCE
     assert seed_plans(SMALL_TRACE, SMALL_SETTINGS.problem).gap_spread == spread
-
-
-@pytest.mark.parametrize("windows, per_window, least, expected", [(3, 1, 8, 8), (12, 1, 8, 11), (6, 1, 8, 10),
-                                                                    (3, 0, 8, 0), (6, 2, 0, 10)])
-def test_a_short_trace_gets_more_variants_per_window(windows, per_window, least, expected):
-    loads = np.arange(windows * 2 * 4).reshape(windows, 2, 4)
-    schedule = build_schedule(loads, per_window, np.random.default_rng(0), least)
-    variants = [call for call in schedule if not call.scored]
-    assert len(variants) == expected
-    assert len([call for call in schedule if call.scored]) == windows - 1
-    counts = np.bincount([call.window for call in variants], minlength=windows - 1)
-    assert len(set(counts.tolist())) == 1  # as many for every planned window

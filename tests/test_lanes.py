@@ -18,8 +18,8 @@ import pytest
 from small_problem import SMALL_SETTINGS, SMALL_TRACE
 
 from evaluator.evaluation import Evaluator
-from evaluator.evaluation.lanes import Lanes
-from evaluator.evaluation.timing import SeedTimingCache, default_cache_path
+from evaluator.evaluation.lanes import Lanes, lane_cores
+from evaluator.evaluation.timing import ReferenceCache, default_cache_path
 from evaluator.paths import SEED_PROGRAM
 from evaluator.sandbox import FailureKind, Limits, SandboxFailure
 
@@ -53,13 +53,29 @@ def test_a_held_lane_is_locked_for_other_processes_until_released(lanes):
     assert not held_elsewhere(holding.lane.lock_address)
 
 
-def test_evaluators_with_another_cache_folder_do_not_share_the_lock(lanes, tmp_path):
+def test_lanes_given_a_scope_of_their_own_do_not_share_the_lock(lanes, tmp_path):
     other = Lanes(Limits(), "cpu", 0, None, str(tmp_path / "elsewhere"))
     assert other.lanes[0].lock_address != lanes.lanes[0].lock_address
     holding = lanes.take()
     other.take(give_up_at=time.monotonic() + 5).release()  # not kept waiting
     holding.release()
     other.close()
+
+
+def test_evaluators_with_other_cache_folders_take_turns_on_a_device(tmp_path, monkeypatch):
+    """Two candidates timed on one device at once would each be timed at the other's expense, whatever folder each
+    evaluator keeps its seed references in."""
+    monkeypatch.setenv("EPLB_EVALUATOR_CACHE", str(tmp_path / "one"))
+    with Evaluator(SMALL_TRACE, SMALL_SETTINGS, device="cpu", spares=0) as first:
+        monkeypatch.setenv("EPLB_EVALUATOR_CACHE", str(tmp_path / "other"))
+        with Evaluator(SMALL_TRACE, SMALL_SETTINGS, device="cpu", spares=0) as second:
+            assert first.lanes.lanes[0].lock_address == second.lanes.lanes[0].lock_address
+            holding = first.lanes.take()
+            try:
+                result = second.evaluate(SEED_PROGRAM, give_up_at=time.monotonic() + 0.5)
+            finally:
+                holding.release()
+    assert result.status == "infra_error" and "gave up waiting" in result.error
 
 
 def test_a_forked_child_does_not_keep_its_parents_lane_locked(lanes):
@@ -104,7 +120,7 @@ time.sleep(60)
 def test_a_process_that_takes_the_lane_again_and_again_lets_a_waiting_one_have_it(lanes, tmp_path):
     greedy = subprocess.Popen([sys.executable, "-c", f"""
 import time
-from evaluator.evaluation.lanes import Lanes
+from evaluator.evaluation.lanes import Lanes, lane_cores
 from evaluator.sandbox import Limits
 lanes = Lanes(Limits(), "cpu", 0, None, {str(tmp_path)!r})
 print("taking turns", flush=True)
@@ -167,11 +183,11 @@ def test_the_lane_is_free_again_only_once_every_process_of_a_candidate_is_gone(t
         holding.release()
 
 
-def test_an_unusable_cache_folder_only_costs_the_seeds_cached_time(tmp_path, monkeypatch):
+def test_an_unusable_cache_folder_only_costs_the_seeds_cached_reference(tmp_path, monkeypatch):
     (tmp_path / "cache").write_text("a file where the cache folder should be")
     monkeypatch.setenv("EPLB_EVALUATOR_CACHE", str(tmp_path / "cache"))
     with Evaluator(SMALL_TRACE, SMALL_SETTINGS, device="cpu", spares=1,
-                   seed_timings=SeedTimingCache(default_cache_path())) as evaluator:
+                   seed_references=ReferenceCache(default_cache_path())) as evaluator:
         result = evaluator.evaluate(SEED_PROGRAM)
     assert result.status == "ok", result.error
     assert (tmp_path / "cache").read_text() == "a file where the cache folder should be"
@@ -187,3 +203,46 @@ def test_an_evaluation_that_gets_no_device_by_its_deadline_is_an_infra_error(sma
         holding.release()
     assert result.status == "infra_error" and "gave up waiting" in result.error
     assert small.evaluate(SEED_PROGRAM, give_up_at=time.monotonic() + 60).status == "ok"
+
+
+# ---- cores ----------------------------------------------------------------------------------------------
+
+
+def test_each_lane_gets_a_core_of_its_own_and_the_evaluator_the_rest():
+    single = [(cpu,) for cpu in range(16)]
+    (one,), evaluator = lane_cores(1, single)
+    assert one == (15,) and evaluator == list(range(15))
+    two, evaluator = lane_cores(2, single)
+    assert two == [(15,), (14,)] and evaluator == list(range(14))
+
+
+def test_a_lanes_core_keeps_its_other_hardware_threads_idle():
+    paired = [(cpu, cpu + 8) for cpu in range(8)]  # the kernel numbers siblings eight apart
+    (one,), evaluator = lane_cores(1, paired)
+    assert one == (7,) and 15 not in evaluator and sorted(evaluator) == [*range(7), *range(8, 15)]
+
+
+def test_a_machine_of_few_cores_gives_lanes_none():
+    assert lane_cores(1, [(0,), (1,)]) == ([None], None)
+    assert lane_cores(2, [(cpu,) for cpu in range(4)]) == ([None, None], None)
+
+
+def test_a_candidate_runs_on_its_lanes_core_and_the_evaluator_elsewhere_while_it_is_open(tmp_path, monkeypatch):
+    monkeypatch.setattr("evaluator.evaluation.lanes.physical_cores", lambda cpus: [(cpu,) for cpu in sorted(cpus)])
+    monkeypatch.setattr("evaluator.evaluation.lanes.MIN_EVALUATOR_CORES", 1)
+    before = os.sched_getaffinity(0)
+    program = tmp_path / "where.py"
+    program.write_text(f"import os, importlib.util\n"
+                       f"_spec = importlib.util.spec_from_file_location('seed', {str(SEED_PROGRAM)!r})\n"
+                       "seed = importlib.util.module_from_spec(_spec)\n_spec.loader.exec_module(seed)\n"
+                       "def rebalance_experts(weight, *args):\n"
+                       "    print('cpus', sorted(os.sched_getaffinity(0)), flush=True)\n"
+                       "    return seed.rebalance_experts(weight, *args)\n")
+    with Evaluator(SMALL_TRACE, SMALL_SETTINGS, device="cpu", spares=1) as evaluator:
+        [lane] = evaluator.lanes.lanes
+        assert lane.isolated and lane.cpus == (max(before),)
+        assert os.sched_getaffinity(0) == before - {max(before)}
+        result = evaluator.evaluate(program)
+    assert result.status == "ok", result.error
+    assert {line for line in result.stdout.splitlines() if line.startswith("cpus")} == {f"cpus [{max(before)}]"}
+    assert os.sched_getaffinity(0) == before

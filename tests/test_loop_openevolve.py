@@ -265,14 +265,14 @@ SLOW = SEED_SOURCE + """
 import time
 _plan = rebalance_experts
 def rebalance_experts(*args):
-    time.sleep(1.0)
+    time.sleep(0.5)  # within a call's limit (at least 1 s), slow enough for the whole to outlast the deadline
     return _plan(*args)
 """
 
 
 def test_a_stage_two_that_would_outlast_openevolves_timeout_scores_zero(folder, monkeypatch):
-    # Stage 1 (one call) passes in time; the full evaluation (a dozen calls of 1 s) would outlast OpenEvolve's
-    # timeout, after which OpenEvolve keeps stage 1's combined_score of 1.0.
+    # Stage 1 (one call) passes in time; the full evaluation (a few dozen calls of 0.5 s) would outlast
+    # OpenEvolve's timeout, after which OpenEvolve keeps stage 1's combined_score of 1.0.
     monkeypatch.setattr(openevolve_evaluator, "STAGE2_DEADLINE_S", 3.0)
     metrics, artifacts = run(folder, SLOW, cascade_evaluation=True, cascade_thresholds=[0.5], timeout=8)
     assert metrics["combined_score"] == 0.0 and metrics["stage2_passed"] == 0.0

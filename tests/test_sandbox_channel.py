@@ -141,7 +141,7 @@ def test_outputs_cross_the_exchange_with_their_dtypes_shapes_and_values(shared):
         np.array([True, False, True]),
         np.arange(6, dtype=np.float64).reshape(2, 3).T,
     ]
-    start = exchange.outputs_start(5)
+    start = exchange.aligned(5)
     received = region.read_outputs(place(fd, arrays, start), start)
     assert len(received) == len(arrays)
     for sent, got in zip(arrays, received):
@@ -151,13 +151,18 @@ def test_outputs_cross_the_exchange_with_their_dtypes_shapes_and_values(shared):
     np.testing.assert_array_equal(received[0], arrays[0])
 
 
-def test_the_input_lands_at_the_start_and_is_described(shared):
+def test_a_batchs_inputs_land_from_the_start_each_aligned_and_described(shared):
     fd, region = shared
     weight = np.arange(2 * 7, dtype=np.int64).reshape(7, 2).T  # not contiguous
-    assert region.write_input(weight) == {"dtype": "int64", "shape": [2, 7]}
+    other = np.arange(3, dtype=np.float32)
+    described, outputs_start = region.write_inputs([weight, other])
+    assert described == [{"dtype": "int64", "shape": [2, 7], "offset": 0},
+                         {"dtype": "float32", "shape": [3], "offset": exchange.ALIGNMENT * 2}]
+    assert outputs_start == exchange.ALIGNMENT * 3  # 112 bytes, then 12
     np.testing.assert_array_equal(np.frombuffer(os.pread(fd, weight.nbytes, 0), np.int64).reshape(2, 7), weight)
-    with pytest.raises(ValueError, match="does not fit"):
-        region.write_input(np.zeros(region.size + 1, dtype=np.uint8))
+    np.testing.assert_array_equal(np.frombuffer(os.pread(fd, 12, exchange.ALIGNMENT * 2), np.float32), other)
+    with pytest.raises(ValueError, match="do not fit"):
+        region.write_inputs([weight, np.zeros(region.size, dtype=np.uint8)])
 
 
 def test_the_exchange_cannot_be_shrunk_or_grown(shared):

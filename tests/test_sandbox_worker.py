@@ -148,7 +148,8 @@ def test_the_seed_returns_what_it_returns_in_process(pool):
     weight = weight_for(problem, seed=3)
     with pool.launch(SEED) as worker:
         first = worker.call(weight, problem.rebalance_args())
-        second = worker.call(weight_for(problem, seed=4), problem.rebalance_args())
+        batch = worker.batch([weight_for(problem, seed=4)], problem.rebalance_args())
+        second = batch.calls[0]
     assert worker.info.device == "cpu" and worker.info.torch_version == torch.__version__
     assert first.returned_type == "tuple" and first.returned_length == 3
     for received, expected in zip(first.outputs, seed_plan(weight, problem)):
@@ -157,9 +158,8 @@ def test_the_seed_returns_what_it_returns_in_process(pool):
     assert not np.array_equal(first.outputs[0], second.outputs[0])
     assert (first.call_index, second.call_index) == (1, 2)
     assert first.output_devices == ("cpu", "cpu", "cpu")
-    assert not first.input_mutated
-    assert first.cuda_event_ns is None
-    assert 0 < first.worker_ns <= first.evaluator_wall_ns
+    assert not first.input_mutated and first.shares_memory_with is None
+    assert 0 < batch.claim_ns <= batch.round_trip_ns
 
 
 def test_the_pool_hands_out_workers_that_were_ready_before_the_program_was_sent(pool):
@@ -353,12 +353,13 @@ def test_a_fake_result_on_stdout_is_only_output(pool):
     worker = pool.acquire()
     with worker:
         worker.load(HOSTILE / "fake_result.py")
-        result = worker.call(weight_for(SMALL), SMALL.rebalance_args())
+        batch = worker.batch([weight_for(SMALL)], SMALL.rebalance_args())
         stdout, stderr = worker.output()
+    [result] = batch.calls
     assert result.returned_type == "NoneType" and result.returned_length is None
     assert result.outputs == (Unsupported("NoneType", ""),)
-    assert result.worker_ns > 1
-    assert '"op": "result"' in stdout.text() and "EPLB" in stderr.text()
+    assert batch.claim_ns > 1
+    assert '"op": "batch_result"' in stdout.text() and "EPLB" in stderr.text()
 
 
 DAEMONISES = """
@@ -505,8 +506,8 @@ OUTPUTS_START = 256
 ], ids=["input-part", "past-the-end", "empty-but-huge", "one-range-sixteen-times", "unaligned", "string-offset",
         "object-dtype", "list-dtype", "negative-size", "too-many-outputs", "not-an-object", "neither-crossed-nor-described"])
 def test_a_forged_result_the_worker_never_sends_is_a_crash(pool, tmp_path, outputs, expected):
-    header = {"op": "result", "returned_type": "tuple", "returned_length": len(outputs), "worker_ns": 1,
-              "cuda_event_ns": None, "input_mutated": False, "outputs": outputs}
+    header = {"op": "batch_result", "claim_ns": 1, "calls": [{"returned_type": "tuple", "returned_length": len(outputs),
+                                                              "input_mutated": False, "outputs": outputs}]}
     failure, _ = run(pool, forging_program(tmp_path, header))
     assert failure.kind is FailureKind.CRASH
     assert "malformed result" in failure.message and expected in failure.message
@@ -516,7 +517,7 @@ def test_a_candidate_cannot_resize_the_exchange_and_its_writes_there_cost_only_i
     worker = pool.acquire()
     with worker:
         worker.load(HOSTILE / "tampers_with_the_exchange.py")
-        results = list(worker.calls([(weight_for(SMALL, seed), SMALL.rebalance_args(), None) for seed in range(5)]))
+        results = [worker.call(weight_for(SMALL, seed), SMALL.rebalance_args()) for seed in range(5)]
         stdout, _ = worker.output()
     assert "resized" not in stdout.text() and stdout.text().count("refused: Operation not permitted") >= 2
     assert len(results) == 5  # the evaluator read every result, whatever the thread wrote meanwhile
@@ -599,6 +600,7 @@ def test_a_worker_reaches_nothing_outside_its_own_folder_and_tree(tmp_path, star
         for attempt in ("change_a_files_mode", "change_a_files_times", "change_a_files_flags", "change_a_files_version",
                         "set_an_extended_attribute", "create_shared_memory", "create_a_message_queue", "add_a_key",
                         "read_the_evaluators_limits", "set_the_evaluators_priority", "set_the_evaluators_cpus",
+                        "take_every_cpu",
                         "look_at_page_residency", "take_a_lease", "set_up_io_uring", "open_a_udp_socket",
                         "open_a_vsock_socket", "enter_a_user_namespace"):
             assert reached[attempt] == "refused: Operation not permitted", attempt
@@ -630,9 +632,10 @@ def test_tensor_subclasses_other_dtypes_and_numpy_are_described_not_sent(pool):
 
 
 def test_a_patched_clock_does_not_shorten_the_measured_time(pool):
-    result, _ = run(pool, HOSTILE / "patched_clock.py")
-    assert result.worker_ns >= 250_000_000
-    assert result.evaluator_wall_ns >= result.worker_ns
+    with pool.launch(HOSTILE / "patched_clock.py") as worker:
+        batch = worker.batch([weight_for(SMALL)], SMALL.rebalance_args())
+    assert batch.claim_ns >= 250_000_000
+    assert batch.round_trip_ns >= batch.claim_ns
 
 
 # ---- the pool itself ------------------------------------------------------------------------------
@@ -722,7 +725,6 @@ def test_on_cuda_the_seed_gets_its_input_on_the_gpu_and_returns_the_in_process_p
         worker.load(SEED)
         result = worker.call(weight, problem.rebalance_args())
     assert worker.info.device == "cuda" and worker.info.card == torch.cuda.get_device_name()
-    assert result.cuda_event_ns is not None and result.cuda_event_ns > 0
     for received, expected in zip(result.outputs, seed_plan(weight, problem)):
         np.testing.assert_array_equal(received, expected)
 
@@ -742,10 +744,9 @@ def test_on_cuda_outputs_of_every_kind_arrive_as_returned_up_to_the_exchanges_en
 def test_work_left_running_on_a_side_stream_is_timed():
     with Worker.start(LIMITS, device="cuda") as worker:
         worker.load(HOSTILE / "side_stream.py")
-        result = worker.call(weight_for(SMALL), SMALL.rebalance_args())
-    assert result.output_devices == ("cuda:0",)
-    assert result.worker_ns > 100_000_000
-    assert result.cuda_event_ns > 100_000_000
+        batch = worker.batch([weight_for(SMALL)], SMALL.rebalance_args())
+    assert batch.calls[0].output_devices == ("cuda:0",)
+    assert batch.claim_ns > 100_000_000
 
 
 TRITON_COPY = """
@@ -963,67 +964,97 @@ def test_outputs_too_large_for_the_exchange_are_described_not_sent(tmp_path):
                for output in result.outputs)
 
 
-# ---- several calls in a row -----------------------------------------------------------------------------
+# ---- batches of calls ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("overlap", [True, False])
-def test_calls_in_a_row_give_each_input_its_own_plan_in_order(pool, overlap):
+def test_a_batch_gives_each_input_its_own_plan_in_order(pool):
     weights = [weight_for(SMALL, seed) for seed in range(4)]
     with pool.launch(SEED) as worker:
-        results = list(worker.calls(((weight, SMALL.rebalance_args(), None) for weight in weights), overlap=overlap))
-    assert [result.call_index for result in results] == [1, 2, 3, 4]
-    for result, weight in zip(results, weights):
+        batch = worker.batch(weights, SMALL.rebalance_args())
+        after = worker.call(weight_for(SMALL, 9), SMALL.rebalance_args())
+    assert [result.call_index for result in batch.calls] == [1, 2, 3, 4] and after.call_index == 5
+    for result, weight in zip(batch.calls, weights):
         np.testing.assert_array_equal(result.outputs[0], seed_plan(weight, SMALL)[0])
+    assert 0 < batch.claim_ns <= batch.round_trip_ns
 
 
-def test_overlap_asked_per_call_decides_whether_the_next_input_goes_before_the_result_is_seen(pool):
-    """`overlap` asked with when each call was sent and its reply came in: where it says no, the next input is not
-    even drawn before the caller has the result."""
-    asked: list[tuple[int, int]] = []
-    events: list[str] = []
-
-    def inputs():
-        for seed in range(4):
-            events.append(f"input {seed + 1}")
-            yield weight_for(SMALL, seed), SMALL.rebalance_args(), None
-
-    def overlap(started_ns: int, replied_ns: int) -> bool:
-        asked.append((started_ns, replied_ns))
-        return len(asked) % 2 == 1  # after calls 1 and 3, not after call 2
-
-    with pool.launch(SEED) as worker:
-        for result in worker.calls(inputs(), overlap=overlap):
-            events.append(f"result {result.call_index}")
-            started_ns, replied_ns = asked[-1]
-            assert result.evaluator_wall_ns == replied_ns - started_ns > 0
-    assert events == ["input 1", "input 2", "result 1", "result 2", "input 3", "input 4", "result 3", "result 4"]
-    assert len(asked) == 4 and all(earlier[1] < later[0] for earlier, later in zip(asked, asked[1:]))
-
-
-def test_the_next_input_is_sent_only_once_a_result_has_arrived(pool, tmp_path):
+def test_the_next_batch_is_sent_only_once_a_result_has_arrived(pool, tmp_path):
     program = tmp_path / "peeks.py"
     program.write_text("import select, time\n"
                        "def rebalance_experts(weight, *args):\n"
-                       "    time.sleep(0.05)  # time for a next input to arrive, were it sent early\n"
+                       "    time.sleep(0.02)  # time for a next batch to arrive, were it sent early\n"
                        "    print('waiting' if select.select([3], [], [], 0)[0] else 'alone', flush=True)\n"
                        "    return weight\n")
     with pool.launch(program) as worker:
-        for _ in worker.calls((weight_for(SMALL, seed), SMALL.rebalance_args(), None) for seed in range(5)):
-            pass
+        for seed in range(3):
+            worker.batch([weight_for(SMALL, seed), weight_for(SMALL, seed + 10)], SMALL.rebalance_args())
         seen = worker.output()[0].text().split()
-    assert seen == ["alone"] * 5
+    assert seen == ["alone"] * 6
 
 
-def test_a_failure_in_a_row_of_calls_comes_after_the_results_before_it(pool, tmp_path):
+def test_a_call_that_raises_ends_its_batch_as_an_exception(pool, tmp_path):
     program = tmp_path / "second_raises.py"
     program.write_text("calls = 0\n"
                        "def rebalance_experts(weight, *args):\n"
                        "    global calls\n    calls += 1\n"
                        "    if calls == 2:\n        raise ValueError('the second call fails')\n"
                        "    return weight\n")
-    received = []
     with pool.launch(program) as worker, pytest.raises(SandboxFailure) as raised:
-        for result in worker.calls((weight_for(SMALL, seed), SMALL.rebalance_args(), None) for seed in range(4)):
-            received.append(result.call_index)
-    assert received == [1]
+        worker.batch([weight_for(SMALL, seed) for seed in range(4)], SMALL.rebalance_args())
     assert raised.value.failure.kind is FailureKind.EXCEPTION and "the second call fails" in raised.value.failure.message
+
+
+def test_outputs_a_later_call_of_the_batch_fills_again_are_named(pool, tmp_path):
+    """A program that returns the same tensors from every call, filled anew, changes the plans it returned before,
+    which are read only once the batch is over."""
+    program = tmp_path / "fills_again.py"
+    program.write_text(textwrap.dedent(f"""
+        import importlib.util
+        _spec = importlib.util.spec_from_file_location("seed", {str(SEED)!r})
+        seed = importlib.util.module_from_spec(_spec)
+        _spec.loader.exec_module(seed)
+        _kept = []
+        def rebalance_experts(weight, *args):
+            plan = seed.rebalance_experts(weight, *args)
+            if not _kept:
+                _kept.extend(plan)
+            for kept, fresh in zip(_kept, plan):
+                kept.copy_(fresh)
+            return tuple(_kept)
+        """))
+    with pool.launch(program) as worker:
+        batch = worker.batch([weight_for(SMALL, seed) for seed in range(3)], SMALL.rebalance_args())
+        alone = worker.batch([weight_for(SMALL, 5)], SMALL.rebalance_args())
+    assert [result.shares_memory_with for result in batch.calls] == [None, 1, 1]
+    assert alone.calls[0].shares_memory_with is None  # the tensors of an earlier batch were read already
+
+
+def test_a_paused_worker_runs_no_thread_until_it_is_resumed(pool, tmp_path):
+    program = tmp_path / "counts.py"
+    program.write_text(textwrap.dedent("""
+        import threading, time
+        ticks = [0]
+        def _count():
+            while True:
+                ticks[0] += 1
+                time.sleep(0.001)
+        threading.Thread(target=_count, daemon=True).start()
+        def rebalance_experts(weight, *args):
+            print("ticks", ticks[0], flush=True)
+            return weight
+        """))
+
+    def ticks(worker: Worker) -> int:
+        worker.call(weight_for(SMALL), SMALL.rebalance_args())
+        return int(worker.output()[0].text().split()[-1])
+
+    with pool.launch(program) as worker:
+        before = ticks(worker)
+        worker.pause()
+        time.sleep(0.3)
+        worker.resume()
+        after_pause = ticks(worker)
+        time.sleep(0.3)
+        after_running = ticks(worker)
+    assert after_pause - before < 50  # 0.3 s paused: a few ticks at most, before the stop landed and after
+    assert after_running - after_pause > 100

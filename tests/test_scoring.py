@@ -1,10 +1,9 @@
-"""Scores: balancedness per GPU and per slot, the window each plan is scored on, timing statistics, speed."""
+"""Scores: balancedness per GPU and per slot, the window each plan is scored on, speed."""
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from eplb_plans import load_seed, lognormal_weight, plan_outputs, random_phy2log
@@ -22,7 +21,6 @@ from evaluator.eplb.scoring import (
     slot_balancedness,
     speed_score,
     speedup,
-    timing_summary,
 )
 
 # One layer, 3 experts, 4 slots on 2 GPUs (2 slots each).
@@ -229,44 +227,7 @@ def test_shapes_must_match_the_problem() -> None:
         gpu_balancedness(plan.phy2log[None], plan.logcnt[None], torch.ones(1, 1, 2), TWO_GPUS)
 
 
-# --- timing and speed --------------------------------------------------------------------------------------
-
-
-def test_timing_summary_statistics() -> None:
-    samples = [5.0, 1.0, 9.0, 3.0, 7.0, 11.0, 2.0, 10.0, 4.0, 8.0, 6.0]  # 1..11 shuffled
-    summary = timing_summary(samples)
-    # Sorted values v[0..10] = 1..11; percentile q sits at position q/100 * 10, interpolated linearly.
-    assert summary.count == 11
-    assert summary.median_ms == 6.0  # position 5
-    assert summary.p10_ms == pytest.approx(2.0)  # position 1
-    assert summary.p90_ms == pytest.approx(10.0)  # position 9
-    assert summary.min_ms == 1.0 and summary.max_ms == 11.0
-    p25, p75 = 3.5, 8.5  # positions 2.5 and 7.5
-    assert summary.relative_spread == pytest.approx((p75 - p25) / 6.0)
-
-
-def test_timing_summary_of_one_sample_and_of_an_array() -> None:
-    single = timing_summary([0.05])
-    assert (single.median_ms, single.p10_ms, single.p90_ms, single.relative_spread) == (0.05, 0.05, 0.05, 0.0)
-    assert timing_summary(np.array([2.0, 4.0, 600.0])).median_ms == 4.0
-
-
-@pytest.mark.parametrize(
-    "samples, message",
-    [
-        ([], "no timing samples"),
-        ([1.0, float("nan")], r"samples_ms\[1\] = nan is not a positive finite number"),
-        ([1.0, 2.0, 0.0], r"samples_ms\[2\] = 0.0"),
-        ([-3.0], r"samples_ms\[0\] = -3.0"),
-        ([float("inf")], r"samples_ms\[0\] = inf"),
-        (["3"], r"samples_ms\[0\] = '3' is not a number"),
-        ([True], r"samples_ms\[0\] = True is not a number"),
-        ([None], r"samples_ms\[0\] = None is not a number"),
-    ],
-)
-def test_timing_summary_refuses_nonsense(samples: list[object], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        timing_summary(samples)
+# --- speed --------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The software a measurement depends on, and the evaluator's digest among it: what tells results and seed timings
+"""The software a measurement depends on, and the evaluator's digest among it: what tells results and seed references
 of one evaluator's code from another's."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from small_problem import SMALL_SETTINGS, SMALL_TRACE
 from evaluator import __version__
 from evaluator.software import PACKAGE_ROOT, package_digest, software
 from evaluator.evaluation import Evaluator
-from evaluator.evaluation.timing import SeedTiming, SeedTimingCache
+from evaluator.evaluation.timing import HarnessModel, ReferenceCache, SeedReference
 from evaluator.paths import SEED_PROGRAM
 
 
@@ -65,66 +65,74 @@ def test_results_record_torch_cuda_python_the_evaluator_version_and_its_digest(s
     assert result.software == versions
 
 
-def test_a_seed_time_cached_by_another_build_of_the_evaluator_is_measured_again(tmp_path):
-    path = tmp_path / "seed-timing.json"
+def reference(ratio: float) -> SeedReference:
+    return SeedReference(ratio, 0.01, 500.0, 10.0, 3, HarnessModel(0.3, 0.05, 0.1))
 
-    def seed_time_ms_with(cache: dict) -> float:
+
+def test_a_seed_reference_cached_by_another_build_of_the_evaluator_is_measured_again(tmp_path):
+    path = tmp_path / "seed-reference.json"
+
+    def seed_ratio_with(cache: dict) -> float:
         path.write_text(json.dumps(cache))
-        with Evaluator(SMALL_TRACE, SMALL_SETTINGS, device="cpu", spares=0, seed_timings=SeedTimingCache(path)) as ev:
+        with Evaluator(SMALL_TRACE, SMALL_SETTINGS, device="cpu", spares=0,
+                       seed_references=ReferenceCache(path)) as ev:
             result = ev.evaluate(SEED_PROGRAM)
         assert result.status == "ok", result.error
-        return result.seed_time_ms
+        return result.timing["seed"]["ratio"]
 
-    seed_time_ms_with({})
+    seed_ratio_with({})
     (key, entry), = json.loads(path.read_text()).items()
     digest = software()["evaluator_digest"]
     assert f"evaluator_digest {digest}" in key
-    planted = {**entry, "time_ms": 12345.0}
-    assert seed_time_ms_with({key: planted}) == 12345.0
-    assert seed_time_ms_with({key.replace(digest, "0" * 16): planted}) != 12345.0
+    planted = {**entry, "ratio": 12345.0}
+    assert seed_ratio_with({key: planted}) == 12345.0
+    assert seed_ratio_with({key.replace(digest, "0" * 16): planted}) != 12345.0
 
 
-def test_the_seed_timing_cache_keeps_the_newest_entries(tmp_path):
-    path = tmp_path / "seed-timing.json"
-    cache = SeedTimingCache(path)
-    limit = SeedTimingCache.MAX_ENTRIES
+def test_the_reference_cache_keeps_the_newest_entries(tmp_path):
+    path = tmp_path / "seed-reference.json"
+    cache = ReferenceCache(path)
+    limit = ReferenceCache.MAX_ENTRIES
     for number in range(limit + 5):
-        cache.put(f"build {number}", SeedTiming(float(number), 0.0, 0.0, 1))
-    cache.put("build 5", SeedTiming(5.0, 0.0, 0.0, 1))  # used again: the newest now
+        cache.put(f"build {number}", reference(float(number + 1)))
+    cache.put("build 5", reference(6.0))  # used again: the newest now
     kept = list(json.loads(path.read_text()))
     assert len(kept) == limit and kept[-1] == "build 5"
     assert kept[0] == "build 6" and "build 4" not in kept and "build 5" not in kept[:-1]
-    assert SeedTimingCache(path).get(f"build {limit + 4}") == SeedTiming(float(limit + 4), 0.0, 0.0, 1)
+    assert ReferenceCache(path).get(f"build {limit + 4}") == reference(float(limit + 5))
 
 
-def test_two_evaluators_sharing_the_cache_file_keep_each_others_seed_timings(tmp_path):
-    path = tmp_path / "seed-timing.json"
-    first, second = SeedTimingCache(path), SeedTimingCache(path)  # both read the file while it was empty
-    first.put("a card", SeedTiming(1.0, 0.0, 0.0, 1))
-    second.put("another card", SeedTiming(2.0, 0.0, 0.0, 1))
+def test_two_evaluators_sharing_the_cache_file_keep_each_others_references(tmp_path):
+    path = tmp_path / "seed-reference.json"
+    first, second = ReferenceCache(path), ReferenceCache(path)  # both read the file while it was empty
+    first.put("a card", reference(1.0))
+    second.put("another card", reference(2.0))
     assert list(json.loads(path.read_text())) == ["a card", "another card"]
-    assert SeedTimingCache(path).get("a card") == SeedTiming(1.0, 0.0, 0.0, 1)
-    assert second.get("a card") == SeedTiming(1.0, 0.0, 0.0, 1)
+    assert ReferenceCache(path).get("a card") == reference(1.0)
+    assert second.get("a card") == reference(1.0)
 
 
-def test_unsound_entries_of_the_seed_timing_cache_are_dropped_not_used(tmp_path):
-    """A damaged or hand-edited entry costs a re-timing: a NaN overhead would switch the clock's cross-check off, a
-    string would fail every evaluation."""
-    sound = {"time_ms": 500.0, "overhead_ms": 2.0, "relative_spread": 0.1, "calls": 19}
-    path = tmp_path / "seed-timing.json"
+def test_unsound_entries_of_the_reference_cache_are_dropped_not_used(tmp_path):
+    """A damaged or hand-edited entry costs a new measurement: a NaN ratio would make every speedup NaN, a string
+    would fail every evaluation."""
+    sound = reference(50.0).to_json()
+    harness = sound["harness"]
+    path = tmp_path / "seed-reference.json"
     path.write_text(json.dumps({
         "sound": sound,
-        "nan overhead": {**sound, "overhead_ms": float("nan")},
-        "infinite time": {**sound, "time_ms": float("inf")},
-        "string time": {**sound, "time_ms": "500"},
-        "no time": {**sound, "time_ms": 0.0},
-        "negative spread": {**sound, "relative_spread": -0.1},
-        "no calls": {**sound, "calls": 0},
-        "calls not counted": {**sound, "calls": 19.5},
-        "a field missing": {key: value for key, value in sound.items() if key != "calls"},
+        "nan ratio": {**sound, "ratio": float("nan")},
+        "infinite seed time": {**sound, "seed_time_ms": float("inf")},
+        "string ratio": {**sound, "ratio": "50"},
+        "no ratio": {**sound, "ratio": 0.0},
+        "negative spread": {**sound, "ratio_spread": -0.1},
+        "no processes": {**sound, "processes": 0},
+        "processes not counted": {**sound, "processes": 2.5},
+        "negative harness": {**sound, "harness": {**harness, "fixed_ms": -1.0}},
+        "harness not an object": {**sound, "harness": 3},
+        "a field missing": {key: value for key, value in sound.items() if key != "processes"},
         "an unknown field": {**sound, "extra": 1},
         "not an object": [1, 2],
     }))
-    cache = SeedTimingCache(path)
-    assert cache.get("sound") == SeedTiming(**sound)
+    cache = ReferenceCache(path)
+    assert cache.get("sound") == reference(50.0)
     assert [key for key in json.loads(path.read_text()) if cache.get(key) is not None] == ["sound"]

@@ -1,27 +1,248 @@
-"""A program's time from the evaluator's round trips, and the cross-check of the worker's claimed call times."""
+"""The timing protocol's parts on their own: the batches' inputs, how many calls a batch holds and when a run is
+timed enough, a time per call from batches (claims, round trips, the pace, the scored windows), its interval, the
+harness's model and the seed's reference."""
 
 from __future__ import annotations
 
 import importlib.util
 import math
+import statistics
 
+import numpy as np
 import pytest
 import torch
 
+from evaluator.eplb.default_trace import default_trace
 from evaluator.eplb.invariants import check_plan
 from evaluator.eplb.problem import Problem
-from evaluator.evaluation.timing import harness_overhead_ms, measure
+from evaluator.evaluation.timing import (
+    BatchPlan,
+    BatchTime,
+    HarnessModel,
+    TimingSettings,
+    call_inputs,
+    call_limit_s,
+    calls_per_batch,
+    estimate,
+    median_interval,
+    ratios_of,
+    summarise,
+    timed_enough,
+    vary,
+)
+from evaluator.evaluation.timing.estimate import ALLOWANCE
 from evaluator.paths import HARNESS_PROGRAM
-from evaluator.sandbox import CallResult
 
-HARNESS_MS = 0.4  # the trusted programs' round trip beyond their calls
+HARNESS = HarnessModel(fixed_ms=0.3, per_call_ms=0.05, per_mb_ms=0.1)
+WINDOWS = call_inputs(default_trace().windows)
 
 
-def calls(claimed_ms: float, round_trip_ms: float, count: int = 9) -> list[CallResult]:
-    return [CallResult(call_index=index, returned_type="tuple", returned_length=3, outputs=(), output_devices=(),
-                       worker_ns=round(claimed_ms * 1e6), cuda_event_ns=None,
-                       evaluator_wall_ns=round(round_trip_ms * 1e6), input_mutated=False)
-            for index in range(1, count + 1)]
+def batches(times_ms: list[float], calls: int = 1, harness_ms: float = 0.4, scored: list[bool] | None = None,
+            paces: list[float] | None = None, claims_ms: list[float] | None = None) -> list[BatchTime]:
+    """Batches whose calls took `times_ms` per call (their claims, unless `claims_ms`), each round trip that plus
+    `harness_ms`; the scored ones among the first round, every batch at pace 1 unless `paces`."""
+    scored = scored or [False] * len(times_ms)
+    paces = paces or [1.0] * len(times_ms)
+    claims_ms = claims_ms or [time * calls for time in times_ms]
+    return [BatchTime(calls, round(claim * 1e6), round((time * calls + harness_ms) * 1e6), 0, hit, True, pace)
+            for time, claim, hit, pace in zip(times_ms, claims_ms, scored, paces)]
+
+
+# --- a time from batches -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("time_ms", [0.05, 1.0, 15.0, 500.0])
+def test_a_truthful_program_is_timed_at_its_claim_whatever_the_harness_took(time_ms):
+    for harness_ms in (0.0, 0.4, 0.69):  # up to twice the model's 0.35 ms for a batch of one call
+        timing = estimate(batches([time_ms] * 9, harness_ms=harness_ms), HARNESS)
+        assert timing.time_ms == pytest.approx(time_ms) and timing.claims_doubted == 0
+
+
+@pytest.mark.parametrize("claimed_ms", [0.000001, 0.001, 7.5])
+def test_a_patched_clock_gains_no_more_than_the_harness_allowance(claimed_ms):
+    """A program of 15 ms claiming next to nothing, or half: timed at its round trips less the harness's allowance,
+    within that allowance of the truth."""
+    timing = estimate(batches([15.0] * 9, claims_ms=[claimed_ms] * 9), HARNESS)
+    allowance = ALLOWANCE * HARNESS.ms(1, 0)
+    assert timing.time_ms == pytest.approx(15.0 + 0.4 - allowance)
+    assert 15.0 - timing.time_ms <= allowance and timing.claims_doubted == 9
+
+
+def test_a_batch_of_many_calls_leaves_a_lying_clock_only_a_sliver_of_each_call():
+    calls = 16
+    honest = estimate(batches([0.5] * 9, calls=calls, harness_ms=HARNESS.ms(calls, 0)), HARNESS)
+    lying = estimate(batches([0.5] * 9, calls=calls, harness_ms=HARNESS.ms(calls, 0), claims_ms=[0.001] * 9), HARNESS)
+    assert honest.time_ms == pytest.approx(0.5)
+    assert honest.time_ms - lying.time_ms == pytest.approx((ALLOWANCE - 1) * HARNESS.ms(calls, 0) / calls)
+
+
+def test_a_program_timed_while_the_host_slows_down_is_read_against_the_pace_around_each_batch():
+    """Half its batches at the host's usual pace, half at 1.6 times slower, its time slowed alike: the same time as
+    at a steady pace, and no spread from it."""
+    steady = estimate(batches([10.0] * 12), HARNESS)
+    paces = [1.0] * 6 + [1.6] * 6
+    shifting = estimate(batches([10.0 * pace for pace in paces], paces=paces), HARNESS)
+    assert shifting.time_ms / shifting.pace_ms == pytest.approx(steady.time_ms / steady.pace_ms)
+    assert shifting.precision == pytest.approx(0.0)
+
+
+def test_a_program_slower_on_the_scored_windows_is_timed_there():
+    """Fast on variants, three times slower on the windows it recognised: its time is the windows' time."""
+    scored = [True, False] * 11
+    timing = estimate(batches([3.0 if hit else 1.0 for hit in scored], scored=scored), HARNESS)
+    assert timing.time_ms == pytest.approx(3.0)
+    assert "took 2.000 ms more" in timing.scored_work
+
+
+def test_in_a_batch_of_several_calls_the_scored_batches_excess_is_all_the_scored_calls():
+    calls, scored = 8, [True, False] * 11
+    per_call = [(5.0 + (calls - 1) * 1.0) / calls if hit else 1.0 for hit in scored]  # one call of 5 ms among 1 ms ones
+    timing = estimate(batches(per_call, calls=calls, scored=scored), HARNESS)
+    assert timing.time_ms == pytest.approx(5.0)
+
+
+def test_an_honest_program_with_noise_is_not_taken_for_one_slower_on_the_scored_windows():
+    rng = np.random.default_rng(7)
+    for _ in range(50):
+        scored = [True, False] * 11
+        times = list(rng.lognormal(np.log(13.0), 0.05, size=len(scored)))
+        timing = estimate(batches(times, scored=scored), HARNESS)
+        assert timing.scored_work == "agrees"
+        assert timing.time_ms == pytest.approx(statistics.median(times))
+
+
+def test_the_interval_of_the_median_takes_the_order_statistics_the_binomial_puts_it_between():
+    values = list(range(1, 23))  # 22 values: ranks 6 and 17
+    assert median_interval(values) == (6, 17)
+    assert median_interval([3.0, 1.0, 2.0]) == (1.0, 3.0)  # too few for 95%: the whole range
+
+
+def test_the_interval_holds_the_true_median_about_95_times_in_100():
+    rng = np.random.default_rng(3)
+    trials = 2000
+    held = sum(low <= 0.0 <= high for low, high in (median_interval(list(rng.standard_normal(30)))
+                                                     for _ in range(trials)))
+    assert 0.94 <= held / trials <= 0.99
+
+
+def test_the_harness_model_is_fitted_to_trusted_batches_and_never_goes_negative():
+    truth = HarnessModel(0.25, 0.04, 0.12)
+    trusted = [BatchTime(calls, 1_000_000, 1_000_000 + round(truth.ms(calls, size) * 1e6), size, False, False)
+               for calls in (1, 8) for size in (200_000, 4_000_000)]
+    fitted = HarnessModel.fit(trusted)
+    assert (fitted.fixed_ms, fitted.per_call_ms, fitted.per_mb_ms) == pytest.approx((0.25, 0.04, 0.12), abs=1e-6)
+    shrinking = [BatchTime(calls, 1_000_000, 1_000_000 + round((1.0 - 0.1 * calls) * 1e6), 0, False, False)
+                 for calls in (1, 2, 4)]
+    assert all(term >= 0 for term in vars(HarnessModel.fit(shrinking)).values())
+
+
+def test_a_summary_of_per_call_times():
+    samples = [5.0, 1.0, 9.0, 3.0, 7.0, 11.0, 2.0, 10.0, 4.0, 8.0, 6.0]  # 1..11 shuffled
+    summary = summarise(samples)
+    assert (summary.count, summary.median_ms, summary.min_ms, summary.max_ms) == (11, 6.0, 1.0, 11.0)
+    assert summary.p10_ms == pytest.approx(2.0) and summary.p90_ms == pytest.approx(10.0)
+    assert summary.relative_spread == pytest.approx((8.5 - 3.5) / 6.0)
+
+
+@pytest.mark.parametrize("samples, message", [
+    ([], "no timing samples"),
+    ([1.0, float("nan")], r"samples_ms\[1\] = nan is not a positive finite number"),
+    ([-3.0], r"samples_ms\[0\] = -3.0"),
+    (["3"], r"samples_ms\[0\] = '3' is not a number"),
+    ([True], r"samples_ms\[0\] = True is not a number"),
+])
+def test_a_summary_refuses_nonsense(samples, message):
+    with pytest.raises(ValueError, match=message):
+        summarise(samples)
+
+
+# --- decisions -----------------------------------------------------------------------------------------------
+
+
+def test_a_batch_lasts_long_enough_to_keep_the_harness_a_few_percent_of_it():
+    settings = TimingSettings(min_batch_ms=10.0, harness_share=0.03)
+    assert calls_per_batch(13.0, HARNESS, settings) == 1
+    assert calls_per_batch(4.0, HARNESS, settings) == 3
+    assert calls_per_batch(0.5, HARNESS, settings) == settings.max_batch_calls  # 20 wanted, capped
+    assert calls_per_batch(0.0, HARNESS, settings) == settings.max_batch_calls
+    slow_harness = HarnessModel(fixed_ms=0.6, per_call_ms=0.0, per_mb_ms=0.0)  # 20 ms for 3%
+    assert calls_per_batch(4.0, slow_harness, settings) == 5
+
+
+def test_a_run_is_timed_enough_when_precise_or_out_of_budget():
+    settings = TimingSettings(precision=0.02, budget_s=1.0)
+    steady, noisy = [10.0] * 22, [10.0, 14.0] * 11
+    assert timed_enough(steady, 0.5, settings)
+    assert not timed_enough(noisy, 0.5, settings)
+    assert timed_enough(noisy, 1.0, settings)
+
+
+def test_a_call_may_take_ten_times_the_seeds_time_and_at_least_a_second():
+    settings = TimingSettings()
+    assert call_limit_s(500.0, settings) == pytest.approx(5.0)
+    assert call_limit_s(20.0, settings) == settings.min_call_limit_s
+
+
+@pytest.mark.parametrize("field, value", [("max_batch_calls", 0), ("precision", 0.0), ("budget_s", math.inf),
+                                          ("warmup_calls", 1.5), ("pace_every_s", -1.0)])
+def test_timing_settings_refuse_nonsense(field, value):
+    with pytest.raises(ValueError, match=field):
+        TimingSettings(**{field: value})
+
+
+# --- the batches' inputs ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("calls", [1, 5])
+def test_each_batch_holds_one_window_its_window_at_most_once_and_every_planned_window_once(calls):
+    plan = BatchPlan(WINDOWS, calls, np.random.default_rng(1), min_variants=8, min_batches_alone=12)
+    first = plan.first_round()
+    planned = len(WINDOWS) - 1
+    assert all(len(batch.calls) == calls for batch in first)
+    assert all({call.window for call in batch.calls} == {batch.window} for batch in first)
+    assert all(batch.window < planned for batch in first)  # the last window is only ever a future
+    scored = [call for batch in first for call in batch.calls if call.scored]
+    assert sorted(call.window for call in scored) == list(range(planned))
+    assert all(sum(call.scored for call in batch.calls) == batch.scored for batch in first)
+    assert all(np.array_equal(call.weight, WINDOWS[call.window]) for call in scored)
+    assert sum(not batch.scored for batch in first) == 12  # a batch of variants alone for each window, and one more
+    extra = plan.another()
+    assert not extra.scored and not extra.first_round and {call.window for call in extra.calls} == {extra.window}
+
+
+def test_a_short_trace_still_gets_the_least_number_of_variants_and_of_batches_of_variants_alone():
+    plan = BatchPlan(WINDOWS[:2], 1, np.random.default_rng(1), min_variants=8, min_batches_alone=6)
+    variants = [call for batch in plan.first_round() for call in batch.calls if not call.scored]
+    assert len(variants) == 8
+    plan = BatchPlan(WINDOWS[:2], 1, np.random.default_rng(1), min_variants=2, min_batches_alone=6)
+    assert sum(not batch.scored for batch in plan.first_round()) == 6
+
+
+def test_no_input_is_given_twice():
+    plan = BatchPlan(WINDOWS, 4, np.random.default_rng(2), min_variants=8, min_batches_alone=12)
+    inputs = [call.weight.tobytes() for batch in [*plan.first_round(), plan.another()] for call in batch.calls]
+    assert len(set(inputs)) == len(inputs)
+
+
+def test_a_variant_carries_as_many_tokens_in_each_layer_as_its_window_so_no_sum_tells_them_apart():
+    rng = np.random.default_rng(5)
+    window = WINDOWS[3]
+    variant = vary(window, rng)
+    assert variant.dtype == window.dtype and variant.min() >= 0
+    np.testing.assert_array_equal(variant.sum(axis=-1), window.sum(axis=-1))
+    assert 0.02 < np.abs(variant - window).mean() / window.mean() < 0.06
+    silent = window.copy()
+    silent[0] = 0
+    assert vary(silent, rng)[0].sum() == 0
+    loads = window.astype(np.float32)
+    np.testing.assert_allclose(vary(loads, rng).sum(axis=-1), loads.sum(axis=-1), rtol=1e-5)
+
+
+# --- the seed's reference -----------------------------------------------------------------------------------
+
+
+def test_each_seed_call_is_read_against_the_yardstick_just_before_and_after_it():
+    assert ratios_of([100.0, 300.0], [1.0, 3.0, 3.0]) == [50.0, 100.0]
 
 
 @pytest.mark.parametrize("problem", [
@@ -30,7 +251,7 @@ def calls(claimed_ms: float, round_trip_ms: float, count: int = 9) -> list[CallR
     Problem(num_layers=2, num_experts=8, num_replicas=8, num_groups=4, num_nodes=2, num_gpus=4),
     Problem(num_layers=3, num_experts=6, num_replicas=18, num_groups=3, num_nodes=2, num_gpus=2),
 ], ids=["deepseek-v3-prefill", "decode-144-gpus", "no-redundancy", "three-replicas-each"])
-def test_the_harness_is_measured_with_the_narrowest_valid_plan(problem):
+def test_the_harness_is_modelled_with_the_narrowest_valid_plan(problem):
     """The harness's work grows with the outputs; the program it is measured with returns a valid plan whose log2phy
     is as narrow as R/E allows (some expert holds at least that many slots), so no candidate's outputs are smaller."""
     spec = importlib.util.spec_from_file_location("narrowest_plan", HARNESS_PROGRAM)
@@ -41,41 +262,3 @@ def test_the_harness_is_measured_with_the_narrowest_valid_plan(problem):
     check = check_plan(outputs, problem)
     assert check.plan is not None, check.violations
     assert outputs[1].shape[-1] == math.ceil(problem.num_replicas / problem.num_experts)
-
-
-def test_the_harness_time_of_a_trusted_program_is_its_round_trip_beyond_its_calls():
-    trusted = calls(500.0, 500.4, count=4) + calls(500.0, 503.0, count=1)  # the median ignores one slow call
-    assert harness_overhead_ms(trusted) == pytest.approx(0.4)
-
-
-@pytest.mark.parametrize("claimed_ms", [0.05, 1.0, 15.0, 500.0])
-def test_a_truthful_program_is_timed_at_its_call_while_the_harness_keeps_its_pace(claimed_ms):
-    timing = measure(calls(claimed_ms, claimed_ms + HARNESS_MS), HARNESS_MS)
-    assert timing.time_ms == pytest.approx(claimed_ms) and timing.clock_check == "agrees"
-    assert timing.overhead_ms == pytest.approx(HARNESS_MS) and timing.harness_ms == HARNESS_MS
-
-
-@pytest.mark.parametrize("pace", [0.5, 1.8])
-def test_a_harness_running_at_another_pace_moves_a_truthful_time_by_the_difference_at_most(pace):
-    """Faster than when it was measured: the claim, which is then the higher estimate. Slower (the H100 hosts' vCPUs
-    switch between paces 1.6 to 1.8 times apart): the round trips, and the claim still agrees."""
-    timing = measure(calls(2.0, 2.0 + HARNESS_MS * pace), HARNESS_MS)
-    assert timing.time_ms == pytest.approx(2.0 + max(0.0, HARNESS_MS * (pace - 1)))
-    assert timing.clock_check == "agrees"
-
-
-def test_an_honest_program_with_outputs_wider_than_the_narrowest_plans_is_not_named():
-    """The harness is measured with the narrowest valid outputs; wider ones cost the worker's copies on top (the seed
-    patch's 4.2 MB about as much again as the harness, on an H200 host): timed at its round trips, not named."""
-    timing = measure(calls(12.5, 12.5 + HARNESS_MS * 1.9), HARNESS_MS)
-    assert timing.time_ms == pytest.approx(12.5 + HARNESS_MS * 0.9)
-    assert timing.clock_check == "agrees"
-
-
-@pytest.mark.parametrize("claimed_ms", [0.000001, 0.001, 7.5])
-def test_a_patched_clock_gains_nothing(claimed_ms):
-    """A program of 15 ms claiming next to nothing, or half: timed at its round trips less the harness, as if
-    it had told the truth."""
-    timing = measure(calls(claimed_ms, 15.0 + HARNESS_MS), HARNESS_MS)
-    assert timing.time_ms == pytest.approx(15.0)
-    assert "the round trips are used" in timing.clock_check

@@ -1,8 +1,8 @@
 """What the evaluator costs per candidate beyond the candidate's own compute, how many candidates it gets
 through per minute, and how much a speedup moves when the same candidate is evaluated again (A/A noise).
 
-The candidate is the seed patch's program (a "seed-patch-class" candidate). The seed is timed once first, as
-every evaluator does on a device it has no cached time for, and left out of the figures.
+The candidate is the seed patch's program (a "seed-patch-class" candidate). The seed's reference is measured once
+first, as every evaluator does on a device it has none cached for, and left out of the figures.
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ from evaluator.bench import coefficient_of_variation as _cv
 from evaluator.eplb.default_trace import default_trace
 from evaluator.eplb.scoring import balancedness_scores, window_loads
 from evaluator.evaluation import Evaluator, Result, Settings
-from evaluator.evaluation.reference import seed_patch_program, seed_patch_warm_up, seed_plans
-from evaluator.evaluation.schedule import call_inputs
-from evaluator.evaluation.timing import SeedTimingCache
+from evaluator.evaluation.seed_plans import seed_patch_program, seed_patch_warm_up, seed_plans
+from evaluator.evaluation.timing import ReferenceCache, call_inputs
 from evaluator.sandbox import Worker
 
 
@@ -50,9 +49,10 @@ class EvaluationBenchResult:
     aa_time_ms: list[float]  # the candidate's time per call in each A/A run, in order
     aa_min_ms: list[float]  # the fastest call of each A/A run
     rechecks: int  # calls repeated in a second fresh process per candidate (0: one process per candidate)
-    validate_during_calls: bool
-    warmup_s: float
-    clocks_hold_s: float
+    harness: dict[str, float]  # the harness's model, fitted when the seed's reference was measured
+    calls_per_batch: list[int]  # of each A/A run
+    precision: list[float]  # of each A/A run's time: half its 95% interval over it
+    isolated: bool  # the lane had a core of its own
     phases_ms_median: dict[str, float]  # where an A/A evaluation's time went
     phase_overhead_ms_median: dict[str, float]  # the same, less the candidate's own compute in each phase
     scoring_ms: float  # balancedness of a whole trace's plans (plus the seed reference), median of 20
@@ -68,8 +68,10 @@ def measure(repeats: int = 10, throughput_candidates: int = 60, threads: int = 2
     with tempfile.TemporaryDirectory(prefix="eplb-bench-") as folder:
         candidate = Path(folder) / "candidate.py"
         candidate.write_text(seed_patch_program(), encoding="utf-8")
-        with Evaluator(trace, settings, device=device, spares=spares, seed_timings=SeedTimingCache(None)) as evaluator:
-            _require_ok(evaluator.evaluate(candidate))  # times the seed, once
+        with Evaluator(trace, settings, device=device, spares=spares,
+                       seed_references=ReferenceCache(None)) as evaluator:
+            _require_ok(evaluator.evaluate(candidate))  # measures the seed's reference, once
+            isolated = evaluator.lanes.lanes[0].isolated
             aa = []
             for _ in range(repeats):
                 evaluator.lanes.wait_for_spares()
@@ -95,8 +97,8 @@ def measure(repeats: int = 10, throughput_candidates: int = 60, threads: int = 2
         aa_speedup_cv=_cv(speedups), rechecks=settings.rechecks,
         aa_time_ms=[round(r.time_ms, 3) for r in aa],
         aa_min_ms=[round(r.timing["summary"]["min_ms"], 3) for r in aa],
-        validate_during_calls=settings.validate_during_calls, warmup_s=settings.warmup_s,
-        clocks_hold_s=settings.clocks_hold_s,
+        harness=aa[0].timing["seed"]["harness"], calls_per_batch=[r.timing["calls_per_batch"] for r in aa], precision=[r.timing["precision"] for r in aa],
+        isolated=isolated,
         phases_ms_median={name: statistics.median(r.timing["phases"][name] for r in aa) for name in aa[0].timing["phases"]},
         phase_overhead_ms_median={name: statistics.median(_phase_overhead(r, name) for r in aa)
                                   for name in aa[0].timing["phases"]},

@@ -26,8 +26,8 @@ import numpy as np
 from evaluator.bench import coefficient_of_variation as _cv
 from evaluator.eplb.default_trace import default_trace
 from evaluator.eplb.problem import Problem
-from evaluator.evaluation.reference import seed_patch_program, seed_patch_warm_up
-from evaluator.evaluation.schedule import call_inputs
+from evaluator.evaluation.seed_plans import seed_patch_program, seed_patch_warm_up
+from evaluator.evaluation.timing import call_inputs
 from evaluator.sandbox import Limits, Worker
 
 PYTHON_LOOP_STEPS = 100_000  # about 5 ms of interpreter work on a current server core
@@ -77,9 +77,9 @@ def measure(seconds: float = 30.0, round_s: float = 1.0, device: str = "auto") -
                     weight = inputs[calls % len(inputs)]
                     calls += 1
                     for worker, kept in zip((first, second), times):
-                        result = worker.call(weight, args)
-                        kept.append(result.worker_ns / 1e6)
-                        overheads.append((result.evaluator_wall_ns - result.worker_ns) / 1e6)
+                        result = worker.batch([weight], args)
+                        kept.append(result.claim_ns / 1e6)
+                        overheads.append((result.round_trip_ns - result.claim_ns) / 1e6)
                     times[2].append(_python_loop_ms())
                 rounds.append(tuple(statistics.median(kept) for kept in times))
             info = first.info
@@ -97,7 +97,7 @@ def measure(seconds: float = 30.0, round_s: float = 1.0, device: str = "auto") -
 def _first_call_ms(worker: Worker, program: Path, weight: np.ndarray, args: tuple[int, ...]) -> float:
     with worker:
         worker.load(program)
-        return worker.call(weight, args).worker_ns / 1e6
+        return worker.batch([weight], args).claim_ns / 1e6
 
 
 def _python_loop_ms() -> float:

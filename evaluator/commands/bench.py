@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from evaluator.bench import evaluation, pace, trace_load
+from evaluator.bench import aa, evaluation, pace, trace_load
 from evaluator.commands import CommandError, add_device_argument
 from evaluator.eplb.trace import STEPS_PER_WINDOW
 from evaluator.evaluation import Settings
@@ -68,13 +69,6 @@ def _add_evaluator_arguments(parser: argparse.ArgumentParser) -> None:
                         help="workers kept started ahead (default: %(default)s)")
     parser.add_argument("--rechecks", type=int, default=Settings().rechecks, metavar="N",
                         help="calls repeated in a second fresh process per candidate; 0 for none (default: %(default)s)")
-    parser.add_argument("--warmup-s", type=float, default=Settings().warmup_s, metavar="S",
-                        help="least candidate time spent warming up on a device that idled (default: %(default)s)")
-    parser.add_argument("--clocks-hold-s", type=float, default=Settings().clocks_hold_s, metavar="S",
-                        help="idle time after which a device is warmed up for --warmup-s; 0: always "
-                             "(default: %(default)s)")
-    parser.add_argument("--validate-between-calls", action="store_true",
-                        help="validate each output before the next call instead of during it")
     parser.add_argument("--start-method", choices=START_METHODS, default=Settings().start_method,
                         help="how workers start: forked from a zygote, or each a new interpreter (default: %(default)s)")
     add_device_argument(parser)
@@ -82,12 +76,9 @@ def _add_evaluator_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_evaluator(args: argparse.Namespace) -> int:
-    if min(args.repeats, args.candidates, args.threads, args.spares) < 1 or min(
-            args.rechecks, args.warmup_s, args.clocks_hold_s) < 0:
-        raise CommandError("--repeats, --candidates, --threads and --spares must be at least 1, --rechecks, "
-                           "--warmup-s and --clocks-hold-s at least 0")
-    settings = Settings(rechecks=args.rechecks, validate_during_calls=not args.validate_between_calls,
-                        warmup_s=args.warmup_s, clocks_hold_s=args.clocks_hold_s, start_method=args.start_method)
+    if min(args.repeats, args.candidates, args.threads, args.spares) < 1 or args.rechecks < 0:
+        raise CommandError("--repeats, --candidates, --threads and --spares must be at least 1, --rechecks at least 0")
+    settings = Settings(rechecks=args.rechecks, start_method=args.start_method)
     try:
         result = evaluation.measure(args.repeats, args.candidates, args.threads, args.spares, args.device, settings)
     except RuntimeError as error:
@@ -102,14 +93,53 @@ def _run_evaluator(args: argparse.Namespace) -> int:
     print(f"throughput          {result.candidates_per_minute:.1f} candidates per minute ({result.throughput_candidates} "
           f"candidates, {result.threads} threads, {result.spares} spare workers)")
     print(f"A/A speedup         mean {result.aa_speedup_mean:.2f}x, coefficient of variation "
-          f"{100 * result.aa_speedup_cv:.2f}% over {result.aa_runs} runs")
+          f"{100 * result.aa_speedup_cv:.2f}% over {result.aa_runs} runs; calls per batch {result.calls_per_batch[0]}, "
+          f"precision {100 * statistics.median(result.precision):.1f}% (median); lane "
+          f"{'on a core of its own' if result.isolated else 'sharing the cores'}")
     phases = ", ".join(f"{name.removesuffix('_ms')} {value:.0f}" for name, value in result.phases_ms_median.items())
     print(f"phases (ms)         {phases}")
     overheads = ", ".join(f"{name.removesuffix('_ms')} {value:.0f}"
                           for name, value in result.phase_overhead_ms_median.items())
     print(f"  less compute      {overheads}")
+    harness = result.harness
+    print(f"harness             {harness['fixed_ms']:.3f} ms a batch, {harness['per_call_ms']:.3f} ms a call, "
+          f"{harness['per_mb_ms']:.3f} ms a MB of outputs")
     print(f"scoring a trace     {result.scoring_ms:.2f} ms")
     print(f"worker start        {result.worker_start_s:.2f} s ({result.start_method}), warmed up and ready")
+    return ExitCode.OK
+
+
+def _add_aa_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--copies", type=int, default=6, metavar="N",
+                        help="evaluations of each speed class, shuffled in one run (default: %(default)s)")
+    parser.add_argument("--processes", type=int, default=6, metavar="N",
+                        help="fresh processes timing each class without the harness (default: %(default)s)")
+    parser.add_argument("--spares", type=int, default=4, metavar="N",
+                        help="workers kept started ahead (default: %(default)s)")
+    add_device_argument(parser)
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def _run_aa(args: argparse.Namespace) -> int:
+    if min(args.copies, args.processes) < 2 or args.spares < 1:
+        raise CommandError("--copies and --processes must be at least 2 (a spread needs two), --spares at least 1")
+    try:
+        result = aa.measure(args.copies, args.processes, args.device, args.spares)
+    except RuntimeError as error:
+        raise CommandError(str(error), ExitCode.INFRA_ERROR) from None
+    if args.json:
+        print(json.dumps(dataclasses.asdict(result)))
+        return ExitCode.OK
+    print(f"device {result.device} ({result.card}), torch {result.torch_version}, {result.cpus} CPUs; "
+          f"{result.copies} copies of each class, {result.processes} processes in-process; lane CPUs "
+          f"{result.lane_cpus or 'shared'}; {result.seconds:.0f} s")
+    print(f"{'class':24} {'time ms':>9} {'A/A CV':>7} {'max/min':>7} {'precision':>9} {'in-process ms':>13} "
+          f"{'floor CV':>8} {'bias':>7}  targets")
+    for row in result.classes:
+        met = ", ".join(f"{name} {'met' if ok else 'MISSED'}" for name, ok in row.meets_targets().items())
+        print(f"{row.name:24} {row.time_ms:9.3f} {100 * row.speedup_cv:6.1f}% {row.speedup_max_over_min:7.3f} "
+              f"{100 * row.precision:8.1f}% {row.in_process_ms:13.3f} {100 * row.in_process_cv:7.1f}% "
+              f"{100 * row.bias:6.1f}%  {met}" + (f"  ({row.failed} failed)" if row.failed else ""))
     return ExitCode.OK
 
 
@@ -148,6 +178,12 @@ BENCHMARKS = (
         "Overhead per candidate, candidates per minute and A/A noise, on the seed patch's program.",
         _add_evaluator_arguments,
         _run_evaluator,
+    ),
+    _Benchmark(
+        "aa",
+        "A/A noise of the speedup at four speeds (0.5 to 60 ms per call), against the host's in-process floor.",
+        _add_aa_arguments,
+        _run_aa,
     ),
     _Benchmark(
         "pace",

@@ -10,9 +10,9 @@ from dataclasses import asdict
 from evaluator.commands import CommandError, add_device_argument, add_store_argument
 from evaluator.eplb.default_trace import default_trace
 from evaluator.evaluation import Evaluator, Settings
-from evaluator.evaluation.timing import SeedTimingCache, default_cache_path
+from evaluator.evaluation.timing import ReferenceCache, default_cache_path
 from evaluator.exitcodes import ExitCode
-from evaluator.regression import Verdict, judge, speed_noise, speed_tolerance
+from evaluator.regression import SPEED_TOLERANCE, Verdict, judge
 from evaluator.store import CandidateStore, StoreError
 
 NAME = "check"
@@ -22,7 +22,8 @@ HELP = "Re-evaluate every accepted candidate on the default trace; exit 1 if one
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_store_argument(parser)
     parser.add_argument("--repeats", type=int, default=2, metavar="N",
-                        help="evaluations of each candidate, to measure the speed noise of this run (default: 2)")
+                        help="evaluations of each candidate; a speed regression needs all of them below the "
+                             "baseline (default: 2)")
     add_device_argument(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     results: dict[str, list[dict]] = {}
     try:
         evaluator = Evaluator(default_trace(), Settings(), device=args.device,
-                              seed_timings=SeedTimingCache(default_cache_path()))
+                              seed_references=ReferenceCache(default_cache_path()))
     except ValueError as error:  # no such device
         raise CommandError(f"--device {args.device}: {error}") from None
     with evaluator:
@@ -46,22 +47,20 @@ def run(args: argparse.Namespace) -> int:
             print(f"[{number}/{len(accepted)}] {candidate.id} {candidate.meta.get('name') or ''}", file=sys.stderr,
                   flush=True)
             results[candidate.id] = [evaluator.evaluate(candidate.program_path).to_json() for _ in range(args.repeats)]
-    noise = speed_noise([[r["speedup"] for r in rs if r["status"] == "ok"] for rs in results.values()])
-    tolerance = speed_tolerance(noise)
-    verdicts = [judge(c.id, c.meta.get("name"), baselines[c.id], results[c.id], tolerance) for c in accepted]
+    verdicts = [judge(c.id, c.meta.get("name"), baselines[c.id], results[c.id]) for c in accepted]
     infra = any(r["status"] == "infra_error" for rs in results.values() for r in rs)
     passed = all(v.holds for v in verdicts)
     if args.json:
-        print(json.dumps({"status": "pass" if passed else "fail", "speed_noise": noise, "speed_tolerance": tolerance,
+        print(json.dumps({"status": "pass" if passed else "fail", "speed_tolerance": SPEED_TOLERANCE,
                           "candidates": [asdict(v) for v in verdicts]}))
     else:
-        print(_table(verdicts, noise, tolerance))
+        print(_table(verdicts))
     if infra:
         return ExitCode.INFRA_ERROR
     return ExitCode.OK if passed else ExitCode.REGRESSION
 
 
-def _table(verdicts: list[Verdict], noise: float, tolerance: float) -> str:
+def _table(verdicts: list[Verdict]) -> str:
     if not verdicts:
         return "no accepted candidates to check"
     lines = [f"{'id':12}  {'name':36}  {'status':14}  {'balancedness (baseline)':27}  {'speedup (baseline)':20}  verdict"]
@@ -71,6 +70,7 @@ def _table(verdicts: list[Verdict], noise: float, tolerance: float) -> str:
         lines.append(f"{v.candidate_id:12}  {(v.name or '')[:36]:36}  {v.status:14}  {balance:27}  {speed:20}  "
                      f"{'holds' if v.holds else 'FAILS'}")
         lines.extend(f"{'':14}{reason}" for reason in v.reasons)
-    lines.append(f"speed noise in this run {noise:.1%} (coefficient of variation); a speedup may drop by "
-                 f"{tolerance:.0%} before it counts")
+    allowed = ", ".join(f"{tolerance:.0%} on {device}" for device, tolerance in SPEED_TOLERANCE.items())
+    lines.append(f"a speedup counts as fallen when the top of this run's 95% interval is below the bottom of the "
+                 f"baseline's by more than {allowed}")
     return "\n".join(lines)

@@ -15,7 +15,7 @@ from evaluator.eplb.problem import Problem
 from evaluator.eplb.trace import Trace
 from evaluator.evaluation import Evaluator, Result, Settings
 from evaluator.evaluation.lanes import first_lane_card
-from evaluator.evaluation.timing import SeedTimingCache, default_cache_path
+from evaluator.evaluation.timing import ReferenceCache, default_cache_path
 from evaluator.exitcodes import ExitCode
 from evaluator.sandbox import Limits
 from evaluator.software import software
@@ -42,7 +42,8 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
                         help="GPUs to run candidates on, one candidate per GPU at a time, e.g. 0,1 "
                              "(default: every visible GPU)")
     parser.add_argument("--retime-seed", action="store_true",
-                        help="time the seed again instead of using its cached time for this device and software")
+                        help="measure the seed's reference (its ratio to the yardstick) again instead of using the cached "
+                             "one for this device and software")
     add_workload_arguments(parser)
 
 
@@ -60,7 +61,7 @@ def open_evaluator(args: argparse.Namespace, problem: Problem, trace: Trace, pro
     limits = Limits(timeout_s=args.timeout, import_timeout_s=args.timeout, memory_mb=args.memory_mb)
     try:
         return Evaluator(trace, Settings(problem=problem, timeout_s=args.timeout, limits=limits), device=args.device,
-                         gpus=args.gpu_ids, seed_timings=SeedTimingCache(default_cache_path()),
+                         gpus=args.gpu_ids, seed_references=ReferenceCache(default_cache_path()),
                          retime_seed=args.retime_seed, replenish=programs > 1)
     except ValueError as error:
         raise _device_error(args, error) from None
@@ -135,9 +136,14 @@ def report(result: Result, label: str, as_json: bool) -> None:
         return
     print(f"  balancedness   {result.balancedness_score:.4f}  (seed {result.seed_balancedness:.4f}, seed planning "
           f"on the future {result.reference_balancedness:.4f}, per slot {result.slot_balancedness:.4f})")
-    print(f"  time per call  {result.time_ms:.3f} ms  (seed {result.seed_time_ms:.3f} ms): {result.speedup:.2f}x, "
-          f"speed_score {result.speed_score:.4f}")
+    low, high = result.speedup_interval or (result.speedup, result.speedup)
+    print(f"  time per call  {result.time_ms:.3f} ms  (seed {result.seed_time_ms:.3f} ms at the same pace): "
+          f"{result.speedup:.2f}x (95% interval {low:.2f} to {high:.2f}), speed_score {result.speed_score:.4f}")
     print(f"  combined_score {result.combined_score:.4f}")
     print(f"  device         {result.device} ({result.card}), torch {result.software.get('torch')}")
-    if result.timing.get("clock_check") != "agrees":
-        print(f"  clock check    {result.timing.get('clock_check')}")
+    timing = result.timing
+    if timing.get("claims_doubted"):
+        print(f"  timing         {timing['claims_doubted']} of {timing['batches']} batches were timed at their round trip: "
+              "the worker's clock claimed less than the harness allows")
+    if timing.get("scored_work", "agrees") != "agrees":
+        print(f"  timing         {timing['scored_work']}")

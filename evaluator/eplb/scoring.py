@@ -40,24 +40,6 @@ class BalancednessReport:
     reference_per_window: tuple[float, ...] | None = None
 
 
-@dataclass(frozen=True)
-class TimingSummary:
-    """Statistics of per-call times in milliseconds.
-
-    Percentiles interpolate linearly between samples. `relative_spread` is the
-    interquartile range over the median, (p75 - p25) / median: how noisy the
-    median is, untouched by a few outliers.
-    """
-
-    count: int
-    median_ms: float
-    p10_ms: float
-    p90_ms: float
-    min_ms: float
-    max_ms: float
-    relative_spread: float
-
-
 def gpu_balancedness(
     phy2log: torch.Tensor, logcnt: torch.Tensor, loads: torch.Tensor, problem: Problem
 ) -> torch.Tensor:
@@ -132,23 +114,6 @@ def combined_reports(reports: Sequence[BalancednessReport]) -> BalancednessRepor
     gpu = tuple(score for report in reports for score in report.per_window)
     slot = tuple(score for report in reports for score in report.slot_per_window)
     return BalancednessReport(_mean(gpu), _mean(slot), gpu, slot)
-
-
-def timing_summary(samples_ms: Sequence[float]) -> TimingSummary:
-    """Summarise per-call times; raises ValueError on no samples or any sample not a positive finite number."""
-    values = np.array([_positive_finite(sample, f"samples_ms[{i}]") for i, sample in enumerate(samples_ms)])
-    if values.size == 0:
-        raise ValueError("no timing samples: at least one timed call is needed")
-    p10, p25, median, p75, p90 = np.percentile(values, [10, 25, 50, 75, 90])
-    return TimingSummary(
-        count=int(values.size),
-        median_ms=float(median),
-        p10_ms=float(p10),
-        p90_ms=float(p90),
-        min_ms=float(values.min()),
-        max_ms=float(values.max()),
-        relative_spread=float((p75 - p25) / median),
-    )
 
 
 def speedup(seed_ms: float, candidate_ms: float) -> float:

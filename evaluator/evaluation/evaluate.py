@@ -1,13 +1,17 @@
-"""Evaluate one candidate program: run it (`run.Runner`), then score its plans and time against the seed's.
+"""Evaluate one candidate program: run it (`run.Runner`), then score its plans, and its time against the seed's on the
+same cores at the same time (`timing.reference`).
 
-Validation, scoring and the seed's yardsticks all happen here, in the evaluator process; the candidate's
-process only ever sees the windows it plans on.
+Validation, scoring and the seed's yardsticks all happen here, in the evaluator process; the candidate's process
+only ever sees the windows it plans on.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import os
+import statistics
+import sys
 import threading
 import time
 import traceback
@@ -16,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from evaluator.eplb.invariants import Violation
@@ -29,18 +34,25 @@ from evaluator.eplb.scoring import (
     next_window_report,
     speed_score,
     speedup,
-    timing_summary,
     window_loads,
 )
 from evaluator.eplb.trace import Trace, check_matches
 from evaluator.evaluation.freshness import input_dependence
-from evaluator.evaluation.lanes import Lanes
-from evaluator.evaluation.reference import seed_patch_warm_up, seed_plans
+from evaluator.evaluation.lanes import Lane, Lanes
+from evaluator.evaluation.seed_plans import seed_patch_warm_up, seed_plans
 from evaluator.evaluation.result import Result
-from evaluator.evaluation.run import Run, Runner, RunFailed
-from evaluator.evaluation.schedule import call_inputs
+from evaluator.evaluation.run import REFERENCE_TIMEOUT_S, Run, Runner, RunFailed
 from evaluator.evaluation.settings import Settings
-from evaluator.evaluation.timing import SeedTiming, SeedTimingCache, default_cache_path, harness_overhead_ms, measure
+from evaluator.evaluation.timing import (
+    HarnessModel,
+    ReferenceCache,
+    SeedReference,
+    call_inputs,
+    estimate,
+    ratios_of,
+    relative_precision,
+    warmup_call,
+)
 from evaluator.files import remove_tree
 from evaluator.paths import HARNESS_PROGRAM, SEED_PROGRAM
 from evaluator.sandbox import WorkerInfo
@@ -53,6 +65,11 @@ __all__ = ["Evaluator", "Settings", "workload_summary"]
 # Validation and scoring work on small tensors, where more threads only add synchronisation; few threads also
 # leave the CPU to the worker being timed.
 EVALUATOR_THREADS = 1
+# How long the evaluator's threads hold the interpreter before another may take it: short, so that the thread
+# reading a batch's reply is not kept waiting by a validation.
+SWITCH_INTERVAL_S = 0.0005
+# The trusted programs' batches the harness's model is fitted to: sizes, each twice.
+_HARNESS_BATCHES = (1, 1, 8, 8)
 
 
 class Evaluator:
@@ -61,35 +78,37 @@ class Evaluator:
     Thread-safe: candidates may be evaluated from several threads. Each is run on a device of its own for
     as long as any of its processes lives (one lane per GPU in `gpus`, default every visible GPU), so no two
     candidates are timed on one device at once, even by evaluators in other processes; validation of earlier
-    outputs and scoring run beside the timed calls. Raises `ValueError` when the device or GPUs asked for are
-    not there.
+    outputs and scoring run beside the timed calls, on other cores. Raises `ValueError` when the device or GPUs
+    asked for are not there.
 
     `spares` workers per device are started ahead (a candidate takes two: its run and its recheck). With
     `replenish` False, as for a single evaluation, those are all that start ahead of need, so that no spare
-    starts beside the candidate being timed.
+    starts beside the candidate being timed. Where the machine has a core for each device and one more, this
+    process's threads move off the devices' cores for as long as the evaluator is open.
     """
 
     def __init__(self, trace: Trace, settings: Settings | None = None, *, device: str = "auto", spares: int = 2,
-                 gpus: Sequence[int] | None = None, seed_timings: SeedTimingCache | None = None,
+                 gpus: Sequence[int] | None = None, seed_references: ReferenceCache | None = None,
                  retime_seed: bool = False, replenish: bool = True) -> None:
         self.settings = settings or Settings()
         check_matches(trace, self.settings.problem)
         torch.set_num_threads(min(EVALUATOR_THREADS, torch.get_num_threads()))
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         self.trace = trace
         self._inputs = call_inputs(trace.windows)
         self._loads = window_loads(trace.windows)
-        self._seed_timings = seed_timings or SeedTimingCache(None)
-        self._retime_seed = retime_seed  # ignore the cached seed time once
-        self._seed_digest = sha256_text(SEED_PROGRAM.read_text(encoding="utf-8"))[:12]  # part of the timing key
+        self._references = seed_references or ReferenceCache(None)
+        self._retime_seed = retime_seed  # ignore the cached reference once
+        self._seed_digest = sha256_text(SEED_PROGRAM.read_text(encoding="utf-8"))[:12]  # part of the reference's key
         software()  # the package's digest read now, not in the first evaluation's time
-        self._seed_lock = threading.Lock()  # the seed is timed once, however many threads need it
+        self._reference_lock = threading.Lock()  # the reference is measured once, however many threads need it
         # Removed by close() or when collected, and only by this process: a forked child's copy of the
         # evaluator (a loop's process pool) must not take the warm-up program from under the parent's workers.
         self._files = scratch_folder("evaluator-")
         self._remove_files = weakref.finalize(self, _remove_if_owner, self._files, os.getpid())
         warm_up = seed_patch_warm_up(self._files, self.settings.problem, self._inputs.dtype.name)
-        self.lanes = Lanes(self.settings.worker_limits(), device, spares, gpus,
-                           str(default_cache_path().parent.resolve()), warm_up, replenish, self.settings.start_method)
+        self.lanes = Lanes(self.settings.worker_limits(), device, spares, gpus, warm_up=warm_up, replenish=replenish,
+                           start_method=self.settings.start_method)
         self._runner = Runner(self.settings, self.lanes, self._inputs, self._score_on_next_window)
 
     def __enter__(self) -> Evaluator:
@@ -99,6 +118,7 @@ class Evaluator:
         self.close()
 
     def close(self) -> None:
+        self._runner.close()
         self.lanes.close()
         self._remove_files()
 
@@ -110,15 +130,14 @@ class Evaluator:
         _require_file(program)
         started = time.perf_counter()
         try:
-            run = self._runner.run(Path(program), give_up_at=give_up_at)
-            seed = self._seed_timing(run.info, run.lane, give_up_at)
+            run, reference = self._runner.run(Path(program), self._reference_on, give_up_at=give_up_at)
             scoring_started = time.perf_counter()
-            result = self._score(run, seed)
+            result = self._score(run, reference)
         except RunFailed as failed:
             return self._failure(failed)
         except Exception as error:  # the evaluator's own fault: a result too, never a crash
             return self._failure(_own_fault(error))
-        # What the evaluation cost beyond the candidate's own compute (the seed's timing, once, included).
+        # What the evaluation cost beyond the candidate's own compute (the reference's measurement, once, included).
         phases = {**run.phases, "scoring_ms": (time.perf_counter() - scoring_started) * 1e3}
         costs = {"evaluation_ms": (time.perf_counter() - started) * 1e3,
                  "candidate_compute_ms": sum(run.phase_compute.values()), "phases": phases,
@@ -127,8 +146,8 @@ class Evaluator:
 
     def check(self, program: str | Path, give_up_at: float | None = None) -> Result:
         """A cheap first stage for a loop: the program imports and returns a valid plan for the trace's first
-        window. Nothing is timed or scored: an `ok` Result here keeps every score at 0. `give_up_at` as for
-        `evaluate`."""
+        window, within the import's limit and the first call's. Nothing is timed or scored: an `ok` Result here
+        keeps every score at 0. `give_up_at` as for `evaluate`."""
         _require_file(program)
         try:
             info, stdout, stderr = self._runner.check(Path(program), give_up_at)
@@ -145,51 +164,62 @@ class Evaluator:
     def _score_on_next_window(self, plan: Plan, window: int) -> BalancednessReport:
         return next_window_report(plan, self._loads, window, self.settings.problem)
 
-    def _seed_timing(self, info: WorkerInfo, lane_name: str, give_up_at: float | None) -> SeedTiming:
-        """The seed timed on this device with this software: from the cache, else measured now on the lane the
-        candidate ran on (lanes may hold GPUs of different models), giving up at `give_up_at` as `evaluate`."""
+    def _reference_on(self, lane: Lane) -> SeedReference:
+        """The seed's reference for the device and software of `lane` (held by the caller): from the cache, else
+        measured now on it (lanes may hold GPUs of different models)."""
+        info = lane.pool.worker_info()
         key = " | ".join([info.device, info.card, *(f"{name} {value}" for name, value in software().items()),
                           f"seed {self._seed_digest}", repr(self.settings.problem)])
-        cached = self._cached_seed_timing(key)
-        if cached is not None:  # without the lock: other lanes need not wait for one timing the seed
+        cached = self._cached_reference(key)
+        if cached is not None:  # without the lock: other lanes need not wait for one measuring
             return cached
-        waiting_s = -1 if give_up_at is None else max(0.0, give_up_at - time.monotonic())
-        if not self._seed_lock.acquire(timeout=waiting_s):
-            raise RunFailed("infra_error", "gave up waiting for the seed's timing, which another evaluation was taking")
-        try:
-            cached = self._cached_seed_timing(key)  # another thread may have timed it while this one waited
+        with self._reference_lock:
+            cached = self._cached_reference(key)  # another thread may have measured it while this one waited
             if cached is not None:
                 return cached
             try:
-                run = self._runner.run(SEED_PROGRAM, lane_name, give_up_at)
-                harness_run = self._runner.run(HARNESS_PROGRAM, lane_name, give_up_at)
+                reference = self._measure_reference(lane)
             except RunFailed as failed:
-                raise RunFailed("infra_error", f"timing the seed failed ({failed.status}): {failed.error}") from None
-            # The harness's time per call is the lesser of two trusted programs': the narrowest plan's, whose
-            # outputs cost the harness less than any candidate's, and the seed's, since one measurement can come
-            # out several times too high (the seed's, 19.5 ms against 2.3 to 2.5 ms otherwise, once on an H100
-            # host), and every candidate's round trips are taken less it. The seed's own clock is trusted: its time
-            # is its claim, which such an outlier cannot inflate.
-            overhead = min(harness_overhead_ms(run.timed), harness_overhead_ms(harness_run.timed))
-            claimed = timing_summary([call.worker_ns / 1e6 for call in run.timed])
-            seed = SeedTiming(claimed.median_ms, overhead, claimed.relative_spread, claimed.count)
-            self._seed_timings.put(key, seed)
+                raise RunFailed("infra_error", f"measuring the seed's reference failed ({failed.status}): "
+                                               f"{failed.error}") from None
+            self._references.put(key, reference)
             self._retime_seed = False
-            return seed
-        finally:
-            self._seed_lock.release()
+            return reference
 
-    def _cached_seed_timing(self, key: str) -> SeedTiming | None:
-        return None if self._retime_seed else self._seed_timings.get(key)
+    def _cached_reference(self, key: str) -> SeedReference | None:
+        return None if self._retime_seed else self._references.get(key)
 
-    def _score(self, run: Run, seed: SeedTiming) -> Result:
+    def _measure_reference(self, lane: Lane) -> SeedReference:
+        """The seed's ratio to the yardstick in several fresh processes on `lane`, each timing the yardstick before,
+        between and after the seed's calls; and the harness's model, from the seed's batches and two more trusted
+        programs' (the narrowest valid plan, the seed patch)."""
+        timing = self.settings.timing
+        ratios, seed_ms, yardstick_ms, batches = [], [], [], []
+        for _ in range(timing.reference_processes):
+            seed, around = self._runner.reference_calls(lane, timing.reference_seed_calls, REFERENCE_TIMEOUT_S)
+            batches += seed
+            seed_ms += [batch.claim_ns / 1e6 for batch in seed]
+            yardstick_ms += around
+            ratios += ratios_of([batch.claim_ns / 1e6 for batch in seed], around)
+        rng = np.random.default_rng()
+        for program in (HARNESS_PROGRAM, self._files / "warm_up.py"):  # the seed patch's program, our own
+            weights = [[warmup_call(self._inputs, rng).weight for _ in range(size)] for size in _HARNESS_BATCHES]
+            batches += self._runner.trusted_batches(lane, program, weights, REFERENCE_TIMEOUT_S)
+        return SeedReference(statistics.median(ratios), relative_precision(ratios), statistics.median(seed_ms),
+                             statistics.median(yardstick_ms), timing.reference_processes, HarnessModel.fit(batches))
+
+    def _score(self, run: Run, reference: SeedReference) -> Result:
         report = combined_reports([run.scored[window] for window in sorted(run.scored)])
         stale = self._staleness(run, report.per_window)
         if stale is not None:
             return Result("invalid_output", stale.message, [asdict(stale)], workload=self._workload(),
                           stdout=run.stdout, stderr=run.stderr, **_device(run.info))
-        timing = measure(run.timed, seed.overhead_ms)
-        gain = speedup(seed.time_ms, timing.time_ms)
+        timing = estimate(run.batches, reference.harness)
+        seed_time_ms = reference.ratio * timing.pace_ms  # the seed's time at the pace the candidate ran at
+        gain = speedup(seed_time_ms, timing.time_ms)
+        # The speedup's interval: the candidate's time against the pace and the seed's ratio to it, each known to
+        # within its own relative precision, combined as independent errors.
+        relative = math.hypot(timing.precision, reference.ratio_spread)
         fast = speed_score(gain)
         return Result(
             "ok",
@@ -197,15 +227,16 @@ class Evaluator:
             speed_score=fast,
             combined_score=combined_score(report.balancedness_score, fast),
             speedup=gain,
+            speedup_interval=[gain / (1 + relative), gain * (1 + relative)],
             time_ms=timing.time_ms,
-            seed_time_ms=seed.time_ms,
+            seed_time_ms=seed_time_ms,
             slot_balancedness=report.slot_balancedness_score,
             reference_balancedness=self._seed_report.reference_score,
             seed_balancedness=self._seed_report.balancedness_score,
             gpus_with_duplicate_expert=run.duplicate_gpus,
-            timing={**timing.to_json(), "seed": asdict(seed), "variant_calls": len(run.variants),
-                    "skipped_variant_calls": run.skipped_variants, "rechecked_calls": run.rechecked,
-                    "overlapped_calls": run.overlapped},
+            timing={**timing.to_json(), "seed": reference.to_json(), "yardstick_ms": run.yardstick_ms,
+                    "speedup_precision": relative, "variant_calls": len(run.variants),
+                    "rechecked_calls": run.rechecked},
             workload=self._workload(),
             stdout=run.stdout,
             stderr=run.stderr,

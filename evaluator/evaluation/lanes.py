@@ -1,6 +1,11 @@
 """The devices candidates are timed on: one lane per GPU (or one for the CPU), each timing one candidate at a time.
 
-A lane owns its spare workers (warmed up, when given a `WarmUp`) and a lock. The lock is held from a candidate's
+A lane owns its spare workers (warmed up, when given a `WarmUp`), a lock and, where the machine has cores enough, a
+physical core: every process of a candidate runs on one CPU of it, its sibling hardware threads left idle, while the
+evaluator's own threads, its validations and the spares starting run on the other cores (`isolated`). A busy sibling
+slows a core's other thread by half or more, and a candidate timed beside the evaluator's work would be timed at the
+evaluator's pace. With too few cores, candidates run where the evaluator does, and no spare starts while one is
+timed. The lock is held from a candidate's
 launch until its last process has exited, in this process (a thread lock) and across processes, so that
 evaluators in several processes on one machine, as loops that evaluate in process pools run them, never time
 two candidates on one device at once.
@@ -9,9 +14,9 @@ The lock across processes is a listening Unix socket bound to an abstract addres
 one socket hold an address at a time and frees it when its holder closes it or dies. Unlike a lock file,
 nothing of it lies where a candidate could remove or replace it, and no crash leaves it behind. A process
 waiting for the lane connects to the holder and sleeps until the holder's socket closes; a holder that
-releases a lane others wait for lets them take it before it takes it again. Processes take turns when they
-share the cache folder (`EPLB_EVALUATOR_CACHE`, whose resolved path is hashed into the address), name the GPU
-alike (`CUDA_VISIBLE_DEVICES`) and share a network namespace (abstract addresses belong to one).
+releases a lane others wait for lets them take it before it takes it again. Processes take turns when they name
+the GPU alike (`CUDA_VISIBLE_DEVICES`) and share a network namespace (abstract addresses belong to one), whatever
+their cache folders: two candidates timed on one device at once would each be timed at the other's expense.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import torch
 
 from evaluator.sandbox import Failure, FailureKind, Limits, SandboxFailure, WarmUp, WorkerPool
 from evaluator.sandbox.cards import cpu_model
+from evaluator.sandbox.cpus import physical_cores, pin_threads, usable_cpus
 
 # The lock sockets open in this process. A forked child closes its copies, so that a lane is free once this
 # process lets it go, whatever the child does; a fork waits while a lock is being opened or closed.
@@ -39,15 +45,27 @@ _BACKLOG = 128  # processes that may wait on one lane at once
 _RETRY_S = 0.005  # before looking again at an address bound by a socket that does not listen (yet)
 # After releasing a lane that other processes wait for, this process lets them have it first for so long.
 _COURTESY_S = 0.05
+MACHINE_SCOPE = "machine"  # the lock scope every evaluator shares unless given another
+# The evaluator keeps at least this many cores of its own beside the lanes', or the lanes get none: on a machine of
+# two CPUs (seen: one busy slowed the other by 40%, however the kernel showed them), the candidate gets them all and
+# the evaluator waits while it is timed.
+MIN_EVALUATOR_CORES = 3
 
 
 @dataclass(frozen=True)
 class Lane:
-    """One device: its name ("cuda:0", "cpu"), its spare workers and the abstract address that locks it."""
+    """One device: its name ("cuda:0", "cpu"), its spare workers, the abstract address that locks it, and the CPUs its
+    candidates run on (None: wherever the evaluator runs)."""
 
     name: str
     pool: WorkerPool
     lock_address: str
+    cpus: tuple[int, ...] | None = None
+
+    @property
+    def isolated(self) -> bool:
+        """Whether its candidates have a core of their own."""
+        return self.cpus is not None
 
 
 class Holding:
@@ -71,17 +89,24 @@ class Holding:
 class Lanes:
     """The lanes of an evaluator; `take()` lends a free one. Thread-safe.
 
-    `lock_scope` names the evaluators that take turns: those given the same scope (the cache folder) do.
+    `lock_scope` names the evaluators that take turns: those given the same scope do (every evaluator on a machine
+    by default; a test may keep its lanes apart with a scope of its own).
     """
 
-    def __init__(self, limits: Limits, device: str, spares: int, gpus: Sequence[int] | None, lock_scope: str,
-                 warm_up: WarmUp | None = None, replenish: bool = True, start_method: str = "forkserver") -> None:
+    def __init__(self, limits: Limits, device: str, spares: int, gpus: Sequence[int] | None,
+                 lock_scope: str = MACHINE_SCOPE, warm_up: WarmUp | None = None, replenish: bool = True,
+                 start_method: str = "forkserver", isolate: bool = True) -> None:
         scope = hashlib.sha256(lock_scope.encode()).hexdigest()[:16]
+        devices = _devices(device, gpus)
+        lane_cpus, evaluator_cpus = lane_cores(len(devices)) if isolate else ([None] * len(devices), None)
+        self._pinned = evaluator_cpus is not None and _pin_this_process(evaluator_cpus)
+        if not self._pinned:
+            lane_cpus, evaluator_cpus = [None] * len(devices), None
         self.lanes: list[Lane] = []
-        for name, worker_device, environment in _devices(device, gpus):
+        for (name, worker_device, environment), cpus in zip(devices, lane_cpus):
             self.lanes.append(Lane(name, WorkerPool(limits, worker_device, spares, environment, warm_up, replenish,
-                                                     start_method),
-                                   f"\0eplb-evaluator-{scope}-{name}"))
+                                                     start_method, evaluator_cpus),
+                                   f"\0eplb-evaluator-{scope}-{name}", cpus))
         self._free = list(self.lanes)
         self._condition = threading.Condition()
         self._courtesy_until: dict[str, float] = {}  # lane name -> when this process may take it again
@@ -113,6 +138,9 @@ class Lanes:
     def close(self) -> None:
         for lane in self.lanes:
             lane.pool.close()
+        if self._pinned:
+            self._pinned = False
+            _unpin_this_process()
 
     def _first_free(self, name: str | None) -> Lane | None:
         return next((lane for lane in self._free if name is None or lane.name == name), None)
@@ -205,6 +233,51 @@ def _past(give_up_at: float | None) -> bool:
 def _gave_up(what: str) -> SandboxFailure:
     return SandboxFailure(Failure(FailureKind.INFRA_ERROR,
                                   f"gave up waiting for {what}: other evaluations held it until the deadline"))
+
+
+def lane_cores(lanes: int, cores: Sequence[tuple[int, ...]] | None = None,
+               ) -> tuple[list[tuple[int, ...] | None], list[int] | None]:
+    """For each of `lanes` lanes the CPU its candidates run on (the first of a physical core whose other threads stay
+    idle), and the CPUs of every other core, for the evaluator; none at all where that would leave the evaluator
+    fewer than `MIN_EVALUATOR_CORES`. Lanes take cores from the last, away from the first, where the kernel's own
+    work tends to land. `cores`: the physical cores to share out (default: this process's, as the kernel shows
+    them)."""
+    cores = physical_cores(usable_cpus()) if cores is None else list(cores)
+    if len(cores) < lanes + MIN_EVALUATOR_CORES:
+        return [None] * lanes, None
+    return [(core[0],) for core in reversed(cores[-lanes:])], [cpu for core in cores[:-lanes] for cpu in core]
+
+
+# This process's threads are kept off the lanes' cores while any evaluator in it has lanes; then they get back the
+# CPUs they had.
+_pinning_lock = threading.Lock()
+_pinnings = 0
+_cpus_before: set[int] = set()
+
+
+def _pin_this_process(cpus: Sequence[int]) -> bool:
+    """Move every thread of this process onto `cpus` (threads started later inherit them); False if it cannot."""
+    global _pinnings, _cpus_before
+    with _pinning_lock:
+        if _pinnings == 0:
+            _cpus_before = os.sched_getaffinity(0)
+        try:
+            pin_threads(os.getpid(), cpus)
+        except OSError:
+            return False
+        _pinnings += 1
+        return True
+
+
+def _unpin_this_process() -> None:
+    global _pinnings
+    with _pinning_lock:
+        _pinnings -= 1
+        if _pinnings == 0:
+            try:
+                pin_threads(os.getpid(), sorted(_cpus_before))
+            except OSError:
+                pass
 
 
 def first_lane_card(device: str, gpus: Sequence[int] | None) -> tuple[str, str]:

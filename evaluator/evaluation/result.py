@@ -28,6 +28,7 @@ class Result:
     speed_score: float = 0.0
     combined_score: float = 0.0
     speedup: float | None = None
+    speedup_interval: list[float] | None = None  # 95%: the candidate's time, the seed's ratio and the pace combined
     time_ms: float | None = None
     seed_time_ms: float | None = None
     slot_balancedness: float | None = None

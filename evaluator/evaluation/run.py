@@ -1,39 +1,61 @@
-"""Run one candidate on a device lane: a fresh worker through the whole schedule, every output validated while
-the next call runs, then some calls again in a second fresh process.
+"""Run one candidate on a device lane: a fresh worker through warm-up and timed batches, every output validated, the
+yardstick timed between them, then some calls again in a second fresh process.
 
-The candidate's process only ever sees the windows it plans on, one call at a time. What comes out is plain
-data (`Run`) for scoring, or `RunFailed` with the failure a result reports.
+The candidate's process only ever sees the windows it plans on, a batch at a time. What comes out is plain data
+(`Run`) for scoring, or `RunFailed` with the failure a result reports. How many calls a batch holds, how many batches
+run and how long a call may take, the timing protocol decides (`timing.protocol`).
 """
 
 from __future__ import annotations
 
 import math
+import queue
 import secrets
 import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import NamedTuple
-
 import numpy as np
 
 from evaluator.eplb.invariants import PlanCheck, Violation
 from evaluator.eplb.plan import Plan
-from evaluator.eplb.problem import Problem
 from evaluator.eplb.scoring import BalancednessReport
 from evaluator.evaluation.lanes import Holding, Lane, Lanes
 from evaluator.evaluation.outputs import check_call
-from evaluator.evaluation.schedule import Call, build_schedule, warmup_call
 from evaluator.evaluation.settings import Settings
-from evaluator.sandbox import CallResult, Failure, FailureKind, Output, SandboxFailure, Worker, WorkerInfo
+from evaluator.evaluation.timing import (
+    Batch,
+    BatchPlan,
+    BatchTime,
+    HarnessModel,
+    YARDSTICK,
+    SeedReference,
+    call_limit_s,
+    calls_per_batch,
+    timed_enough,
+    warmup_call,
+)
+from evaluator.sandbox import (
+    BatchResult,
+    CallResult,
+    Failure,
+    FailureKind,
+    Output,
+    SandboxFailure,
+    Worker,
+    WorkerInfo,
+)
 
 OUTPUT_TAIL_CHARS = 4000  # of the candidate's stdout and stderr kept in a result
 _REAP_WAIT_S = 30.0  # for a killed process to exit before its lane is released anyway
+_PENDING_BATCHES = 2  # batches whose outputs may wait for validation while the next runs
+_VALIDATION_THREADS = 2  # where the lane's cores are the candidate's own
+REFERENCE_TIMEOUT_S = 1800.0  # the seed's and the yardstick's calls are never bound by a candidate's limits
 
 
 class RunFailed(Exception):
@@ -51,36 +73,45 @@ class RunFailed(Exception):
 
 
 @dataclass(frozen=True)
+class Limits:
+    """How long a run's parts may take: the whole run, the first call, any other call."""
+
+    total_s: float
+    first_call_s: float
+    call_s: float
+
+
+@dataclass(frozen=True)
 class Run:
-    """A program that went through the whole schedule with every output valid."""
+    """A program that went through warm-up and its timed batches with every output valid."""
 
     info: WorkerInfo
     scored: dict[int, BalancednessReport]  # window -> how the plan made on it balances the next window
     variants: list[tuple[int, float]]  # (window it varies, GPU balancedness on the next window of its plan)
-    timed: list[CallResult]
-    skipped_variants: int
+    batches: list[BatchTime]  # each with the yardstick's pace around it
+    yardstick_ms: list[float]  # the yardstick's time per call at each of its rounds, in order
     rechecked: int  # calls repeated in the recheck's process
-    overlapped: int  # timed calls that ran while the evaluator took in the result before (`_Calls.overlaps`)
     duplicate_gpus: float
     phases: dict[str, float]  # where the run's wall time went, in ms
-    phase_compute: dict[str, float]  # the candidate's own time in the calls of each phase, in ms
+    phase_compute: dict[str, float]  # the candidate's own time in each phase (the evaluator's clock), in ms
     lane: str  # the device it ran on: "cuda:0", "cpu", ...
     stdout: str
     stderr: str
 
 
 class _Processes:
-    """The candidate processes of one run, each a fresh worker from its lane's spares."""
+    """The candidate processes of one run, each a fresh worker from its lane's spares, on the lane's cores."""
 
-    def __init__(self, timeout_s: float) -> None:
-        self._timeout_s = timeout_s
+    def __init__(self, limits: Limits) -> None:
+        self._limits = limits
         self._workers: list[Worker] = []
 
     def launch(self, lane: Lane, program: Path, deadline: float) -> Worker:
-        """A fresh worker with `program` loaded; raises `SandboxFailure`."""
+        """A fresh worker on the lane's cores with `program` loaded; raises `SandboxFailure`."""
         worker = lane.pool.acquire()
         self._workers.append(worker)
-        worker.load(program, timeout_s=_remaining(deadline, self._timeout_s))
+        worker.prepare(lane.cpus)
+        worker.load(program, timeout_s=_remaining(deadline, self._limits.total_s))
         return worker
 
     def end(self) -> None:
@@ -95,13 +126,17 @@ class _Processes:
         if errors:
             raise errors[0]
 
+    def wait_gone(self) -> None:
+        """Wait until every process has exited (a CUDA context's teardown takes about 0.1 s), or `_REAP_WAIT_S` in
+        all."""
+        deadline = time.monotonic() + _REAP_WAIT_S
+        for worker in self._workers:
+            worker.wait_gone(max(0.0, deadline - time.monotonic()))
+
     def release_when_gone(self, holding: Holding) -> None:
-        """Release the lane once every process has exited (a CUDA context's teardown takes about 0.1 s), or
-        after `_REAP_WAIT_S` in all."""
+        """Release the lane once every process has exited, or after `_REAP_WAIT_S` in all."""
         try:
-            deadline = time.monotonic() + _REAP_WAIT_S
-            for worker in self._workers:
-                worker.wait_gone(max(0.0, deadline - time.monotonic()))
+            self.wait_gone()
         finally:
             holding.release()
 
@@ -110,8 +145,8 @@ class Runner:
     """Runs candidates on `lanes` as `settings` say, on `inputs` (the trace's windows). Thread-safe.
 
     `score_on_next_window(plan, window)` is how a plan made on `window` (or on a variant of it) balances the next
-    window. The run records it for every plan as it is validated, beside the calls that follow: for the
-    windows' own plans the scores, for the variants' what tells a plan that follows its input from a stale one.
+    window. The run records it for every plan as it is validated: for the windows' own plans the scores, for the
+    variants' what tells a plan that follows its input from a stale one.
     """
 
     def __init__(self, settings: Settings, lanes: Lanes, inputs: np.ndarray,
@@ -121,66 +156,169 @@ class Runner:
         self.inputs = inputs
         self.score_on_next_window = score_on_next_window
         self._lane_used_at: dict[str, float] = {}  # lane name -> when a run on it last ended (monotonic)
+        self._yardsticks: dict[str, Worker] = {}  # lane name -> its yardstick's worker (used by the lane's holder)
+
+    def close(self) -> None:
+        """Close the yardsticks' workers."""
+        for worker in list(self._yardsticks.values()):
+            worker.close()
+        self._yardsticks.clear()
+
+    def limits(self, seed_time_ms: float) -> Limits:
+        """A candidate's limits on a device where the seed takes `seed_time_ms` per call."""
+        total, timing = self.settings.timeout_s, self.settings.timing
+        call = call_limit_s(seed_time_ms, timing)
+        return Limits(total, min(total, max(timing.first_call_limit_s, call)), min(total, call))
 
     def check(self, program: Path, give_up_at: float | None = None) -> tuple[WorkerInfo, str, str]:
-        """Import `program` and validate its plan for the first window: its worker's info, stdout and stderr
-        tails. Raises `RunFailed` (infra_error if no lane is free by the monotonic time `give_up_at`)."""
-        with self._on_a_lane(give_up_at=give_up_at) as (lane, processes):
-            deadline = time.monotonic() + self.settings.timeout_s
+        """Import `program` and validate its plan for the first window, within the import's limit and the first
+        call's: its worker's info, stdout and stderr tails. Raises `RunFailed` (infra_error if no lane is free by the
+        monotonic time `give_up_at`)."""
+        first_call_s = self.settings.timing.first_call_limit_s
+        limits = Limits(self.settings.timeout_s, first_call_s, first_call_s)
+        with self._on_a_lane(limits, give_up_at=give_up_at) as (lane, processes):
+            deadline = time.monotonic() + limits.total_s
             worker = processes.launch(lane, program, deadline)
-            result = self.call(worker, self.inputs[0], deadline)
+            result = worker.call(self.inputs[0], self.settings.problem.rebalance_args(),
+                                 _remaining(deadline, limits.total_s, limits.first_call_s))
             _require_valid(check_call(result, self.settings.problem), "the call on window 0", worker)
             return (worker.info, *_tails(worker.output()))
 
-    def run(self, program: Path, lane_name: str | None = None, give_up_at: float | None = None) -> Run:
-        """The whole schedule on a free lane (or the one named), then the recheck. Raises `RunFailed`
+    def run(self, program: Path, reference_on: Callable[[Lane], SeedReference], lane_name: str | None = None,
+            give_up_at: float | None = None) -> tuple[Run, SeedReference]:
+        """Warm-up, timed batches (the yardstick timed between them) and the recheck on a free lane (or the one
+        named); and the seed's reference for the lane (`reference_on` it, while the run holds it). Raises `RunFailed`
         (infra_error if no lane is free by the monotonic time `give_up_at`)."""
         settings = self.settings
         rng = np.random.default_rng(secrets.randbits(128))
-        schedule = build_schedule(self.inputs, settings.variants_per_window, rng, settings.min_variants)
         phases: dict[str, float] = {}
         started = time.perf_counter()
 
         def phase(name: str) -> None:
             phases[name] = (time.perf_counter() - started) * 1e3 - sum(phases.values())
 
-        with self._on_a_lane(lane_name, give_up_at) as (lane, processes), self._quiet(lane):
+        with self._on_a_lane(Limits(settings.timeout_s, settings.timeout_s, settings.timeout_s), lane_name,
+                             give_up_at) as (lane, processes), self._quiet(lane):
             phase("wait_for_device_ms")
-            deadline = time.monotonic() + settings.timeout_s  # waiting for the device is not the candidate's time
+            reference = reference_on(lane)
+            phase("reference_ms")
+            limits = self.limits(reference.seed_time_ms)
+            deadline = time.monotonic() + limits.total_s  # waiting for the device is not the candidate's time
             worker = processes.launch(lane, program, deadline)
             phase("launch_ms")
             idle_s = time.monotonic() - max(self._lane_used_at.get(lane.name, -math.inf), worker.info.ready_monotonic)
-            with _validation_thread() as validator:
-                calls = _Calls(self, worker, validator, deadline, schedule, _Sample(settings.rechecks, rng))
-                calls.warm_up(rng, for_clocks=idle_s >= settings.clocks_hold_s)
+            with _validation_threads(_VALIDATION_THREADS if lane.isolated else 1) as validator:
+                calls = _Calls(self, worker, validator, deadline, limits, _Sample(settings.rechecks, rng),
+                               overlap=lane.isolated, pace=lambda: self._pace(lane, worker))
+                call_ms = calls.warm_up(rng, reference.harness, for_clocks=idle_s >= settings.timing.clocks_hold_s)
                 phase("warmup_ms")
-                calls.follow_schedule()
-                phase("calls_ms")
+                plan = BatchPlan(self.inputs, calls_per_batch(call_ms, reference.harness, settings.timing),
+                                 np.random.default_rng(secrets.randbits(128)), settings.timing.min_variants,
+                                 settings.timing.min_batches_alone)
+                calls.time(plan)
+                phase("batches_ms")
                 stdout, stderr = _tails(worker.output())
                 worker.close(wait=False)  # killed before the recheck's process starts
                 kept = calls.rechecked.items
                 try:  # while the last outputs are validated
-                    recheck_ns = self._recheck(lane, processes, program, [
-                        (schedule[k].weight, kept[k], k + 1) for k in rng.permutation(list(kept))], deadline)
+                    recheck_ns = self._recheck(lane, processes, program,
+                                               [(*kept[k], k) for k in rng.permutation(list(kept))], deadline, limits)
                 except (RunFailed, SandboxFailure):
                     calls.settle(wait=True)  # an invalid output, if there is one, is the clearer failure
                     raise
                 phase("recheck_ms")
                 calls.settle(wait=True)
                 phase("validation_tail_ms")
-        compute = {"warmup_ms": calls.warmup_ns / 1e6, "calls_ms": calls.timed_ns / 1e6, "recheck_ms": recheck_ns / 1e6}
-        return Run(worker.info, calls.scored, calls.variants, calls.timed, calls.skipped, len(kept), calls.overlapped,
-                   statistics.fmean(calls.duplicates), phases, compute, lane.name, stdout, stderr)
+        compute = {"warmup_ms": calls.warmup_claimed_ns / 1e6, "batches_ms": calls.timed_claimed_ns / 1e6,
+                   "recheck_ms": recheck_ns / 1e6}
+        run = Run(worker.info, calls.scored, calls.variants, calls.batches, calls.paces, len(kept),
+                  statistics.fmean(calls.duplicates), phases, compute, lane.name, stdout, stderr)
+        return run, reference
+
+    def reference_calls(self, lane: Lane, seed_calls: int, timeout_s: float) -> tuple[list[BatchTime], list[float]]:
+        """The seed's own calls (one batch each, on variants of the windows) in a fresh worker on `lane`, which the
+        caller holds, with the yardstick's calls before, between and after them (the yardstick is the seed on its
+        own small problem), and one of each first, untimed: the seed's batches, and the yardstick's times in ms."""
+        rng = np.random.default_rng(secrets.randbits(128))
+        args = self.settings.problem.rebalance_args()
+        calls = self.settings.timing.yardstick_calls
+        deadline = time.monotonic() + timeout_s
+        with self._trusted_process(lane, YARDSTICK.program, deadline, timeout_s) as worker:
+            worker.batch([warmup_call(self.inputs, rng).weight], args, _remaining(deadline, timeout_s))
+            worker.batch([YARDSTICK.weight], YARDSTICK.args, _remaining(deadline, timeout_s))
+            yardstick_ms, batches = [], []
+            for number in range(seed_calls + 1):
+                result = worker.batch([YARDSTICK.weight] * calls, YARDSTICK.args, _remaining(deadline, timeout_s))
+                yardstick_ms.append(result.claim_ns / 1e6 / calls)
+                if number < seed_calls:
+                    result = worker.batch([warmup_call(self.inputs, rng).weight], args, _remaining(deadline, timeout_s))
+                    batches.append(_batch_time(result))
+        return batches, yardstick_ms
+
+    def trusted_batches(self, lane: Lane, program: Path, batches: Sequence[list[np.ndarray]],
+                        timeout_s: float) -> list[BatchTime]:
+        """A trusted program of our own in a fresh worker on `lane`, which the caller holds: one batch of each list of
+        weights, after an untimed call; each output validated, so that a broken program of ours shows."""
+        args = self.settings.problem.rebalance_args()
+        deadline = time.monotonic() + timeout_s
+        timed = []
+        with self._trusted_process(lane, program, deadline, timeout_s) as worker:
+            worker.batch([batches[0][0]], args, _remaining(deadline, timeout_s))
+            for weights in batches:
+                result = worker.batch(weights, args, _remaining(deadline, timeout_s))
+                for call in result.calls:
+                    _require_valid(check_call(call, self.settings.problem), f"our own program {program.name}", worker)
+                timed.append(_batch_time(result))
+        return timed
+
+    def _pace(self, lane: Lane, candidate: Worker) -> float:
+        """The yardstick's time per call on `lane` now, with the candidate's processes stopped while it runs: one
+        batch of the settings' yardstick calls in the lane's yardstick worker (started, from the lane's spares, the
+        first time)."""
+        calls = self.settings.timing.yardstick_calls
+        candidate.pause()
+        try:
+            result = self._yardstick_on(lane).batch([YARDSTICK.weight] * calls, YARDSTICK.args, REFERENCE_TIMEOUT_S)
+        except SandboxFailure as error:
+            self._yardsticks.pop(lane.name, None)
+            raise RunFailed("infra_error", f"the yardstick failed: {error.failure.message}") from None
+        finally:
+            candidate.resume()
+        return result.claim_ns / 1e6 / calls
+
+    def _yardstick_on(self, lane: Lane) -> Worker:
+        """The lane's yardstick worker, on the lane's cores with the yardstick loaded and called once."""
+        worker = self._yardsticks.get(lane.name)
+        if worker is None or not worker.is_loaded():
+            worker = lane.pool.acquire()
+            self._yardsticks[lane.name] = worker
+            worker.prepare(lane.cpus)
+            worker.load(YARDSTICK.program, timeout_s=REFERENCE_TIMEOUT_S)
+            worker.batch([YARDSTICK.weight], YARDSTICK.args, REFERENCE_TIMEOUT_S)
+        return worker
 
     @contextmanager
-    def _on_a_lane(self, lane_name: str | None = None,
+    def _trusted_process(self, lane: Lane, program: Path, deadline: float, timeout_s: float) -> Iterator[Worker]:
+        """A fresh worker on `lane` with `program` loaded; gone (every process collected) when the block ends."""
+        processes = _Processes(Limits(timeout_s, timeout_s, timeout_s))
+        try:
+            worker = processes.launch(lane, program, deadline)
+            yield worker
+        except SandboxFailure as error:
+            raise RunFailed.from_sandbox(error.failure) from None
+        finally:
+            processes.end()
+            processes.wait_gone()
+
+    @contextmanager
+    def _on_a_lane(self, limits: Limits, lane_name: str | None = None,
                    give_up_at: float | None = None) -> Iterator[tuple[Lane, _Processes]]:
         """A lane (any free one, or the one named) and the candidate processes of one run on it. Sandbox
         failures become failed runs. When the block ends every process is killed at once, and the lane is
         released once they have all exited, in the background while the result is scored."""
         try:
             holding = self.lanes.take(lane_name, give_up_at)
-            processes = _Processes(self.settings.timeout_s)
+            processes = _Processes(limits)
             try:
                 yield holding.lane, processes
             finally:
@@ -190,39 +328,32 @@ class Runner:
             raise RunFailed.from_sandbox(error.failure) from None
 
     def _quiet(self, lane: Lane) -> AbstractContextManager[None]:
-        """On the CPU the candidate shares its cores with workers starting up: start none while it is timed."""
-        return lane.pool.quiet() if lane.name == "cpu" else nullcontext()
+        """Where the candidate shares its cores with the evaluator's (a machine with too few), start no spare worker
+        while it is timed."""
+        return nullcontext() if lane.isolated else lane.pool.quiet()
 
-    def call(self, worker: Worker, weight: np.ndarray, deadline: float) -> CallResult:
-        """One call of the entry point on `weight`, within what is left of the candidate's time."""
-        return next(self.calls(worker, [weight], deadline, overlap=False))
-
-    def calls(self, worker: Worker, weights: Iterable[np.ndarray], deadline: float,
-              overlap: bool | Callable[[int, int], bool]) -> Iterator[CallResult]:
-        """A call on each of `weights` in turn, within what is left of the candidate's time; with `overlap` (or
-        where it says so, asked as each result arrives), a result is taken in while the worker computes the next
-        call (`Worker.calls`)."""
-        args = self.settings.problem.rebalance_args()
-        return worker.calls(((weight, args, _remaining(deadline, self.settings.timeout_s)) for weight in weights),
-                            overlap=overlap)
-
-    def _recheck(self, lane: Lane, processes: _Processes, program: Path,
-                 calls: list[tuple[np.ndarray, CallResult, int]], deadline: float) -> int:
-        """Give some inputs again, in another order, to a fresh process: a plan that depended on earlier calls
-        (a cache, a stale plan) or on chance comes out different. Returns the candidate's time in those calls."""
+    def _recheck(self, lane: Lane, processes: _Processes, program: Path, calls: list[tuple[np.ndarray, CallResult,
+                 int]], deadline: float, limits: Limits) -> int:
+        """Give some inputs again, one call at a time and in another order, to a fresh process: a plan that depended
+        on earlier calls (a cache, a stale plan) or on chance comes out different. Returns the candidate's time in
+        those calls (its claim)."""
         spent_ns = 0
         if not calls:
             return spent_ns
         worker = processes.launch(lane, program, deadline)
-        for (_, first, number), again in zip(calls, self.calls(worker, [weight for weight, _, _ in calls], deadline,
-                                                                         self.settings.validate_during_calls)):
-            spent_ns += again.worker_ns
+        args = self.settings.problem.rebalance_args()
+        for number, (weight, first, position) in enumerate(calls):
+            limit = limits.first_call_s if number == 0 else limits.call_s
+            result = worker.batch([weight], args, _remaining(deadline, limits.total_s, limit))
+            spent_ns += result.claim_ns
+            again = result.calls[0]
             if len(first.outputs) != len(again.outputs) or not all(map(_same_array, first.outputs, again.outputs)):
                 violation = Violation(
                     "plan.not_reproducible", None,
-                    f"call {number}'s plan differs when the same input is given to a fresh process; the plan "
-                    "must be a deterministic function of its input alone, not of earlier calls (a cache or a "
-                    "stale plan), of chance, or of timing")
+                    f"timed call {position + 1}'s plan differs when the same input is given to a fresh process; the "
+                    "plan must be a deterministic function of its input alone, not of earlier calls (a cache or a "
+                    "stale plan), of chance, or of timing. Draw random numbers from a generator of your own, seeded "
+                    "from a constant or from the input (torch.Generator().manual_seed(0))")
                 raise RunFailed("invalid_output", violation.message, (violation,), *_tails(worker.output()))
         return spent_ns
 
@@ -232,149 +363,165 @@ class _Pending:
     """A call whose outputs are being validated."""
 
     what: str  # the call, as an error names it
-    position: int | None  # its place in the schedule; None for a warm-up call
+    window: int | None  # the window it planned on (or on a variant of); None for a warm-up call
+    scored: bool
     result: CallResult
-    verdict: Future[_Validated]
+    verdict: Future[tuple[PlanCheck, BalancednessReport | None]]
 
 
+@dataclass
 class _Calls:
-    """The calls of a run's first process, in order: warm-up, then the schedule. Each output is validated on
-    `validator` while the worker computes the next, unless the settings say otherwise or the calls are too short
-    for it (`overlaps`)."""
+    """The calls of a run's first process, in order: warm-up, then the timed batches. Every output is validated on
+    `validator`, beside the next batch where the lane's cores are the candidate's own (`overlap`), else before it."""
 
-    def __init__(self, runner: Runner, worker: Worker, validator: ThreadPoolExecutor, deadline: float,
-                 schedule: list[Call], rechecked: _Sample) -> None:
-        self._runner, self._worker, self._validator, self._deadline = runner, worker, validator, deadline
-        self._schedule = schedule
-        self.rechecked = rechecked  # the timed calls to repeat in a fresh process, by schedule position
-        self._pending: deque[_Pending] = deque()
-        self.scored: dict[int, BalancednessReport] = {}  # window -> how the plan made on it balances the next
-        self.variants: list[tuple[int, float]] = []
-        self.timed: list[CallResult] = []  # times only: outputs are megabytes each
-        self.duplicates: list[int] = []
-        self.warmup_ns = self.timed_ns = self.skipped = self.overlapped = 0
-        # The evaluator's work on a result, its validation and score: how long it took the latest time, and when the
-        # work taken in so far was done (perf_counter_ns), the validations' and the caller's own.
-        self._work_ns = self._work_done_ns = 0
-        # Whether the result being taken in is taken in while the next call runs (`overlaps`), and whether the call
-        # that brought it ran while the evaluator worked on the result before.
-        self._overlapping = runner.settings.validate_during_calls
-        self._ran_beside_work = False
+    runner: Runner
+    worker: Worker
+    validator: ThreadPoolExecutor
+    deadline: float
+    limits: Limits
+    rechecked: _Sample  # the timed calls to repeat in a fresh process, by their number among the timed calls
+    overlap: bool
+    pace: Callable[[], float]  # the yardstick's time now, the candidate stopped while it runs
+    paces: list[float] = field(default_factory=list)
+    scored: dict[int, BalancednessReport] = field(default_factory=dict)
+    variants: list[tuple[int, float]] = field(default_factory=list)
+    batches: list[BatchTime] = field(default_factory=list)
+    duplicates: list[int] = field(default_factory=list)
+    timed_calls: int = 0
+    # the candidate's time: on the evaluator's clock (round trips), which budgets go by, and as it claims it
+    warmup_ns: int = 0
+    timed_ns: int = 0
+    warmup_claimed_ns: int = 0
+    timed_claimed_ns: int = 0
+    pending: deque[_Pending] = field(default_factory=deque)
 
-    def warm_up(self, rng: np.random.Generator, for_clocks: bool) -> None:
-        """Untimed calls until the settings' least count is reached and, `for_clocks`, their least candidate time
-        (as known when the next input is sent: with results taken in during the next call, one call late)."""
-        settings = self._runner.settings
+    def warm_up(self, rng: np.random.Generator, harness: HarnessModel, for_clocks: bool) -> float:
+        """Untimed calls, one at a time, until the settings' least count is reached and, `for_clocks`, their least
+        time. Returns the program's time per call as the warm-up saw it after its first call: the least round trip
+        less the harness's model (the evaluator's clock)."""
+        settings = self.runner.settings.timing
         least_ns = settings.warmup_s * 1e9 if for_clocks else 0
-        labels: deque[str] = deque()
+        paces = []
+        count = 0
+        while count < settings.max_warmup_calls and (count < settings.warmup_calls or self.warmup_ns < least_ns):
+            count += 1
+            call = warmup_call(self.runner.inputs, rng)
+            limit = self.limits.first_call_s if count == 1 else self.limits.call_s
+            result = self._batch([call.weight], limit)
+            self.warmup_ns += result.round_trip_ns
+            self.warmup_claimed_ns += result.claim_ns
+            outputs = result.calls[0]
+            if count > 1:
+                paces.append(result.round_trip_ns / 1e6 - harness.ms(1, _output_bytes(outputs)))
+            self._take(outputs, f"warm-up call {count} (planning on a variant of window {call.window})", None, False)
+        return min(paces) if paces else 0.0
 
-        def weights() -> Iterator[np.ndarray]:
-            count = 0
-            while count < settings.max_warmup_calls and (count < settings.warmup_calls or self.warmup_ns < least_ns):
-                count += 1
-                call = warmup_call(self._runner.inputs, rng)
-                labels.append(f"warm-up call {count} (planning on a variant of window {call.window})")
-                yield call.weight
-
-        for result in self._calls(weights()):
-            self.warmup_ns += result.worker_ns
-            self._take(result, labels.popleft())
-
-    def follow_schedule(self) -> None:
-        """The timed calls; variants are skipped once the candidate has spent the settings' timing budget and
-        the least number of variants ran."""
-        settings = self._runner.settings
-        positions: deque[int] = deque()
-
-        def weights() -> Iterator[np.ndarray]:
-            variants_sent = 0
-            for position, call in enumerate(self._schedule):
-                if not call.scored:
-                    if variants_sent >= settings.min_variants and self.timed_ns > settings.timing_budget_s * 1e9:
-                        self.skipped += 1
-                        continue
-                    variants_sent += 1
-                positions.append(position)
-                yield call.weight
-
-        for result in self._calls(weights()):
-            position = positions.popleft()
-            call = self._schedule[position]
-            what = f"window {call.window}" if call.scored else f"a variant of window {call.window}"
-            self.timed_ns += result.worker_ns
-            self.overlapped += self._ran_beside_work
-            self.timed.append(replace(result, outputs=()))
-            self._take(result, f"timed call {position + 1} (planning on {what})", position)
-
-    def overlaps(self, started_ns: int, replied_ns: int) -> bool:
-        """Whether the evaluator's work on the result of a call (sent at `started_ns`, its reply in at `replied_ns`)
-        may run beside the next call: where the work would delay the reading of the next result, whose round trip
-        is the program's time, a fast program would be timed at the evaluator's pace. A call that ran beside the
-        work on the result before says so by when that work was done: by the middle of its round trip. One that ran
-        alone, by its round trip against the work's time: at least twice as long."""
-        self._ran_beside_work = self._overlapping
-        if any(not pending.verdict.done() for pending in self._pending):
-            self._overlapping = False
-        elif self._ran_beside_work:
-            done_ns = max([self._work_done_ns, *(pending.verdict.result().finished_ns for pending in self._pending)])
-            self._overlapping = done_ns <= (started_ns + replied_ns) // 2
-        else:
-            self._overlapping = replied_ns - started_ns >= 2 * self._work_ns
-        return self._overlapping
+    def time(self, plan: BatchPlan) -> None:
+        """The first round of batches, then more until the program is timed precisely enough or its budget is
+        spent; the yardstick before them, after them, and after every `pace_every_s` of the candidate's time. Each
+        batch is then given the mean of the yardstick's times before and after it. The batches' inputs are made on a
+        thread of their own, ahead of their turn, while the batch before runs."""
+        settings = self.runner.settings.timing
+        rounds = [(0, self.pace(), 0)]  # (batches done, the yardstick's ms, the candidate's ns spent)
+        with _made_ahead(plan.batches()) as batches:
+            for _ in range(plan.first_round_batches):
+                self._timed_batch(next(batches), rounds)
+            while not timed_enough([batch.round_trip_ms_per_call for batch in self.batches], self.timed_ns / 1e9,
+                                   settings):
+                self._timed_batch(next(batches), rounds)
+        if rounds[-1][0] < len(self.batches):
+            rounds.append((len(self.batches), self.pace(), self.timed_ns))
+        self.paces = [ms for _, ms, _ in rounds]
+        for (start, before, _), (end, after, _) in zip(rounds, rounds[1:]):
+            for index in range(start, end):
+                self.batches[index] = replace(self.batches[index], pace_ms=(before + after) / 2)
 
     def settle(self, wait: bool) -> None:
         """Take in validated calls, in order (all of them if `wait`); raises `RunFailed` at the first invalid."""
-        while self._pending and (wait or self._pending[0].verdict.done()):
-            pending = self._pending.popleft()
-            check, started_ns, finished_ns = pending.verdict.result()
-            self._work_ns, self._work_done_ns = finished_ns - started_ns, max(self._work_done_ns, finished_ns)
-            _require_valid(check, pending.what, self._worker)
-            if pending.position is None:
+        while self.pending and (wait or self.pending[0].verdict.done()):
+            pending = self.pending.popleft()
+            check, report = pending.verdict.result()
+            _require_valid(check, pending.what, self.worker)
+            if pending.result.shares_memory_with is not None:
+                _reused(pending, self.worker)
+            if report is None:
                 continue
-            call = self._schedule[pending.position]
-            scoring_started = time.perf_counter_ns()
-            report = self._runner.score_on_next_window(check.plan, call.window)
-            self._work_ns += time.perf_counter_ns() - scoring_started
-            if call.scored:
-                self.scored[call.window] = report
+            if pending.scored:
+                self.scored[pending.window] = report
                 self.duplicates.append(check.gpus_with_duplicate_expert or 0)
             else:
-                self.variants.append((call.window, report.balancedness_score))
+                self.variants.append((pending.window, report.balancedness_score))
 
-    def _calls(self, weights: Iterable[np.ndarray]) -> Iterator[CallResult]:
-        """The worker's results on `weights`; when it fails, an earlier invalid output is the failure raised."""
+    def _timed_batch(self, batch: Batch, rounds: list[tuple[int, float, int]]) -> None:
+        """Run `batch`, and the yardstick after it when `pace_every_s` of the candidate's time has passed since."""
+        self._settle_to(_PENDING_BATCHES * len(batch.calls) if self.overlap else 0)
+        result = self._batch([call.weight for call in batch.calls], self.limits.call_s * len(batch.calls))
+        self.timed_ns += result.round_trip_ns
+        self.timed_claimed_ns += result.claim_ns
+        self.batches.append(_batch_time(result, batch.scored, batch.first_round))
+        for call, outputs in zip(batch.calls, result.calls):
+            number = self.timed_calls
+            self.timed_calls += 1
+            self.rechecked.offer(number, (call.weight, outputs))
+            what = f"window {call.window}" if call.scored else f"a variant of window {call.window}"
+            self._take(outputs, f"timed call {number + 1} (planning on {what})", call.window, call.scored)
+        if not self.overlap:
+            self.settle(wait=True)
+        if self.timed_ns - rounds[-1][2] >= self.runner.settings.timing.pace_every_s * 1e9:
+            rounds.append((len(self.batches), self.pace(), self.timed_ns))
+
+    def _batch(self, weights: list[np.ndarray], limit_s: float) -> BatchResult:
+        """One batch in the worker; when it fails, an earlier invalid output is the failure raised."""
         try:
-            overlap = self.overlaps if self._runner.settings.validate_during_calls else False
-            yield from self._runner.calls(self._worker, weights, self._deadline, overlap)
+            return self.worker.batch(weights, self.runner.settings.problem.rebalance_args(),
+                                     _remaining(self.deadline, self.limits.total_s, limit_s))
         except SandboxFailure:
             self.settle(wait=True)
             raise
 
-    def _take(self, result: CallResult, what: str, position: int | None = None) -> None:
-        """Queue `result`'s validation, keep it if it is to be rechecked, and take in the checks already done."""
-        verdict = self._validator.submit(_timed_check, result, self._runner.settings.problem)
-        self._pending.append(_Pending(what, position, result, verdict))
-        if position is not None:
-            self.rechecked.offer(position, result)
-        self.settle(wait=not self._overlapping)
-        self._work_done_ns = max(self._work_done_ns, time.perf_counter_ns())
+    def _take(self, result: CallResult, what: str, window: int | None, scored: bool) -> None:
+        """Queue `result`'s validation, and take in the checks already done."""
+        verdict = self.validator.submit(self._check_and_score, result, window)
+        self.pending.append(_Pending(what, window, scored, result, verdict))
+        self.settle(wait=False)
+
+    def _check_and_score(self, result: CallResult, window: int | None) -> tuple[PlanCheck, BalancednessReport | None]:
+        """A call's check and, for a valid plan made on a window or a variant of it, how it balances the next."""
+        check = check_call(result, self.runner.settings.problem)
+        valid = check.plan is not None and window is not None
+        return check, self.runner.score_on_next_window(check.plan, window) if valid else None
+
+    def _settle_to(self, pending: int) -> None:
+        """Wait for validations until at most `pending` calls are left waiting."""
+        while len(self.pending) > pending:
+            self.pending[0].verdict.result()
+            self.settle(wait=False)
 
 
 class _Sample:
     """A uniform random sample of at most `size` of the items offered, however many are (reservoir sampling):
-    the calls to recheck are drawn from the calls that ran, which only the end of the schedule tells."""
+    the calls to recheck are drawn from the calls that ran, which only the end of the run tells."""
 
     def __init__(self, size: int, rng: np.random.Generator) -> None:
         self._size, self._rng, self._offered = size, rng, 0
-        self.items: dict[int, CallResult] = {}
+        self.items: dict[int, tuple[np.ndarray, CallResult]] = {}  # a call's number -> its input and result
 
-    def offer(self, key: int, item: CallResult) -> None:
+    def offer(self, key: int, item: tuple[np.ndarray, CallResult]) -> None:
         self._offered += 1
         if len(self.items) < self._size:
             self.items[key] = item
         elif self._size and self._rng.integers(self._offered) < self._size:
             del self.items[list(self.items)[self._rng.integers(self._size)]]
             self.items[key] = item
+
+
+def _batch_time(result: BatchResult, scored: bool = False, first_round: bool = False) -> BatchTime:
+    return BatchTime(len(result.calls), result.claim_ns, result.round_trip_ns,
+                     sum(_output_bytes(call) for call in result.calls), scored, first_round)
+
+
+def _output_bytes(result: CallResult) -> int:
+    return sum(output.nbytes for output in result.outputs if isinstance(output, np.ndarray))
 
 
 def _release_when_gone(processes: _Processes, holding: Holding) -> None:
@@ -391,28 +538,54 @@ def _release_when_gone(processes: _Processes, holding: Holding) -> None:
 
 
 @contextmanager
-def _validation_thread() -> Iterator[ThreadPoolExecutor]:
-    """One thread validating outputs; when the run fails, the checks still queued are dropped."""
-    validator = ThreadPoolExecutor(1, thread_name_prefix="validator")
+def _made_ahead(batches: Iterator[Batch], depth: int = 2) -> Iterator[Iterator[Batch]]:
+    """`batches`, made on a thread of their own up to `depth` ahead of their turn; the thread stops with the block."""
+    ready: queue.Queue[Batch | BaseException] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(item: Batch | BaseException) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def make() -> None:
+        try:
+            for batch in batches:
+                if not offer(batch):
+                    return
+        except BaseException as error:  # handed to the consumer, which raises it
+            offer(error)
+
+    def taken() -> Iterator[Batch]:
+        while True:
+            item = ready.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    maker = threading.Thread(target=make, name="batch-maker", daemon=True)
+    maker.start()
+    try:
+        yield taken()
+    finally:
+        stop.set()
+        maker.join()
+
+
+@contextmanager
+def _validation_threads(count: int) -> Iterator[ThreadPoolExecutor]:
+    """Threads validating outputs; when the run fails, the checks still queued are dropped."""
+    validator = ThreadPoolExecutor(count, thread_name_prefix="validator")
     try:
         yield validator
     except BaseException:
         validator.shutdown(wait=False, cancel_futures=True)
         raise
     validator.shutdown()
-
-
-class _Validated(NamedTuple):
-    check: PlanCheck
-    started_ns: int  # perf_counter_ns
-    finished_ns: int
-
-
-def _timed_check(result: CallResult, problem: Problem) -> _Validated:
-    """`check_call`, and when it started and finished."""
-    started = time.perf_counter_ns()
-    check = check_call(result, problem)
-    return _Validated(check, started, time.perf_counter_ns())
 
 
 def _require_valid(check: PlanCheck, which: str, worker: Worker) -> None:
@@ -422,17 +595,26 @@ def _require_valid(check: PlanCheck, which: str, worker: Worker) -> None:
                         check.violations, *_tails(worker.output()))
 
 
+def _reused(pending: _Pending, worker: Worker) -> None:
+    violation = Violation(
+        "output.reused", None,
+        f"{pending.what} returned tensors that share memory with those call {pending.result.shares_memory_with} of "
+        "the worker returned, so one call changed a plan another had returned; return new tensors from every call")
+    raise RunFailed("invalid_output", violation.message, (violation,), *_tails(worker.output()))
+
+
 def _tails(outputs: tuple[object, object]) -> tuple[str, str]:
     """The last lines of a worker's stdout and stderr, as a result keeps them."""
     stdout, stderr = outputs
     return stdout.last_lines(OUTPUT_TAIL_CHARS), stderr.last_lines(OUTPUT_TAIL_CHARS)
 
 
-def _remaining(deadline: float, total_s: float) -> float:
+def _remaining(deadline: float, total_s: float, limit_s: float | None = None) -> float:
+    """What is left of the run's time, at most `limit_s`; raises a timeout when nothing is left."""
     left = deadline - time.monotonic()
     if left <= 0:
         raise SandboxFailure(Failure(FailureKind.TIMEOUT, f"the evaluation ran past its time limit of {total_s:g} s"))
-    return left
+    return left if limit_s is None else min(left, limit_s)
 
 
 def _same_array(first: Output, again: Output) -> bool:

@@ -22,13 +22,16 @@ def feedback_text(result: Result, limit: int = FEEDBACK_CHARS) -> str:
     if result.ok and result.time_ms is None:  # a first-stage check: nothing was scored
         lines = [f"status: ok on {result.device} ({result.card}): the program imports and returns a valid plan"]
     elif result.ok:
+        low, high = result.speedup_interval or (result.speedup, result.speedup)
         lines = [
             f"status: ok on {result.device} ({result.card})",
             f"balancedness_score {result.balancedness_score:.4f} (the seed: {result.seed_balancedness:.4f})",
             f"time per call {result.time_ms:.3f} ms (the seed: {result.seed_time_ms:.3f} ms), speedup "
-            f"{result.speedup:.2f}x, speed_score {result.speed_score:.4f}",
+            f"{result.speedup:.2f}x (95% interval {low:.2f} to {high:.2f}), speed_score {result.speed_score:.4f}",
             f"combined_score {result.combined_score:.4f}",
         ]
+        if result.timing.get("scored_work", "agrees") != "agrees":
+            lines.append(f"timing: {result.timing['scored_work']}")
     else:
         lines = [f"status: {result.status}", f"error: {result.error}"]
         for violation in result.violations[:MAX_VIOLATIONS]:

@@ -15,10 +15,11 @@ from evaluator.sandbox.failures import Failure, FailureKind, SandboxFailure
 from evaluator.sandbox.limits import Limits
 from evaluator.sandbox.pool import WorkerPool
 from evaluator.sandbox.process import DEFAULT_ENTRY_POINT, START_METHODS, WarmUp, Worker
-from evaluator.sandbox.results import CallResult, Confinement, Output, Unsupported, WorkerInfo
+from evaluator.sandbox.results import BatchResult, CallResult, Confinement, Output, Unsupported, WorkerInfo
 
 __all__ = [
     "DEFAULT_ENTRY_POINT",
+    "BatchResult",
     "CallResult",
     "CapturedOutput",
     "Confinement",

@@ -12,9 +12,10 @@ nothing of it):
   tracing or reading the memory of one (`/proc/<pid>/mem`), whatever the user;
 - a seccomp filter, on x86_64 and aarch64: no change to a file's mode, owner, times, flags or extended attributes,
   no System V IPC or POSIX message queue, no keyring, no io_uring, no loop device, no look at the page cache, no
-  lease, no limit, priority, CPU set or scheduling set on another process, no user namespace (Landlock rules none
-  of them, and each outlives the worker or reaches others: a place to leave a plan for the recheck's process, a
-  way to slow the evaluator or other workers, or, as root, to make a program setuid); no socket but unix and
+  lease, no limit, priority or scheduling set on another process, no CPU set at all (a worker runs on the cores its
+  lane gives it), no user namespace (Landlock rules none of them, and each outlives the worker or reaches others: a
+  place to leave a plan for the recheck's process, a way to slow the evaluator or other workers or to take more cores
+  than the others, or, as root, to make a program setuid); no socket but unix and
   netlink ones; and no new session or process group, so that every process the worker starts stays in its process
   group, which the evaluator kills whole;
 - its audit login uid set (where it may be: as root), so that no thread of it moves the audit session counter.
@@ -84,7 +85,8 @@ _REFUSED = ("chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "lcho
             "fremovexattr", "setxattrat", "removexattrat", "file_setattr", "shmget", "shmat", "shmctl", "shmdt",
             "semget", "semop", "semctl", "semtimedop", "msgget", "msgsnd", "msgrcv", "msgctl", "mq_open", "mq_unlink",
             "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr", "add_key", "request_key", "keyctl",
-            "setsid", "setpgid", "io_uring_setup", "io_uring_enter", "io_uring_register", "mincore", "cachestat")
+            "setsid", "setpgid", "io_uring_setup", "io_uring_enter", "io_uring_register", "mincore", "cachestat",
+            "sched_setaffinity")
 _ONE_NUMBERING = {"io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "clone3": 435,
                   "cachestat": 451, "fchmodat2": 452, "setxattrat": 463, "removexattrat": 466,
                   "file_setattr": 469}  # 424 on, numbers are alike on every architecture
@@ -271,8 +273,9 @@ def _filter_program(machine: str) -> list[tuple[int, int, int, int]]:
 def _argument_rules() -> dict[str, list[tuple[int, int | str, int | str, int | str]]]:
     """By call, the instructions that allow or refuse it on its arguments: sockets only of `_LOCAL_FAMILIES` (no
     TCP, UDP or other network); no ioctl of `_METADATA_IOCTLS` nor of the loop devices; no lease; limits,
-    priorities, CPUs and scheduling set on itself only (on another process of its user, as root or in a user
-    namespace, they would carry a message, or slow the evaluator and other workers); no user namespace."""
+    priorities and scheduling set on itself only (on another process of its user, as root or in a user
+    namespace, they would carry a message, or slow the evaluator and other workers); no user namespace. (CPUs are
+    refused outright, in `_REFUSED`: a worker runs on the cores its lane gives it.)"""
 
     def load(argument: int) -> tuple[int, int, int, int]:
         return _LOAD_WORD, 0, 0, _ARGUMENTS + 8 * argument
@@ -293,7 +296,7 @@ def _argument_rules() -> dict[str, list[tuple[int, int | str, int | str, int | s
         "ioctl": [load(1), *((_JUMP_IF_EQUAL, "refuse", 0, request) for request in _METADATA_IOCTLS),
                   (_AND, 0, 0, _IOCTL_TYPE), (_JUMP_IF_EQUAL, "refuse", "allow", _LOOP_IOCTLS)],
         "fcntl": [load(1), (_JUMP_IF_EQUAL, "refuse", "allow", _SET_LEASE)],
-        "prlimit64": itself, "sched_setaffinity": itself, "sched_setscheduler": itself, "sched_setparam": itself,
+        "prlimit64": itself, "sched_setscheduler": itself, "sched_setparam": itself,
         "sched_setattr": itself, "setpriority": only_if((0, _PRIO_PROCESS), (1, 0)),
         "ioprio_set": only_if((0, _IOPRIO_WHO_PROCESS), (1, 0)), "clone": no_user_namespace,
         "unshare": no_user_namespace,

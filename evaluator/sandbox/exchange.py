@@ -1,13 +1,13 @@
-"""The shared memory a call's input and outputs cross in, one region per worker (a sealed `memfd`).
+"""The shared memory a batch's inputs and outputs cross in, one region per worker (a sealed `memfd`).
 
-The evaluator writes a call's input at the region's start; the worker copies its outputs, raw, after it, each at
-an aligned offset, and names their dtypes, shapes and offsets in its reply on the channel. Nothing crosses
-packed, pickled or twice: a round trip costs the call, two copies and two small frames.
+The evaluator writes a batch's inputs from the region's start, each at an aligned offset; the worker copies the
+outputs of every call, raw, after them, and names their dtypes, shapes and offsets in its reply on the channel.
+Nothing crosses packed, pickled or twice: a batch costs its calls, two copies and two small frames.
 
 The worker's process can write anywhere in the region at any time, so the evaluator treats it as untrusted
 memory: it copies every output out at once (as soon as the reply has come and its round trip is stamped, before the
-next input goes in), reads only ranges that lie, in order and apart, between the outputs' start and the region's end, and never
-reads back what it wrote. The region cannot be shrunk (a sealed size), so no read of it faults.
+next inputs go in), reads only ranges that lie, in order and apart, between the outputs' start and the region's end,
+and never reads back what it wrote. The region cannot be shrunk (a sealed size), so no read of it faults.
 """
 
 from __future__ import annotations
@@ -32,11 +32,6 @@ _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 
 class ExchangeError(ValueError):
     """An output's description names memory the evaluator must not read, or an array it cannot be."""
-
-
-def outputs_start(input_bytes: int) -> int:
-    """Where a call's outputs begin: after its input, aligned."""
-    return aligned(input_bytes)
 
 
 def aligned(offset: int) -> int:
@@ -68,12 +63,17 @@ class Exchange:
         self.size = os.fstat(fd).st_size
         self._memory = mmap.mmap(fd, self.size)
 
-    def write_input(self, array: np.ndarray) -> dict[str, Any]:
-        """Put `array` at the region's start; the description a call frame carries."""
-        if array.nbytes > self.size:
-            raise ValueError(f"an input of {array.nbytes} bytes does not fit the {self.size}-byte exchange")
-        np.ndarray(array.shape, array.dtype, buffer=self._memory)[...] = array
-        return {"dtype": array.dtype.name, "shape": list(array.shape)}
+    def write_inputs(self, arrays: Sequence[np.ndarray]) -> tuple[list[dict[str, Any]], int]:
+        """Put `arrays` one after another from the region's start, each aligned: the descriptions a batch frame
+        carries, and where the outputs may begin."""
+        descriptions, offset = [], 0
+        for array in arrays:
+            if offset + array.nbytes > self.size:
+                raise ValueError(f"inputs of {offset + array.nbytes} bytes do not fit the {self.size}-byte exchange")
+            np.ndarray(array.shape, array.dtype, buffer=self._memory, offset=offset)[...] = array
+            descriptions.append({"dtype": array.dtype.name, "shape": list(array.shape), "offset": offset})
+            offset = aligned(offset + array.nbytes)
+        return descriptions, offset
 
     def read_outputs(self, described: Sequence[dict[str, Any]], start: int) -> list[np.ndarray]:
         """Copies of the arrays `described` ({dtype, shape, offset} each), which must lie in order, apart, from

@@ -7,12 +7,13 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from evaluator.sandbox.failures import Failure, FailureKind, SandboxFailure
 from evaluator.sandbox.limits import Limits
 from evaluator.sandbox.process import DEFAULT_ENTRY_POINT, WarmUp, Worker, check_worker_options
+from evaluator.sandbox.results import WorkerInfo
 
 _live_pools: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
 
@@ -24,14 +25,14 @@ class WorkerPool:
     each handed-out worker is replaced at once, unless `replenish` is False (a pool for a known, small
     number of workers: a spare starting beside a candidate being timed takes CPU, and device time on a GPU,
     from it). Then the spares of the start are all it starts ahead; a later `acquire` starts a worker for
-    itself. Workers are forked from a zygote that imported torch once (`start_method="forkserver"`), or each
+    itself. Spares start on `cpus` (default: wherever this process may run). Workers are forked from a zygote that imported torch once (`start_method="forkserver"`), or each
     spawned as a new interpreter (`"spawn"`). A worker serves one candidate and is then closed by its user.
     `close()` (also on context exit and at interpreter exit) kills every spare.
     """
 
     def __init__(self, limits: Limits = Limits(), device: str = "auto", spares: int = 1,
                  environment: Mapping[str, str] | None = None, warm_up: WarmUp | None = None,
-                 replenish: bool = True, start_method: str = "forkserver") -> None:
+                 replenish: bool = True, start_method: str = "forkserver", cpus: Sequence[int] | None = None) -> None:
         if spares < 0:
             raise ValueError(f"spares must be at least 0, got {spares}")
         check_worker_options(device, start_method)
@@ -42,6 +43,8 @@ class WorkerPool:
         self._environment = dict(environment or {})
         self._warm_up = warm_up
         self._start_method = start_method
+        self._cpus = cpus
+        self._info: WorkerInfo | None = None
         self._condition = threading.Condition()
         self._ready: list[Worker] = []
         self._starting: set[Worker] = set()
@@ -73,6 +76,7 @@ class WorkerPool:
                                                      "the worker pool was closed while a worker was needed"))
                     worker = self._take_ready()
                     if worker is not None:
+                        self._info = self._info or worker.info
                         return worker
                     if self._start_failure is not None:  # a start failed while we waited: the next would too
                         raise SandboxFailure(self._start_failure)
@@ -85,6 +89,20 @@ class WorkerPool:
             finally:
                 self._waiters -= 1
                 self._replenish()
+
+    def worker_info(self, timeout_s: float | None = None) -> WorkerInfo:
+        """What its workers report (device, card, versions): of the first that became ready, waiting for one if none
+        has. Raises `SandboxFailure` (infra_error) as `acquire` does."""
+        with self._condition:
+            if self._info is None and self._ready:
+                self._info = self._ready[0].info
+        if self._info is None:
+            worker = self.acquire(timeout_s)
+            with self._condition:
+                self._ready.insert(0, worker)  # not used: the next caller takes it
+                self._condition.notify_all()
+        assert self._info is not None
+        return self._info
 
     def launch(self, program: str | os.PathLike[str], entry_point: str = DEFAULT_ENTRY_POINT,
                import_timeout_s: float | None = None) -> Worker:
@@ -166,7 +184,7 @@ class WorkerPool:
         worker: Worker | None = None
         failure: Failure | None = None
         try:
-            worker = Worker(self.limits, self.device, self._environment, self._warm_up, self._start_method)
+            worker = Worker(self.limits, self.device, self._environment, self._warm_up, self._start_method, self._cpus)
         except SandboxFailure as error:
             failure = error.failure
         except Exception as error:  # the host out of descriptors, say: a failed start, never a lost count

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NoReturn
@@ -25,10 +25,11 @@ from evaluator.files import remove_tree
 from evaluator.sandbox import channel, exchange, forkserver, proctree
 from evaluator.sandbox.capture import CapturedOutput, OutputCapture
 from evaluator.sandbox.confinement import FOLDER_VARIABLES, set_dumpable
+from evaluator.sandbox.cpus import pin_threads
 from evaluator.sandbox.failures import Failure, FailureKind, SandboxFailure
 from evaluator.sandbox.limits import Limits
 from evaluator.sandbox.proctree import GroupLeader, ProcessTree, become_subreaper, proportional_bytes
-from evaluator.sandbox.results import CallResult, Confinement, Output, Unsupported, WorkerInfo
+from evaluator.sandbox.results import BatchResult, CallResult, Confinement, Output, Unsupported, WorkerInfo
 from evaluator.scratch import scratch_folder
 
 DEFAULT_ENTRY_POINT = "rebalance_experts"
@@ -49,6 +50,7 @@ _REAP_TIMEOUT_S = 10.0
 _SWEEPS = 3  # kill-and-reap rounds after the first, for strays the first could not see
 _STREAM_JOIN_TIMEOUT_S = 2.0
 _EXIT_GRACE_S = 1.0  # how long a worker that closed its channel gets to report an exit code
+_PAUSE_WAIT_S = 0.2  # for SIGSTOP to take effect on every process of a paused worker
 _MESSAGE_TAIL_CHARS = 3000  # of stderr, appended to a crash's message
 _REPORTED_MESSAGE_CHARS = 20_000  # of a failure message the worker sends
 # how long, after a fork the zygote did not report, a worker forked all the same is watched for and killed
@@ -138,15 +140,15 @@ def _describe_exit(returncode: int) -> tuple[str, int | None, str | None]:
 class Worker:
     """One worker process, for one candidate. Not for use by several threads at once.
 
-    The constructor spawns the process, which imports torch and initialises `device` ("auto": cuda
-    when available, else cpu) in the background; `wait_ready` waits for it. Then `load` a program
+    The constructor spawns the process (on `cpus`, if given), which imports torch and initialises `device` ("auto":
+    cuda when available, else cpu) in the background; `wait_ready` waits for it. Then `load` a program
     once and `call` its entry point any number of times. Every failure kills the worker and its
     whole tree and raises `SandboxFailure`; `close` does the same kill without a failure.
     """
 
     def __init__(self, limits: Limits = Limits(), device: str = "auto",
                  environment: Mapping[str, str] | None = None, warm_up: WarmUp | None = None,
-                 start_method: str = "spawn") -> None:
+                 start_method: str = "spawn", cpus: Sequence[int] | None = None) -> None:
         check_worker_options(device, start_method)
         if not _prepare_this_process_once():
             start_method = "spawn"  # a forked worker could not be handed over to us
@@ -171,6 +173,11 @@ class Worker:
             remove_tree(self._workdir)
             raise
         handles.close_theirs()  # only the worker may hold its ends
+        if cpus:
+            try:
+                pin_threads(self._process.pid, cpus)
+            except OSError:  # gone already: its start reports why
+                pass
         self._command_fd, self._result_fd, stdout_read, stderr_read = handles.ours
         self._exchange = handles.exchange
         self._writer = channel.FrameWriter(self._command_fd)
@@ -186,9 +193,9 @@ class Worker:
 
     @classmethod
     def start(cls, limits: Limits = Limits(), device: str = "auto", environment: Mapping[str, str] | None = None,
-              warm_up: WarmUp | None = None, start_method: str = "spawn") -> Worker:
+              warm_up: WarmUp | None = None, start_method: str = "spawn", cpus: Sequence[int] | None = None) -> Worker:
         """Start a worker and wait until it is ready."""
-        worker = cls(limits, device, environment, warm_up, start_method)
+        worker = cls(limits, device, environment, warm_up, start_method, cpus)
         worker.wait_ready()
         return worker
 
@@ -199,6 +206,10 @@ class Worker:
     def is_ready(self) -> bool:
         """Ready for `load` and its process still running."""
         return self._state == "ready" and self._process.poll() is None
+
+    def is_loaded(self) -> bool:
+        """A program loaded, and its process still running."""
+        return self._state == "loaded" and self._process.poll() is None
 
     def wait_ready(self, timeout_s: float | None = None) -> WorkerInfo:
         """Wait for the worker to import torch and initialise its device. Failures are `infra_error`."""
@@ -219,6 +230,36 @@ class Worker:
             self._fail(FailureKind.INFRA_ERROR, f"the worker sent a malformed ready message: {error}")
         self._state = "ready"
         return self.info
+
+    def prepare(self, cpus: Sequence[int] | None = None, timeout_s: float | None = None) -> None:
+        """Before `load`: move the worker (every thread it has) onto `cpus` and have it use that many threads for the
+        CPU's work. Raises `SandboxFailure` (infra_error)."""
+        self._expect_state("ready")
+        timeout = self.limits.start_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout
+        what = "preparing the worker"
+        if cpus:
+            try:
+                pin_threads(self.pid, cpus)
+            except OSError as error:
+                self._fail(FailureKind.INFRA_ERROR, f"could not move the worker onto CPUs {sorted(cpus)}: {error}")
+        self._send({"op": "prepare", "threads": len(cpus) if cpus else os.cpu_count() or 1}, deadline, timeout, what)
+        reply = self._receive(deadline, timeout, what, infra=True)
+        if reply.get("op") != "prepared":
+            self._fail(FailureKind.INFRA_ERROR, _text(reply.get("message", f"unexpected reply {reply.get('op')!r}")))
+
+    def pause(self) -> None:
+        """Stop every process of the worker's tree (SIGSTOP to its process group, which none of them can leave), and
+        wait briefly until they are: none runs an instruction until `resume`."""
+        if self._state in ("closed", "failed"):
+            return
+        self._process.signal_group(signal.SIGSTOP)
+        proctree.wait_until_stopped([self.pid, *proctree.descendants(self.pid)], time.monotonic() + _PAUSE_WAIT_S)
+
+    def resume(self) -> None:
+        """Let the processes `pause` stopped run again."""
+        if self._state not in ("closed", "failed"):
+            self._process.signal_group(signal.SIGCONT)
 
     def load(self, program: str | os.PathLike[str], entry_point: str = DEFAULT_ENTRY_POINT,
              timeout_s: float | None = None) -> None:
@@ -244,80 +285,44 @@ class Worker:
                             what)
 
     def call(self, weight: ArrayLike, args: Sequence[int], timeout_s: float | None = None) -> CallResult:
-        """Call the entry point as `entry_point(weight_tensor, *args)` on the worker's device.
+        """Call the entry point as `entry_point(weight_tensor, *args)` on the worker's device: a batch of one.
+        Raises `SandboxFailure` (exception, timeout, crash, memory_limit)."""
+        return self.batch([weight], args, timeout_s).calls[0]
 
-        `weight` is a float32 or int64 array; it crosses in the exchange and is copied to the device inside the
-        round trip (`evaluator_wall_ns`) but outside the worker's own timing (`worker_ns`).
+    def batch(self, weights: Sequence[ArrayLike], args: Sequence[int], timeout_s: float | None = None) -> BatchResult:
+        """Call the entry point on each of `weights` (float32 or int64 arrays), back to back in the worker, with the
+        device synchronised before the first call and after the last only.
+
+        The inputs cross in the exchange and go to the device inside the round trip (`round_trip_ns`, the
+        evaluator's clock, from before the inputs are written to the reply's arrival) but outside the worker's own
+        timing (`claim_ns`); so do the outputs, on their way back. `timeout_s` bounds the whole batch.
         Raises `SandboxFailure` (exception, timeout, crash, memory_limit).
         """
-        return next(self.calls([(weight, args, timeout_s)]))
-
-    def calls(self, inputs: Iterable[tuple[ArrayLike, Sequence[int], float | None]],
-              overlap: bool | Callable[[int, int], bool] = True) -> Iterator[CallResult]:
-        """`call` on each (weight, args, timeout_s) of `inputs` in turn, yielding each result.
-
-        The worker holds one input at a time: the next is sent once a result has arrived and its outputs are
-        copied out of the exchange. With `overlap`, that is before the result is decoded and yielded, so the
-        evaluator's work on it runs while the worker computes the next call (and `inputs` is asked for the next item
-        before the caller has seen the result); without, after the caller is done with it. `overlap` may also be
-        asked when each result arrives, with the times (perf_counter_ns) the call was sent and its reply came in.
-        """
-        overlaps = overlap if callable(overlap) else lambda _started_ns, _replied_ns: overlap
-        items = iter(inputs)
-        item = next(items, None)
-        sent = self._send_call(*item) if item is not None else None
-        while sent is not None:
-            answer = self._receive_call(sent)
-            overlapped = answer.header.get("op") == "result" and overlaps(sent.started_ns,
-                                                                          sent.started_ns + answer.wall_ns)
-            following = None
-            if overlapped and (item := next(items, None)) is not None:
-                following = self._send_call(*item)
-            yield self._call_result(answer, sent)
-            if not overlapped and (item := next(items, None)) is not None:
-                following = self._send_call(*item)
-            sent = following
-
-    def _send_call(self, weight: ArrayLike, args: Sequence[int], timeout_s: float | None) -> _SentCall:
-        array = np.asarray(weight)
-        if array.dtype not in WEIGHT_DTYPES:
-            raise ValueError(f"weight must be float32 or int64, got {array.dtype}")
+        arrays = [np.asarray(weight) for weight in weights]
+        if not arrays or any(array.dtype not in WEIGHT_DTYPES for array in arrays):
+            raise ValueError(f"weights must be float32 or int64 arrays, at least one, got "
+                             f"{[array.dtype.name for array in arrays]}")
         if not all(isinstance(arg, (int, np.integer)) for arg in args):
             raise ValueError(f"args must be integers, got {list(args)!r}")
         self._expect_state("loaded")
-        self._calls += 1
+        first = self._calls + 1
+        self._calls += len(arrays)
+        what = (f"call {first} of {self._entry_point}" if len(arrays) == 1
+                else f"calls {first} to {self._calls} of {self._entry_point} (one batch)")
         timeout = self.limits.timeout_s if timeout_s is None else timeout_s
-        # stamped before the input is written: a thread of the candidate's can watch the exchange for it
+        deadline = time.monotonic() + timeout
+        # stamped before the inputs are written: a thread of the candidate's can watch the exchange for them
         started_ns = time.perf_counter_ns()
-        sent = _SentCall(self._calls, f"call {self._calls} of {self._entry_point}", timeout,
-                         time.monotonic() + timeout, started_ns, exchange.outputs_start(array.nbytes))
-        described = self._exchange.write_input(array)
-        self._send({"op": "call", "args": [int(arg) for arg in args], "input": described}, sent.deadline, timeout,
-                   sent.what)
-        return sent
-
-    def _receive_call(self, sent: _SentCall) -> _Answer:
-        """The call's answer with its outputs copied out of the exchange, and its round trip in ns, stamped when
-        the answer arrived. The copying is the evaluator's own work and left out, so that the round trip does not
-        grow with the outputs' size; what the candidate's process writes there after its reply, while they are
-        copied, gains it at most the copies' time."""
-        header = self._receive(sent.deadline, sent.timeout, sent.what)
-        wall_ns = time.perf_counter_ns() - sent.started_ns
-        outputs = None
-        if header.get("op") == "result":
-            try:
-                outputs = _read_outputs(header, self._exchange, sent.outputs_start)
-            except channel.ProtocolError as error:
-                self._fail(FailureKind.CRASH, f"the worker sent a malformed result for {sent.what}: {error}")
-        return _Answer(header, outputs, wall_ns)
-
-    def _call_result(self, answer: _Answer, sent: _SentCall) -> CallResult:
-        if answer.outputs is None:
-            self._fail_reported(answer.header, (FailureKind.EXCEPTION, FailureKind.MEMORY_LIMIT), sent.what)
+        described, outputs_start = self._exchange.write_inputs(arrays)
+        self._send({"op": "batch", "args": [int(arg) for arg in args], "inputs": described}, deadline, timeout, what)
+        header = self._receive(deadline, timeout, what)
+        round_trip_ns = time.perf_counter_ns() - started_ns
+        if header.get("op") != "batch_result":
+            self._fail_reported(header, (FailureKind.EXCEPTION, FailureKind.MEMORY_LIMIT), what)
         try:
-            return _call_result(answer.header, answer.outputs, sent.index, answer.wall_ns)
+            return _batch_result(header, self._exchange, outputs_start, len(arrays), first, round_trip_ns)
         except channel.ProtocolError as error:
-            self._fail(FailureKind.CRASH, f"the worker sent a malformed result for {sent.what}: {error}")
+            self._fail(FailureKind.CRASH, f"the worker sent a malformed result for {what}: {error}")
 
     def output(self) -> tuple[CapturedOutput, CapturedOutput]:
         """What the worker wrote to stdout and stderr so far (bounded)."""
@@ -594,23 +599,6 @@ def _spawn(arguments: list[str], environment: dict[str, str], cwd: str,
     return GroupLeader(process.pid, process)
 
 
-@dataclass(frozen=True)
-class _SentCall:
-    index: int  # 1 for the worker's first call
-    what: str  # the call, as a failure names it
-    timeout: float
-    deadline: float  # time.monotonic()
-    started_ns: int  # time.perf_counter_ns() before the input was written
-    outputs_start: int  # where in the exchange its outputs may begin
-
-
-@dataclass(frozen=True)
-class _Answer:
-    header: dict[str, Any]  # the worker's reply
-    outputs: tuple[tuple[Output, ...], tuple[str | None, ...]] | None  # with their devices; None unless a result
-    wall_ns: int  # the round trip, from before the input was written to the answer's arrival
-
-
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else repr(value)
 
@@ -631,53 +619,57 @@ def _confinement(header: dict[str, Any]) -> Confinement:
                           for field in fields(Confinement)})
 
 
-def _read_outputs(header: dict[str, Any], shared: exchange.Exchange,
-                  start: int) -> tuple[tuple[Output, ...], tuple[str | None, ...]]:
-    """The outputs a result describes, those that crossed copied out of the exchange, with their devices."""
-    entries = _field(header, "outputs", list)
-    if len(entries) > channel.MAX_OUTPUTS:
-        raise channel.ProtocolError(f"{len(entries)} outputs, over the limit of {channel.MAX_OUTPUTS}")
-    if not all(isinstance(entry, dict) for entry in entries):
-        raise channel.ProtocolError(f"outputs are {entries!r:.200}")
-    crossed = [entry for entry in entries if "offset" in entry]
+def _batch_result(header: dict[str, Any], shared: exchange.Exchange, start: int, count: int, first_call: int,
+                  round_trip_ns: int) -> BatchResult:
+    """A batch's result from the worker's reply, every output that crossed copied out of the exchange at once."""
+    claim_ns = _field(header, "claim_ns", int)
+    # The worker's stamps fall inside the evaluator's, on the same clock: anything else is a tampered clock.
+    if claim_ns <= 0:
+        raise channel.ProtocolError(f"it timed the calls at {claim_ns} ns, no time at all: its clock was tampered with")
+    if claim_ns > round_trip_ns:
+        raise channel.ProtocolError(f"it timed the calls at {claim_ns} ns, more than their round trip of "
+                                    f"{round_trip_ns} ns: its clock was tampered with")
+    calls = _field(header, "calls", list)
+    if len(calls) != count or not all(isinstance(call, dict) for call in calls):
+        raise channel.ProtocolError(f"{len(calls)} results for {count} calls")
+    entries = []
+    for call in calls:
+        described = _field(call, "outputs", list)
+        if len(described) > channel.MAX_OUTPUTS:
+            raise channel.ProtocolError(f"{len(described)} outputs, over the limit of {channel.MAX_OUTPUTS}")
+        if not all(isinstance(entry, dict) for entry in described):
+            raise channel.ProtocolError(f"outputs are {described!r:.200}")
+        entries.append(described)
     try:
-        arrays = iter(shared.read_outputs(crossed, start))
+        arrays = iter(shared.read_outputs([entry for described in entries for entry in described if "offset" in entry],
+                                          start))
     except exchange.ExchangeError as error:
         raise channel.ProtocolError(str(error)) from None
-    outputs: list[Output] = []
-    devices: list[str | None] = []
-    for entry in entries:
-        if "offset" in entry:
-            outputs.append(next(arrays))
-            devices.append(_field(entry, "device", str))
-        else:
-            described = _field(entry, "unsupported", dict)
-            outputs.append(Unsupported(_field(described, "type", str), _field(described, "detail", str)))
-            devices.append(None)
-    return tuple(outputs), tuple(devices)
-
-
-def _call_result(header: dict[str, Any], outputs: tuple[tuple[Output, ...], tuple[str | None, ...]], call_index: int,
-                 wall_ns: int) -> CallResult:
-    """The result of a call from the worker's reply and the outputs read out of the exchange."""
-    worker_ns = _field(header, "worker_ns", int)
-    # The worker's stamps fall inside the evaluator's, on the same clock: anything else is a tampered clock.
-    if worker_ns <= 0:
-        raise channel.ProtocolError(f"it timed the call at {worker_ns} ns, no time at all: its clock was tampered with")
-    if worker_ns > wall_ns:
-        raise channel.ProtocolError(f"it timed the call at {worker_ns} ns, more than its round trip of {wall_ns} ns: "
-                                    "its clock was tampered with")
-    return CallResult(
-        call_index=call_index,
-        returned_type=_field(header, "returned_type", str),
-        returned_length=_field(header, "returned_length", (int, type(None))),
-        outputs=outputs[0],
-        output_devices=outputs[1],
-        worker_ns=worker_ns,
-        cuda_event_ns=_field(header, "cuda_event_ns", (int, type(None))),
-        evaluator_wall_ns=wall_ns,
-        input_mutated=_field(header, "input_mutated", bool),
-    )
+    results = []
+    for index, (call, described) in enumerate(zip(calls, entries)):
+        outputs: list[Output] = []
+        devices: list[str | None] = []
+        for entry in described:
+            if "offset" in entry:
+                outputs.append(next(arrays))
+                devices.append(_field(entry, "device", str))
+            else:
+                unsupported = _field(entry, "unsupported", dict)
+                outputs.append(Unsupported(_field(unsupported, "type", str), _field(unsupported, "detail", str)))
+                devices.append(None)
+        reused = _field(call, "shares_memory_with", (int, type(None)))
+        if reused is not None and not 0 <= reused < index:
+            raise channel.ProtocolError(f"call {index} shares memory with call {reused}, not one before it")
+        results.append(CallResult(
+            call_index=first_call + index,
+            returned_type=_field(call, "returned_type", str),
+            returned_length=_field(call, "returned_length", (int, type(None))),
+            outputs=tuple(outputs),
+            output_devices=tuple(devices),
+            input_mutated=_field(call, "input_mutated", bool),
+            shares_memory_with=None if reused is None else first_call + reused,
+        ))
+    return BatchResult(tuple(results), claim_ns, round_trip_ns)
 
 
 def _forget_parent_workers() -> None:

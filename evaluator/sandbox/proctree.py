@@ -151,6 +151,15 @@ class GroupLeader:
             if self.returncode is None:
                 kill_group(self.pid)
 
+    def signal_group(self, number: int) -> None:
+        """Send signal `number` to every process of its group, unless it has been collected."""
+        with self._lock:
+            if self.returncode is None:
+                try:
+                    os.killpg(self.pid, number)
+                except OSError:
+                    pass
+
     def poll(self) -> int | None:
         """The exit code (negative: the signal that ended it) once it has exited, else None."""
         with self._lock:
@@ -232,7 +241,8 @@ def has_environment_entry(pid: int, entry: bytes) -> bool:
         return False
 
 
-def _wait_until_stopped(pids: list[int], deadline: float) -> None:
+def wait_until_stopped(pids: list[int], deadline: float) -> None:
+    """Wait until each of `pids` is stopped (or gone), or `deadline` (monotonic) has passed."""
     pending = list(pids)
     while pending and time.monotonic() < deadline:
         pending = [pid for pid in pending if (stat := _stat(pid)) is not None and stat[0] not in _STOPPED_STATES]
@@ -341,7 +351,7 @@ class ProcessTree:
                 except psutil.Error:
                     pass  # already gone
             # SIGSTOP lands asynchronously: until it has, a process may still fork after we listed its children
-            _wait_until_stopped([process.pid for process in fresh], time.monotonic() + _STOP_WAIT_S)
+            wait_until_stopped([process.pid for process in fresh], time.monotonic() + _STOP_WAIT_S)
         for process in frozen.values():
             try:
                 process.kill()

@@ -36,21 +36,32 @@ Output = Union[np.ndarray, Unsupported]
 
 @dataclass(frozen=True)
 class CallResult:
-    """What one call of the entry point returned, and how long it took.
+    """What one call of the entry point returned.
 
     `outputs` holds the elements of a returned tuple or list (or the one returned value otherwise),
     in order: numpy arrays for tensors, `Unsupported` descriptions for anything else.
-    `worker_ns` is the worker's perf_counter around the call, device-synchronised; `cuda_event_ns`
-    is the CUDA-event time of the same span (None on CPU). Both come from the candidate's process,
-    so check them against `evaluator_wall_ns`, the round trip measured by the evaluator.
     """
 
-    call_index: int
+    call_index: int  # 1 for the worker's first call
     returned_type: str  # type of the returned value, e.g. "tuple"
     returned_length: int | None  # its length when a tuple or list (outputs are empty past MAX_OUTPUTS items)
     outputs: tuple[Output, ...]
     output_devices: tuple[str | None, ...]  # device of each tensor output; None for the others
-    worker_ns: int
-    cuda_event_ns: int | None
-    evaluator_wall_ns: int
     input_mutated: bool
+    # an earlier call of the same batch whose returned tensors share memory with this one's: the program filled the
+    # same tensors again, changing the plan it returned then
+    shares_memory_with: int | None = None
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """The calls of one batch, run back to back, and how long they took.
+
+    `claim_ns` is the worker's perf_counter around the calls, the device synchronised before and after; it comes
+    from the candidate's process, so it is checked against `round_trip_ns`, the evaluator's own clock from before
+    the inputs were written to the reply's arrival (the harness's work on the inputs and outputs included).
+    """
+
+    calls: tuple[CallResult, ...]
+    claim_ns: int
+    round_trip_ns: int

@@ -1,7 +1,7 @@
 """The code that runs inside a worker process (`python -m evaluator.sandbox.worker`).
 
 It imports torch, initialises the device and reports ready; then it loads one candidate program
-and answers calls, one at a time, over the private channel. It never decides its own time limit:
+and answers batches of calls, one batch at a time, over the private channel. It never decides its own time limit:
 the evaluator kills it.
 """
 
@@ -137,12 +137,6 @@ class Runtime:
 
             self.card = torch.cuda.get_device_name()
             self.synchronize: Callable[[], None] = synchronize_every_device
-            self._start = torch.cuda.Event(enable_timing=True)
-            self._end = torch.cuda.Event(enable_timing=True)
-            self._record_start = self._start.record
-            self._record_end = self._end.record
-            self._wait_end = self._end.synchronize
-            self._elapsed_ms = self._start.elapsed_time
         else:
             self.card = cpu_model()
             self.synchronize = lambda: None
@@ -152,37 +146,42 @@ class Runtime:
         return {"op": "ready", "pid": pid, "device": self.device, "card": self.card,
                 "torch": self.torch.__version__, "cuda": self.torch.version.cuda}
 
-    def timed(self, function: Callable[..., Any], weight: Any, args: Sequence[int]) -> tuple[Any, int, int | None]:
-        """Call `function(weight, *args)`; return its value, perf-counter ns and CUDA-event ns.
-
-        The whole device is synchronised before the end stamps, so work left running on any
-        stream is counted.
-        """
-        cuda = self.device == "cuda"
+    def timed_batch(self, function: Callable[..., Any], weights: Sequence[Any],
+                    args: Sequence[int]) -> tuple[list[Any], int]:
+        """Call `function(weight, *args)` on each of `weights`, back to back; return the values and the calls'
+        perf-counter ns. The whole device is synchronised before the start stamp and before the end stamp (so work
+        left running on any stream is counted), and nowhere between: the calls of a batch run as a program calls
+        them in a row. A call that raises ends the batch: `BatchFailed` carries how many returned before it."""
+        returned: list[Any] = []
         self.synchronize()
         gc_was_enabled = gc.isenabled()
-        gc.disable()  # a collection triggered by earlier garbage must not land in this call
+        gc.disable()  # a collection triggered by earlier garbage must not land in the batch
         try:
-            if cuda:
-                self._record_start()
             start = self.now()
             try:
-                returned = function(weight, *args)
+                for weight in weights:
+                    returned.append(function(weight, *args))
+            except BaseException as error:
+                raise BatchFailed(len(returned), error) from None
             finally:
                 self.synchronize()
-                end = self.now()
-                if cuda:
-                    self._record_end()
-                    self._wait_end()
+            end = self.now()
         finally:
             if gc_was_enabled:
                 gc.enable()
-        event_ns = round(self._elapsed_ms(self._end) * 1e6) if cuda else None
-        return returned, end - start, event_ns
+        return returned, end - start
+
+
+class BatchFailed(Exception):
+    """A call of a batch raised `error`; `index` calls returned before it."""
+
+    def __init__(self, index: int, error: BaseException) -> None:
+        super().__init__(index, error)
+        self.index, self.error = index, error
 
 
 class Server:
-    """Answers the evaluator's messages: one `load`, then any number of `call`s."""
+    """Answers the evaluator's messages: one `load`, then any number of `batch`es of calls."""
 
     def __init__(self, runtime: Runtime, region: Region) -> None:
         self.runtime = runtime
@@ -194,10 +193,15 @@ class Server:
         op = header.get("op")
         if op == "load" and self.entry_point is None:
             return self.load(str(header["path"]), str(header["entry_point"]))
-        if op == "call" and self.entry_point is not None:
-            described = header["input"]
-            return self.call(str(described["dtype"]), [int(size) for size in described["shape"]],
-                             [int(arg) for arg in header["args"]])
+        if op == "prepare" and self.entry_point is None:
+            try:
+                return self.prepare(int(header["threads"]))
+            except BaseException as error:  # only our own code has run: the evaluator's fault, not a candidate's
+                return {"op": "fail", "kind": "infra_error",
+                        "message": f"preparing the worker failed: {_format_exception(error)}"}
+        if op == "batch" and self.entry_point is not None:
+            return self.batch([(str(item["dtype"]), [int(size) for size in item["shape"]], int(item["offset"]))
+                               for item in header["inputs"]], [int(arg) for arg in header["args"]])
         raise channel.ProtocolError(f"unexpected message {op!r}")
 
     def _failure(self, error: BaseException, kind: str, what: str) -> dict[str, Any]:
@@ -206,6 +210,12 @@ class Server:
                     "message": f"{what} ran out of memory:\n{_format_exception(error)}"}
         return {"op": "fail", "kind": kind,
                 "message": f"{what} raised {_type_name(error)}:\n{_format_exception(error)}"}
+
+    def prepare(self, threads: int) -> dict[str, Any]:
+        """Before the candidate is loaded: use `threads` threads for the CPU's work (the cores the evaluator put this
+        process on)."""
+        self.runtime.torch.set_num_threads(threads)
+        return {"op": "prepared"}
 
     def load(self, path: str, entry_point: str) -> dict[str, Any]:
         try:
@@ -241,44 +251,56 @@ class Server:
         self.entry_point, self.entry_point_name = function, entry_point
         return {"op": "loaded"}
 
-    def call(self, dtype_name: str, shape: list[int], args: list[int]) -> dict[str, Any]:
-        """Call the entry point on the input at the exchange's start; the reply, its outputs copied in after it."""
+    def batch(self, inputs: Sequence[tuple[str, list[int], int]], args: list[int]) -> dict[str, Any]:
+        """Call the entry point on each input (dtype, shape, offset in the exchange), back to back; the reply, the
+        outputs of every call copied in after the inputs."""
         runtime = self.runtime
-        dtype = getattr(runtime.torch, dtype_name)
-        staged = self.region.view(0, dtype, shape)
-        # the candidate gets a tensor of its own: what its process does to the exchange after this is not its input
-        weight = staged.to(runtime.device, non_blocking=True) if runtime.device == "cuda" else staged.clone()
-        reference = weight.clone()
+        staged = [self.region.view(offset, getattr(runtime.torch, dtype), shape) for dtype, shape, offset in inputs]
+        # each call gets a tensor of its own: what its process does to the exchange after this is not its input
+        weights = [item.to(runtime.device, non_blocking=True) if runtime.device == "cuda" else item.clone()
+                   for item in staged]
+        references = [weight.clone() for weight in weights]
         try:
-            returned, worker_ns, event_ns = runtime.timed(self.entry_point, weight, args)
-        except SystemExit as error:
-            return {"op": "fail", "kind": "exception",
-                    "message": f"{self.entry_point_name} called sys.exit({error.code!r}) instead of returning\n"
-                               f"{_format_exception(error)}"}
-        except BaseException as error:
-            return self._failure(error, "exception", self.entry_point_name)
+            returned, claim_ns = runtime.timed_batch(self.entry_point, weights, args)
+        except BatchFailed as failed:
+            return self._call_failure(failed.error, failed.index)
         finally:
             _flush_standard_streams()
-        try:
-            mutated = not runtime.equal(weight, reference)
-        except BaseException:  # the candidate changed the input's device, dtype or layout
-            mutated = True
-        try:
-            entries, length = self._outputs(returned, exchange.outputs_start(staged.numel() * staged.element_size()))
-        except BaseException as error:
-            return self._failure(error, "exception", "reading the returned values")
-        return {"op": "result", "returned_type": _type_name(returned), "returned_length": length,
-                "outputs": entries, "worker_ns": worker_ns, "cuda_event_ns": event_ns,
-                "input_mutated": mutated}
+        start = exchange.aligned(max(offset + item.numel() * item.element_size()
+                                     for item, (_, _, offset) in zip(staged, inputs)))
+        calls = []
+        for weight, reference, value in zip(weights, references, returned):
+            try:
+                mutated = not runtime.equal(weight, reference)
+            except BaseException:  # the candidate changed the input's device, dtype or layout
+                mutated = True
+            try:
+                entries, length, start = self._outputs(value, start)
+            except BaseException as error:
+                return self._failure(error, "exception", "reading the returned values")
+            calls.append({"returned_type": _type_name(value), "returned_length": length, "outputs": entries,
+                          "input_mutated": mutated})
+        self.runtime.synchronize()  # one wait for every copy
+        for call, reused in zip(calls, _sharing_earlier_outputs(returned, runtime.tensor_type)):
+            call["shares_memory_with"] = reused
+        return {"op": "batch_result", "claim_ns": claim_ns, "calls": calls}
 
-    def _outputs(self, returned: Any, start: int) -> tuple[list[dict[str, Any]], int | None]:
-        """How each returned value crosses, the tensors copied into the exchange from `start`, in order and aligned;
-        and the number of values if a tuple or list was returned."""
+    def _call_failure(self, error: BaseException, index: int) -> dict[str, Any]:
+        if isinstance(error, SystemExit):
+            return {"op": "fail", "kind": "exception", "call": index,
+                    "message": f"{self.entry_point_name} called sys.exit({error.code!r}) instead of returning\n"
+                               f"{_format_exception(error)}"}
+        return {**self._failure(error, "exception", self.entry_point_name), "call": index}
+
+    def _outputs(self, returned: Any, start: int) -> tuple[list[dict[str, Any]], int | None, int]:
+        """How each returned value crosses, the tensors copied (without waiting for the device) into the exchange from
+        `start`, in order and aligned; the number of values if a tuple or list was returned; where the next call's
+        outputs may start."""
         is_sequence = type(returned) in (tuple, list)
         length = len(returned) if is_sequence else None
         items = list(returned) if is_sequence else [returned]
         if len(items) > channel.MAX_OUTPUTS:
-            return [], length
+            return [], length, start
         entries = [self._entry(item) for item in items]
         offset = start
         for entry, tensor in zip(entries, items):
@@ -288,7 +310,7 @@ class Server:
         if offset > self.region.size:
             too_large = {"unsupported": {"type": "torch.Tensor", "detail": f"outputs of {offset - start} bytes "
                                          f"together are too large to return (the limit is {self.region.size - start})"}}
-            return [too_large if "offset" in entry else entry for entry in entries], length
+            return [too_large if "offset" in entry else entry for entry in entries], length, start
         for entry, tensor in zip(entries, items):
             if "offset" in entry:
                 try:
@@ -298,8 +320,7 @@ class Server:
                     detail = f"dtype {tensor.dtype}, shape {tuple(tensor.shape)}, unreadable: {error}"
                     entry.clear()
                     entry["unsupported"] = {"type": "torch.Tensor", "detail": detail}
-        self.runtime.synchronize()  # one wait for every copy
-        return entries, length
+        return entries, length, offset
 
     def _entry(self, value: Any) -> dict[str, Any]:
         """How an output crosses: `device` for a tensor that can (later its place in the exchange), else
@@ -325,9 +346,33 @@ class Server:
         return ""
 
 
+def _sharing_earlier_outputs(returned: Sequence[Any], tensor_type: type) -> list[int | None]:
+    """Per call, the index of an earlier call of the batch one of whose returned tensors shares memory with one of
+    its own, else None: a program that fills the same tensors on every call changes the plans it returned before,
+    and each plan must stay as it was returned."""
+    spans: list[tuple[int, int, int]] = []  # (first byte, end, call)
+    found: list[int | None] = []
+    for index, value in enumerate(returned):
+        items = list(value) if type(value) in (tuple, list) else [value]
+        own = []
+        for item in items[:channel.MAX_OUTPUTS]:
+            if type(item) is tensor_type:
+                try:
+                    storage = item.untyped_storage()
+                    first, size = storage.data_ptr(), storage.nbytes()
+                except BaseException:  # a tensor without a storage of its own shares nothing
+                    continue
+                if size:
+                    own.append((first, first + size))
+        found.append(next((call for first, end, call in spans for start, stop in own if start < end and first < stop),
+                          None))
+        spans.extend((start, stop, index) for start, stop in own)
+    return found
+
+
 def _warm_up(server: Server, options: argparse.Namespace) -> None:
-    """Serve calls of a trusted program on random loads, whole (input from the exchange to the device, the timed
-    call, the input check, the outputs into the exchange, the reply encoded), then forget it: every kernel and code
+    """Serve batches of one call of a trusted program on random loads, whole (input from the exchange to the device,
+    the timed call, the input check, the outputs into the exchange, the reply encoded), then forget it: every kernel and code
     path a call uses is loaded before the first candidate call, which would otherwise pay for them outside its
     timed span."""
     spec = importlib.util.spec_from_file_location("eplb_warm_up", options.warm_up_program)
@@ -342,8 +387,8 @@ def _warm_up(server: Server, options: argparse.Namespace) -> None:
     for _ in range(options.warm_up_calls):
         weight = (torch.rand(options.warm_up_shape, generator=generator) * 1000).to(dtype)
         server.region.view(0, dtype, weight.shape).copy_(weight)
-        header = server.call(options.warm_up_dtype, options.warm_up_shape, options.warm_up_args)
-        if header["op"] != "result":
+        header = server.batch([(options.warm_up_dtype, options.warm_up_shape, 0)], options.warm_up_args)
+        if header["op"] != "batch_result":
             raise RuntimeError(header["message"])
         channel.encode(header)
     server.entry_point = None

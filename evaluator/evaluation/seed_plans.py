@@ -22,7 +22,7 @@ from evaluator.eplb.plan import Plan
 from evaluator.eplb.problem import Problem
 from evaluator.eplb.scoring import balancedness_scores, next_window_report, window_loads
 from evaluator.eplb.trace import Trace
-from evaluator.evaluation.schedule import call_inputs, vary
+from evaluator.evaluation.timing import call_inputs, vary
 from evaluator.patch import apply_patch
 from evaluator.paths import PROJECT_ROOT, SEED_PROGRAM
 from evaluator.sandbox import WarmUp

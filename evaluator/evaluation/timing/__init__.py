@@ -1,0 +1,34 @@
+"""How candidates are timed, in one place: which inputs go in which batches (`schedule`), how many calls a batch
+holds, when a run is timed enough and how long a call may take (`protocol`), how a time per call and its interval
+come out of the batches (`estimate`), and what a speedup is measured against (`reference`).
+
+The sandbox only runs batches and stamps clocks; `run.py` drives a worker through what these modules decide.
+"""
+
+from evaluator.evaluation.timing.estimate import (
+    BatchTime,
+    HarnessModel,
+    Timing,
+    TimingSummary,
+    estimate,
+    median_interval,
+    relative_precision,
+    summarise,
+)
+from evaluator.evaluation.timing.protocol import TimingSettings, call_limit_s, calls_per_batch, timed_enough
+from evaluator.evaluation.timing.reference import (
+    YARDSTICK,
+    ReferenceCache,
+    SeedReference,
+    Yardstick,
+    default_cache_path,
+    ratios_of,
+)
+from evaluator.evaluation.timing.schedule import Batch, BatchPlan, Call, call_inputs, vary, warmup_call
+
+__all__ = [
+    "YARDSTICK", "Batch", "BatchPlan", "BatchTime", "Call", "HarnessModel", "ReferenceCache",
+    "SeedReference", "Timing", "TimingSettings", "TimingSummary", "call_inputs", "call_limit_s", "calls_per_batch",
+    "default_cache_path", "estimate", "median_interval", "ratios_of", "relative_precision", "summarise",
+    "timed_enough", "vary", "warmup_call", "Yardstick",
+]

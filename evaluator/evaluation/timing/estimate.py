@@ -1,0 +1,218 @@
+"""From a run's timed batches to one time per call, its 95% interval, and the checks on what the worker claimed.
+
+A batch's calls run back to back in the worker, the device synchronised before the first and after the last. Two
+clocks time it: the worker's own (its claim: the calls alone), and the evaluator's round trip (the calls and the
+harness's work around them: the inputs written and sent to the device, the outputs copied back, two frames). The
+claim comes from the candidate's process, so it counts only as far as the round trip bears it out: a batch is timed
+at its claim, or at its round trip less `ALLOWANCE` times the harness's model, whichever is more. An honest program
+is timed at its claim, exactly what it spent; one whose clock lies gains at most the allowance's slack, a few percent
+of a batch sized to keep the harness that small.
+
+Each batch is read against the host's pace around it (the yardstick's time, reference.py): its time per call over
+the yardstick's is what the median and its interval are taken of, and the time reported is that median at the
+median pace of the run.
+
+The calls on the trace's own windows, whose plans are scored, run in batches like any other; a program slower there
+than elsewhere (it recognised them) is timed at its pace there.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+ALLOWANCE = 2.0  # how many times its model the harness may take before a claim below the round trip is doubted
+# The scored batches count as slower than the others when a rank test puts them above by this many standard
+# deviations (by chance about one run in two hundred) and their excess is more than this share of a call: a smaller
+# excess buys a program little, and an honest one is not charged for noise.
+SCORED_WORK_Z = 2.5
+SCORED_WORK_MARGIN = 0.1
+
+
+@dataclass(frozen=True)
+class BatchTime:
+    """One timed batch as the evaluator saw it."""
+
+    calls: int
+    claim_ns: int  # the worker's clock: the calls alone
+    round_trip_ns: int  # the evaluator's clock: the calls and the harness's work around them
+    output_bytes: int  # of every call's outputs together
+    scored: bool  # one of its calls planned on a window of the trace itself
+    first_round: bool  # one of the pairs each window gets, which run interleaved (schedule.py)
+    pace_ms: float = 1.0  # the yardstick's time around it (reference.py)
+
+    @property
+    def round_trip_ms_per_call(self) -> float:
+        return self.round_trip_ns / 1e6 / self.calls
+
+
+@dataclass(frozen=True)
+class HarnessModel:
+    """The harness's time in a batch's round trip beyond its calls: fixed, per call and per megabyte of outputs."""
+
+    fixed_ms: float
+    per_call_ms: float
+    per_mb_ms: float
+
+    def ms(self, calls: int, output_bytes: int) -> float:
+        return self.fixed_ms + self.per_call_ms * calls + self.per_mb_ms * output_bytes / 1e6
+
+    @classmethod
+    def fit(cls, batches: Sequence[BatchTime]) -> HarnessModel:
+        """Least squares over batches of trusted programs, whose claims are true: round trip less claim against one,
+        the calls and the outputs' size. Coefficients are kept non-negative (a term that fits below zero is dropped
+        and the rest refitted)."""
+        if not batches:
+            raise ValueError("no trusted batches to fit the harness's model to")
+        rows = np.array([[1.0, batch.calls, batch.output_bytes / 1e6] for batch in batches])
+        spent = np.array([(batch.round_trip_ns - batch.claim_ns) / 1e6 for batch in batches])
+        kept = [0, 1, 2]
+        while True:
+            solution, *_ = np.linalg.lstsq(rows[:, kept], spent, rcond=None)
+            if (solution >= 0).all() or len(kept) == 1:
+                break
+            kept.pop(int(np.argmin(solution)))
+        coefficients = dict(zip(kept, np.maximum(solution, 0.0)))
+        return cls(*(float(coefficients.get(term, 0.0)) for term in range(3)))
+
+
+@dataclass(frozen=True)
+class TimingSummary:
+    """Statistics of per-call times in milliseconds (one per batch).
+
+    Percentiles interpolate linearly between samples. `relative_spread` is the interquartile range over the median,
+    (p75 - p25) / median: how noisy the median is, untouched by a few outliers.
+    """
+
+    count: int
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    min_ms: float
+    max_ms: float
+    relative_spread: float
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How long one program took per call, how precisely that is known, and what the checks found."""
+
+    time_ms: float  # the median over batches of their time per call against the pace, at the run's median pace
+    interval_ms: tuple[float, float]  # 95% interval of that median
+    precision: float  # half the interval's width over time_ms
+    pace_ms: float  # the yardstick's median time around the batches
+    batches: int
+    calls: int
+    calls_per_batch: int
+    summary: TimingSummary  # of the batches' times per call, as measured
+    round_trip_ms: float  # median round trip per call, the harness's work included
+    harness_ms: float  # the harness's model per call, at the median batch
+    claims_doubted: int  # batches timed at their round trip, their claim too far below it
+    scored_work: str  # "agrees", or how much slower the calls on the trace's windows were
+
+    def to_json(self) -> dict[str, object]:
+        return {**asdict(self), "interval_ms": list(self.interval_ms)}
+
+
+def batch_ms_per_call(batch: BatchTime, harness: HarnessModel) -> tuple[float, bool]:
+    """A batch's time per call: its claim, or its round trip less the harness's allowance if that is more; and
+    whether it was that (the claim doubted)."""
+    claim_ms = batch.claim_ns / 1e6
+    bound_ms = batch.round_trip_ns / 1e6 - ALLOWANCE * harness.ms(batch.calls, batch.output_bytes)
+    return max(claim_ms, bound_ms) / batch.calls, bound_ms > claim_ms
+
+
+def estimate(batches: Sequence[BatchTime], harness: HarnessModel) -> Timing:
+    """The time per call of a program from its timed batches (all with the same number of calls)."""
+    if not batches:
+        raise ValueError("no timed batches")
+    times, doubts = zip(*(batch_ms_per_call(batch, harness) for batch in batches))
+    pace = statistics.median(batch.pace_ms for batch in batches)
+    against_pace = [time / batch.pace_ms * pace for time, batch in zip(times, batches)]
+    # Scored batches against the batches of variants alone they ran among, not those added after them.
+    scored = [time for time, batch in zip(against_pace, batches) if batch.scored]
+    others = [time for time, batch in zip(against_pace, batches) if batch.first_round and not batch.scored]
+    calls_per_batch = batches[0].calls
+    slower = scored_excess_ms(scored, others, calls_per_batch)
+    verdict = "agrees"
+    time_ms, (low, high) = statistics.median(against_pace), median_interval(against_pace)
+    if slower > 0:
+        # The scored calls' own time: the other calls' pace plus the scored batches' excess, all on the one call.
+        time_ms = statistics.median(others) + slower
+        low, high = low + slower, high + slower
+        verdict = (f"the calls on the trace's own windows took {slower:.3f} ms more than the others ({time_ms:.3f} "
+                   f"ms against {statistics.median(others):.3f} ms per call); they set the time")
+    middle_batch = sorted(batches, key=lambda batch: batch.round_trip_ns / batch.calls)[len(batches) // 2]
+    return Timing(
+        time_ms=time_ms, interval_ms=(low, high), precision=(high - low) / 2 / time_ms, pace_ms=pace,
+        batches=len(batches),
+        calls=sum(batch.calls for batch in batches), calls_per_batch=calls_per_batch, summary=summarise(times),
+        round_trip_ms=statistics.median(batch.round_trip_ms_per_call for batch in batches),
+        harness_ms=harness.ms(middle_batch.calls, middle_batch.output_bytes) / middle_batch.calls,
+        claims_doubted=sum(doubts), scored_work=verdict)
+
+
+def scored_excess_ms(scored: Sequence[float], others: Sequence[float], calls_per_batch: int) -> float:
+    """How much longer one call on a scored window took than the others, when the batches that hold one are clearly
+    slower than those that hold none (a rank test, `SCORED_WORK_Z`) by more than `SCORED_WORK_MARGIN` of a call;
+    else 0. Each scored batch holds one such call among `calls_per_batch`, so its excess is all that call's."""
+    if len(scored) < 2 or len(others) < 2:
+        return 0.0
+    excess = (statistics.median(scored) - statistics.median(others)) * calls_per_batch
+    if rank_test_z(scored, others) <= SCORED_WORK_Z or excess <= SCORED_WORK_MARGIN * statistics.median(others):
+        return 0.0
+    return excess
+
+
+def rank_test_z(higher: Sequence[float], lower: Sequence[float]) -> float:
+    """How many standard deviations the Mann-Whitney statistic puts `higher` above `lower` (ties count half)."""
+    count_high, count_low = len(higher), len(lower)
+    wins = sum((a > b) + 0.5 * (a == b) for a in higher for b in lower)
+    mean = count_high * count_low / 2
+    deviation = math.sqrt(count_high * count_low * (count_high + count_low + 1) / 12)
+    return (wins - mean) / deviation
+
+
+def median_interval(values: Sequence[float]) -> tuple[float, float]:
+    """A 95% interval of the median that assumes no distribution: the order statistics the binomial distribution of
+    the count below the median puts the median between. With fewer than six values, the smallest and the largest."""
+    ordered = sorted(values)
+    count = len(ordered)
+    if count < 6:
+        return ordered[0], ordered[-1]
+    # the largest rank whose chance of having the median below it is at most 2.5%
+    below, rank = 0.0, 0
+    while below + math.comb(count, rank) / 2 ** count <= (1 - 0.95) / 2:
+        below += math.comb(count, rank) / 2 ** count
+        rank += 1
+    return ordered[max(rank - 1, 0)], ordered[min(count - rank, count - 1)]
+
+
+def relative_precision(values: Sequence[float]) -> float:
+    """Half the width of the median's 95% interval over the median."""
+    low, high = median_interval(values)
+    return (high - low) / 2 / statistics.median(values)
+
+
+def summarise(samples_ms: Sequence[float]) -> TimingSummary:
+    """Summarise per-call times; raises ValueError on no samples or any sample not a positive finite number."""
+    values = np.array([_positive_finite(sample, f"samples_ms[{i}]") for i, sample in enumerate(samples_ms)])
+    if values.size == 0:
+        raise ValueError("no timing samples: at least one timed call is needed")
+    p10, p25, median, p75, p90 = np.percentile(values, [10, 25, 50, 75, 90])
+    return TimingSummary(count=int(values.size), median_ms=float(median), p10_ms=float(p10), p90_ms=float(p90),
+                         min_ms=float(values.min()), max_ms=float(values.max()),
+                         relative_spread=float((p75 - p25) / median))
+
+
+def _positive_finite(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise ValueError(f"{name} = {value!r} is not a number")
+    number = float(value)
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"{name} = {number} is not a positive finite number")
+    return number

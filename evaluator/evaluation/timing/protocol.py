@@ -1,0 +1,84 @@
+"""The timing protocol's settings and decisions: how many calls a batch holds, when a run has been timed enough, and
+how long a call may take. Every decision is taken on the evaluator's own clock, never on a number the candidate's
+process reports.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from evaluator.evaluation.timing.estimate import HarnessModel, relative_precision
+
+
+@dataclass(frozen=True)
+class TimingSettings:
+    """How candidates are timed. The defaults are the documented protocol; change them knowingly."""
+
+    # Warm-up lasts at least `warmup_calls` calls (a program's own first-call costs: caches, lazy set-up) and at
+    # most `max_warmup_calls`. Where the device idled for `clocks_hold_s` or more before the candidate (no call on
+    # it, no spare warming up on it), it lasts `warmup_s` of candidate time too, for the clocks to rise.
+    warmup_calls: int = 2
+    warmup_s: float = 0.1
+    clocks_hold_s: float = 10.0
+    max_warmup_calls: int = 100
+    # A batch holds enough calls to last `min_batch_ms`, and more if the harness's fixed cost (frames, wake-ups) would
+    # be over `harness_share` of it; at most `max_batch_calls` (the exchange holds that many calls' inputs and widest
+    # outputs). The harness's cost for each call (inputs and outputs copied) is the same however the calls are
+    # batched, and is not in a batch's time (estimate.py).
+    min_batch_ms: float = 10.0
+    harness_share: float = 0.05
+    max_batch_calls: int = 16
+    # After the first round (a batch holding each window, and batches of variants alone, one for each window and at
+    # least `min_batches_alone`: enough for a rank test to tell a program slower on the windows), batches are added
+    # until the median's 95% interval is within `precision` of it, or the candidate has spent `budget_s` in batches.
+    precision: float = 0.02
+    budget_s: float = 1.0
+    min_batches_alone: int = 12
+    min_variants: int = 8  # variant calls in the first round, however short the trace
+    # The seed's reference: `reference_processes` fresh processes, each timing `reference_seed_calls` calls of the
+    # seed with the yardstick's before, between and after them. Beside a candidate, the yardstick is timed before its
+    # first batch, after its last, and after every `pace_every_s` of its time between. The yardstick's time is the
+    # mean of `yardstick_calls` calls each time.
+    reference_processes: int = 3
+    reference_seed_calls: int = 5
+    yardstick_calls: int = 2
+    pace_every_s: float = 0.5
+    # A candidate's call may take `call_limit_factor` times the seed's time per call on the device, and at least
+    # `min_call_limit_s`; its first call, which may compile kernels, `first_call_limit_s`.
+    call_limit_factor: float = 10.0
+    min_call_limit_s: float = 1.0
+    first_call_limit_s: float = 20.0
+
+    def __post_init__(self) -> None:
+        counts = ("warmup_calls", "max_warmup_calls", "max_batch_calls", "min_batches_alone", "reference_processes",
+                  "reference_seed_calls", "yardstick_calls")
+        problems = [f"{name} must be at least 1, got {getattr(self, name)!r}" for name in counts
+                    if not (type(getattr(self, name)) is int and getattr(self, name) >= 1)]
+        problems += [f"{name} must be positive and finite, got {getattr(self, name)!r}"
+                     for name in ("min_batch_ms", "harness_share", "precision", "budget_s", "pace_every_s",
+                                  "call_limit_factor",
+                                  "min_call_limit_s", "first_call_limit_s")
+                     if not (isinstance(getattr(self, name), (int, float)) and 0 < getattr(self, name) < math.inf)]
+        if problems:
+            raise ValueError("invalid timing settings: " + "; ".join(problems))
+
+
+def calls_per_batch(call_ms: float, harness: HarnessModel, settings: TimingSettings) -> int:
+    """How many calls of a program taking about `call_ms` each (on the evaluator's clock) make a batch that lasts
+    `settings.min_batch_ms`, and that the harness's fixed cost is at most `settings.harness_share` of."""
+    if call_ms <= 0:
+        return settings.max_batch_calls
+    wanted = math.ceil(max(settings.min_batch_ms, harness.fixed_ms / settings.harness_share) / call_ms)
+    return max(1, min(settings.max_batch_calls, wanted))
+
+
+def timed_enough(round_trips_ms_per_call: list[float], spent_s: float, settings: TimingSettings) -> bool:
+    """Whether the batches so far (their round trips per call, the evaluator's clock) time the program precisely
+    enough, or have spent the budget."""
+    return spent_s >= settings.budget_s or relative_precision(round_trips_ms_per_call) <= settings.precision
+
+
+def call_limit_s(seed_time_ms: float, settings: TimingSettings) -> float:
+    """How long one call of a candidate may take on a device where the seed takes `seed_time_ms` per call."""
+    return max(settings.min_call_limit_s, settings.call_limit_factor * seed_time_ms / 1e3)

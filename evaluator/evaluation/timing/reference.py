@@ -1,0 +1,146 @@
+"""The seed's time per call where and when a candidate is timed: a yardstick timed beside the candidate, times the
+seed's ratio to it.
+
+The yardstick is the seed itself on a small problem (one layer, one node of 64 experts): the same code, the same
+kind of work (Python loops over small tensors on the CPU), in a two-hundredth of the time, so that its time follows
+the host's pace as the seed's does. A trusted worker of each lane, on the candidates' core, times it between a candidate's batches (before the
+first, after the last, and every `pace_every_s` of the candidate's time between), while the candidate's processes
+are stopped; each batch is read against the yardstick's pace around it. The seed's ratio to the yardstick is
+measured once per device and software version, in several fresh processes, each timing the yardstick between the
+seed's own calls, and kept in a cache file; the same measurement fits the harness's model (estimate.py) on two more
+trusted programs.
+
+So a speedup is the seed's time over the candidate's at the same pace on the same core: neither the host's pace
+between the seed's measurement and the candidate's, nor its changes during a candidate's batches, move it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from evaluator.eplb.problem import Problem
+from evaluator.evaluation.timing.estimate import HarnessModel
+from evaluator.files import write_atomically
+from evaluator.paths import SEED_PROGRAM
+
+
+@dataclass(frozen=True, eq=False)
+class Yardstick:
+    """A call of a trusted program on a fixed input."""
+
+    program: Path
+    weight: np.ndarray
+    args: tuple[int, ...]
+
+
+YARDSTICK_PROBLEM = Problem(num_layers=1, num_experts=64, num_replicas=72, num_groups=2, num_nodes=1, num_gpus=8)
+YARDSTICK = Yardstick(SEED_PROGRAM, np.random.default_rng(0).integers(0, 50_000, (1, 64)).astype(np.int64),
+                      YARDSTICK_PROBLEM.rebalance_args())
+
+
+@dataclass(frozen=True)
+class SeedReference:
+    """The seed's time per call against the yardstick's on one device and software version."""
+
+    ratio: float  # the seed's time per call over the yardstick's around it, the median over every seed call
+    ratio_spread: float  # the relative precision of that median (half its 95% interval over it)
+    seed_time_ms: float  # the seed's own time per call when it was measured (the yardstick then times the ratio)
+    yardstick_ms: float
+    processes: int
+    harness: HarnessModel
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> SeedReference:
+        """Raises TypeError or ValueError unless `data` is a sound reference (finite positive numbers, a whole number
+        of processes, a harness of non-negative finite terms)."""
+        harness = HarnessModel(**data["harness"])  # type: ignore[arg-type]
+        reference = cls(**{**data, "harness": harness})  # type: ignore[arg-type]
+        positive = (reference.ratio, reference.seed_time_ms, reference.yardstick_ms)
+        spreads = (reference.ratio_spread, *asdict(harness).values())
+        if not (all(_finite(number) and number > 0 for number in positive)
+                and all(_finite(number) and number >= 0 for number in spreads)
+                and type(reference.processes) is int and reference.processes >= 1):
+            raise ValueError(f"not a sound seed reference: {data!r:.300}")
+        return reference
+
+
+def ratios_of(seed_ms: list[float], yardstick_ms: list[float]) -> list[float]:
+    """Each seed call's time over the mean of the yardstick's just before and just after it (`yardstick_ms` has one
+    more item than `seed_ms`): a ratio taken at one pace, however the host's pace moves between calls."""
+    return [seed / ((before + after) / 2) for seed, before, after in zip(seed_ms, yardstick_ms, yardstick_ms[1:])]
+
+
+class ReferenceCache:
+    """Seed references per device and software version, in memory and (if `path` is set) in a JSON file, which keeps
+    the newest `MAX_ENTRIES` (each edit of the evaluator is a new software version). Evaluators in other processes may
+    share the file: each write merges what they wrote since."""
+
+    MAX_ENTRIES = 64
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._entries: dict[str, SeedReference] = _read_references(path) if path is not None else {}
+
+    def get(self, key: str) -> SeedReference | None:
+        with self._lock:
+            return self._entries.get(key)
+
+    def put(self, key: str, reference: SeedReference) -> None:
+        with self._lock:
+            if self.path is None:
+                self._entries = self._newest({**self._entries}, key, reference)
+                return
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.path.with_name(f".{self.path.name}.lock"), "a") as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed
+                    self._entries = self._newest({**self._entries, **_read_references(self.path)}, key, reference)
+                    write_atomically(self.path, json.dumps({k: v.to_json() for k, v in self._entries.items()},
+                                                           indent=1))
+            except OSError:  # an unwritable cache only costs a new measurement in the next process
+                self._entries = self._newest({**self._entries}, key, reference)
+
+    def _newest(self, entries: dict[str, SeedReference], key: str,
+                reference: SeedReference) -> dict[str, SeedReference]:
+        entries.pop(key, None)
+        entries[key] = reference
+        return dict(list(entries.items())[-self.MAX_ENTRIES:])
+
+
+def default_cache_path() -> Path:
+    """Where seed references are kept between runs: $EPLB_EVALUATOR_CACHE, else the user's cache folder."""
+    root = os.environ.get("EPLB_EVALUATOR_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "eplb-evaluator")
+    return Path(root) / "seed-reference.json"
+
+
+def _read_references(path: Path) -> dict[str, SeedReference]:
+    """The references kept in `path`, oldest first; none if it is missing or damaged, and none of an entry that is not
+    sound (each costs one new measurement): a NaN ratio would make every speedup NaN."""
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8")).items()
+    except (OSError, ValueError, AttributeError):
+        return {}
+    references = {}
+    for key, value in entries:
+        try:
+            references[key] = SeedReference.from_json(value)
+        except (TypeError, ValueError, AttributeError, KeyError):
+            continue
+    return references
+
+
+def _finite(number: object) -> bool:
+    return type(number) in (int, float) and math.isfinite(number)  # type: ignore[arg-type]
