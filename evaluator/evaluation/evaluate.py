@@ -83,7 +83,7 @@ class Evaluator:
 
     `spares` workers per device are started ahead (a candidate takes two: its run and its recheck). With
     `replenish` False, as for a single evaluation, those are all that start ahead of need, so that no spare
-    starts beside the candidate being timed. Where the machine has a core for each device and one more, this
+    starts beside the candidate being timed. Where the machine has a core for each device and three more, this
     process's threads move off the devices' cores for as long as the evaluator is open.
     """
 
@@ -197,10 +197,11 @@ class Evaluator:
         ratios, seed_ms, yardstick_ms, batches = [], [], [], []
         for _ in range(timing.reference_processes):
             seed, around = self._runner.reference_calls(lane, timing.reference_seed_calls, REFERENCE_TIMEOUT_S)
+            calls_ms = [batch.claim_ns / 1e6 for batch in seed]
             batches += seed
-            seed_ms += [batch.claim_ns / 1e6 for batch in seed]
+            seed_ms += calls_ms
             yardstick_ms += around
-            ratios += ratios_of([batch.claim_ns / 1e6 for batch in seed], around)
+            ratios += ratios_of(calls_ms, around)
         rng = np.random.default_rng()
         for program in (HARNESS_PROGRAM, self._files / "warm_up.py"):  # the seed patch's program, our own
             weights = [[warmup_call(self._inputs, rng).weight for _ in range(size)] for size in _HARNESS_BATCHES]

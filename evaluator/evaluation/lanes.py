@@ -95,10 +95,10 @@ class Lanes:
 
     def __init__(self, limits: Limits, device: str, spares: int, gpus: Sequence[int] | None,
                  lock_scope: str = MACHINE_SCOPE, warm_up: WarmUp | None = None, replenish: bool = True,
-                 start_method: str = "forkserver", isolate: bool = True) -> None:
+                 start_method: str = "forkserver") -> None:
         scope = hashlib.sha256(lock_scope.encode()).hexdigest()[:16]
         devices = _devices(device, gpus)
-        lane_cpus, evaluator_cpus = lane_cores(len(devices)) if isolate else ([None] * len(devices), None)
+        lane_cpus, evaluator_cpus = lane_cores(len(devices))
         self._pinned = evaluator_cpus is not None and _pin_this_process(evaluator_cpus)
         if not self._pinned:
             lane_cpus, evaluator_cpus = [None] * len(devices), None

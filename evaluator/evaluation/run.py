@@ -93,7 +93,7 @@ class Run:
     rechecked: int  # calls repeated in the recheck's process
     duplicate_gpus: float
     phases: dict[str, float]  # where the run's wall time went, in ms
-    phase_compute: dict[str, float]  # the candidate's own time in each phase (the evaluator's clock), in ms
+    phase_compute: dict[str, float]  # the candidate's own time in each phase, as its worker claims it, in ms
     lane: str  # the device it ran on: "cuda:0", "cpu", ...
     stdout: str
     stderr: str
@@ -102,8 +102,8 @@ class Run:
 class _Processes:
     """The candidate processes of one run, each a fresh worker from its lane's spares, on the lane's cores."""
 
-    def __init__(self, limits: Limits) -> None:
-        self._limits = limits
+    def __init__(self, total_s: float) -> None:
+        self._total_s = total_s  # the run's limit, as a timeout names it
         self._workers: list[Worker] = []
 
     def launch(self, lane: Lane, program: Path, deadline: float) -> Worker:
@@ -111,7 +111,7 @@ class _Processes:
         worker = lane.pool.acquire()
         self._workers.append(worker)
         worker.prepare(lane.cpus)
-        worker.load(program, timeout_s=_remaining(deadline, self._limits.total_s))
+        worker.load(program, timeout_s=_remaining(deadline, self._total_s))
         return worker
 
     def end(self) -> None:
@@ -176,7 +176,7 @@ class Runner:
         monotonic time `give_up_at`)."""
         first_call_s = self.settings.timing.first_call_limit_s
         limits = Limits(self.settings.timeout_s, first_call_s, first_call_s)
-        with self._on_a_lane(limits, give_up_at=give_up_at) as (lane, processes):
+        with self._on_a_lane(limits.total_s, give_up_at=give_up_at) as (lane, processes):
             deadline = time.monotonic() + limits.total_s
             worker = processes.launch(lane, program, deadline)
             result = worker.call(self.inputs[0], self.settings.problem.rebalance_args(),
@@ -197,8 +197,7 @@ class Runner:
         def phase(name: str) -> None:
             phases[name] = (time.perf_counter() - started) * 1e3 - sum(phases.values())
 
-        with self._on_a_lane(Limits(settings.timeout_s, settings.timeout_s, settings.timeout_s), lane_name,
-                             give_up_at) as (lane, processes), self._quiet(lane):
+        with self._on_a_lane(settings.timeout_s, lane_name, give_up_at) as (lane, processes), self._quiet(lane):
             phase("wait_for_device_ms")
             reference = reference_on(lane)
             phase("reference_ms")
@@ -241,15 +240,13 @@ class Runner:
         own small problem), and one of each first, untimed: the seed's batches, and the yardstick's times in ms."""
         rng = np.random.default_rng(secrets.randbits(128))
         args = self.settings.problem.rebalance_args()
-        calls = self.settings.timing.yardstick_calls
         deadline = time.monotonic() + timeout_s
         with self._trusted_process(lane, YARDSTICK.program, deadline, timeout_s) as worker:
             worker.batch([warmup_call(self.inputs, rng).weight], args, _remaining(deadline, timeout_s))
             worker.batch([YARDSTICK.weight], YARDSTICK.args, _remaining(deadline, timeout_s))
             yardstick_ms, batches = [], []
             for number in range(seed_calls + 1):
-                result = worker.batch([YARDSTICK.weight] * calls, YARDSTICK.args, _remaining(deadline, timeout_s))
-                yardstick_ms.append(result.claim_ns / 1e6 / calls)
+                yardstick_ms.append(self._yardstick_ms(worker, _remaining(deadline, timeout_s)))
                 if number < seed_calls:
                     result = worker.batch([warmup_call(self.inputs, rng).weight], args, _remaining(deadline, timeout_s))
                     batches.append(_batch_time(result))
@@ -275,16 +272,20 @@ class Runner:
         """The yardstick's time per call on `lane` now, with the candidate's processes stopped while it runs: one
         batch of the settings' yardstick calls in the lane's yardstick worker (started, from the lane's spares, the
         first time)."""
-        calls = self.settings.timing.yardstick_calls
         candidate.pause()
         try:
-            result = self._yardstick_on(lane).batch([YARDSTICK.weight] * calls, YARDSTICK.args, REFERENCE_TIMEOUT_S)
+            return self._yardstick_ms(self._yardstick_on(lane), REFERENCE_TIMEOUT_S)
         except SandboxFailure as error:
             self._yardsticks.pop(lane.name, None)
             raise RunFailed("infra_error", f"the yardstick failed: {error.failure.message}") from None
         finally:
             candidate.resume()
-        return result.claim_ns / 1e6 / calls
+
+    def _yardstick_ms(self, worker: Worker, timeout_s: float) -> float:
+        """One round of the yardstick in `worker`, which has the yardstick's program loaded: the mean of the settings'
+        yardstick calls, in ms."""
+        calls = self.settings.timing.yardstick_calls
+        return worker.batch([YARDSTICK.weight] * calls, YARDSTICK.args, timeout_s).claim_ns / 1e6 / calls
 
     def _yardstick_on(self, lane: Lane) -> Worker:
         """The lane's yardstick worker, on the lane's cores with the yardstick loaded and called once."""
@@ -300,7 +301,7 @@ class Runner:
     @contextmanager
     def _trusted_process(self, lane: Lane, program: Path, deadline: float, timeout_s: float) -> Iterator[Worker]:
         """A fresh worker on `lane` with `program` loaded; gone (every process collected) when the block ends."""
-        processes = _Processes(Limits(timeout_s, timeout_s, timeout_s))
+        processes = _Processes(timeout_s)
         try:
             worker = processes.launch(lane, program, deadline)
             yield worker
@@ -311,14 +312,14 @@ class Runner:
             processes.wait_gone()
 
     @contextmanager
-    def _on_a_lane(self, limits: Limits, lane_name: str | None = None,
+    def _on_a_lane(self, total_s: float, lane_name: str | None = None,
                    give_up_at: float | None = None) -> Iterator[tuple[Lane, _Processes]]:
-        """A lane (any free one, or the one named) and the candidate processes of one run on it. Sandbox
-        failures become failed runs. When the block ends every process is killed at once, and the lane is
+        """A lane (any free one, or the one named) and the candidate processes of one run on it, whose limit is
+        `total_s`. Sandbox failures become failed runs. When the block ends every process is killed at once, and the lane is
         released once they have all exited, in the background while the result is scored."""
         try:
             holding = self.lanes.take(lane_name, give_up_at)
-            processes = _Processes(limits)
+            processes = _Processes(total_s)
             try:
                 yield holding.lane, processes
             finally:

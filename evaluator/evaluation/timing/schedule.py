@@ -47,10 +47,10 @@ def call_inputs(windows: np.ndarray) -> np.ndarray:
 class BatchPlan:
     """The batches of one run on `windows`, each of `calls_per_batch` calls, drawn with the secret `rng`.
 
-    `first_round()` gives, shuffled, one batch holding each planned window (every window but the last, which is only
-    ever a future) and batches of variants alone: one for each, and more on a short trace, so that there are at
-    least `min_batches_alone` of them and `min_variants` variants run. `another()` gives one more batch of variants
-    of a random window, for precision.
+    `batches()` gives first the first round's `first_round_batches`, shuffled: one batch holding each planned window
+    (every window but the last, which is only ever a future) and batches of variants alone, one for each and more on
+    a short trace, so that there are at least `min_batches_alone` of them and `min_variants` variants run; then one
+    more batch of variants of a random window after another (`another()`), for precision.
     """
 
     def __init__(self, windows: np.ndarray, calls_per_batch: int, rng: np.random.Generator, min_variants: int,
@@ -68,9 +68,6 @@ class BatchPlan:
     @property
     def first_round_batches(self) -> int:
         return len(self._first_round)
-
-    def first_round(self) -> list[Batch]:
-        return [self._batch(window, scored, first_round=True) for window, scored in self._first_round]
 
     def batches(self) -> Iterator[Batch]:
         """The first round's batches in their order, then one more after another, endlessly; each made when it is
