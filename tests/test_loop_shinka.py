@@ -86,8 +86,8 @@ def test_a_failing_program_is_incorrect_and_its_error_names_the_failure(tmp_path
 
 
 def test_an_evaluator_failure_says_so_and_exits_with_infra_error(tmp_path):
-    # No worker fits in 60 MiB, not even the evaluator's own timing reference: the evaluator fails first.
-    run = shinka(SEED_PROGRAM, tmp_path / "results", *options({**SMALL, "memory-mb": 60}))
+    # No worker fits in 4 MiB, not even the evaluator's own timing reference: the evaluator fails first.
+    run = shinka(SEED_PROGRAM, tmp_path / "results", *options({**SMALL, "memory-mb": 4}))
     assert run.returncode == ExitCode.INFRA_ERROR, run.stderr
     loaded = load_results(str(tmp_path / "results"))
     assert loaded["correct"]["correct"] is False

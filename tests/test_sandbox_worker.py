@@ -29,6 +29,7 @@ import pytest
 import torch
 
 from evaluator.eplb.problem import Problem
+from evaluator.sandbox import process as process_module
 from evaluator.sandbox import (
     FailureKind,
     Limits,
@@ -431,6 +432,14 @@ def test_a_double_fork_daemon_is_gone_after_the_worker_closes(unconfined_pool, t
     assert not psutil.pid_exists(daemon)
 
 
+def test_a_limit_the_worker_itself_cannot_start_in_is_the_evaluators_fault_not_a_candidates():
+    # 4 MiB: less than a forked worker's own pages, however many others share the zygote's with it
+    with pytest.raises(SandboxFailure) as raised:
+        Worker.start(dataclasses.replace(LIMITS, memory_mb=4), device="cpu", start_method="forkserver")
+    assert raised.value.failure.kind is FailureKind.INFRA_ERROR
+    assert "before any program is loaded, over the limit of 4 MiB" in raised.value.failure.message
+
+
 def test_a_memory_hog_hits_the_memory_limit(pool):
     failure, _ = run(pool, HOSTILE / "memory_hog.py")
     assert failure.kind is FailureKind.MEMORY_LIMIT
@@ -543,6 +552,24 @@ def test_a_closed_worker_leaves_no_exchange_behind(tmp_path, ending):
             worker.load(program)
             worker.call(weight_for(SMALL), SMALL.rebalance_args())
     assert exchanges_held() == before
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+@pytest.mark.parametrize("wait", [True, False], ids=["waiting", "not-waiting"])
+def test_a_worker_moved_onto_other_cpus_goes_back_to_its_own_before_it_is_killed(monkeypatch, wait):
+    """Its exit (a CUDA context's teardown) then runs on the cores it started on, not on those the next program is
+    timed on."""
+    first, last = min(os.sched_getaffinity(0)), max(os.sched_getaffinity(0))
+    moves = []
+    pin_threads = process_module.pin_threads
+    monkeypatch.setattr(process_module, "pin_threads", lambda pid, cpus: (moves.append((pid, set(cpus))),
+                                                                        pin_threads(pid, cpus))[1])
+    worker = Worker.start(LIMITS, device="cpu", start_method="forkserver", cpus=[first])
+    worker.prepare([last])
+    worker.load(SEED)
+    assert os.sched_getaffinity(worker.pid) == {last}
+    worker.close(wait=wait)
+    assert moves == [(worker.pid, {first}), (worker.pid, {last}), (worker.pid, {first})]
 
 
 def test_closing_the_channel_is_a_crash(pool):

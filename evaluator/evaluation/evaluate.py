@@ -206,8 +206,9 @@ class Evaluator:
         for program in (HARNESS_PROGRAM, self._files / "warm_up.py"):  # the seed patch's program, our own
             weights = [[warmup_call(self._inputs, rng).weight for _ in range(size)] for size in _HARNESS_BATCHES]
             batches += self._runner.trusted_batches(lane, program, weights, REFERENCE_TIMEOUT_S)
-        return SeedReference(statistics.median(ratios), relative_precision(ratios), statistics.median(seed_ms),
-                             statistics.median(yardstick_ms), timing.reference_processes, HarnessModel.fit(batches))
+        pace = statistics.median(yardstick_ms)
+        return SeedReference(statistics.median(ratios), relative_precision(ratios), statistics.median(seed_ms), pace,
+                             timing.reference_processes, HarnessModel.fit(batches, pace))
 
     def _score(self, run: Run, reference: SeedReference) -> Result:
         report = combined_reports([run.scored[window] for window in sorted(run.scored)])

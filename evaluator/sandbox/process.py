@@ -45,7 +45,10 @@ PASSED_VARIABLES = (
 )
 # and the GPU stack's settings (visible devices, driver capabilities, switches a host may require)
 PASSED_PREFIXES = ("CUDA_", "NVIDIA_", "NCCL_", "NVSHMEM_", "TORCH_SYMM_MEM_")
+# A worker's tree is sampled this often once a program is loaded in it; before, only our own code runs there, and
+# the samples of many idle spares would take the evaluator's interpreter from the candidate being timed.
 _WATCH_INTERVAL_S = 0.02
+_IDLE_WATCH_INTERVAL_S = 0.5
 _REAP_TIMEOUT_S = 10.0
 _SWEEPS = 3  # kill-and-reap rounds after the first, for strays the first could not see
 _STREAM_JOIN_TIMEOUT_S = 2.0
@@ -164,6 +167,9 @@ class Worker:
         self._reaped = False
         self._gone = threading.Event()  # every process collected, our resources released
         self._stop_watching = threading.Event()
+        self._program_loaded = threading.Event()  # the watchdog's cue to sample often
+        self._start_cpus = tuple(cpus) if cpus else None
+        self._moved = False  # onto other CPUs than it started on, by `prepare`
         arguments = ["--device", device, *(warm_up.command_line() if warm_up else []),
                      *([] if limits.confined else ["--unconfined"])]
         self._workdir = str(scratch_folder("worker-"))
@@ -228,6 +234,11 @@ class Worker:
                 ready_monotonic=time.monotonic())
         except channel.ProtocolError as error:
             self._fail(FailureKind.INFRA_ERROR, f"the worker sent a malformed ready message: {error}")
+        used = self._memory_used()
+        if used > self.limits.memory_bytes:  # its own start, before any program: the limit is the evaluator's fault
+            self._fail(FailureKind.INFRA_ERROR, f"a worker uses {used / 2**20:.0f} MiB of host memory before any program "
+                                                f"is loaded, over the limit of {self.limits.memory_mb} MiB; give "
+                                                "candidates more memory")
         self._state = "ready"
         return self.info
 
@@ -243,6 +254,7 @@ class Worker:
                 pin_threads(self.pid, cpus)
             except OSError as error:
                 self._fail(FailureKind.INFRA_ERROR, f"could not move the worker onto CPUs {sorted(cpus)}: {error}")
+            self._moved = self._start_cpus is not None and set(cpus) != set(self._start_cpus)
         self._send({"op": "prepare", "threads": len(cpus) if cpus else os.cpu_count() or 1}, deadline, timeout, what)
         reply = self._receive(deadline, timeout, what, infra=True)
         if reply.get("op") != "prepared":
@@ -272,6 +284,7 @@ class Worker:
             raise FileNotFoundError(f"candidate program not found: {path}")
         self._expect_state("ready")
         self._state = "loading"
+        self._program_loaded.set()
         timeout = self.limits.import_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout
         what = f"the import of {path.name}"
@@ -342,8 +355,14 @@ class Worker:
         if wait:
             self._terminate()
             return
-        self._stop_watching.set()
-        self._kill()
+        self._stop_watchdog()
+        if self.info is not None and self.info.confinement.calls_filtered:
+            # none of its processes can have left its group: one signal kills them all at once, and the tree's own
+            # kill (slower: it lists the processes) follows on the background thread
+            self._move_back()
+            self._process.kill_group()
+        else:
+            self._kill()
         if not remove_tree(self._workdir):  # a write in flight as the kill landed: wait till none can be
             self._terminate()
             return
@@ -453,7 +472,11 @@ class Worker:
     def _watch(self) -> None:
         """Sample the tree's memory and process count; kill it the moment it goes over a limit."""
         limits = self.limits
-        while not self._stop_watching.wait(_WATCH_INTERVAL_S):
+        while not self._stop_watching.is_set():
+            if not self._program_loaded.is_set():
+                self._program_loaded.wait(_IDLE_WATCH_INTERVAL_S)  # wakes the moment a program is loaded
+            elif self._stop_watching.wait(_WATCH_INTERVAL_S):
+                return
             try:
                 usage = self._tree.usage()
                 if usage.processes > limits.max_processes:
@@ -462,7 +485,7 @@ class Worker:
                                    f"{limits.max_processes}; they were all killed")
                     return
                 if usage.resident_bytes > limits.memory_bytes:
-                    used = proportional_bytes(usage.pids)
+                    used = self._memory_used(usage)
                     if used > limits.memory_bytes:
                         self._kill_for(FailureKind.MEMORY_LIMIT,
                                        f"the program's processes used {used / 2**20:.0f} MiB of host memory, over "
@@ -470,6 +493,25 @@ class Worker:
                         return
             except Exception:  # a process vanishing mid-sample is normal; the next sample sees the truth
                 continue
+
+    def _move_back(self) -> None:
+        """Move the worker back onto the CPUs it started on, if `prepare` moved it: its exit (a CUDA context's
+        teardown takes about 0.1 s of CPU) then runs there, not on the cores the next program is timed on."""
+        if self._moved and self._start_cpus is not None:
+            self._moved = False
+            try:
+                pin_threads(self.pid, self._start_cpus)
+            except OSError:  # gone already
+                pass
+
+    def _stop_watchdog(self) -> None:
+        self._stop_watching.set()
+        self._program_loaded.set()  # a watchdog waiting for a program sees the stop at once
+
+    def _memory_used(self, usage: proctree.TreeUsage | None = None) -> int:
+        """The host memory the worker's processes use, each shared page counted once (as the limit counts it)."""
+        usage = usage or self._tree.usage()
+        return proportional_bytes(usage.pids) if usage.resident_bytes > self.limits.memory_bytes else usage.resident_bytes
 
     def _kill_for(self, kind: FailureKind, message: str) -> None:
         if self._verdict is None and self._state in ("loading", "loaded", "ready", "starting"):
@@ -479,6 +521,7 @@ class Worker:
     def _kill(self) -> None:
         with self._kill_lock:
             if self._killed is None:
+                self._move_back()
                 self._killed = self._tree.kill()  # first: the worker, a subreaper, holds its tree together
                 # then the worker's process group, which a confined process cannot leave: a process that erased
                 # its marker and was never sampled is in it too
@@ -486,7 +529,7 @@ class Worker:
 
     def _terminate(self) -> None:
         """Kill the tree, collect every process, drain the streams and release our resources."""
-        self._stop_watching.set()
+        self._stop_watchdog()
         self._kill()
         with self._kill_lock:
             if self._reaped:

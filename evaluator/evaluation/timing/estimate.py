@@ -52,32 +52,50 @@ class BatchTime:
 
 @dataclass(frozen=True)
 class HarnessModel:
-    """The harness's time in a batch's round trip beyond its calls: fixed, per call and per megabyte of outputs."""
+    """The harness's time in a batch's round trip beyond its calls: fixed, per call and per megabyte of outputs, at
+    the host's pace `pace_ms` (the yardstick's time when it was fitted). The harness is the host's CPU work, so on a
+    host (or at a moment) the yardstick finds slower, it takes longer in proportion."""
 
     fixed_ms: float
     per_call_ms: float
     per_mb_ms: float
+    pace_ms: float = 1.0
 
-    def ms(self, calls: int, output_bytes: int) -> float:
-        return self.fixed_ms + self.per_call_ms * calls + self.per_mb_ms * output_bytes / 1e6
+    def ms(self, calls: int, output_bytes: int, pace_ms: float | None = None) -> float:
+        """The harness's time in a batch of `calls` with outputs of `output_bytes` in all, at the pace it was fitted
+        at or at `pace_ms`."""
+        at_fit = self.fixed_ms + self.per_call_ms * calls + self.per_mb_ms * output_bytes / 1e6
+        return at_fit if pace_ms is None else at_fit * pace_ms / self.pace_ms
 
     @classmethod
-    def fit(cls, batches: Sequence[BatchTime]) -> HarnessModel:
-        """Least squares over batches of trusted programs, whose claims are true: round trip less claim against one,
-        the calls and the outputs' size. Coefficients are kept non-negative (a term that fits below zero is dropped
-        and the rest refitted)."""
+    def fit(cls, batches: Sequence[BatchTime], pace_ms: float = 1.0) -> HarnessModel:
+        """The least-absolute-deviations fit over batches of trusted programs, whose claims are true: round trip less
+        claim against one, the calls and the outputs' size. Least absolute deviations, because a batch that waited on
+        the evaluator's other threads (spares starting beside it) is an outlier that a least-squares fit follows. The
+        coefficients are kept non-negative (a term that fits below zero is dropped and the rest refitted)."""
         if not batches:
             raise ValueError("no trusted batches to fit the harness's model to")
         rows = np.array([[1.0, batch.calls, batch.output_bytes / 1e6] for batch in batches])
         spent = np.array([(batch.round_trip_ns - batch.claim_ns) / 1e6 for batch in batches])
         kept = [0, 1, 2]
         while True:
-            solution, *_ = np.linalg.lstsq(rows[:, kept], spent, rcond=None)
+            solution = _least_absolute_deviations(rows[:, kept], spent)
             if (solution >= 0).all() or len(kept) == 1:
                 break
             kept.pop(int(np.argmin(solution)))
         coefficients = dict(zip(kept, np.maximum(solution, 0.0)))
-        return cls(*(float(coefficients.get(term, 0.0)) for term in range(3)))
+        return cls(*(float(coefficients.get(term, 0.0)) for term in range(3)), pace_ms=pace_ms)
+
+
+def _least_absolute_deviations(rows: np.ndarray, values: np.ndarray, rounds: int = 50) -> np.ndarray:
+    """Coefficients minimising the sum of absolute residuals, by iteratively reweighted least squares (each row
+    weighted by one over its last residual, floored so that an exact fit does not divide by zero)."""
+    solution, *_ = np.linalg.lstsq(rows, values, rcond=None)
+    floor = 1e-6 * max(float(np.abs(values).max()), 1e-9)
+    for _ in range(rounds):
+        weights = 1.0 / np.sqrt(np.maximum(np.abs(values - rows @ solution), floor))
+        solution, *_ = np.linalg.lstsq(rows * weights[:, None], values * weights, rcond=None)
+    return solution
 
 
 @dataclass(frozen=True)
@@ -122,7 +140,7 @@ def batch_ms_per_call(batch: BatchTime, harness: HarnessModel) -> tuple[float, b
     """A batch's time per call: its claim, or its round trip less the harness's allowance if that is more; and
     whether it was that (the claim doubted)."""
     claim_ms = batch.claim_ns / 1e6
-    bound_ms = batch.round_trip_ns / 1e6 - ALLOWANCE * harness.ms(batch.calls, batch.output_bytes)
+    bound_ms = batch.round_trip_ns / 1e6 - ALLOWANCE * harness.ms(batch.calls, batch.output_bytes, batch.pace_ms)
     return max(claim_ms, bound_ms) / batch.calls, bound_ms > claim_ms
 
 
@@ -152,7 +170,7 @@ def estimate(batches: Sequence[BatchTime], harness: HarnessModel) -> Timing:
         batches=len(batches),
         calls=sum(batch.calls for batch in batches), calls_per_batch=calls_per_batch, summary=summarise(times),
         round_trip_ms=statistics.median(batch.round_trip_ms_per_call for batch in batches),
-        harness_ms=harness.ms(middle_batch.calls, middle_batch.output_bytes) / middle_batch.calls,
+        harness_ms=harness.ms(middle_batch.calls, middle_batch.output_bytes, pace) / middle_batch.calls,
         claims_doubted=sum(doubts), scored_work=verdict)
 
 

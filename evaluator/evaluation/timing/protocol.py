@@ -23,11 +23,11 @@ class TimingSettings:
     clocks_hold_s: float = 10.0
     max_warmup_calls: int = 100
     # A batch holds enough calls to last `min_batch_ms`, and more if the harness's fixed cost (frames, wake-ups) would
-    # be over `harness_share` of it; at most `max_batch_calls` (the exchange holds that many calls' inputs and widest
+    # be over `harness_share` of it (a lying clock gains at most the allowance's slack of that, estimate.py); at most `max_batch_calls` (the exchange holds that many calls' inputs and widest
     # outputs). The harness's cost for each call (inputs and outputs copied) is the same however the calls are
     # batched, and is not in a batch's time (estimate.py).
     min_batch_ms: float = 10.0
-    harness_share: float = 0.05
+    harness_share: float = 0.1
     max_batch_calls: int = 16
     # After the first round (a batch holding each window, and batches of variants alone, one for each window and at
     # least `min_batches_alone`: enough for a rank test to tell a program slower on the windows), batches are added

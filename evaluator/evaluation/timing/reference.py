@@ -63,10 +63,10 @@ class SeedReference:
     @classmethod
     def from_json(cls, data: dict[str, object]) -> SeedReference:
         """Raises TypeError or ValueError unless `data` is a sound reference (finite positive numbers, a whole number
-        of processes, a harness of non-negative finite terms)."""
+        of processes, a harness of non-negative finite terms at a positive pace)."""
         harness = HarnessModel(**data["harness"])  # type: ignore[arg-type]
         reference = cls(**{**data, "harness": harness})  # type: ignore[arg-type]
-        positive = (reference.ratio, reference.seed_time_ms, reference.yardstick_ms)
+        positive = (reference.ratio, reference.seed_time_ms, reference.yardstick_ms, harness.pace_ms)
         spreads = (reference.ratio_spread, *asdict(harness).values())
         if not (all(_finite(number) and number > 0 for number in positive)
                 and all(_finite(number) and number >= 0 for number in spreads)
