@@ -49,8 +49,8 @@ from evaluator.evaluation.timing import (
     SeedReference,
     call_inputs,
     estimate,
-    ratios_of,
     relative_precision,
+    steady,
     warmup_call,
 )
 from evaluator.files import remove_tree
@@ -190,18 +190,17 @@ class Evaluator:
         return None if self._retime_seed else self._references.get(key)
 
     def _measure_reference(self, lane: Lane) -> SeedReference:
-        """The seed's ratio to the yardstick in several fresh processes on `lane`, each timing the yardstick before,
-        between and after the seed's calls; and the harness's model, from the seed's batches and two more trusted
+        """The seed's ratio to the yardstick in several fresh processes on `lane`, each timing the seed as a candidate
+        is timed (the yardstick before, between and after its calls); and the harness's model, from the seed's batches and two more trusted
         programs' (the narrowest valid plan, the seed patch)."""
         timing = self.settings.timing
         ratios, seed_ms, yardstick_ms, batches = [], [], [], []
         for _ in range(timing.reference_processes):
-            seed, around = self._runner.reference_calls(lane, timing.reference_seed_calls, REFERENCE_TIMEOUT_S)
-            calls_ms = [batch.claim_ns / 1e6 for batch in seed]
+            seed, paces = self._runner.reference_calls(lane, timing.reference_seed_calls, REFERENCE_TIMEOUT_S)
             batches += seed
-            seed_ms += calls_ms
-            yardstick_ms += around
-            ratios += ratios_of(calls_ms, around)
+            seed_ms += [batch.claim_ns / 1e6 for batch in seed]
+            yardstick_ms += paces
+            ratios += [batch.claim_ns / 1e6 / batch.pace_ms for batch in steady(seed)]
         rng = np.random.default_rng()
         for program in (HARNESS_PROGRAM, self._files / "warm_up.py"):  # the seed patch's program, our own
             weights = [[warmup_call(self._inputs, rng).weight for _ in range(size)] for size in _HARNESS_BATCHES]

@@ -40,6 +40,7 @@ from evaluator.evaluation.timing import (
     timed_enough,
     warmup_call,
 )
+from evaluator.paths import SEED_PROGRAM
 from evaluator.sandbox import (
     BatchResult,
     CallResult,
@@ -214,7 +215,8 @@ class Runner:
                 plan = BatchPlan(self.inputs, calls_per_batch(call_ms, reference.harness, settings.timing),
                                  np.random.default_rng(secrets.randbits(128)), settings.timing.min_variants,
                                  settings.timing.min_batches_alone)
-                calls.time(plan)
+                with _made_ahead(plan.batches()) as batches:  # each made while the batch before runs
+                    calls.time(batches, lambda: len(calls.batches) >= plan.first_round_batches and calls.precise_enough())
                 phase("batches_ms")
                 stdout, stderr = _tails(worker.output())
                 worker.close(wait=False)  # killed before the recheck's process starts
@@ -235,22 +237,21 @@ class Runner:
         return run, reference
 
     def reference_calls(self, lane: Lane, seed_calls: int, timeout_s: float) -> tuple[list[BatchTime], list[float]]:
-        """The seed's own calls (one batch each, on variants of the windows) in a fresh worker on `lane`, which the
-        caller holds, with the yardstick's calls before, between and after them (the yardstick is the seed on its
-        own small problem), and one of each first, untimed: the seed's batches, and the yardstick's times in ms."""
+        """The seed timed as a candidate is, in a fresh worker on `lane`, which the caller holds: the same warm-up, then
+        `seed_calls` batches of one call on variants of the windows, every output validated where a candidate's is, and
+        the yardstick timed before, between and after them in the lane's yardstick worker, the seed stopped meanwhile.
+        The seed's batches, each with the pace around it, and the yardstick's times in ms."""
         rng = np.random.default_rng(secrets.randbits(128))
-        args = self.settings.problem.rebalance_args()
         deadline = time.monotonic() + timeout_s
-        with self._trusted_process(lane, YARDSTICK.program, deadline, timeout_s) as worker:
-            worker.batch([warmup_call(self.inputs, rng).weight], args, _remaining(deadline, timeout_s))
-            worker.batch([YARDSTICK.weight], YARDSTICK.args, _remaining(deadline, timeout_s))
-            yardstick_ms, batches = [], []
-            for number in range(seed_calls + 1):
-                yardstick_ms.append(self._yardstick_ms(worker, _remaining(deadline, timeout_s)))
-                if number < seed_calls:
-                    result = worker.batch([warmup_call(self.inputs, rng).weight], args, _remaining(deadline, timeout_s))
-                    batches.append(_batch_time(result))
-        return batches, yardstick_ms
+        plan = BatchPlan(self.inputs, 1, rng, min_variants=0, min_batches_alone=1)
+        with self._trusted_process(lane, SEED_PROGRAM, deadline, timeout_s) as worker, \
+                _validation_threads(_VALIDATION_THREADS if lane.isolated else 1) as validator:
+            calls = _Calls(self, worker, validator, deadline, Limits(timeout_s, timeout_s, timeout_s), _Sample(0, rng),
+                           overlap=lane.isolated, pace=lambda: self._pace(lane, worker))
+            calls.warm_up(rng, HarnessModel(0.0, 0.0, 0.0), for_clocks=True)
+            calls.time((plan.another() for _ in range(seed_calls)), enough=lambda: False)
+            calls.settle(wait=True)
+        return calls.batches, calls.paces
 
     def trusted_batches(self, lane: Lane, program: Path, batches: Sequence[list[np.ndarray]],
                         timeout_s: float) -> list[BatchTime]:
@@ -282,10 +283,11 @@ class Runner:
             candidate.resume()
 
     def _yardstick_ms(self, worker: Worker, timeout_s: float) -> float:
-        """One round of the yardstick in `worker`, which has the yardstick's program loaded: the mean of the settings'
-        yardstick calls, in ms."""
-        calls = self.settings.timing.yardstick_calls
-        return worker.batch([YARDSTICK.weight] * calls, YARDSTICK.args, timeout_s).claim_ns / 1e6 / calls
+        """One round of the yardstick in `worker`, which has the yardstick's program loaded: the least of the settings'
+        yardstick calls, each a batch of its own, in ms. The least, because a call the host stole the core from for a
+        moment (a virtual machine's vCPU is) would read the pace of every batch around it as slower."""
+        return min(worker.batch([YARDSTICK.weight], YARDSTICK.args, timeout_s).claim_ns / 1e6
+                   for _ in range(self.settings.timing.yardstick_calls))
 
     def _yardstick_on(self, lane: Lane) -> Worker:
         """The lane's yardstick worker, on the lane's cores with the yardstick loaded and called once."""
@@ -417,25 +419,29 @@ class _Calls:
             self._take(outputs, f"warm-up call {count} (planning on a variant of window {call.window})", None, False)
         return min(paces) if paces else 0.0
 
-    def time(self, plan: BatchPlan) -> None:
-        """The first round of batches, then more until the program is timed precisely enough or its budget is
-        spent; the yardstick before them, after them, and after every `pace_every_s` of the candidate's time. Each
-        batch is then given the mean of the yardstick's times before and after it. The batches' inputs are made on a
-        thread of their own, ahead of their turn, while the batch before runs."""
-        settings = self.runner.settings.timing
+    def time(self, batches: Iterator[Batch], enough: Callable[[], bool]) -> None:
+        """`batches` in turn until `enough()` holds after one; the yardstick before them, after them, and between them
+        so that no more than about `pace_every_s` of the candidate's time passes between two of its rounds (after every
+        batch, for batches that long). Each batch is then given the mean of the yardstick's times before and after
+        it, and how far they differ."""
         rounds = [(0, self.pace(), 0)]  # (batches done, the yardstick's ms, the candidate's ns spent)
-        with _made_ahead(plan.batches()) as batches:
-            for _ in range(plan.first_round_batches):
-                self._timed_batch(next(batches), rounds)
-            while not timed_enough([batch.round_trip_ms_per_call for batch in self.batches], self.timed_ns / 1e9,
-                                   settings):
-                self._timed_batch(next(batches), rounds)
+        for batch in batches:
+            self._timed_batch(batch, rounds)
+            if enough():
+                break
         if rounds[-1][0] < len(self.batches):
             rounds.append((len(self.batches), self.pace(), self.timed_ns))
         self.paces = [ms for _, ms, _ in rounds]
         for (start, before, _), (end, after, _) in zip(rounds, rounds[1:]):
             for index in range(start, end):
-                self.batches[index] = replace(self.batches[index], pace_ms=(before + after) / 2)
+                self.batches[index] = replace(self.batches[index], pace_ms=(before + after) / 2,
+                                              pace_change=abs(after - before) / ((before + after) / 2))
+
+    def precise_enough(self) -> bool:
+        """Whether the batches so far time the program precisely enough, or have spent its budget (the evaluator's
+        clock)."""
+        return timed_enough([batch.round_trip_ms_per_call for batch in self.batches], self.timed_ns / 1e9,
+                            self.runner.settings.timing)
 
     def settle(self, wait: bool) -> None:
         """Take in validated calls, in order (all of them if `wait`); raises `RunFailed` at the first invalid."""
@@ -454,7 +460,8 @@ class _Calls:
                 self.variants.append((pending.window, report.balancedness_score))
 
     def _timed_batch(self, batch: Batch, rounds: list[tuple[int, float, int]]) -> None:
-        """Run `batch`, and the yardstick after it when `pace_every_s` of the candidate's time has passed since."""
+        """Run `batch`, and the yardstick after it when another batch as long would take the candidate's time since the
+        yardstick's last round past `pace_every_s`."""
         self._settle_to(_PENDING_BATCHES * len(batch.calls) if self.overlap else 0)
         result = self._batch([call.weight for call in batch.calls], self.limits.call_s * len(batch.calls))
         self.timed_ns += result.round_trip_ns
@@ -468,7 +475,7 @@ class _Calls:
             self._take(outputs, f"timed call {number + 1} (planning on {what})", call.window, call.scored)
         if not self.overlap:
             self.settle(wait=True)
-        if self.timed_ns - rounds[-1][2] >= self.runner.settings.timing.pace_every_s * 1e9:
+        if self.timed_ns - rounds[-1][2] + result.round_trip_ns > self.runner.settings.timing.pace_every_s * 1e9:
             rounds.append((len(self.batches), self.pace(), self.timed_ns))
 
     def _batch(self, weights: list[np.ndarray], limit_s: float) -> BatchResult:

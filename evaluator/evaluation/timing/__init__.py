@@ -13,6 +13,7 @@ from evaluator.evaluation.timing.estimate import (
     estimate,
     median_interval,
     relative_precision,
+    steady,
     summarise,
 )
 from evaluator.evaluation.timing.protocol import TimingSettings, call_limit_s, calls_per_batch, timed_enough
@@ -22,13 +23,12 @@ from evaluator.evaluation.timing.reference import (
     SeedReference,
     Yardstick,
     default_cache_path,
-    ratios_of,
 )
 from evaluator.evaluation.timing.schedule import Batch, BatchPlan, Call, call_inputs, vary, warmup_call
 
 __all__ = [
     "YARDSTICK", "Batch", "BatchPlan", "BatchTime", "Call", "HarnessModel", "ReferenceCache",
     "SeedReference", "Timing", "TimingSettings", "TimingSummary", "call_inputs", "call_limit_s", "calls_per_batch",
-    "default_cache_path", "estimate", "median_interval", "ratios_of", "relative_precision", "summarise",
+    "default_cache_path", "estimate", "median_interval", "relative_precision", "steady", "summarise",
     "timed_enough", "vary", "warmup_call", "Yardstick",
 ]

@@ -31,6 +31,10 @@ ALLOWANCE = 2.0  # how many times its model the harness may take before a claim 
 # excess buys a program little, and an honest one is not charged for noise.
 SCORED_WORK_Z = 2.5
 SCORED_WORK_MARGIN = 0.1
+# A batch around which the yardstick's times differ by more than this share ran while the host changed its pace (some
+# virtual machines switch between two paces 1.5 times apart every few seconds): no pace is its own, and it is left
+# out, as long as most batches are steady.
+PACE_CHANGE = 0.1
 
 
 @dataclass(frozen=True)
@@ -43,8 +47,13 @@ class BatchTime:
     output_bytes: int  # of every call's outputs together
     scored: bool  # one of its calls planned on a window of the trace itself
     first_round: bool  # one of the pairs each window gets, which run interleaved (schedule.py)
-    pace_ms: float = 1.0  # the yardstick's time around it (reference.py)
+    pace_ms: float = 1.0  # the yardstick's time around it (reference.py): the mean of the times before and after
+    pace_change: float = 0.0  # how far those two differ, over their mean
 
+    @property
+    def steady(self) -> bool:
+        """Whether the host kept its pace around the batch, so that the pace it is read against is its own."""
+        return self.pace_change <= PACE_CHANGE
     @property
     def round_trip_ms_per_call(self) -> float:
         return self.round_trip_ns / 1e6 / self.calls
@@ -130,6 +139,7 @@ class Timing:
     round_trip_ms: float  # median round trip per call, the harness's work included
     harness_ms: float  # the harness's model per call, at the median batch
     claims_doubted: int  # batches timed at their round trip, their claim too far below it
+    unsteady_batches: int  # left out: the host changed its pace around them
     scored_work: str  # "agrees", or how much slower the calls on the trace's windows were
 
     def to_json(self) -> dict[str, object]:
@@ -144,20 +154,30 @@ def batch_ms_per_call(batch: BatchTime, harness: HarnessModel) -> tuple[float, b
     return max(claim_ms, bound_ms) / batch.calls, bound_ms > claim_ms
 
 
+def steady(batches: Sequence[BatchTime]) -> list[BatchTime]:
+    """The batches the host kept its pace around, or all of them if fewer than half are."""
+    kept = [batch for batch in batches if batch.steady]
+    return kept if 2 * len(kept) >= len(batches) else list(batches)
+
+
 def estimate(batches: Sequence[BatchTime], harness: HarnessModel) -> Timing:
-    """The time per call of a program from its timed batches (all with the same number of calls)."""
+    """The time per call of a program from its timed batches (all with the same number of calls): the median over
+    those the host kept its pace around (`steady`). The check on the scored windows takes every batch of the first
+    round: a batch left out of the time is still evidence of where the program spends it."""
     if not batches:
         raise ValueError("no timed batches")
     times, doubts = zip(*(batch_ms_per_call(batch, harness) for batch in batches))
     pace = statistics.median(batch.pace_ms for batch in batches)
     against_pace = [time / batch.pace_ms * pace for time, batch in zip(times, batches)]
+    kept = steady(batches)
+    timed = [time for time, batch in zip(against_pace, batches) if batch in kept]
     # Scored batches against the batches of variants alone they ran among, not those added after them.
     scored = [time for time, batch in zip(against_pace, batches) if batch.scored]
     others = [time for time, batch in zip(against_pace, batches) if batch.first_round and not batch.scored]
     calls_per_batch = batches[0].calls
     slower = scored_excess_ms(scored, others, calls_per_batch)
     verdict = "agrees"
-    time_ms, (low, high) = statistics.median(against_pace), median_interval(against_pace)
+    time_ms, (low, high) = statistics.median(timed), median_interval(timed)
     if slower > 0:
         # The scored calls' own time: the other calls' pace plus the scored batches' excess, all on the one call.
         time_ms = statistics.median(others) + slower
@@ -171,7 +191,7 @@ def estimate(batches: Sequence[BatchTime], harness: HarnessModel) -> Timing:
         calls=sum(batch.calls for batch in batches), calls_per_batch=calls_per_batch, summary=summarise(times),
         round_trip_ms=statistics.median(batch.round_trip_ms_per_call for batch in batches),
         harness_ms=harness.ms(middle_batch.calls, middle_batch.output_bytes, pace) / middle_batch.calls,
-        claims_doubted=sum(doubts), scored_work=verdict)
+        claims_doubted=sum(doubts), unsteady_batches=len(batches) - len(kept), scored_work=verdict)
 
 
 def scored_excess_ms(scored: Sequence[float], others: Sequence[float], calls_per_batch: int) -> float:

@@ -39,7 +39,7 @@ class TimingSettings:
     # The seed's reference: `reference_processes` fresh processes, each timing `reference_seed_calls` calls of the
     # seed with the yardstick's before, between and after them. Beside a candidate, the yardstick is timed before its
     # first batch, after its last, and after every `pace_every_s` of its time between. The yardstick's time is the
-    # mean of `yardstick_calls` calls each time.
+    # least of `yardstick_calls` calls each time.
     reference_processes: int = 3
     reference_seed_calls: int = 5
     yardstick_calls: int = 2

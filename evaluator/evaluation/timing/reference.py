@@ -6,8 +6,9 @@ kind of work (Python loops over small tensors on the CPU), in a two-hundredth of
 the host's pace as the seed's does. A trusted worker of each lane, on the candidates' core, times it between a candidate's batches (before the
 first, after the last, and every `pace_every_s` of the candidate's time between), while the candidate's processes
 are stopped; each batch is read against the yardstick's pace around it. The seed's ratio to the yardstick is
-measured once per device and software version, in several fresh processes, each timing the yardstick between the
-seed's own calls, and kept in a cache file; the same measurement fits the harness's model (estimate.py) on two more
+measured once per device and software version, in several fresh processes of the seed, each timed as a candidate is
+(the same warm-up, the yardstick in the lane's worker between the seed's calls, the seed stopped meanwhile), and kept
+in a cache file; the same measurement fits the harness's model (estimate.py) on two more
 trusted programs.
 
 So a speedup is the seed's time over the candidate's at the same pace on the same core: neither the host's pace
@@ -73,12 +74,6 @@ class SeedReference:
                 and type(reference.processes) is int and reference.processes >= 1):
             raise ValueError(f"not a sound seed reference: {data!r:.300}")
         return reference
-
-
-def ratios_of(seed_ms: list[float], yardstick_ms: list[float]) -> list[float]:
-    """Each seed call's time over the mean of the yardstick's just before and just after it (`yardstick_ms` has one
-    more item than `seed_ms`): a ratio taken at one pace, however the host's pace moves between calls."""
-    return [seed / ((before + after) / 2) for seed, before, after in zip(seed_ms, yardstick_ms, yardstick_ms[1:])]
 
 
 class ReferenceCache:
