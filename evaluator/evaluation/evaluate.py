@@ -191,8 +191,8 @@ class Evaluator:
 
     def _measure_reference(self, lane: Lane) -> SeedReference:
         """The seed's ratio to the yardstick in several fresh processes on `lane`, each timing the seed as a candidate
-        is timed (the yardstick before, between and after its calls); and the harness's model, from the seed's batches and two more trusted
-        programs' (the narrowest valid plan, the seed patch)."""
+        is timed (the yardstick before, between and after its calls); and the harness's model, from the seed's batches
+        and two more trusted programs' (the narrowest valid plan, the seed patch)."""
         timing = self.settings.timing
         ratios, seed_ms, yardstick_ms, batches = [], [], [], []
         for _ in range(timing.reference_processes):

@@ -216,7 +216,8 @@ class Runner:
                                  np.random.default_rng(secrets.randbits(128)), settings.timing.min_variants,
                                  settings.timing.min_batches_alone)
                 with _made_ahead(plan.batches()) as batches:  # each made while the batch before runs
-                    calls.time(batches, lambda: len(calls.batches) >= plan.first_round_batches and calls.precise_enough())
+                    calls.time(batches, lambda: len(calls.batches) >= plan.first_round_batches
+                               and calls.precise_enough())
                 phase("batches_ms")
                 stdout, stderr = _tails(worker.output())
                 worker.close(wait=False)  # killed before the recheck's process starts

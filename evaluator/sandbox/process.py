@@ -236,9 +236,9 @@ class Worker:
             self._fail(FailureKind.INFRA_ERROR, f"the worker sent a malformed ready message: {error}")
         used = self._memory_used()
         if used > self.limits.memory_bytes:  # its own start, before any program: the limit is the evaluator's fault
-            self._fail(FailureKind.INFRA_ERROR, f"a worker uses {used / 2**20:.0f} MiB of host memory before any program "
-                                                f"is loaded, over the limit of {self.limits.memory_mb} MiB; give "
-                                                "candidates more memory")
+            self._fail(FailureKind.INFRA_ERROR,
+                       f"a worker uses {used / 2**20:.0f} MiB of host memory before any program is loaded, over the "
+                       f"limit of {self.limits.memory_mb} MiB; give candidates more memory")
         self._state = "ready"
         return self.info
 
@@ -511,7 +511,8 @@ class Worker:
     def _memory_used(self, usage: proctree.TreeUsage | None = None) -> int:
         """The host memory the worker's processes use, each shared page counted once (as the limit counts it)."""
         usage = usage or self._tree.usage()
-        return proportional_bytes(usage.pids) if usage.resident_bytes > self.limits.memory_bytes else usage.resident_bytes
+        over = usage.resident_bytes > self.limits.memory_bytes
+        return proportional_bytes(usage.pids) if over else usage.resident_bytes
 
     def _kill_for(self, kind: FailureKind, message: str) -> None:
         if self._verdict is None and self._state in ("loading", "loaded", "ready", "starting"):

@@ -54,6 +54,7 @@ class BatchTime:
     def steady(self) -> bool:
         """Whether the host kept its pace around the batch, so that the pace it is read against is its own."""
         return self.pace_change <= PACE_CHANGE
+
     @property
     def round_trip_ms_per_call(self) -> float:
         return self.round_trip_ns / 1e6 / self.calls

@@ -23,9 +23,9 @@ class TimingSettings:
     clocks_hold_s: float = 10.0
     max_warmup_calls: int = 100
     # A batch holds enough calls to last `min_batch_ms`, and more if the harness's fixed cost (frames, wake-ups) would
-    # be over `harness_share` of it (a lying clock gains at most the allowance's slack of that, estimate.py); at most `max_batch_calls` (the exchange holds that many calls' inputs and widest
-    # outputs). The harness's cost for each call (inputs and outputs copied) is the same however the calls are
-    # batched, and is not in a batch's time (estimate.py).
+    # be over `harness_share` of it (a lying clock gains about that much, estimate.py); at most `max_batch_calls` (the
+    # exchange holds that many calls' inputs and widest outputs). The harness's cost for each call (inputs and outputs
+    # copied) is the same however the calls are batched, and is not in a batch's time (estimate.py).
     min_batch_ms: float = 10.0
     harness_share: float = 0.1
     max_batch_calls: int = 16
@@ -37,9 +37,9 @@ class TimingSettings:
     min_batches_alone: int = 12
     min_variants: int = 8  # variant calls in the first round, however short the trace
     # The seed's reference: `reference_processes` fresh processes, each timing `reference_seed_calls` calls of the
-    # seed with the yardstick's before, between and after them. Beside a candidate, the yardstick is timed before its
-    # first batch, after its last, and after every `pace_every_s` of its time between. The yardstick's time is the
-    # least of `yardstick_calls` calls each time.
+    # seed timed as a candidate is. Beside a candidate, the yardstick is timed before its first batch, after its last,
+    # and between them so that at most about `pace_every_s` of its time lies between two rounds. The yardstick's time
+    # is the least of `yardstick_calls` calls each time.
     reference_processes: int = 3
     reference_seed_calls: int = 5
     yardstick_calls: int = 2
