@@ -207,9 +207,7 @@ class Runner:
             worker = processes.launch(lane, program, deadline)
             phase("launch_ms")
             idle_s = time.monotonic() - max(self._lane_used_at.get(lane.name, -math.inf), worker.info.ready_monotonic)
-            with _validation_threads(_VALIDATION_THREADS if lane.isolated else 1) as validator:
-                calls = _Calls(self, worker, validator, deadline, limits, _Sample(settings.rechecks, rng),
-                               overlap=lane.isolated, pace=lambda: self._pace(lane, worker))
+            with self._calls(lane, worker, deadline, limits, _Sample(settings.rechecks, rng)) as calls:
                 call_ms = calls.warm_up(rng, reference.harness, for_clocks=idle_s >= settings.timing.clocks_hold_s)
                 phase("warmup_ms")
                 plan = BatchPlan(self.inputs, calls_per_batch(call_ms, reference.harness, settings.timing),
@@ -246,9 +244,7 @@ class Runner:
         deadline = time.monotonic() + timeout_s
         plan = BatchPlan(self.inputs, 1, rng, min_variants=0, min_batches_alone=1)
         with self._trusted_process(lane, SEED_PROGRAM, deadline, timeout_s) as worker, \
-                _validation_threads(_VALIDATION_THREADS if lane.isolated else 1) as validator:
-            calls = _Calls(self, worker, validator, deadline, Limits(timeout_s, timeout_s, timeout_s), _Sample(0, rng),
-                           overlap=lane.isolated, pace=lambda: self._pace(lane, worker))
+                self._calls(lane, worker, deadline, Limits(timeout_s, timeout_s, timeout_s), _Sample(0, rng)) as calls:
             calls.warm_up(rng, HarnessModel(0.0, 0.0, 0.0), for_clocks=True)
             calls.time((plan.another() for _ in range(seed_calls)), enough=lambda: False)
             calls.settle(wait=True)
@@ -270,10 +266,20 @@ class Runner:
                 timed.append(_batch_time(result))
         return timed
 
+    @contextmanager
+    def _calls(self, lane: Lane, worker: Worker, deadline: float, limits: Limits,
+               rechecked: _Sample) -> Iterator[_Calls]:
+        """The calls of `worker`, a run's first process on `lane`: outputs validated on two threads beside the next
+        batch where the lane's core is its own, else on one between batches; the yardstick's pace taken with the
+        worker stopped."""
+        with _validation_threads(_VALIDATION_THREADS if lane.isolated else 1) as validator:
+            yield _Calls(self, worker, validator, deadline, limits, rechecked, overlap=lane.isolated,
+                         pace=lambda: self._pace(lane, worker))
+
     def _pace(self, lane: Lane, candidate: Worker) -> float:
-        """The yardstick's time per call on `lane` now, with the candidate's processes stopped while it runs: one
-        batch of the settings' yardstick calls in the lane's yardstick worker (started, from the lane's spares, the
-        first time)."""
+        """The yardstick's time per call on `lane` now, with the candidate's processes stopped while it runs: a round
+        of the yardstick (`_yardstick_ms`) in the lane's yardstick worker (started, from the lane's spares, the first
+        time)."""
         candidate.pause()
         try:
             return self._yardstick_ms(self._yardstick_on(lane), REFERENCE_TIMEOUT_S)
@@ -318,8 +324,8 @@ class Runner:
     def _on_a_lane(self, total_s: float, lane_name: str | None = None,
                    give_up_at: float | None = None) -> Iterator[tuple[Lane, _Processes]]:
         """A lane (any free one, or the one named) and the candidate processes of one run on it, whose limit is
-        `total_s`. Sandbox failures become failed runs. When the block ends every process is killed at once, and the lane is
-        released once they have all exited, in the background while the result is scored."""
+        `total_s`. Sandbox failures become failed runs. When the block ends every process is killed at once, and the
+        lane is released once they have all exited, in the background while the result is scored."""
         try:
             holding = self.lanes.take(lane_name, give_up_at)
             processes = _Processes(total_s)

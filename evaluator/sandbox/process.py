@@ -484,13 +484,12 @@ class Worker:
                                    f"the program had {usage.processes} processes running, over the limit of "
                                    f"{limits.max_processes}; they were all killed")
                     return
-                if usage.resident_bytes > limits.memory_bytes:
-                    used = self._memory_used(usage)
-                    if used > limits.memory_bytes:
-                        self._kill_for(FailureKind.MEMORY_LIMIT,
-                                       f"the program's processes used {used / 2**20:.0f} MiB of host memory, over "
-                                       f"the limit of {limits.memory_mb} MiB; they were all killed")
-                        return
+                used = self._memory_used(usage)
+                if used > limits.memory_bytes:
+                    self._kill_for(FailureKind.MEMORY_LIMIT,
+                                   f"the program's processes used {used / 2**20:.0f} MiB of host memory, over the "
+                                   f"limit of {limits.memory_mb} MiB; they were all killed")
+                    return
             except Exception:  # a process vanishing mid-sample is normal; the next sample sees the truth
                 continue
 
@@ -509,7 +508,8 @@ class Worker:
         self._program_loaded.set()  # a watchdog waiting for a program sees the stop at once
 
     def _memory_used(self, usage: proctree.TreeUsage | None = None) -> int:
-        """The host memory the worker's processes use, each shared page counted once (as the limit counts it)."""
+        """The host memory the worker's processes use, each shared page counted once (as the limit counts it): their
+        resident sets' sum, and only where that is over the limit their proportional sets' (slower to read)."""
         usage = usage or self._tree.usage()
         over = usage.resident_bytes > self.limits.memory_bytes
         return proportional_bytes(usage.pids) if over else usage.resident_bytes

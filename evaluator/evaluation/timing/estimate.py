@@ -171,7 +171,8 @@ def estimate(batches: Sequence[BatchTime], harness: HarnessModel) -> Timing:
     pace = statistics.median(batch.pace_ms for batch in batches)
     against_pace = [time / batch.pace_ms * pace for time, batch in zip(times, batches)]
     kept = steady(batches)
-    timed = [time for time, batch in zip(against_pace, batches) if batch in kept]
+    every_batch = len(kept) == len(batches)  # too few steady ones to leave any out
+    timed = [time for time, batch in zip(against_pace, batches) if every_batch or batch.steady]
     # Scored batches against the batches of variants alone they ran among, not those added after them.
     scored = [time for time, batch in zip(against_pace, batches) if batch.scored]
     others = [time for time, batch in zip(against_pace, batches) if batch.first_round and not batch.scored]
