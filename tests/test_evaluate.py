@@ -22,6 +22,7 @@ from evaluator.eplb.default_trace import DEFAULT_SEED, default_trace
 from evaluator.eplb.holdout import holdout_trace
 from evaluator.eplb.problem import Problem
 from evaluator.evaluation import Evaluator, Result, Settings
+from evaluator.evaluation.run import Runner
 from evaluator.evaluation.timing import ReferenceCache, TimingSettings, default_cache_path
 from evaluator.evaluation.timing.estimate import ALLOWANCE
 from evaluator.paths import HARNESS_PROGRAM, PROJECT_ROOT, SEED_PROGRAM
@@ -144,9 +145,10 @@ def test_the_warm_up_is_two_calls_and_lasts_longer_only_after_the_device_idled(t
                         limits=Limits(memory_mb=1536))
 
     def warm_up(result: Result) -> tuple[int, float]:
-        """Its calls, and the candidate's time in them (ms)."""
+        """Its calls, and how long they took (ms): the budget goes by the evaluator's clock, so the harness's round
+        trips count with the candidate's own time."""
         assert result.status == "ok", result.error
-        return result.stdout.count("called") - result.timing["calls"], result.timing["phase_compute"]["warmup_ms"]
+        return result.stdout.count("called") - result.timing["calls"], result.timing["phases"]["warmup_ms"]
 
     with Evaluator(SMALL_TRACE, settings, device="cpu", spares=3) as evaluator:  # a run takes two
         warm_up(evaluator.evaluate(candidate))  # the seed timed and planned: nothing but scoring between runs now
@@ -523,6 +525,29 @@ def test_a_folder_nested_deeper_than_python_recurses_is_removed_and_the_device_r
     assert after.status == "ok", after.error
 
 
+def test_a_run_whose_last_round_finds_the_host_at_another_pace_goes_on_until_most_batches_are_steady(monkeypatch):
+    """The first round's batches, read against a pace that changed by half, are left out rather than all kept: the
+    run goes on, a round of the yardstick after each batch, until the batches around which the pace held are most."""
+    timing = TimingSettings(precision=0.5, budget_s=60.0, clocks_hold_s=math.inf)  # precise at once, no budget's end
+    settings = Settings(problem=SMALL, timeout_s=60, timing=timing)
+    rounds = []
+    with Evaluator(SMALL_TRACE, settings, device="cpu") as evaluator:
+        assert evaluator.evaluate(SEED_PROGRAM).status == "ok"  # the reference, at the host's own pace
+
+        def changing_pace(runner, worker, timeout_s):
+            rounds.append(None)
+            return 2.0 if len(rounds) == 1 else 3.0  # the host's pace changed after the first round
+
+        monkeypatch.setattr(Runner, "_yardstick_ms", changing_pace)
+        result = evaluator.evaluate(SEED_PROGRAM)
+    assert result.status == "ok", result.error
+    windows = SMALL_TRACE.num_windows - 1
+    first_round = windows + max(windows, timing.min_batches_alone)
+    assert result.timing["unsteady_batches"] == first_round  # all read across the change, and left out
+    assert result.timing["batches"] == 2 * first_round  # as many more, each with a round after it
+    assert len(rounds) == first_round + 2
+
+
 def test_spending_the_budget_early_skips_neither_a_window_nor_its_variants_nor_the_rechecks(tmp_path):
     """Spending the timing budget in the first timed batch would end the batches there; the first round still runs
     whole (every window, and as many batches of variants alone), and the rechecks are drawn from the calls that
@@ -535,7 +560,8 @@ def test_spending_the_budget_early_skips_neither_a_window_nor_its_variants_nor_t
             time.sleep(0.3)
         return seed.rebalance_experts(weight, *args)
     """
-    timing = TimingSettings(budget_s=0.2, precision=1e-9, clocks_hold_s=math.inf)  # never precise enough to stop
+    timing = TimingSettings(budget_s=0.2, budget_batches=1, precision=1e-9,  # never precise enough to stop
+                            clocks_hold_s=math.inf)
     settings = Settings(problem=SMALL, timeout_s=60, timing=timing)
     with Evaluator(SMALL_TRACE, settings, device="cpu") as evaluator:
         result = evaluator.evaluate(program(tmp_path, body))

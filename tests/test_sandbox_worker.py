@@ -572,6 +572,23 @@ def test_a_worker_moved_onto_other_cpus_goes_back_to_its_own_before_it_is_killed
     assert moves == [(worker.pid, {first}), (worker.pid, {last}), (worker.pid, {first})]
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+@pytest.mark.parametrize("cpus", [None, "two"])
+def test_a_prepared_worker_uses_a_thread_for_each_cpu_it_is_given_and_one_without(tmp_path, cpus):
+    """Without CPUs of its own it shares the machine, and a second thread would be timed against other work."""
+    cpus = sorted(os.sched_getaffinity(0))[:2] if cpus else None
+    program = tmp_path / "threads.py"
+    program.write_text("import torch\nprint(torch.get_num_threads(), flush=True)\n"
+                       "def rebalance_experts(weight, *args):\n    return weight\n")
+    worker = Worker.start(LIMITS, device="cpu", start_method="forkserver")
+    try:
+        worker.prepare(cpus)
+        worker.load(program)
+        assert int(worker.output()[0].text()) == (len(cpus) if cpus else 1)
+    finally:
+        worker.close()
+
+
 def test_closing_the_channel_is_a_crash(pool):
     failure, _ = run(pool, HOSTILE / "channel_close.py")
     assert failure.kind is FailureKind.CRASH

@@ -22,14 +22,18 @@ from evaluator.evaluation.timing import (
     BatchTime,
     HarnessModel,
     TimingSettings,
+    budget_spent,
     call_inputs,
     call_limit_s,
     calls_per_batch,
     estimate,
     median_interval,
+    mostly_steady,
+    precise_enough,
+    steady,
     summarise,
-    timed_enough,
     vary,
+    yardstick_due,
 )
 from evaluator.evaluation.timing.estimate import ALLOWANCE
 from evaluator.paths import HARNESS_PROGRAM
@@ -198,12 +202,41 @@ def test_a_batch_lasts_long_enough_to_keep_the_harness_a_few_percent_of_it():
     assert calls_per_batch(4.0, slow_harness, settings) == 5
 
 
-def test_a_run_is_timed_enough_when_precise_or_out_of_budget():
-    settings = TimingSettings(precision=0.02, budget_s=1.0)
-    steady, noisy = [10.0] * 22, [10.0, 14.0] * 11
-    assert timed_enough(steady, 0.5, settings)
-    assert not timed_enough(noisy, 0.5, settings)
-    assert timed_enough(noisy, 1.0, settings)
+def test_a_run_is_precise_enough_when_the_medians_interval_is_within_the_precision():
+    settings = TimingSettings(precision=0.02)
+    assert precise_enough([10.0] * 22, settings)
+    assert not precise_enough([10.0, 14.0] * 11, settings)
+
+
+def test_the_budget_is_a_second_and_sixty_batches_or_the_seeds_time_for_sixty_calls():
+    settings = TimingSettings(budget_s=1.0, budget_batches=30)
+    assert not budget_spent(100, 0.5, 400.0, settings)  # fast batches: the time's budget is not spent
+    assert not budget_spent(22, 1.0, 400.0, settings)  # the time's budget spent, not the batches'
+    assert budget_spent(30, 1.0, 400.0, settings)
+    # a program as slow as the seed: 22 batches of 400 ms are not the budget yet; 30 are
+    assert not budget_spent(22, 22 * 0.4, 400.0, settings)
+    assert budget_spent(30, 30 * 0.4, 400.0, settings)
+    # slower than the seed: no more batches than the seed's time for the budget's
+    assert budget_spent(22, 12.0, 400.0, settings)
+    assert not budget_spent(22, 11.9, 400.0, settings)
+
+
+def test_a_run_is_mostly_steady_when_the_host_kept_its_pace_around_half_its_batches_or_more():
+    steady_batch = BatchTime(1, 10, 11, 0, False, False, pace_ms=2.0, pace_change=0.05)
+    changed = replace(steady_batch, pace_change=0.4)
+    assert mostly_steady([steady_batch, changed])
+    assert not mostly_steady([steady_batch, changed, changed])
+    assert steady([steady_batch, changed, steady_batch]) == [steady_batch, steady_batch]
+    assert steady([steady_batch, changed, changed]) == [steady_batch, changed, changed]
+
+
+def test_the_yardstick_follows_time_and_after_every_batch_once_the_pace_changed():
+    settings = TimingSettings(pace_every_s=0.5)
+    assert not yardstick_due(400_000_000, [2.5], settings)
+    assert yardstick_due(600_000_000, [2.5], settings)
+    assert not yardstick_due(10_000_000, [2.5, 2.6, 2.55], settings)  # within PACE_CHANGE
+    assert yardstick_due(10_000_000, [2.5, 4.2], settings)
+    assert yardstick_due(10_000_000, [2.5, 4.2, 4.2, 4.2], settings)  # the host changed once in this run
 
 
 def test_a_call_may_take_ten_times_the_seeds_time_and_at_least_a_second():

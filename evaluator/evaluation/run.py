@@ -35,10 +35,13 @@ from evaluator.evaluation.timing import (
     HarnessModel,
     YARDSTICK,
     SeedReference,
+    budget_spent,
     call_limit_s,
     calls_per_batch,
-    timed_enough,
+    mostly_steady,
+    precise_enough,
     warmup_call,
+    yardstick_due,
 )
 from evaluator.paths import SEED_PROGRAM
 from evaluator.sandbox import (
@@ -214,8 +217,7 @@ class Runner:
                                  np.random.default_rng(secrets.randbits(128)), settings.timing.min_variants,
                                  settings.timing.min_batches_alone)
                 with _made_ahead(plan.batches()) as batches:  # each made while the batch before runs
-                    calls.time(batches, lambda: len(calls.batches) >= plan.first_round_batches
-                               and calls.precise_enough())
+                    calls.time(batches, plan.first_round_batches, reference.seed_time_ms)
                 phase("batches_ms")
                 stdout, stderr = _tails(worker.output())
                 worker.close(wait=False)  # killed before the recheck's process starts
@@ -246,7 +248,7 @@ class Runner:
         with self._trusted_process(lane, SEED_PROGRAM, deadline, timeout_s) as worker, \
                 self._calls(lane, worker, deadline, Limits(timeout_s, timeout_s, timeout_s), _Sample(0, rng)) as calls:
             calls.warm_up(rng, HarnessModel(0.0, 0.0, 0.0), for_clocks=True)
-            calls.time((plan.another() for _ in range(seed_calls)), enough=lambda: False)
+            calls.time((plan.another() for _ in range(seed_calls)), seed_calls, math.inf)
             calls.settle(wait=True)
         return calls.batches, calls.paces
 
@@ -392,7 +394,8 @@ class _Calls:
     rechecked: _Sample  # the timed calls to repeat in a fresh process, by their number among the timed calls
     overlap: bool
     pace: Callable[[], float]  # the yardstick's time now, the candidate stopped while it runs
-    paces: list[float] = field(default_factory=list)
+    # the yardstick's rounds: (batches done, its time in ms, the candidate's time in batches then in ns)
+    rounds: list[tuple[int, float, int]] = field(default_factory=list)
     scored: dict[int, BalancednessReport] = field(default_factory=dict)
     variants: list[tuple[int, float]] = field(default_factory=list)
     batches: list[BatchTime] = field(default_factory=list)
@@ -404,6 +407,11 @@ class _Calls:
     warmup_claimed_ns: int = 0
     timed_claimed_ns: int = 0
     pending: deque[_Pending] = field(default_factory=deque)
+
+    @property
+    def paces(self) -> list[float]:
+        """The yardstick's time at each of its rounds so far, in ms."""
+        return [ms for _, ms, _ in self.rounds]
 
     def warm_up(self, rng: np.random.Generator, harness: HarnessModel, for_clocks: bool) -> float:
         """Untimed calls, one at a time, until the settings' least count is reached and, `for_clocks`, their least
@@ -426,29 +434,39 @@ class _Calls:
             self._take(outputs, f"warm-up call {count} (planning on a variant of window {call.window})", None, False)
         return min(paces) if paces else 0.0
 
-    def time(self, batches: Iterator[Batch], enough: Callable[[], bool]) -> None:
-        """`batches` in turn until `enough()` holds after one; the yardstick before them, after them, and between them
-        so that no more than about `pace_every_s` of the candidate's time passes between two of its rounds (after every
-        batch, for batches that long). Each batch is then given the mean of the yardstick's times before and after
-        it, and how far they differ."""
-        rounds = [(0, self.pace(), 0)]  # (batches done, the yardstick's ms, the candidate's ns spent)
+    def time(self, batches: Iterator[Batch], first_round: int, seed_time_ms: float) -> None:
+        """`batches` in turn, at least `first_round` of them, until they time the program precisely enough with most
+        of them steady, or they have spent its budget (the evaluator's clock), on a device where the seed takes
+        `seed_time_ms` a call; the yardstick before them, after them, and between them where `yardstick_due` says.
+        A batch is given the mean of the yardstick's times before and after it, and how far they differ."""
+        settings = self.runner.settings.timing
+        self._round()
         for batch in batches:
-            self._timed_batch(batch, rounds)
-            if enough():
+            self._timed_batch(batch)
+            if len(self.batches) < first_round:
+                continue
+            if budget_spent(len(self.batches), self.timed_ns / 1e9, seed_time_ms, settings):
                 break
-        if rounds[-1][0] < len(self.batches):
-            rounds.append((len(self.batches), self.pace(), self.timed_ns))
-        self.paces = [ms for _, ms, _ in rounds]
-        for (start, before, _), (end, after, _) in zip(rounds, rounds[1:]):
-            for index in range(start, end):
-                self.batches[index] = replace(self.batches[index], pace_ms=(before + after) / 2,
-                                              pace_change=abs(after - before) / ((before + after) / 2))
+            if precise_enough([timed.round_trip_ms_per_call for timed in self.batches], settings):
+                self._close_stretch()
+                if mostly_steady(self.batches):  # else the host changed its pace around most: more batches
+                    break
+        self._close_stretch()
 
-    def precise_enough(self) -> bool:
-        """Whether the batches so far time the program precisely enough, or have spent its budget (the evaluator's
-        clock)."""
-        return timed_enough([batch.round_trip_ms_per_call for batch in self.batches], self.timed_ns / 1e9,
-                            self.runner.settings.timing)
+    def _round(self) -> None:
+        """A round of the yardstick now; the batches since the last round get the pace around them."""
+        ms = self.pace()
+        if self.rounds:
+            start, before, _ = self.rounds[-1]
+            for index in range(start, len(self.batches)):
+                self.batches[index] = replace(self.batches[index], pace_ms=(before + ms) / 2,
+                                              pace_change=abs(ms - before) / ((before + ms) / 2))
+        self.rounds.append((len(self.batches), ms, self.timed_ns))
+
+    def _close_stretch(self) -> None:
+        """A round of the yardstick, unless one followed the last batch."""
+        if self.rounds[-1][0] < len(self.batches):
+            self._round()
 
     def settle(self, wait: bool) -> None:
         """Take in validated calls, in order (all of them if `wait`); raises `RunFailed` at the first invalid."""
@@ -466,9 +484,8 @@ class _Calls:
             else:
                 self.variants.append((pending.window, report.balancedness_score))
 
-    def _timed_batch(self, batch: Batch, rounds: list[tuple[int, float, int]]) -> None:
-        """Run `batch`, and the yardstick after it when another batch as long would take the candidate's time since the
-        yardstick's last round past `pace_every_s`."""
+    def _timed_batch(self, batch: Batch) -> None:
+        """Run `batch`, and a round of the yardstick after it when the protocol says one is due."""
         self._settle_to(_PENDING_BATCHES * len(batch.calls) if self.overlap else 0)
         result = self._batch([call.weight for call in batch.calls], self.limits.call_s * len(batch.calls))
         self.timed_ns += result.round_trip_ns
@@ -482,8 +499,9 @@ class _Calls:
             self._take(outputs, f"timed call {number + 1} (planning on {what})", call.window, call.scored)
         if not self.overlap:
             self.settle(wait=True)
-        if self.timed_ns - rounds[-1][2] + result.round_trip_ns > self.runner.settings.timing.pace_every_s * 1e9:
-            rounds.append((len(self.batches), self.pace(), self.timed_ns))
+        if yardstick_due(self.timed_ns - self.rounds[-1][2] + result.round_trip_ns, self.paces,
+                         self.runner.settings.timing):
+            self._round()
 
     def _batch(self, weights: list[np.ndarray], limit_s: float) -> BatchResult:
         """One batch in the worker; when it fails, an earlier invalid output is the failure raised."""

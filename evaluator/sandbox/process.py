@@ -244,7 +244,8 @@ class Worker:
 
     def prepare(self, cpus: Sequence[int] | None = None, timeout_s: float | None = None) -> None:
         """Before `load`: move the worker (every thread it has) onto `cpus` and have it use that many threads for the
-        CPU's work. Raises `SandboxFailure` (infra_error)."""
+        CPU's work; without `cpus`, leave it where it is and have it use one, as on a core of its own (more would be
+        timed against whatever else the machine runs). Raises `SandboxFailure` (infra_error)."""
         self._expect_state("ready")
         timeout = self.limits.start_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout
@@ -255,7 +256,7 @@ class Worker:
             except OSError as error:
                 self._fail(FailureKind.INFRA_ERROR, f"could not move the worker onto CPUs {sorted(cpus)}: {error}")
             self._moved = self._start_cpus is not None and set(cpus) != set(self._start_cpus)
-        self._send({"op": "prepare", "threads": len(cpus) if cpus else os.cpu_count() or 1}, deadline, timeout, what)
+        self._send({"op": "prepare", "threads": len(cpus) if cpus else 1}, deadline, timeout, what)
         reply = self._receive(deadline, timeout, what, infra=True)
         if reply.get("op") != "prepared":
             self._fail(FailureKind.INFRA_ERROR, _text(reply.get("message", f"unexpected reply {reply.get('op')!r}")))

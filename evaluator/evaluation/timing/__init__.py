@@ -12,11 +12,19 @@ from evaluator.evaluation.timing.estimate import (
     TimingSummary,
     estimate,
     median_interval,
+    mostly_steady,
     relative_precision,
     steady,
     summarise,
 )
-from evaluator.evaluation.timing.protocol import TimingSettings, call_limit_s, calls_per_batch, timed_enough
+from evaluator.evaluation.timing.protocol import (
+    TimingSettings,
+    budget_spent,
+    call_limit_s,
+    calls_per_batch,
+    precise_enough,
+    yardstick_due,
+)
 from evaluator.evaluation.timing.reference import (
     YARDSTICK,
     ReferenceCache,
@@ -28,7 +36,7 @@ from evaluator.evaluation.timing.schedule import Batch, BatchPlan, Call, call_in
 
 __all__ = [
     "YARDSTICK", "Batch", "BatchPlan", "BatchTime", "Call", "HarnessModel", "ReferenceCache",
-    "SeedReference", "Timing", "TimingSettings", "TimingSummary", "call_inputs", "call_limit_s", "calls_per_batch",
-    "default_cache_path", "estimate", "median_interval", "relative_precision", "steady", "summarise",
-    "timed_enough", "vary", "warmup_call", "Yardstick",
+    "SeedReference", "Timing", "TimingSettings", "TimingSummary", "budget_spent", "call_inputs", "call_limit_s",
+    "calls_per_batch", "default_cache_path", "estimate", "median_interval", "mostly_steady", "precise_enough",
+    "relative_precision", "steady", "summarise", "vary", "warmup_call", "Yardstick", "yardstick_due",
 ]

@@ -155,10 +155,14 @@ def batch_ms_per_call(batch: BatchTime, harness: HarnessModel) -> tuple[float, b
     return max(claim_ms, bound_ms) / batch.calls, bound_ms > claim_ms
 
 
+def mostly_steady(batches: Sequence[BatchTime]) -> bool:
+    """Whether the host kept its pace around at least half of `batches`."""
+    return 2 * sum(batch.steady for batch in batches) >= len(batches)
+
+
 def steady(batches: Sequence[BatchTime]) -> list[BatchTime]:
     """The batches the host kept its pace around, or all of them if fewer than half are."""
-    kept = [batch for batch in batches if batch.steady]
-    return kept if 2 * len(kept) >= len(batches) else list(batches)
+    return [batch for batch in batches if batch.steady] if mostly_steady(batches) else list(batches)
 
 
 def estimate(batches: Sequence[BatchTime], harness: HarnessModel) -> Timing:

@@ -1,14 +1,15 @@
-"""The timing protocol's settings and decisions: how many calls a batch holds, when a run has been timed enough, and
-how long a call may take. Every decision is taken on the evaluator's own clock, never on a number the candidate's
-process reports.
+"""The timing protocol's settings and decisions: how many calls a batch holds, when the yardstick is timed, when a run
+has been timed enough, and how long a call may take. Every decision is taken on the evaluator's own clock, never on a
+number the candidate's process reports.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from evaluator.evaluation.timing.estimate import HarnessModel, relative_precision
+from evaluator.evaluation.timing.estimate import PACE_CHANGE, HarnessModel, relative_precision
 
 
 @dataclass(frozen=True)
@@ -31,15 +32,20 @@ class TimingSettings:
     max_batch_calls: int = 16
     # After the first round (a batch holding each window, and batches of variants alone, one for each window and at
     # least `min_batches_alone`: enough for a rank test to tell a program slower on the windows), batches are added
-    # until the median's 95% interval is within `precision` of it, or the candidate has spent `budget_s` in batches.
+    # until the median's 95% interval is within `precision` of it, or the budget is spent: `budget_s` of the candidate's
+    # time in batches and `budget_batches` batches, or (for a program that slow) as long as the seed takes for
+    # `budget_batches` calls. A slow program on a noisy host gets as many batches as a fast one, and none longer than
+    # the seed's would be.
     precision: float = 0.02
     budget_s: float = 1.0
+    budget_batches: int = 60
     min_batches_alone: int = 12
     min_variants: int = 8  # variant calls in the first round, however short the trace
     # The seed's reference: `reference_processes` fresh processes, each timing `reference_seed_calls` calls of the
     # seed timed as a candidate is. Beside a candidate, the yardstick is timed before its first batch, after its last,
-    # and between them so that at most about `pace_every_s` of its time lies between two rounds. The yardstick's time
-    # is the least of `yardstick_calls` calls each time.
+    # and between them so that at most about `pace_every_s` of its time lies between two rounds, or after every batch
+    # once the host changed its pace (`yardstick_due`). The yardstick's time is the least of `yardstick_calls` calls
+    # each time.
     reference_processes: int = 3
     reference_seed_calls: int = 5
     yardstick_calls: int = 2
@@ -51,8 +57,8 @@ class TimingSettings:
     first_call_limit_s: float = 20.0
 
     def __post_init__(self) -> None:
-        counts = ("warmup_calls", "max_warmup_calls", "max_batch_calls", "min_batches_alone", "reference_processes",
-                  "reference_seed_calls", "yardstick_calls")
+        counts = ("warmup_calls", "max_warmup_calls", "max_batch_calls", "budget_batches", "min_batches_alone",
+                  "reference_processes", "reference_seed_calls", "yardstick_calls")
         problems = [f"{name} must be at least 1, got {getattr(self, name)!r}" for name in counts
                     if not (type(getattr(self, name)) is int and getattr(self, name) >= 1)]
         problems += [f"{name} must be positive and finite, got {getattr(self, name)!r}"
@@ -73,12 +79,29 @@ def calls_per_batch(call_ms: float, harness: HarnessModel, settings: TimingSetti
     return max(1, min(settings.max_batch_calls, wanted))
 
 
-def timed_enough(round_trips_ms_per_call: list[float], spent_s: float, settings: TimingSettings) -> bool:
+def precise_enough(round_trips_ms_per_call: Sequence[float], settings: TimingSettings) -> bool:
     """Whether the batches so far (their round trips per call, the evaluator's clock) time the program precisely
-    enough, or have spent the budget."""
-    return spent_s >= settings.budget_s or relative_precision(round_trips_ms_per_call) <= settings.precision
+    enough."""
+    return relative_precision(round_trips_ms_per_call) <= settings.precision
+
+
+def budget_spent(batches: int, spent_s: float, seed_time_ms: float, settings: TimingSettings) -> bool:
+    """Whether `batches` batches that took `spent_s` (the evaluator's clock) have spent a program's budget, on a
+    device where the seed takes `seed_time_ms` a call."""
+    return spent_s >= settings.budget_s and (
+        batches >= settings.budget_batches or spent_s * 1e3 >= settings.budget_batches * seed_time_ms)
 
 
 def call_limit_s(seed_time_ms: float, settings: TimingSettings) -> float:
     """How long one call of a candidate may take on a device where the seed takes `seed_time_ms` per call."""
     return max(settings.min_call_limit_s, settings.call_limit_factor * seed_time_ms / 1e3)
+
+
+def yardstick_due(candidate_ns: int, paces_ms: Sequence[float], settings: TimingSettings) -> bool:
+    """Whether a round of the yardstick follows the batch just run: when another batch as long would take the
+    candidate's time since the last round (`candidate_ns`, that batch counted twice) past `pace_every_s`; and after
+    every batch once two rounds in a row (`paces_ms`, the yardstick's times so far) differed by more than `PACE_CHANGE`,
+    for a host that changes its pace may change it again, and back, between rounds spaced by time."""
+    changed = any(abs(after - before) > PACE_CHANGE * (before + after) / 2
+                  for before, after in zip(paces_ms, paces_ms[1:]))
+    return changed or candidate_ns > settings.pace_every_s * 1e9

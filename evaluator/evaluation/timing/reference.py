@@ -4,12 +4,12 @@ seed's ratio to it.
 The yardstick is the seed itself on a small problem (one layer, one node of 64 experts): the same code, the same
 kind of work (Python loops over small tensors on the CPU), in a two-hundredth of the time, so that its time follows
 the host's pace as the seed's does. A trusted worker of each lane, on the candidates' core, times it between a
-candidate's batches (before the first, after the last, and between them so that at most about `pace_every_s` of the
-candidate's time lies between two rounds), while the candidate's processes are stopped; each batch is read against
-the yardstick's pace around it. The seed's ratio to the yardstick is measured once per device and software version,
-in several fresh processes of the seed, each timed as a candidate is (the same warm-up, the yardstick in the lane's
-worker between the seed's calls, the seed stopped meanwhile), and kept in a cache file; the same measurement fits
-the harness's model (estimate.py) on two more trusted programs.
+candidate's batches (before the first, after the last, and between them as `protocol.yardstick_due` says), while the
+candidate's processes are stopped; each batch is read against the yardstick's pace around it. The seed's ratio to the
+yardstick is measured once per device and software version, in several fresh processes of the seed, each timed as a
+candidate is (the same warm-up, the yardstick in the lane's worker between the seed's calls, the seed stopped
+meanwhile), and kept in a cache file; the same measurement fits the harness's model (estimate.py) on two more
+trusted programs.
 
 So a speedup is the seed's time over the candidate's at the same pace on the same core: neither the host's pace
 between the seed's measurement and the candidate's, nor its changes during a candidate's batches, move it.
