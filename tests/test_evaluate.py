@@ -527,8 +527,10 @@ def test_a_folder_nested_deeper_than_python_recurses_is_removed_and_the_device_r
 
 def test_a_run_whose_last_round_finds_the_host_at_another_pace_goes_on_until_most_batches_are_steady(monkeypatch):
     """The first round's batches, read against a pace that changed by half, are left out rather than all kept: the
-    run goes on, a round of the yardstick after each batch, until the batches around which the pace held are most."""
-    timing = TimingSettings(precision=0.5, budget_s=60.0, clocks_hold_s=math.inf)  # precise at once, no budget's end
+    run goes on, the yardstick more often, until the batches around which the pace held are most."""
+    # precise at once, no budget's end, no round within the first round; and a round after every batch once changed
+    timing = TimingSettings(precision=0.5, budget_s=60.0, clocks_hold_s=math.inf, pace_every_s=1e6,
+                            pace_changing_every_s=1e-9)
     settings = Settings(problem=SMALL, timeout_s=60, timing=timing)
     rounds = []
     with Evaluator(SMALL_TRACE, settings, device="cpu") as evaluator:
@@ -605,6 +607,23 @@ def test_a_program_slow_only_on_the_windows_it_recognises_is_timed_there(small, 
     assert result.status == "ok", result.error
     assert "the calls on the trace's own windows took" in result.timing["scored_work"], result.timing
     assert result.time_ms >= 40
+
+
+def test_a_program_cheap_once_it_has_counted_past_the_first_round_is_timed_at_the_first_rounds_pace(small, tmp_path):
+    """It counts its calls: slow and uneven through the warm-up and the first round (every scored window among
+    variants), so that the run goes on; cheap after it, where the median of all its batches would lie."""
+    body = """
+    _calls = [0]
+    def rebalance_experts(weight, *args):
+        _calls[0] += 1
+        if _calls[0] <= 2 + 17:  # the warm-up's calls and the first round's one-call batches on this trace
+            time.sleep(0.02 if _calls[0] % 2 else 0.04)
+        return seed.rebalance_experts(weight, *args)
+    """
+    result = small.evaluate(program(tmp_path, body))
+    assert result.status == "ok", result.error
+    assert "after the first round" in result.timing["scored_work"], result.timing
+    assert result.time_ms >= 20
 
 
 def test_a_program_that_fills_the_same_tensors_on_every_call_is_told_to_return_new_ones(small, tmp_path):

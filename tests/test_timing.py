@@ -140,6 +140,29 @@ def test_an_honest_program_with_noise_is_not_taken_for_one_slower_on_the_scored_
         assert timing.time_ms == pytest.approx(statistics.median(times))
 
 
+def later(built: list[BatchTime]) -> list[BatchTime]:
+    """The same batches, added after the first round."""
+    return [replace(batch, first_round=False) for batch in built]
+
+
+def test_a_program_cheaper_once_it_has_counted_past_the_first_round_is_timed_at_the_first_rounds_pace():
+    """It plans well on every window and the variants among them, cheaply on the 40 batches after them: the median
+    of all its batches would be the cheap planner's time."""
+    scored = [True, False] * 11
+    timing = estimate(batches([10.0] * 22, scored=scored) + later(batches([2.0] * 40)), HARNESS)
+    assert timing.time_ms == pytest.approx(10.0)
+    assert "after the first round" in timing.scored_work and "took 8.000 ms less" in timing.scored_work
+
+
+def test_an_honest_program_with_noise_is_not_taken_for_one_cheaper_after_the_first_round():
+    rng = np.random.default_rng(11)
+    for _ in range(50):
+        times = list(rng.lognormal(np.log(13.0), 0.05, size=62))
+        timing = estimate(batches(times[:22], scored=[True, False] * 11) + later(batches(times[22:])), HARNESS)
+        assert timing.scored_work == "agrees"
+        assert timing.time_ms == pytest.approx(statistics.median(times))
+
+
 def test_the_interval_of_the_median_takes_the_order_statistics_the_binomial_puts_it_between():
     values = list(range(1, 23))  # 22 values: ranks 6 and 17
     assert median_interval(values) == (6, 17)
@@ -230,13 +253,14 @@ def test_a_run_is_mostly_steady_when_the_host_kept_its_pace_around_half_its_batc
     assert steady([steady_batch, changed, changed]) == [steady_batch, changed, changed]
 
 
-def test_the_yardstick_follows_time_and_after_every_batch_once_the_pace_changed():
-    settings = TimingSettings(pace_every_s=0.5)
+def test_the_yardstick_follows_time_and_more_often_once_the_pace_changed():
+    settings = TimingSettings(pace_every_s=0.5, pace_changing_every_s=0.05)
     assert not yardstick_due(400_000_000, [2.5], settings)
     assert yardstick_due(600_000_000, [2.5], settings)
-    assert not yardstick_due(10_000_000, [2.5, 2.6, 2.55], settings)  # within PACE_CHANGE
-    assert yardstick_due(10_000_000, [2.5, 4.2], settings)
-    assert yardstick_due(10_000_000, [2.5, 4.2, 4.2, 4.2], settings)  # the host changed once in this run
+    assert not yardstick_due(60_000_000, [2.5, 2.6, 2.55], settings)  # within PACE_CHANGE
+    assert yardstick_due(60_000_000, [2.5, 4.2], settings)
+    assert not yardstick_due(40_000_000, [2.5, 4.2], settings)
+    assert yardstick_due(60_000_000, [2.5, 4.2, 4.2, 4.2], settings)  # the host changed once in this run
 
 
 def test_a_call_may_take_ten_times_the_seeds_time_and_at_least_a_second():

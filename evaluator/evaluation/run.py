@@ -441,6 +441,7 @@ class _Calls:
         A batch is given the mean of the yardstick's times before and after it, and how far they differ."""
         settings = self.runner.settings.timing
         self._round()
+        closed_once_precise = False
         for batch in batches:
             self._timed_batch(batch)
             if len(self.batches) < first_round:
@@ -448,8 +449,11 @@ class _Calls:
             if budget_spent(len(self.batches), self.timed_ns / 1e9, seed_time_ms, settings):
                 break
             if precise_enough([timed.round_trip_ms_per_call for timed in self.batches], settings):
-                self._close_stretch()
-                if mostly_steady(self.batches):  # else the host changed its pace around most: more batches
+                if not closed_once_precise:  # later, only where a round is due anyway: rounds cost time
+                    self._close_stretch()
+                    closed_once_precise = True
+                # else the host changed its pace around most of them: more batches
+                if self.rounds[-1][0] == len(self.batches) and mostly_steady(self.batches):
                     break
         self._close_stretch()
 

@@ -34,8 +34,7 @@ class TimingSettings:
     # least `min_batches_alone`: enough for a rank test to tell a program slower on the windows), batches are added
     # until the median's 95% interval is within `precision` of it, or the budget is spent: `budget_s` of the candidate's
     # time in batches and `budget_batches` batches, or (for a program that slow) as long as the seed takes for
-    # `budget_batches` calls. A slow program on a noisy host gets as many batches as a fast one, and none longer than
-    # the seed's would be.
+    # `budget_batches` calls: a program up to the seed's pace gets as many batches on a noisy host as a fast one.
     precision: float = 0.02
     budget_s: float = 1.0
     budget_batches: int = 60
@@ -43,13 +42,14 @@ class TimingSettings:
     min_variants: int = 8  # variant calls in the first round, however short the trace
     # The seed's reference: `reference_processes` fresh processes, each timing `reference_seed_calls` calls of the
     # seed timed as a candidate is. Beside a candidate, the yardstick is timed before its first batch, after its last,
-    # and between them so that at most about `pace_every_s` of its time lies between two rounds, or after every batch
-    # once the host changed its pace (`yardstick_due`). The yardstick's time is the least of `yardstick_calls` calls
-    # each time.
+    # and between them so that at most about `pace_every_s` of its time lies between two rounds, or
+    # `pace_changing_every_s` once the host changed its pace in the run (`yardstick_due`). The yardstick's time is the
+    # least of `yardstick_calls` calls each time.
     reference_processes: int = 3
     reference_seed_calls: int = 5
     yardstick_calls: int = 2
     pace_every_s: float = 0.5
+    pace_changing_every_s: float = 0.05
     # A candidate's call may take `call_limit_factor` times the seed's time per call on the device, and at least
     # `min_call_limit_s`; its first call, which may compile kernels, `first_call_limit_s`.
     call_limit_factor: float = 10.0
@@ -63,6 +63,7 @@ class TimingSettings:
                     if not (type(getattr(self, name)) is int and getattr(self, name) >= 1)]
         problems += [f"{name} must be positive and finite, got {getattr(self, name)!r}"
                      for name in ("min_batch_ms", "harness_share", "precision", "budget_s", "pace_every_s",
+                                  "pace_changing_every_s",
                                   "call_limit_factor",
                                   "min_call_limit_s", "first_call_limit_s")
                      if not (isinstance(getattr(self, name), (int, float)) and 0 < getattr(self, name) < math.inf)]
@@ -99,9 +100,9 @@ def call_limit_s(seed_time_ms: float, settings: TimingSettings) -> float:
 
 def yardstick_due(candidate_ns: int, paces_ms: Sequence[float], settings: TimingSettings) -> bool:
     """Whether a round of the yardstick follows the batch just run: when another batch as long would take the
-    candidate's time since the last round (`candidate_ns`, that batch counted twice) past `pace_every_s`; and after
-    every batch once two rounds in a row (`paces_ms`, the yardstick's times so far) differed by more than `PACE_CHANGE`,
-    for a host that changes its pace may change it again, and back, between rounds spaced by time."""
+    candidate's time since the last round (`candidate_ns`, that batch counted twice) past `pace_every_s`, or past
+    `pace_changing_every_s` once two rounds in a row (`paces_ms`, the yardstick's times so far) differed by more than
+    `PACE_CHANGE`: a host that changed its pace may change it again, and back, between rounds spaced widely."""
     changed = any(abs(after - before) > PACE_CHANGE * (before + after) / 2
                   for before, after in zip(paces_ms, paces_ms[1:]))
-    return changed or candidate_ns > settings.pace_every_s * 1e9
+    return candidate_ns > (settings.pace_changing_every_s if changed else settings.pace_every_s) * 1e9
