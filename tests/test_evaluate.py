@@ -609,23 +609,6 @@ def test_a_program_slow_only_on_the_windows_it_recognises_is_timed_there(small, 
     assert result.time_ms >= 40
 
 
-def test_a_program_cheap_once_it_has_counted_past_the_first_round_is_timed_at_the_first_rounds_pace(small, tmp_path):
-    """It counts its calls: slow and uneven through the warm-up and the first round (every scored window among
-    variants), so that the run goes on; cheap after it, where the median of all its batches would lie."""
-    body = """
-    _calls = [0]
-    def rebalance_experts(weight, *args):
-        _calls[0] += 1
-        if _calls[0] <= 2 + 17:  # the warm-up's calls and the first round's one-call batches on this trace
-            time.sleep(0.02 if _calls[0] % 2 else 0.04)
-        return seed.rebalance_experts(weight, *args)
-    """
-    result = small.evaluate(program(tmp_path, body))
-    assert result.status == "ok", result.error
-    assert "after the first round" in result.timing["scored_work"], result.timing
-    assert result.time_ms >= 20
-
-
 def test_a_program_that_fills_the_same_tensors_on_every_call_is_told_to_return_new_ones(small, tmp_path):
     """Its plans are read once its batch is over, by when a later call had changed them."""
     fast = (PROJECT_ROOT / "evaluator" / "bench" / "programs" / "topk_snake.py").read_text()

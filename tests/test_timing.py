@@ -140,29 +140,6 @@ def test_an_honest_program_with_noise_is_not_taken_for_one_slower_on_the_scored_
         assert timing.time_ms == pytest.approx(statistics.median(times))
 
 
-def later(built: list[BatchTime]) -> list[BatchTime]:
-    """The same batches, added after the first round."""
-    return [replace(batch, first_round=False) for batch in built]
-
-
-def test_a_program_cheaper_once_it_has_counted_past_the_first_round_is_timed_at_the_first_rounds_pace():
-    """It plans well on every window and the variants among them, cheaply on the 40 batches after them: the median
-    of all its batches would be the cheap planner's time."""
-    scored = [True, False] * 11
-    timing = estimate(batches([10.0] * 22, scored=scored) + later(batches([2.0] * 40)), HARNESS)
-    assert timing.time_ms == pytest.approx(10.0)
-    assert "after the first round" in timing.scored_work and "took 8.000 ms less" in timing.scored_work
-
-
-def test_an_honest_program_with_noise_is_not_taken_for_one_cheaper_after_the_first_round():
-    rng = np.random.default_rng(11)
-    for _ in range(50):
-        times = list(rng.lognormal(np.log(13.0), 0.05, size=62))
-        timing = estimate(batches(times[:22], scored=[True, False] * 11) + later(batches(times[22:])), HARNESS)
-        assert timing.scored_work == "agrees"
-        assert timing.time_ms == pytest.approx(statistics.median(times))
-
-
 def test_the_interval_of_the_median_takes_the_order_statistics_the_binomial_puts_it_between():
     values = list(range(1, 23))  # 22 values: ranks 6 and 17
     assert median_interval(values) == (6, 17)

@@ -141,7 +141,7 @@ class Timing:
     harness_ms: float  # the harness's model per call, at the median batch
     claims_doubted: int  # batches timed at their round trip, their claim too far below it
     unsteady_batches: int  # left out: the host changed its pace around them
-    scored_work: str  # "agrees", or how much slower the calls on the trace's windows (or the first round) were
+    scored_work: str  # "agrees", or how much slower the calls on the trace's windows were
 
     def to_json(self) -> dict[str, object]:
         return {**asdict(self), "interval_ms": list(self.interval_ms)}
@@ -167,9 +167,9 @@ def steady(batches: Sequence[BatchTime]) -> list[BatchTime]:
 
 def estimate(batches: Sequence[BatchTime], harness: HarnessModel) -> Timing:
     """The time per call of a program from its timed batches (all with the same number of calls): the median over
-    those the host kept its pace around (`steady`); or the scored calls' time where those were clearly slower than
-    the rest of the first round, or the first round's where it was clearly slower than the batches after it. Those
-    checks take every batch: a batch left out of the time is still evidence of where the program spends it."""
+    those the host kept its pace around (`steady`), or the scored calls' time where those were clearly slower than
+    the rest of the first round. That check takes every batch of the first round: a batch left out of the time is
+    still evidence of where the program spends it."""
     if not batches:
         raise ValueError("no timed batches")
     times, doubts = zip(*(batch_ms_per_call(batch, harness) for batch in batches))
@@ -181,10 +181,6 @@ def estimate(batches: Sequence[BatchTime], harness: HarnessModel) -> Timing:
     # Scored batches against the batches of variants alone they ran among, not those added after them.
     scored = [time for time, batch in zip(against_pace, batches) if batch.scored]
     others = [time for time, batch in zip(against_pace, batches) if batch.first_round and not batch.scored]
-    # The first round (every scored window, and variants among them) against the batches added after it: a program
-    # that counts its calls can tell those apart, and plan cheaply once the scored windows are behind it.
-    first = [time for time, batch in zip(against_pace, batches) if batch.first_round]
-    later = [time for time, batch in zip(against_pace, batches) if not batch.first_round]
     calls_per_batch = batches[0].calls
     slower = scored_excess_ms(scored, others, calls_per_batch)
     verdict = "agrees"
@@ -195,11 +191,6 @@ def estimate(batches: Sequence[BatchTime], harness: HarnessModel) -> Timing:
         low, high = low + slower, high + slower
         verdict = (f"the calls on the trace's own windows took {slower:.3f} ms more than the others ({time_ms:.3f} "
                    f"ms against {statistics.median(others):.3f} ms per call); they set the time")
-    elif later and clearly_above(first, later, statistics.median(first) - statistics.median(later)):
-        time_ms, (low, high) = statistics.median(first), median_interval(first)
-        verdict = (f"the calls after the first round, which holds every window of the trace, took "
-                   f"{time_ms - statistics.median(later):.3f} ms less than those in it ({statistics.median(later):.3f} "
-                   f"ms against {time_ms:.3f} ms per call); the first round sets the time")
     middle_batch = sorted(batches, key=lambda batch: batch.round_trip_ns / batch.calls)[len(batches) // 2]
     return Timing(
         time_ms=time_ms, interval_ms=(low, high), precision=(high - low) / 2 / time_ms, pace_ms=pace,
