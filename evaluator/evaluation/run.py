@@ -39,6 +39,7 @@ from evaluator.evaluation.timing import (
     call_limit_s,
     calls_per_batch,
     mostly_steady,
+    pace_change,
     precise_enough,
     warmup_call,
     yardstick_due,
@@ -464,7 +465,7 @@ class _Calls:
             start, before, _ = self.rounds[-1]
             for index in range(start, len(self.batches)):
                 self.batches[index] = replace(self.batches[index], pace_ms=(before + ms) / 2,
-                                              pace_change=abs(ms - before) / ((before + ms) / 2))
+                                              pace_change=pace_change(before, ms))
         self.rounds.append((len(self.batches), ms, self.timed_ns))
 
     def _close_stretch(self) -> None:

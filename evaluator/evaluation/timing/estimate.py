@@ -37,6 +37,11 @@ SCORED_WORK_MARGIN = 0.1
 PACE_CHANGE = 0.1
 
 
+def pace_change(before_ms: float, after_ms: float) -> float:
+    """How far two of the yardstick's times differ, over their mean."""
+    return abs(after_ms - before_ms) / ((before_ms + after_ms) / 2)
+
+
 @dataclass(frozen=True)
 class BatchTime:
     """One timed batch as the evaluator saw it."""

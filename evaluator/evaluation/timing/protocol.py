@@ -9,7 +9,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from evaluator.evaluation.timing.estimate import PACE_CHANGE, HarnessModel, relative_precision
+from evaluator.evaluation.timing.estimate import PACE_CHANGE, HarnessModel, pace_change, relative_precision
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,5 @@ def yardstick_due(candidate_ns: int, paces_ms: Sequence[float], settings: Timing
     candidate's time since the last round (`candidate_ns`, that batch counted twice) past `pace_every_s`, or past
     `pace_changing_every_s` once two rounds in a row (`paces_ms`, the yardstick's times so far) differed by more than
     `PACE_CHANGE`: a host that changed its pace may change it again, and back, between rounds spaced widely."""
-    changed = any(abs(after - before) > PACE_CHANGE * (before + after) / 2
-                  for before, after in zip(paces_ms, paces_ms[1:]))
+    changed = any(pace_change(before, after) > PACE_CHANGE for before, after in zip(paces_ms, paces_ms[1:]))
     return candidate_ns > (settings.pace_changing_every_s if changed else settings.pace_every_s) * 1e9
