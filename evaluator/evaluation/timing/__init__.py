@@ -38,6 +38,7 @@ from evaluator.evaluation.timing.schedule import Batch, BatchPlan, Call, call_in
 __all__ = [
     "YARDSTICK", "Batch", "BatchPlan", "BatchTime", "Call", "HarnessModel", "ReferenceCache",
     "SeedReference", "Timing", "TimingSettings", "TimingSummary", "budget_spent", "call_inputs", "call_limit_s",
-    "calls_per_batch", "default_cache_path", "estimate", "median_interval", "mostly_steady", "pace_change", "precise_enough",
+    "calls_per_batch", "default_cache_path", "estimate", "median_interval", "mostly_steady", "pace_change",
+    "precise_enough",
     "relative_precision", "steady", "summarise", "vary", "warmup_call", "Yardstick", "yardstick_due",
 ]
