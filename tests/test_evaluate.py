@@ -29,6 +29,7 @@ from evaluator.paths import HARNESS_PROGRAM, PROJECT_ROOT, SEED_PROGRAM
 from evaluator.sandbox import Limits
 
 SEED_PATCH = PROJECT_ROOT / "patches" / "vectorized_packing_and_replication.diff"
+FAST_PROGRAM = PROJECT_ROOT / "evaluator" / "bench" / "programs" / "topk_snake.py"  # many calls to a batch
 
 # Candidates start from the seed, imported by path, and then misbehave in one way each.
 PRELUDE = f"""
@@ -213,6 +214,64 @@ def test_input_mutation_is_invalid(small, tmp_path):
     result = small.evaluate(program(tmp_path, body))
     assert_failed(result, "invalid_output")
     assert [v["invariant"] for v in result.violations] == ["input.changed"]
+
+
+@pytest.mark.parametrize(
+    "tampering",
+    ["torch.Tensor.clone = lambda self, *args, **kwargs: self",
+     "torch.Tensor.clone = lambda self, *args, **kwargs: self\ntorch.equal = lambda *args: True",
+     "import builtins\nbuiltins.zip = lambda *iterables: iter(())"],
+    ids=["clone-returns-its-input", "and-equal-says-yes", "zip-yields-nothing"],
+)
+def test_a_mutated_input_is_found_whatever_the_program_patched_of_torch_or_builtins(small, tmp_path, tampering):
+    """The worker checks every call with torch's tensor methods and builtins as they were before the import."""
+    body = f"""
+    {tampering.replace(chr(10), chr(10) + "    ")}
+    def rebalance_experts(weight, *args):
+        outputs = seed.rebalance_experts(weight, *args)
+        weight.zero_()
+        return outputs
+    """
+    result = small.evaluate(program(tmp_path, body))
+    assert_failed(result, "invalid_output")
+    assert [v["invariant"] for v in result.violations] == ["input.changed"]
+
+
+@pytest.mark.parametrize(
+    "where, interposition, status, named",
+    [("import", "_Says_equal().__enter__()", "import_error", "a torch function mode"),
+     ("call", "_Says_equal().__enter__()", "exception", "a torch function mode"),
+     ("call", "_DispatchSaysEqual().__enter__()", "exception", "a torch dispatch mode"),
+     ("call", "_library.impl('equal', lambda a, b: True, 'CPU')", "exception", "kernels of its own are registered "
+      "for aten::equal")],
+    ids=["function-mode-at-import", "function-mode-in-a-call", "dispatch-mode-in-a-call", "kernel-in-a-call"],
+)
+def test_a_program_that_leaves_torch_interposed_fails_saying_how(small, tmp_path, where, interposition, status,
+                                                                 named):
+    """Below torch's Python layer, a mode or a kernel of a program's own could answer the worker's checks: the
+    worker looks for them after the import and after every batch."""
+    body = f"""
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+    class _Says_equal(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return True if func is torch.equal else func(*args, **(kwargs or {{}}))
+    class _DispatchSaysEqual(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return True if func is torch.ops.aten.equal.default else func(*args, **(kwargs or {{}}))
+    _library = torch.library.Library("aten", "IMPL")
+    if {where == "import"!r}:
+        {interposition}
+    def rebalance_experts(weight, *args):
+        outputs = seed.rebalance_experts(weight, *args)
+        if {where == "call"!r}:
+            {interposition}
+        weight.zero_()
+        return outputs
+    """
+    result = small.evaluate(program(tmp_path, body))
+    assert_failed(result, status)
+    assert f"the program left torch interposed: {named}" in result.error, result.error
 
 
 def test_a_fake_result_on_stdout_is_not_taken(small, tmp_path):
@@ -611,10 +670,9 @@ def test_a_program_slow_only_on_the_windows_it_recognises_is_timed_there(small, 
 
 def test_a_program_that_fills_the_same_tensors_on_every_call_is_told_to_return_new_ones(small, tmp_path):
     """Its plans are read once its batch is over, by when a later call had changed them."""
-    fast = (PROJECT_ROOT / "evaluator" / "bench" / "programs" / "topk_snake.py").read_text()
     body = f"""
     _namespace = {{}}
-    exec(compile({fast!r}, "topk_snake", "exec"), _namespace)
+    exec(compile({FAST_PROGRAM.read_text()!r}, "topk_snake", "exec"), _namespace)
     _kept = []
     def rebalance_experts(weight, *args):
         plan = _namespace["rebalance_experts"](weight, *args)
@@ -628,6 +686,31 @@ def test_a_program_that_fills_the_same_tensors_on_every_call_is_told_to_return_n
     assert_failed(result, "invalid_output")
     assert [v["invariant"] for v in result.violations] == ["output.reused"]
     assert "return new tensors from every call" in result.error
+
+
+@pytest.mark.parametrize(
+    "tampering",
+    ["import builtins\nbuiltins.next = lambda iterator, *default: default[0] if default else None",
+     "torch.Tensor.untyped_storage = lambda self: torch.UntypedStorage(8)"],
+    ids=["next-finds-nothing", "storage-is-always-new"],
+)
+def test_outputs_filled_again_are_found_whatever_the_program_patched(small, tmp_path, tampering):
+    body = f"""
+    _namespace = {{}}
+    exec(compile({FAST_PROGRAM.read_text()!r}, "topk_snake", "exec"), _namespace)
+    _kept = []
+    def rebalance_experts(weight, *args):
+        plan = _namespace["rebalance_experts"](weight, *args)
+        if not _kept:
+            _kept.extend(plan)
+        for kept, fresh in zip(_kept, plan):
+            kept.copy_(fresh)
+        return tuple(_kept)
+    {tampering.replace(chr(10), chr(10) + "    ")}
+    """
+    result = small.evaluate(program(tmp_path, body))
+    assert_failed(result, "invalid_output")
+    assert [v["invariant"] for v in result.violations] == ["output.reused"]
 
 
 def test_a_result_states_its_speedup_with_an_interval_and_what_it_was_measured_against(small):

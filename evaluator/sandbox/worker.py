@@ -8,6 +8,7 @@ the evaluator kills it.
 from __future__ import annotations
 
 import argparse
+import builtins
 import dataclasses
 import gc
 import importlib.util
@@ -27,6 +28,11 @@ import numpy as np
 from evaluator.sandbox import channel, exchange, proctree
 from evaluator.sandbox.cards import cpu_model
 from evaluator.sandbox.confinement import Confinement, confine
+from evaluator.sandbox.torch_as_imported import TorchAsImported
+
+# this module's functions get builtins of their own: a program that patches `builtins` (its `len`, its `isinstance`)
+# does not reach the worker's checks
+__builtins__ = dict(vars(builtins))
 
 MODULE_NAME = "candidate"
 _MAX_MESSAGE_CHARS = 16_000
@@ -64,6 +70,12 @@ def _is_out_of_memory(error: BaseException) -> bool:
         return False
 
 
+def _interposed(what: str) -> str:
+    return (f"the program left torch interposed: {what}. The evaluator checks every call with torch as it was "
+            "before the import; a program may use modes and kernels of its own only within a call, and must leave "
+            "torch's own operators as they were")
+
+
 def _flush_standard_streams() -> None:
     for stream in (sys.__stdout__, sys.__stderr__, sys.stdout, sys.stderr):
         try:
@@ -79,6 +91,7 @@ class Region:
 
     def __init__(self, runtime: Runtime, fd: int) -> None:
         torch = runtime.torch
+        self._tensor = runtime.tensor
         self.size = os.fstat(fd).st_size
         self._memory = mmap.mmap(fd, self.size)
         self.bytes = torch.frombuffer(self._memory, dtype=torch.uint8)
@@ -90,7 +103,8 @@ class Region:
     def view(self, offset: int, dtype: Any, shape: Sequence[int]) -> Any:
         """The region's bytes from `offset` as a tensor of `dtype` and `shape` (offset aligned, range checked)."""
         count = math.prod(shape) * dtype.itemsize
-        return self.bytes[offset:offset + count].view(dtype).view(tuple(shape))
+        tensor = self._tensor
+        return tensor.view(tensor.view(tensor.slice(self.bytes, slice(offset, offset + count)), dtype), tuple(shape))
 
 
 def _watch_parent(parent: int) -> None:
@@ -110,7 +124,7 @@ def _watch_parent(parent: int) -> None:
 
 
 class Runtime:
-    """torch on one device, with its clock, synchronisation and comparison captured before any
+    """torch on one device, with its clock, synchronisation, comparison and tensor methods captured before any
     candidate code runs, so that a candidate patching torch or time cannot reach them."""
 
     def __init__(self, requested_device: str) -> None:
@@ -124,8 +138,10 @@ class Runtime:
                                f"(torch {torch.__version__}, built for CUDA {torch.version.cuda})")
         self.now = time.perf_counter_ns
         self.equal = torch.equal
+        self.tensor = TorchAsImported(torch)
         self.tensor_type = torch.Tensor
         self.strided = torch.strided
+        self.dtypes = {name: getattr(torch, name) for name in exchange.WIRE_DTYPES}
         torch.zeros(1, device=self.device).add_(1)  # create the CUDA context now, not in the first call
         if self.device == "cuda":
             synchronize = torch.cuda.synchronize
@@ -235,6 +251,9 @@ class Server:
             return self._failure(error, "import_error", "importing the program")
         finally:
             _flush_standard_streams()
+        interposed = self.runtime.tensor.interposed()
+        if interposed is not None:
+            return {"op": "fail", "kind": "import_error", "message": _interposed(interposed)}
         try:
             function = getattr(module, entry_point, None)
             defined = sorted(name for name, value in vars(module).items()
@@ -254,19 +273,22 @@ class Server:
     def batch(self, inputs: Sequence[tuple[str, list[int], int]], args: list[int]) -> dict[str, Any]:
         """Call the entry point on each input (dtype, shape, offset in the exchange), back to back; the reply, the
         outputs of every call copied in after the inputs."""
-        runtime = self.runtime
-        staged = [self.region.view(offset, getattr(runtime.torch, dtype), shape) for dtype, shape, offset in inputs]
+        runtime, tensor = self.runtime, self.runtime.tensor
+        staged = [self.region.view(offset, runtime.dtypes[dtype], shape) for dtype, shape, offset in inputs]
         # each call gets a tensor of its own: what its process does to the exchange after this is not its input
-        weights = [item.to(runtime.device, non_blocking=True) if runtime.device == "cuda" else item.clone()
+        weights = [tensor.to(item, runtime.device, non_blocking=True) if runtime.device == "cuda" else tensor.clone(item)
                    for item in staged]
-        references = [weight.clone() for weight in weights]
+        references = [tensor.clone(weight) for weight in weights]
         try:
             returned, claim_ns = runtime.timed_batch(self.entry_point, weights, args)
         except BatchFailed as failed:
             return self._call_failure(failed.error, failed.index)
         finally:
             _flush_standard_streams()
-        start = exchange.aligned(max(offset + item.numel() * item.element_size()
+        interposed = tensor.interposed()
+        if interposed is not None:
+            return {"op": "fail", "kind": "exception", "call": len(weights) - 1, "message": _interposed(interposed)}
+        start = exchange.aligned(max(offset + tensor.numel(item) * tensor.element_size(item)
                                      for item, (_, _, offset) in zip(staged, inputs)))
         calls = []
         for weight, reference, value in zip(weights, references, returned):
@@ -281,7 +303,7 @@ class Server:
             calls.append({"returned_type": _type_name(value), "returned_length": length, "outputs": entries,
                           "input_mutated": mutated})
         self.runtime.synchronize()  # one wait for every copy
-        for call, reused in zip(calls, _sharing_earlier_outputs(returned, runtime.tensor_type)):
+        for call, reused in zip(calls, _sharing_earlier_outputs(returned, runtime.tensor_type, tensor)):
             call["shares_memory_with"] = reused
         return {"op": "batch_result", "claim_ns": claim_ns, "calls": calls}
 
@@ -302,22 +324,25 @@ class Server:
         if len(items) > channel.MAX_OUTPUTS:
             return [], length, start
         entries = [self._entry(item) for item in items]
+        methods = self.runtime.tensor
         offset = start
         for entry, tensor in zip(entries, items):
             if "device" in entry:
-                entry.update(dtype=str(tensor.dtype).removeprefix("torch."), shape=list(tensor.shape), offset=offset)
-                offset = exchange.aligned(offset + exchange.counted_bytes(tensor.shape, tensor.element_size()))
+                shape = methods.shape(tensor)
+                entry.update(dtype=str(methods.dtype(tensor)).removeprefix("torch."), shape=list(shape), offset=offset)
+                offset = exchange.aligned(offset + exchange.counted_bytes(shape, methods.element_size(tensor)))
         if offset > self.region.size:
             too_large = {"unsupported": {"type": "torch.Tensor", "detail": f"outputs of {offset - start} bytes "
                                          f"together are too large to return (the limit is {self.region.size - start})"}}
             return [too_large if "offset" in entry else entry for entry in entries], length, start
         for entry, tensor in zip(entries, items):
             if "offset" in entry:
+                dtype, shape = methods.dtype(tensor), methods.shape(tensor)
                 try:
-                    self.region.view(entry["offset"], tensor.dtype, tensor.shape).copy_(tensor.detach(),
-                                                                                        non_blocking=True)
+                    methods.copy_(self.region.view(entry["offset"], dtype, shape), methods.detach(tensor),
+                                  non_blocking=True)
                 except (RuntimeError, NotImplementedError, TypeError) as error:
-                    detail = f"dtype {tensor.dtype}, shape {tuple(tensor.shape)}, unreadable: {error}"
+                    detail = f"dtype {dtype}, shape {tuple(shape)}, unreadable: {error}"
                     entry.clear()
                     entry["unsupported"] = {"type": "torch.Tensor", "detail": detail}
         return entries, length, offset
@@ -325,13 +350,14 @@ class Server:
     def _entry(self, value: Any) -> dict[str, Any]:
         """How an output crosses: `device` for a tensor that can (later its place in the exchange), else
         `unsupported` with what it is."""
-        runtime = self.runtime
+        runtime, tensor = self.runtime, self.runtime.tensor
         if type(value) is not runtime.tensor_type:
             return {"unsupported": {"type": _type_name(value), "detail": self._detail(value)}}
-        if value.layout != runtime.strided or str(value.dtype).removeprefix("torch.") not in exchange.WIRE_DTYPES:
-            detail = f"dtype {value.dtype}, layout {value.layout}, shape {tuple(value.shape)}"
+        dtype, layout = tensor.dtype(value), tensor.layout(value)
+        if layout != runtime.strided or str(dtype).removeprefix("torch.") not in exchange.WIRE_DTYPES:
+            detail = f"dtype {dtype}, layout {layout}, shape {tuple(tensor.shape(value))}"
             return {"unsupported": {"type": "torch.Tensor", "detail": detail}}
-        return {"device": str(value.device)}
+        return {"device": str(tensor.device(value))}
 
     def _detail(self, value: Any) -> str:
         if type(value) in (list, tuple, dict, set, str, bytes):
@@ -346,7 +372,7 @@ class Server:
         return ""
 
 
-def _sharing_earlier_outputs(returned: Sequence[Any], tensor_type: type) -> list[int | None]:
+def _sharing_earlier_outputs(returned: Sequence[Any], tensor_type: type, tensor: TorchAsImported) -> list[int | None]:
     """Per call, the index of an earlier call of the batch one of whose returned tensors shares memory with one of
     its own, else None: a program that fills the same tensors on every call changes the plans it returned before,
     and each plan must stay as it was returned."""
@@ -358,8 +384,8 @@ def _sharing_earlier_outputs(returned: Sequence[Any], tensor_type: type) -> list
         for item in items[:channel.MAX_OUTPUTS]:
             if type(item) is tensor_type:
                 try:
-                    storage = item.untyped_storage()
-                    first, size = storage.data_ptr(), storage.nbytes()
+                    storage = tensor.untyped_storage(item)
+                    first, size = tensor.storage_pointer(storage), tensor.storage_bytes(storage)
                 except BaseException:  # a tensor without a storage of its own shares nothing
                     continue
                 if size:
