@@ -9,7 +9,7 @@ import pytest
 from patch_texts import SEED, SEED_PATCH, block, shifted
 
 import evaluator
-from evaluator.patch import apply_parsed, apply_patch, parse_patch
+from evaluator.patch import ProtectedRegionError, apply_parsed, apply_patch, parse_patch
 
 BLOCK = re.compile(r"^<<<<<<< SEARCH\n(.*?)^=======\n(.*?)^>>>>>>> REPLACE\n", re.DOTALL | re.MULTILINE)
 
@@ -173,6 +173,28 @@ def test_parent_without_final_newline_keeps_it_that_way():
 def test_parent_without_markers_is_editable_everywhere():
     parent = "def f():\n    return 1\n\n\n__all__ = ['f']\n"
     assert apply_patch(parent, block("__all__ = ['f']\n", "__all__ = []\n")) == parent.replace("['f']\n", "[]\n")
+
+
+@pytest.mark.parametrize(
+    "replace",
+    ["def _rebalance(weight):\n    return weight\n\n\nrebalance_experts = _rebalance\n",
+     "try:\n    from fast import rebalance_experts\nexcept ImportError:\n    def rebalance_experts(weight):\n"
+     "        return weight\n",
+     "from fast import *\n"],
+    ids=["assigned", "imported-or-defined", "star-import"],
+)
+def test_the_fixed_codes_names_may_be_defined_any_way_at_the_top_level(replace):
+    parent = ("# EVOLVE-BLOCK-START\ndef rebalance_experts(weight):\n    return weight\n# EVOLVE-BLOCK-END\n\n\n"
+              "def run(weight):\n    return rebalance_experts(weight)\n")
+    program = apply_patch(parent, block("def rebalance_experts(weight):\n    return weight\n", replace))
+    assert replace in program
+
+
+def test_names_the_fixed_code_never_had_are_not_required():
+    parent = "# EVOLVE-BLOCK-START\nx = 1\n# EVOLVE-BLOCK-END\nprint(undefined_anywhere, x)\n"
+    with pytest.raises(ProtectedRegionError, match=r"takes away `x` \(line 4\)"):
+        apply_patch(parent, block("x = 1\n", "y = 1\n"))
+    assert apply_patch(parent, block("x = 1\n", "x = 2\n")).startswith("# EVOLVE-BLOCK-START\nx = 2\n")
 
 
 def test_exact_match_wins_over_tolerant_matches_elsewhere():

@@ -78,6 +78,15 @@ CORPUS = {
         (1, 1, "maxlogcnt = num_replicas - num_logical_experts + 1"),
         ("the REPLACE text adds an EVOLVE-BLOCK marker line ('# EVOLVE-BLOCK-END')",),
     ),
+    "renames_entry_point.diff": Expected(
+        ProtectedRegionError,
+        None,
+        ("the patch takes away `rebalance_experts` (line 245, `__all__`), which the code outside the EVOLVE-BLOCK "
+         "names", "Keep defining it at the top level of the program under the same name"),
+    ),
+    "import_under_another_name.diff": Expected(
+        ProtectedRegionError, None, ("the patch takes away `torch` (line 237, line 242)",)
+    ),
     "indentation_cannot_shift.diff": Expected(
         IndentationShiftError,
         (1, 1, "def replicate_experts("),

@@ -16,6 +16,7 @@ from evaluator.patch.errors import (
 from evaluator.patch.evolve_block import editable_ranges, is_marker
 from evaluator.patch.match import find_match
 from evaluator.patch.parse import Edit, Patch, parse_patch
+from evaluator.patch.protected_names import require_protected_names
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ def apply_parsed(parent: str, patch: Patch) -> Application:
     if program == text:
         raise NoChangeError("the patch leaves the program exactly as it was; change what the description promises")
     _require_compiles(program)
+    require_protected_names(text, program)
     return Application(program.replace("\n", "\r\n") if crlf else program, blocks)
 
 
