@@ -127,12 +127,31 @@ class StoredCandidate:
         return baseline
 
 
+def require_store_folder(root: Path) -> None:
+    """Raise StoreError unless `root` is missing (a store yet to be made) or a folder of candidate folders and hidden
+    entries (the lineage, writers' staging): anything else is not a store, and nothing is read from or written there."""
+    try:
+        if not root.exists():
+            return
+        if not root.is_dir():
+            raise StoreError(f"{root} is a file, not a candidate store")
+        strangers = sorted(path.name for path in root.iterdir() if not path.name.startswith(".")
+                           and not (_CANDIDATE_FOLDER.fullmatch(path.name) and path.is_dir()))
+    except OSError as error:
+        raise StoreError(f"cannot use {str(root)[:200]} as a candidate store: {error.strerror}") from None
+    if strangers:
+        shown = ", ".join(strangers[:3]) + (f" and {len(strangers) - 3} more" if len(strangers) > 3 else "")
+        raise StoreError(f"{root} is not a candidate store: besides candidate folders it holds {shown}. Name a "
+                         "store's folder (./candidates by default) or one that does not exist yet")
+
+
 class CandidateStore:
     """Candidates under `root`, one folder each: program.py, patch.diff (if any), meta.json, results/ and,
-    once accepted, accepted.json."""
+    once accepted, accepted.json. Raises StoreError for a `root` that is not a store (`require_store_folder`)."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        require_store_folder(self.root)
 
     def get(self, id_or_prefix: str) -> StoredCandidate:
         """The candidate whose id is `id_or_prefix` or starts with it (at least 4 characters, unambiguous)."""

@@ -90,7 +90,7 @@ def test_apply_evaluates_the_candidate_and_keeps_the_result(tmp_path):
     assert "note: no GPU found" in result.stderr or reply["result"]["device"] == "cuda"
 
 
-def test_a_candidate_that_fails_its_evaluation_exits_4(tmp_path):
+def test_a_candidate_that_fails_its_evaluation_exits_4_and_its_result_is_reused(tmp_path):
     (tmp_path / "raises.diff").write_text(SMALL_PATCH.replace(
         "    num_redundant = num_phy - num_log\n>>>>>>> REPLACE",
         "    raise RuntimeError('no plan today')\n>>>>>>> REPLACE",
@@ -100,7 +100,13 @@ def test_a_candidate_that_fails_its_evaluation_exits_4(tmp_path):
     assert ": exception" in result.stdout and "RuntimeError: no plan today" in result.stdout
     [folder] = stored(tmp_path / "candidates")
     [kept] = (folder / "results").iterdir()
-    assert json.loads(kept.read_text())["status"] == "exception"
+    failed = json.loads(kept.read_text())
+    assert failed["status"] == "exception" and failed["device"] and failed["card"] and failed["software"]
+    # the same program on the same workload, device and software fails the same way: its result is reused
+    again = evaluator("apply", "raises.diff", "--json", *SMALL_PROBLEM, cwd=tmp_path)
+    assert again.returncode == 4, again.stderr
+    assert json.loads(again.stdout)["reused"] is True and json.loads(again.stdout)["result"] == failed
+    assert len(list((folder / "results").iterdir())) == 1
 
 
 def test_dry_run_prints_the_diff_and_writes_nothing(tmp_path):

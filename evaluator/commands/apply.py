@@ -28,6 +28,7 @@ from evaluator.lineage import LineageError, record
 from evaluator.exitcodes import ExitCode
 from evaluator.parent import ParentError, ParentProgram, resolve_parent
 from evaluator.patch import Application, Patch, PatchError, apply_parsed, decode_patch, parse_patch
+from evaluator.sandbox import FailureKind
 from evaluator.store import (
     BASELINE_WORKLOAD,
     DEFAULT_SOURCE,
@@ -40,6 +41,7 @@ from evaluator.store import (
 
 NAME = "apply"
 HELP = "Apply a patch to the seed (or to --parent), store the candidate program and evaluate it."
+_LIMITS_DECIDE = (FailureKind.TIMEOUT.value, FailureKind.MEMORY_LIMIT.value)  # statuses a stored result is not reused with
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -126,10 +128,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _stored_result(stored: StoredCandidate, workload: dict[str, Any], here: dict[str, Any]) -> dict[str, Any] | None:
+    """The stored result this evaluation would repeat, or None: a timeout or a memory limit depends on the limits it
+    was given, which a result does not record."""
     try:
-        return stored.latest_result(workload, here)
+        latest = stored.latest_result(workload, here)
     except StoreError as error:
         raise CommandError(f"{error} (--force evaluates again without reading it)", ExitCode.INFRA_ERROR) from None
+    return None if latest is None or latest.get("status") in _LIMITS_DECIDE else latest
 
 
 def _result_from_json(data: dict[str, Any]) -> Result:

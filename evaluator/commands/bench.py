@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from evaluator.bench import aa, evaluation, pace, trace_load
-from evaluator.commands import CommandError, add_device_argument
+from evaluator.commands import MAX_SECONDS, CommandError, add_device_argument, positive_number, whole_number
 from evaluator.eplb.trace import STEPS_PER_WINDOW
 from evaluator.evaluation import Settings
 from evaluator.exitcodes import ExitCode
@@ -30,17 +30,15 @@ class _Benchmark:
 
 def _add_trace_load_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--size-mb", type=float, default=trace_load.DEFAULT_SIZE_BYTES / 1e6, metavar="MB",
+        "--size-mb", type=positive_number(2**20), default=trace_load.DEFAULT_SIZE_BYTES / 1e6, metavar="MB",
         help="size of the trace file to write and load, in megabytes (default: %(default)s)",
     )
-    parser.add_argument("--window", type=int, default=STEPS_PER_WINDOW, metavar="N",
+    parser.add_argument("--window", type=whole_number(1), default=STEPS_PER_WINDOW, metavar="N",
                         help="steps per window (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
 def _run_trace_load(args: argparse.Namespace) -> int:
-    if args.size_mb <= 0 or args.window < 1:
-        raise CommandError("--size-mb must be positive and --window at least 1")
     try:
         result = trace_load.measure(round(args.size_mb * 1e6), args.window)
     except RuntimeError as error:
@@ -59,15 +57,15 @@ def _run_trace_load(args: argparse.Namespace) -> int:
 
 
 def _add_evaluator_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--repeats", type=int, default=10, metavar="N",
+    parser.add_argument("--repeats", type=whole_number(1, 10**4), default=10, metavar="N",
                         help="A/A runs of the same candidate (default: %(default)s)")
-    parser.add_argument("--candidates", type=int, default=60, metavar="N",
+    parser.add_argument("--candidates", type=whole_number(1, 10**4), default=60, metavar="N",
                         help="candidates evaluated back to back for the throughput (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=2, metavar="N",
+    parser.add_argument("--threads", type=whole_number(1, 10**4), default=2, metavar="N",
                         help="threads submitting candidates for the throughput (default: %(default)s)")
-    parser.add_argument("--spares", type=int, default=8, metavar="N",
+    parser.add_argument("--spares", type=whole_number(1, 10**4), default=8, metavar="N",
                         help="workers kept started ahead (default: %(default)s)")
-    parser.add_argument("--rechecks", type=int, default=Settings().rechecks, metavar="N",
+    parser.add_argument("--rechecks", type=whole_number(0, 10**4), default=Settings().rechecks, metavar="N",
                         help="calls repeated in a second fresh process per candidate; 0 for none (default: %(default)s)")
     parser.add_argument("--start-method", choices=START_METHODS, default=Settings().start_method,
                         help="how workers start: forked from a zygote, or each a new interpreter (default: %(default)s)")
@@ -76,8 +74,6 @@ def _add_evaluator_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_evaluator(args: argparse.Namespace) -> int:
-    if min(args.repeats, args.candidates, args.threads, args.spares) < 1 or args.rechecks < 0:
-        raise CommandError("--repeats, --candidates, --threads and --spares must be at least 1, --rechecks at least 0")
     settings = Settings(rechecks=args.rechecks, start_method=args.start_method)
     try:
         result = evaluation.measure(args.repeats, args.candidates, args.threads, args.spares, args.device, settings)
@@ -110,19 +106,17 @@ def _run_evaluator(args: argparse.Namespace) -> int:
 
 
 def _add_aa_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--copies", type=int, default=6, metavar="N",
+    parser.add_argument("--copies", type=whole_number(2, 10**4), default=6, metavar="N",
                         help="evaluations of each speed class, shuffled in one run (default: %(default)s)")
-    parser.add_argument("--processes", type=int, default=6, metavar="N",
+    parser.add_argument("--processes", type=whole_number(2, 10**4), default=6, metavar="N",
                         help="fresh processes timing each class without the harness (default: %(default)s)")
-    parser.add_argument("--spares", type=int, default=4, metavar="N",
+    parser.add_argument("--spares", type=whole_number(1, 10**4), default=4, metavar="N",
                         help="workers kept started ahead (default: %(default)s)")
     add_device_argument(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
 def _run_aa(args: argparse.Namespace) -> int:
-    if min(args.copies, args.processes) < 2 or args.spares < 1:
-        raise CommandError("--copies and --processes must be at least 2 (a spread needs two), --spares at least 1")
     try:
         result = aa.measure(args.copies, args.processes, args.device, args.spares)
     except RuntimeError as error:
@@ -144,15 +138,13 @@ def _run_aa(args: argparse.Namespace) -> int:
 
 
 def _add_pace_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seconds", type=float, default=30.0, metavar="S",
+    parser.add_argument("--seconds", type=positive_number(MAX_SECONDS, minimum=2.0), default=30.0, metavar="S",
                         help="how long the two workers take turns (default: %(default)s)")
     add_device_argument(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
 def _run_pace(args: argparse.Namespace) -> int:
-    if args.seconds < 2:
-        raise CommandError("--seconds must be at least 2: the figures compare rounds of one second")
     try:
         result = pace.measure(args.seconds, device=args.device)
     except SandboxFailure as error:

@@ -7,7 +7,7 @@ import json
 import sys
 from dataclasses import asdict
 
-from evaluator.commands import CommandError, add_device_argument, add_store_argument
+from evaluator.commands import CommandError, add_device_argument, add_store_argument, whole_number
 from evaluator.eplb.default_trace import default_trace
 from evaluator.evaluation import Evaluator, Settings
 from evaluator.evaluation.timing import ReferenceCache, default_cache_path
@@ -21,7 +21,7 @@ HELP = "Re-evaluate every accepted candidate on the default trace; exit 1 if one
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_store_argument(parser)
-    parser.add_argument("--repeats", type=int, default=2, metavar="N",
+    parser.add_argument("--repeats", type=whole_number(1, 100), default=2, metavar="N",
                         help="evaluations of each candidate; a speed regression needs all of them below the "
                              "baseline (default: 2)")
     add_device_argument(parser)
@@ -29,8 +29,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.repeats < 1:
-        raise CommandError("--repeats must be at least 1")
     try:
         accepted = [c for c in CandidateStore(args.store).candidates() if c.accepted]
         baselines = {c.id: c.baseline() for c in accepted}

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from evaluator.commands import CommandError, add_device_argument
+from evaluator.commands import MAX_SECONDS, CommandError, add_device_argument, positive_number, whole_number
 from evaluator.commands.workload import add_workload_arguments, problem_from, trace_from
 from evaluator.eplb.problem import Problem
 from evaluator.eplb.trace import Trace
@@ -33,9 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of every command that evaluates: limits, device, seed timing, workload and problem shape."""
     defaults = Settings()
-    parser.add_argument("--timeout", type=float, default=defaults.timeout_s, metavar="S",
+    parser.add_argument("--timeout", type=positive_number(MAX_SECONDS), default=defaults.timeout_s, metavar="S",
                         help="wall-clock limit for one candidate, import and every call (default: %(default)s)")
-    parser.add_argument("--memory-mb", type=int, default=defaults.limits.memory_mb, metavar="MB",
+    parser.add_argument("--memory-mb", type=whole_number(1, 2**30), default=defaults.limits.memory_mb, metavar="MB",
                         help="host memory limit of a candidate's process tree (default: %(default)s)")
     add_device_argument(parser)
     parser.add_argument("--gpu-ids", dest="gpu_ids", type=_gpu_list, metavar="LIST",
@@ -48,9 +48,7 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def evaluation_inputs(args: argparse.Namespace) -> tuple[Problem, Trace]:
-    """The problem and the trace the options name, after checking the evaluation options."""
-    if args.timeout <= 0 or args.memory_mb <= 0:
-        raise CommandError("--timeout and --memory-mb must be positive")
+    """The problem and the trace the options name."""
     problem = problem_from(args)
     return problem, trace_from(args, problem)
 
@@ -90,6 +88,9 @@ def _gpu_list(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    folders = [str(path) for path in args.programs if path.is_dir()]
+    if folders:
+        raise CommandError(f"a folder, not a program file: {', '.join(folders)}")
     missing = [str(path) for path in args.programs if not path.is_file()]
     if missing:
         raise CommandError(f"no such program file: {', '.join(missing)}")

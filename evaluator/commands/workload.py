@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from evaluator.commands import CommandError
+from evaluator.commands import CommandError, whole_number
 from evaluator.eplb.default_trace import DEFAULT_SEED, default_trace
 from evaluator.eplb.holdout import holdout_trace
-from evaluator.eplb.problem import Problem
+from evaluator.eplb.problem import MAX_PROBLEM_SIZE, Problem
 from evaluator.eplb.synthetic import SyntheticConfig, generate_trace
 from evaluator.eplb.trace import STEPS_PER_WINDOW, Trace
 from evaluator.eplb.trace_file import load_trace_file
@@ -34,13 +34,14 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
              "in $EPLB_EVALUATOR_HOLDOUT_KEY"
     )
     parser.add_argument(
-        "--window", type=int, metavar="N", help=f"steps summed into one window, with --workload (default: {STEPS_PER_WINDOW})"
+        "--window", type=whole_number(1), metavar="N", help=f"steps summed into one window, with --workload (default: {STEPS_PER_WINDOW})"
     )
     default = Problem()
     problem = parser.add_argument_group("problem shape (default: DeepSeek-V3 prefill)")
     for flag, field, what in _PROBLEM_OPTIONS:
         problem.add_argument(
-            flag, dest=field, type=int, default=getattr(default, field), metavar="N", help=f"{what} (default: %(default)s)"
+            flag, dest=field, type=whole_number(1, MAX_PROBLEM_SIZE), default=getattr(default, field), metavar="N",
+            help=f"{what} (default: %(default)s)"
         )
 
 

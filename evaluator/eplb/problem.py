@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MAX_PROBLEM_SIZE = 2**16  # of any one parameter
+MAX_SLOTS = 2**22  # layers times physical slots: a plan of 4M slots (the default has 16,704)
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -36,6 +39,9 @@ class Problem:
                 )
             if self.num_gpus % self.num_nodes:
                 problems.append(f"num_gpus ({self.num_gpus}) must be a multiple of num_nodes ({self.num_nodes})")
+            if self.num_layers * self.num_replicas > MAX_SLOTS:
+                problems.append(f"num_layers x num_replicas ({self.num_layers} x {self.num_replicas}) must be at "
+                                f"most {MAX_SLOTS}")
             if self.num_experts % self.num_groups:
                 problems.append(
                     f"num_experts ({self.num_experts}) must be a multiple of num_groups ({self.num_groups})"

@@ -158,8 +158,12 @@ class Evaluator:
         return Result("ok", workload=self._workload(), stdout=stdout, stderr=stderr, **_device(info))
 
     def _failure(self, failed: RunFailed) -> Result:
+        """A failed run's result; where it ran on a lane, that lane's device, card and the software, as for an `ok`
+        result, so that a store can reuse it where the same would be measured."""
+        where = {} if failed.lane is None else {"device": failed.lane.device, "card": failed.lane.card,
+                                                "software": software()}
         return Result(failed.status, failed.error, [asdict(v) for v in failed.violations], workload=self._workload(),
-                      stdout=failed.stdout, stderr=failed.stderr)
+                      stdout=failed.stdout, stderr=failed.stderr, **where)
 
     def _score_on_next_window(self, plan: Plan, window: int) -> BalancednessReport:
         return next_window_report(plan, self._loads, window, self.settings.problem)

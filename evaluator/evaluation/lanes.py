@@ -54,13 +54,15 @@ MIN_EVALUATOR_CORES = 3
 
 @dataclass(frozen=True)
 class Lane:
-    """One device: its name ("cuda:0", "cpu"), its spare workers, the abstract address that locks it, and the CPUs its
-    candidates run on (None: wherever the evaluator runs)."""
+    """One device: its name ("cuda:0", "cpu"), its spare workers, the abstract address that locks it, the CPUs its
+    candidates run on (None: wherever the evaluator runs), and the device and card its workers report."""
 
     name: str
     pool: WorkerPool
     lock_address: str
     cpus: tuple[int, ...] | None = None
+    device: str = "cpu"
+    card: str = ""
 
     @property
     def isolated(self) -> bool:
@@ -103,10 +105,10 @@ class Lanes:
         if not self._pinned:
             lane_cpus, evaluator_cpus = [None] * len(devices), None
         self.lanes: list[Lane] = []
-        for (name, worker_device, environment), cpus in zip(devices, lane_cpus):
+        for (name, worker_device, card, environment), cpus in zip(devices, lane_cpus):
             self.lanes.append(Lane(name, WorkerPool(limits, worker_device, spares, environment, warm_up, replenish,
                                                      start_method, evaluator_cpus),
-                                   f"\0eplb-evaluator-{scope}-{name}", cpus))
+                                   f"\0eplb-evaluator-{scope}-{name}", cpus, worker_device, card))
         self._free = list(self.lanes)
         self._condition = threading.Condition()
         self._courtesy_until: dict[str, float] = {}  # lane name -> when this process may take it again
@@ -283,18 +285,16 @@ def _unpin_this_process() -> None:
 def first_lane_card(device: str, gpus: Sequence[int] | None) -> tuple[str, str]:
     """The device and card the first lane's workers would report (`WorkerInfo.device`, `.card`), found without
     starting one; raises ValueError as `Lanes` does for a device or GPUs that cannot be had."""
-    _, worker_device, _ = _devices(device, gpus)[0]
-    if worker_device == "cpu":
-        return "cpu", cpu_model()
-    return "cuda", torch.cuda.get_device_name(gpus[0] if gpus else 0)
+    _, worker_device, card, _ = _devices(device, gpus)[0]
+    return worker_device, card
 
 
-def _devices(device: str, gpus: Sequence[int] | None) -> list[tuple[str, str, dict[str, str]]]:
-    """(lane name, the workers' device, their extra environment) for each lane."""
+def _devices(device: str, gpus: Sequence[int] | None) -> list[tuple[str, str, str, dict[str, str]]]:
+    """(lane name, the workers' device, their card, their extra environment) for each lane."""
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
         if gpus:
             raise ValueError("GPUs were named, but candidates run on the CPU")
-        return [("cpu", "cpu", {})]
+        return [("cpu", "cpu", cpu_model(), {})]
     count = torch.cuda.device_count()
     if count == 0:
         raise ValueError(f"device 'cuda' was asked for, but torch {torch.__version__} sees no GPU")
@@ -304,4 +304,5 @@ def _devices(device: str, gpus: Sequence[int] | None) -> list[tuple[str, str, di
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     physical = visible.split(",") if visible else [str(index) for index in range(count)]
     # each lane's workers see one GPU, as their device 0
-    return [(f"cuda:{physical[index]}", "cuda", {"CUDA_VISIBLE_DEVICES": physical[index]}) for index in chosen]
+    return [(f"cuda:{physical[index]}", "cuda", torch.cuda.get_device_name(index),
+             {"CUDA_VISIBLE_DEVICES": physical[index]}) for index in chosen]

@@ -64,12 +64,14 @@ REFERENCE_TIMEOUT_S = 1800.0  # the seed's and the yardstick's calls are never b
 
 
 class RunFailed(Exception):
-    """Ends a run early: the failure's status, message, violations and the candidate's output tails."""
+    """Ends a run early: the failure's status, message, violations and the candidate's output tails; `lane`, the
+    lane it ran on (None if it got none)."""
 
     def __init__(self, status: str, error: str, violations: tuple[Violation, ...] = (), stdout: str = "",
                  stderr: str = "") -> None:
         super().__init__(error)
         self.status, self.error, self.violations, self.stdout, self.stderr = status, error, violations, stdout, stderr
+        self.lane: Lane | None = None
 
     @classmethod
     def from_sandbox(cls, failure: Failure) -> RunFailed:
@@ -331,14 +333,20 @@ class Runner:
         lane is released once they have all exited, in the background while the result is scored."""
         try:
             holding = self.lanes.take(lane_name, give_up_at)
-            processes = _Processes(total_s)
-            try:
-                yield holding.lane, processes
-            finally:
-                self._lane_used_at[holding.lane.name] = time.monotonic()
-                _release_when_gone(processes, holding)
         except SandboxFailure as error:
             raise RunFailed.from_sandbox(error.failure) from None
+        processes = _Processes(total_s)
+        try:
+            try:
+                yield holding.lane, processes
+            except SandboxFailure as error:
+                raise RunFailed.from_sandbox(error.failure) from None
+        except RunFailed as failed:
+            failed.lane = holding.lane
+            raise
+        finally:
+            self._lane_used_at[holding.lane.name] = time.monotonic()
+            _release_when_gone(processes, holding)
 
     def _quiet(self, lane: Lane) -> AbstractContextManager[None]:
         """Where the candidate shares its cores with the evaluator's (a machine with too few), start no spare worker
