@@ -439,6 +439,20 @@ def test_a_stale_cached_plan_is_caught(small, tmp_path):
     assert [v["invariant"] for v in result.violations] == ["plan.not_reproducible"]
 
 
+def test_a_plan_drawn_from_the_global_random_state_is_told_the_one_line_fix(small, tmp_path):
+    body = """
+    def rebalance_experts(weight, *args):
+        order = torch.randperm(weight.shape[1])  # experts visited in another order in every process
+        phy2log, log2phy, logcnt = seed.rebalance_experts(weight[:, order], *args)
+        back = torch.argsort(order)
+        return order[phy2log], log2phy[:, back], logcnt[:, back]
+    """
+    result = small.evaluate(program(tmp_path, body))
+    assert_failed(result, "invalid_output")
+    assert [v["invariant"] for v in result.violations] == ["plan.not_reproducible"]
+    assert "torch.Generator(device=weight.device).manual_seed(0)" in result.error
+
+
 def test_a_plan_cached_in_a_file_for_the_recheck_is_caught(small, tmp_path):
     """The stale plan above, kept in a file where the recheck's fresh process would find it: no candidate process
     may write outside its own folder, so the recheck still sees a plan that depended on earlier calls."""

@@ -371,10 +371,13 @@ class Runner:
             if len(first.outputs) != len(again.outputs) or not all(map(_same_array, first.outputs, again.outputs)):
                 violation = Violation(
                     "plan.not_reproducible", None,
-                    f"timed call {position + 1}'s plan differs when the same input is given to a fresh process; the "
-                    "plan must be a deterministic function of its input alone, not of earlier calls (a cache or a "
-                    "stale plan), of chance, or of timing. Draw random numbers from a generator of your own, seeded "
-                    "from a constant or from the input (torch.Generator().manual_seed(0))")
+                    f"timed call {position + 1}'s plan differs when the same input is given to a fresh process. "
+                    "Every process that plans from the same load must get the same plan (in an engine each rank "
+                    "computes it): the plan may depend on its input alone, not on chance, earlier calls (a cache, "
+                    "a stale plan) or timing. If the program draws random numbers, one line fixes it: a generator "
+                    "of its own, seeded from a constant, `generator = torch.Generator(device=weight.device)"
+                    ".manual_seed(0)`, passed as `generator=generator` to torch.rand, randn, randint and randperm "
+                    "(or random.Random(0), numpy.random.default_rng(0)) instead of the global random state")
                 raise RunFailed("invalid_output", violation.message, (violation,), *_tails(worker.output()))
         return spent_ns
 
