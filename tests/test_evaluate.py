@@ -204,26 +204,15 @@ def test_invalid_outputs_are_named(small, tmp_path, returned, invariant):
     assert "call " in result.error and "returned an invalid plan" in result.error
 
 
-def test_input_mutation_is_invalid(small, tmp_path):
-    body = """
-    def rebalance_experts(weight, *args):
-        outputs = seed.rebalance_experts(weight, *args)
-        weight.zero_()
-        return outputs
-    """
-    result = small.evaluate(program(tmp_path, body))
-    assert_failed(result, "invalid_output")
-    assert [v["invariant"] for v in result.violations] == ["input.changed"]
-
-
 @pytest.mark.parametrize(
     "tampering",
-    ["torch.Tensor.clone = lambda self, *args, **kwargs: self",
+    ["",
+     "torch.Tensor.clone = lambda self, *args, **kwargs: self",
      "torch.Tensor.clone = lambda self, *args, **kwargs: self\ntorch.equal = lambda *args: True",
      "import builtins\nbuiltins.zip = lambda *iterables: iter(())"],
-    ids=["clone-returns-its-input", "and-equal-says-yes", "zip-yields-nothing"],
+    ids=["nothing-patched", "clone-returns-its-input", "and-equal-says-yes", "zip-yields-nothing"],
 )
-def test_a_mutated_input_is_found_whatever_the_program_patched_of_torch_or_builtins(small, tmp_path, tampering):
+def test_a_mutated_input_is_invalid_whatever_the_program_patched_of_torch_or_builtins(small, tmp_path, tampering):
     """The worker checks every call with torch's tensor methods and builtins as they were before the import."""
     body = f"""
     {tampering.replace(chr(10), chr(10) + "    ")}
@@ -682,33 +671,16 @@ def test_a_program_slow_only_on_the_windows_it_recognises_is_timed_there(small, 
     assert result.time_ms >= 40
 
 
-def test_a_program_that_fills_the_same_tensors_on_every_call_is_told_to_return_new_ones(small, tmp_path):
-    """Its plans are read once its batch is over, by when a later call had changed them."""
-    body = f"""
-    _namespace = {{}}
-    exec(compile({FAST_PROGRAM.read_text()!r}, "topk_snake", "exec"), _namespace)
-    _kept = []
-    def rebalance_experts(weight, *args):
-        plan = _namespace["rebalance_experts"](weight, *args)
-        if not _kept:
-            _kept.extend(plan)
-        for kept, fresh in zip(_kept, plan):
-            kept.copy_(fresh)
-        return tuple(_kept)
-    """
-    result = small.evaluate(program(tmp_path, body))
-    assert_failed(result, "invalid_output")
-    assert [v["invariant"] for v in result.violations] == ["output.reused"]
-    assert "return new tensors from every call" in result.error
-
-
 @pytest.mark.parametrize(
     "tampering",
-    ["import builtins\nbuiltins.next = lambda iterator, *default: default[0] if default else None",
+    ["",
+     "import builtins\nbuiltins.next = lambda iterator, *default: default[0] if default else None",
      "torch.Tensor.untyped_storage = lambda self: torch.UntypedStorage(8)"],
-    ids=["next-finds-nothing", "storage-is-always-new"],
+    ids=["nothing-patched", "next-finds-nothing", "storage-is-always-new"],
 )
-def test_outputs_filled_again_are_found_whatever_the_program_patched(small, tmp_path, tampering):
+def test_a_program_that_fills_the_same_tensors_on_every_call_is_told_to_return_new_ones(small, tmp_path, tampering):
+    """Its plans are read once its batch is over, by when a later call had changed them; whatever it patched, the
+    worker finds the shared memory with builtins and tensor methods as they were before the import."""
     body = f"""
     _namespace = {{}}
     exec(compile({FAST_PROGRAM.read_text()!r}, "topk_snake", "exec"), _namespace)
@@ -725,6 +697,7 @@ def test_outputs_filled_again_are_found_whatever_the_program_patched(small, tmp_
     result = small.evaluate(program(tmp_path, body))
     assert_failed(result, "invalid_output")
     assert [v["invariant"] for v in result.violations] == ["output.reused"]
+    assert "return new tensors from every call" in result.error
 
 
 def test_a_result_states_its_speedup_with_an_interval_and_what_it_was_measured_against(small):
