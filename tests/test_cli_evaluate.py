@@ -34,3 +34,31 @@ def test_a_gpu_list_that_is_not_one_is_refused_before_anything_runs(tmp_path):
     assert run.returncode == ExitCode.BAD_INPUT and "GPU indices" in run.stderr
     run = evaluate(str(SEED_PROGRAM), "--gpu-ids", "0", cwd=tmp_path)
     assert run.returncode == ExitCode.BAD_INPUT and "--gpu-ids 0: GPUs were named" in run.stderr
+
+
+FORGING = '''
+import sys
+def rebalance_experts(*args):
+    sys.stderr.buffer.write(b"\\xff\\xfe not UTF-8\\x1b[31m red\\x07\\n")
+    sys.stderr.flush()
+    raise ValueError("\\x1b[2J\\x00\\u202e cleared\\nother.py: ok\\n  combined_score 1.0000")
+'''
+
+
+def test_a_programs_text_is_shown_as_its_own_escaped_and_kept_as_it_was_in_json(tmp_path):
+    """Escape sequences, NUL bytes, bidirectional overrides, bytes that are not UTF-8 and a forged report line, in
+    an exception and on stderr."""
+    program = tmp_path / "forging.py"
+    program.write_text(FORGING)
+    text = evaluate(str(program), cwd=tmp_path)
+    assert text.returncode == ExitCode.CANDIDATE_FAILED, text.stderr
+    assert not any(character in text.stdout for character in "\x1b\x00\x07\u202e\ufffd")
+    assert "\\x1b[2J\\x00\\u202e cleared" in text.stdout and "\\x1b[31m red\\x07" in text.stdout
+    assert "\\xff\\xfe not UTF-8" in text.stdout  # the bytes shown, not replaced
+    report_lines = [line for line in text.stdout.splitlines() if not line.startswith("  | ")]
+    assert report_lines[0] == f"{program}: exception" and "other.py: ok" not in "\n".join(report_lines)
+    assert "  | other.py: ok" in text.stdout.splitlines()
+    [line] = evaluate(str(program), "--json", cwd=tmp_path).stdout.splitlines()
+    result = json.loads(line)  # valid JSON, and the text as the program wrote it
+    assert "\x1b[2J\x00\u202e cleared\nother.py: ok" in result["error"]
+    assert "\\xff\\xfe not UTF-8\x1b[31m red\x07" in result["stderr"]

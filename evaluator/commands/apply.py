@@ -29,6 +29,7 @@ from evaluator.exitcodes import ExitCode
 from evaluator.parent import ParentError, ParentProgram, resolve_parent
 from evaluator.patch import Application, Patch, PatchError, apply_parsed, decode_patch, parse_patch
 from evaluator.sandbox import FailureKind
+from evaluator.untrusted import NAME_CHARS, one_line, visible
 from evaluator.store import (
     BASELINE_WORKLOAD,
     DEFAULT_SOURCE,
@@ -179,7 +180,7 @@ def _report_patch_error(error: PatchError, parent: ParentProgram, as_json: bool)
         block = error.block.number if error.block else None
         print(json.dumps({"status": "apply_error", "error_kind": error.kind, "block": block, "error": str(error)}))
     else:
-        print(f"error: the patch does not apply to {parent.label}: {error}", file=sys.stderr)
+        print(f"error: the patch does not apply to {parent.label}: {visible(str(error))}", file=sys.stderr)
     return ExitCode.PATCH_ERROR
 
 
@@ -200,7 +201,7 @@ def _report_stored(
             reply.update(result=result.to_json(), reused=reused, accepted=accepted)
         print(json.dumps(reply))
         return
-    name = stored.meta.get("name") or "(unnamed)"
+    name = one_line(stored.meta.get("name") or "(unnamed)", NAME_CHARS)
     state = "stored in" if created else "already stored (same program) in"
     print(f"candidate {stored.id} {state} {stored.path}")
     print(f"  name:   {name}")

@@ -14,6 +14,7 @@ from evaluator.evaluation.timing import ReferenceCache, default_cache_path
 from evaluator.exitcodes import ExitCode
 from evaluator.regression import SPEED_TOLERANCE, Verdict, judge
 from evaluator.store import CandidateStore, StoreError
+from evaluator.untrusted import NAME_CHARS, TEXT_CHARS, one_line, quoted
 
 NAME = "check"
 HELP = "Re-evaluate every accepted candidate on the default trace; exit 1 if one became invalid or regressed."
@@ -42,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--device {args.device}: {error}") from None
     with evaluator:
         for number, candidate in enumerate(accepted, start=1):
-            print(f"[{number}/{len(accepted)}] {candidate.id} {candidate.meta.get('name') or ''}", file=sys.stderr,
-                  flush=True)
+            print(f"[{number}/{len(accepted)}] {candidate.id} {one_line(candidate.meta.get('name') or '', NAME_CHARS)}",
+                  file=sys.stderr, flush=True)
             results[candidate.id] = [evaluator.evaluate(candidate.program_path).to_json() for _ in range(args.repeats)]
     verdicts = [judge(c.id, c.meta.get("name"), baselines[c.id], results[c.id]) for c in accepted]
     infra = any(r["status"] == "infra_error" for rs in results.values() for r in rs)
@@ -65,9 +66,11 @@ def _table(verdicts: list[Verdict]) -> str:
     for v in verdicts:
         balance = "-" if v.balancedness is None else f"{v.balancedness:.6f} ({v.baseline_balancedness:.6f})"
         speed = "-" if v.speedup is None else f"{v.speedup:.2f}x ({v.baseline_speedup:.2f}x)"
-        lines.append(f"{v.candidate_id:12}  {(v.name or '')[:36]:36}  {v.status:14}  {balance:27}  {speed:20}  "
+        lines.append(f"{v.candidate_id:12}  {one_line(v.name or '', 36):36}  {v.status:14}  {balance:27}  {speed:20}  "
                      f"{'holds' if v.holds else 'FAILS'}")
-        lines.extend(f"{'':14}{reason}" for reason in v.reasons)
+        # a failure's reason is its error, which quotes the program
+        lines.extend(quoted(reason, TEXT_CHARS, indent=" " * 14) if v.status != "ok" else f"{'':14}{reason}"
+                     for reason in v.reasons)
     allowed = ", ".join(f"{tolerance:.0%} on {device}" for device, tolerance in SPEED_TOLERANCE.items())
     lines.append(f"a speedup counts as fallen when the top of this run's 95% interval is below the bottom of the "
                  f"baseline's by more than {allowed}")

@@ -19,6 +19,7 @@ from evaluator.evaluation.timing import ReferenceCache, default_cache_path
 from evaluator.exitcodes import ExitCode
 from evaluator.sandbox import Limits
 from evaluator.software import software
+from evaluator.untrusted import TEXT_CHARS, quoted
 
 NAME = "evaluate"
 HELP = "Run candidate programs in isolated workers, validate every output and score them."
@@ -131,9 +132,10 @@ def report(result: Result, label: str, as_json: bool) -> None:
         return
     print(f"{label}: {result.status}")
     if not result.ok:
-        print(f"  {result.error}")
+        print(quoted(result.error or "", TEXT_CHARS, indent="  "))
         if result.stderr.strip():
-            print("  stderr (last lines):\n    " + "\n    ".join(result.stderr.strip().splitlines()[-15:]))
+            print("  stderr (last lines):\n" + quoted("\n".join(result.stderr.strip().splitlines()[-15:]), TEXT_CHARS,
+                                                     indent="  "))
         return
     print(f"  balancedness   {result.balancedness_score:.4f}  (seed {result.seed_balancedness:.4f}, seed planning "
           f"on the future {result.reference_balancedness:.4f}, per slot {result.slot_balancedness:.4f})")

@@ -11,6 +11,7 @@ import git
 from evaluator.commands import CommandError, add_store_argument
 from evaluator.exitcodes import ExitCode
 from evaluator.lineage import LineageError, NotRecorded, path_from_seed, record_stored
+from evaluator.untrusted import NAME_CHARS, one_line
 
 NAME = "lineage"
 HELP = "Print the path from the seed to a candidate: each step's id, name and git commit in <store>/.lineage."
@@ -42,5 +43,5 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"lineage": [asdict(step) for step in steps]}))
         return ExitCode.OK
     for step in steps:
-        print(f"{step.candidate_id or 'root':<12}  {step.commit[:12]}  {step.name}")
+        print(f"{step.candidate_id or 'root':<12}  {step.commit[:12]}  {one_line(step.name, NAME_CHARS)}")
     return ExitCode.OK

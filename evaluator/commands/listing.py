@@ -10,6 +10,7 @@ from typing import Any
 from evaluator.commands import CommandError, add_store_argument
 from evaluator.exitcodes import ExitCode
 from evaluator.store import CandidateStore, StoredCandidate, StoreError
+from evaluator.untrusted import NAME_CHARS, one_line
 
 NAME = "list"
 HELP = "List the stored candidates with status and scores of their latest result, best first."
@@ -78,7 +79,7 @@ def render_table(rows: list[Row]) -> str:
         (
             "*" if row.accepted else "",
             row.id,
-            row.name or "(unnamed)",
+            one_line(row.name, NAME_CHARS) if row.name else "(unnamed)",
             row.status,
             _number(row.combined_score, "{:.4f}"),
             _number(row.balancedness_score, "{:.4f}"),

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from evaluator.evaluation import Result
+from evaluator.untrusted import one_line, quoted
 
 FEEDBACK_CHARS = 4000  # fits any loop's prompt budget for one program's feedback
 MAX_VIOLATIONS = 5
+VIOLATION_CHARS = 400
 METRICS = ("combined_score", "balancedness_score", "speed_score", "speedup", "time_ms", "seed_time_ms",
            "slot_balancedness", "reference_balancedness", "seed_balancedness", "gpus_with_duplicate_expert")
 
@@ -33,13 +35,16 @@ def feedback_text(result: Result, limit: int = FEEDBACK_CHARS) -> str:
         if result.timing.get("scored_work", "agrees") != "agrees":
             lines.append(f"timing: {result.timing['scored_work']}")
     else:
-        lines = [f"status: {result.status}", f"error: {result.error}"]
+        lines = [f"status: {result.status}", "error (after each bar, as reported; it may quote the program):",
+                 quoted(result.error or "", limit // 2)]
         for violation in result.violations[:MAX_VIOLATIONS]:
-            lines.append(f"violation {violation.get('invariant')}: {violation.get('message')}")
+            lines.append(f"violation {one_line(str(violation.get('invariant')), 80)}: "
+                         f"{one_line(str(violation.get('message')), VIOLATION_CHARS)}")
         if len(result.violations) > MAX_VIOLATIONS:
             lines.append(f"... and {len(result.violations) - MAX_VIOLATIONS} more violations")
         if result.stderr.strip():
-            lines.append("stderr (last lines):\n" + "\n".join(result.stderr.strip().splitlines()[-20:]))
+            lines.append("stderr (last lines, as the program wrote them):\n"
+                         + quoted("\n".join(result.stderr.strip().splitlines()[-20:]), limit // 4))
     return clip("\n".join(lines), limit)
 
 

@@ -55,6 +55,7 @@ from typing import Any
 from evaluator.api import check_program, evaluate_program, shared_evaluator
 from evaluator.evaluation import Result
 from evaluator.loops.feedback import clip, feedback_text, numeric_metrics, tail
+from evaluator.untrusted import visible
 
 __all__ = ["evaluate", "evaluate_stage1", "evaluate_stage2"]
 
@@ -122,9 +123,9 @@ def artifacts(result: Result) -> dict[str, str]:
     violations = "\n".join(_violation_line(violation) for violation in result.violations)
     texts = {
         "status": result.status,
-        "error": clip(result.error or "", ARTIFACT_CHARS),
-        "violations": clip(violations, ARTIFACT_CHARS),
-        "stderr": tail(result.stderr.strip(), ARTIFACT_CHARS),
+        "error": clip(visible(result.error or ""), ARTIFACT_CHARS),
+        "violations": clip(visible(violations), ARTIFACT_CHARS),
+        "stderr": tail(visible(result.stderr.strip()), ARTIFACT_CHARS),
         "feedback": feedback_text(result, ARTIFACT_CHARS),
     }
     return {key: text for key, text in texts.items() if text or key in ("status", "feedback")}

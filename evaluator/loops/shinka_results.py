@@ -28,6 +28,7 @@ from evaluator.loops.feedback import (
     feedback_text,
     numeric_metrics,
 )
+from evaluator.untrusted import visible
 
 METRICS_FILE = "metrics.json"
 CORRECT_FILE = "correct.json"
@@ -49,8 +50,8 @@ def correct_json(result: Result) -> dict[str, Any]:
     if result.ok:
         return {"correct": True, "error": None}
     if result.status == "infra_error":
-        return {"correct": False, "error": f"infra_error: {INFRA_NOTE} The evaluator's error: {result.error}"}
-    return {"correct": False, "error": f"{result.status}: {result.error}"}
+        return {"correct": False, "error": f"infra_error: {INFRA_NOTE} The evaluator's error: {visible(result.error or '')}"}
+    return {"correct": False, "error": clip(f"{result.status}: {visible(result.error or '')}", FEEDBACK_CHARS)}
 
 
 def shinka_feedback(result: Result) -> str:

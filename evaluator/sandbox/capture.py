@@ -26,8 +26,8 @@ class CapturedOutput:
 
     def text(self) -> str:
         """The kept bytes as text, with a marker where the middle was dropped."""
-        head = self.head.decode("utf-8", errors="replace")
-        tail = self.tail.decode("utf-8", errors="replace")
+        head = self.head.decode("utf-8", errors="backslashreplace")  # bytes that are not UTF-8 shown, not lost
+        tail = self.tail.decode("utf-8", errors="backslashreplace")
         if not self.truncated:
             return head + tail
         omitted = self.total_bytes - len(self.head) - len(self.tail)
