@@ -31,7 +31,7 @@ _owner_fd: int | None = None
 
 def scratch_folder(prefix: str) -> Path:
     """A new private folder under this process's root, which is made (and abandoned roots removed) on first use."""
-    return Path(tempfile.mkdtemp(prefix=prefix, dir=_process_root()))
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=process_root()))
 
 
 def remove_abandoned_roots() -> list[Path]:
@@ -52,7 +52,7 @@ def remove_abandoned_roots() -> list[Path]:
     return removed
 
 
-def _process_root() -> Path:
+def process_root() -> Path:
     global _root, _owner_fd
     with _lock:
         if _root is None:

@@ -63,3 +63,21 @@ def test_the_aa_bench_needs_two_of_each_to_measure_a_spread(option):
     run = bench(option, "1", "--device", "cpu", benchmark="aa")
     assert run.returncode == ExitCode.BAD_INPUT and not run.stdout
     assert f"argument {option}: expected a whole number from 2" in run.stderr
+
+
+def test_a_soak_ends_each_class_in_its_status_and_leaves_nothing_behind():
+    run = bench("10", "--device", "cpu", "--json", benchmark="soak")
+    assert run.returncode == ExitCode.OK, run.stdout + run.stderr
+    result = json.loads(run.stdout)
+    expected = {"crash": "crash", "hang": "timeout", "flood": "ok", "fork": "crash", "memory": "memory_limit",
+                "exception": "exception", "invalid": "invalid_output", "seed": "ok", "seed_patch": "ok",
+                "topk_snake": "ok"}
+    assert {name: list(counts) for name, counts in result["statuses"].items()} == {
+        name: [status] for name, status in expected.items()}
+    assert result["processes_left"] == [] and result["children_left"] == 0 and result["scratch_left"] == []
+    assert result["descriptors"][1] <= result["descriptors"][0] and result["honest_mismatches"] == []
+
+
+def test_a_soak_needs_every_program_once():
+    run = bench("3", "--device", "cpu", benchmark="soak")
+    assert run.returncode == ExitCode.BAD_INPUT and "argument N: expected a whole number from 10" in run.stderr

@@ -697,6 +697,16 @@ def test_closing_a_pool_leaves_no_process():
     assert not any(psutil.pid_exists(pid) for pid in spares)
 
 
+@pytest.mark.parametrize("after_s", [0.0, 0.05, 0.2])
+def test_closing_a_pool_while_its_spares_start_leaves_no_process_once_it_returns(after_s):
+    name = secrets.token_hex(8)
+    tag = f"SANDBOX_TEST_POOL={name}".encode()
+    spare_pool = WorkerPool(LIMITS, device="cpu", spares=3, environment={"SANDBOX_TEST_POOL": name})
+    time.sleep(after_s)  # the spares' threads forking, or their workers importing
+    spare_pool.close()
+    assert processes_with(tag) == []
+
+
 def test_a_spare_that_died_while_waiting_is_never_handed_out():
     name = secrets.token_hex(8)
     tag = f"SANDBOX_TEST_POOL={name}".encode()

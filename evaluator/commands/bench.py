@@ -9,12 +9,13 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from evaluator.bench import aa, evaluation, pace, trace_load
+from evaluator.bench import aa, evaluation, pace, soak, trace_load
 from evaluator.commands import MAX_SECONDS, CommandError, add_device_argument, positive_number, whole_number
 from evaluator.eplb.trace import STEPS_PER_WINDOW
 from evaluator.evaluation import Settings
 from evaluator.exitcodes import ExitCode
 from evaluator.sandbox import START_METHODS, SandboxFailure
+from evaluator.untrusted import TEXT_CHARS, one_line
 
 NAME = "bench"
 HELP = "Measure the evaluator's own performance on this machine."
@@ -164,6 +165,34 @@ def _run_pace(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _add_soak_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("evaluations", type=whole_number(len(soak.PROGRAMS), 10**6), metavar="N",
+                        help=f"evaluations in all, at least {len(soak.PROGRAMS)} (every program once)")
+    add_device_argument(parser)
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def _run_soak(args: argparse.Namespace) -> int:
+    result = soak.measure(args.evaluations, args.device)
+    if args.json:
+        print(json.dumps({**dataclasses.asdict(result), "rss_growth_mb": result.rss_growth_mb}))
+    else:
+        print(f"{result.evaluations} evaluations in {result.seconds:.0f} s on {result.device}")
+        for name, counts in result.statuses.items():
+            print(f"  {name:12} " + ", ".join(f"{status} {count}" for status, count in sorted(counts.items())))
+        print(f"left behind         {len(result.processes_left)} processes, {result.children_left} children, "
+              f"{len(result.scratch_left)} scratch folders; descriptors {result.descriptors[0]} -> "
+              f"{result.descriptors[1]}, /dev/shm files {result.shm_files[0]} -> {result.shm_files[1]}")
+        print(f"evaluator memory    {result.rss_mb[0]:.0f} MiB after the first tenth, {result.rss_mb[-1]:.0f} MiB at "
+              f"the end ({result.rss_growth_mb:+.1f} MiB)")
+        print(f"honest results      {'all identical to their first' if not result.honest_mismatches else ''}")
+        for mismatch in result.honest_mismatches:
+            print(f"  {one_line(mismatch, TEXT_CHARS)}")
+    clean = not (result.processes_left or result.children_left or result.scratch_left or result.honest_mismatches
+                 or result.descriptors[1] > result.descriptors[0] or result.shm_files[1] > result.shm_files[0])
+    return ExitCode.OK if clean else ExitCode.REGRESSION
+
+
 BENCHMARKS = (
     _Benchmark(
         "evaluator",
@@ -182,6 +211,12 @@ BENCHMARKS = (
         "How still this machine's pace holds: the A/A noise any evaluator would see here.",
         _add_pace_arguments,
         _run_pace,
+    ),
+    _Benchmark(
+        "soak",
+        "N evaluations of honest and hostile programs in one evaluator; what it leaves behind (exit 1 if anything).",
+        _add_soak_arguments,
+        _run_soak,
     ),
     _Benchmark(
         "trace-load",

@@ -198,6 +198,7 @@ os.register_at_fork(after_in_child=_forget_in_child)
 
 
 @atexit.register
-def _close_all() -> None:
+def close_all() -> None:
+    """Stop this process's zygotes (each is started again on its next use)."""
     for server in list(_servers.values()):
         server.close()

@@ -128,7 +128,8 @@ class WorkerPool:
             return True
 
     def close(self) -> None:
-        """Kill every spare, and those still starting. Workers already handed out stay with their users."""
+        """Kill every spare, and those still starting, and return once no start is under way: a start that raced
+        with the close has killed its worker by then. Workers already handed out stay with their users."""
         with self._condition:
             self._closed = True
             workers = [*self._ready, *self._starting]
@@ -136,6 +137,10 @@ class WorkerPool:
             self._condition.notify_all()
         for worker in workers:
             worker.close()
+        deadline = time.monotonic() + self.limits.start_timeout_s
+        with self._condition:
+            while (self._launching or self._starting) and time.monotonic() < deadline:
+                self._condition.wait(deadline - time.monotonic())
         _live_pools.discard(self)
 
     def __enter__(self) -> WorkerPool:
@@ -203,16 +208,18 @@ class WorkerPool:
                 if not self._closed:  # else `close()` killed it while starting, its pipes closed under the read
                     failure = Failure(FailureKind.INFRA_ERROR, f"a worker failed while starting: {error}")
         with self._condition:
-            if worker is not None:
+            if worker is not None and failure is None and worker.is_ready() and not self._closed:
                 self._starting.discard(worker)
-                if failure is None and worker.is_ready() and not self._closed:
-                    self._ready.append(worker)
-                    worker = None
+                self._ready.append(worker)
+                worker = None
             if failure is not None:
                 self._start_failure = failure
             self._condition.notify_all()
         if worker is not None:
-            worker.close()
+            worker.close()  # counted as starting until it is gone, so that `close()` waits for it
+            with self._condition:
+                self._starting.discard(worker)
+                self._condition.notify_all()
 
 
 # A forked child does not own its parent's pools: it must not kill their workers when it exits.
