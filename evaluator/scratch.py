@@ -53,6 +53,7 @@ def remove_abandoned_roots() -> list[Path]:
 
 
 def process_root() -> Path:
+    """This process's root, made (and abandoned roots removed) on first use; it lasts as long as the process."""
     global _root, _owner_fd
     with _lock:
         if _root is None:

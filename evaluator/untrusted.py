@@ -31,9 +31,19 @@ def one_line(text: str, limit: int) -> str:
 
 
 def quoted(text: str, limit: int, indent: str = "") -> str:
-    """`text` made visible, its end kept within about `limit` characters (where a traceback ends), each line led by
-    `indent` and `QUOTE`: what follows the bar is the program's, however it is worded."""
-    shown = visible(text.rstrip("\n"))
-    if len(shown) > limit:
-        shown = f"[... {len(shown) - limit} characters cut ...]\n" + shown[len(shown) - limit:]
+    """`text` made visible, its end kept within `limit` characters (`tail`), each line led by `indent` and `QUOTE`:
+    what follows the bar is the program's, however it is worded."""
+    shown = tail(visible(text.rstrip("\n")), limit)
     return "\n".join(f"{indent}{QUOTE}{line}" for line in shown.split("\n"))
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, saying so when it was cut."""
+    marker = "\n... (truncated)"
+    return text if len(text) <= limit else text[: max(0, limit - len(marker))] + marker
+
+
+def tail(text: str, limit: int) -> str:
+    """The end of `text` (where a traceback ends) in at most `limit` characters, saying so when cut."""
+    marker = "... (earlier output cut)\n"
+    return text if len(text) <= limit else marker + text[len(text) - max(0, limit - len(marker)):]

@@ -70,12 +70,13 @@ def test_a_soak_ends_each_class_in_its_status_and_leaves_nothing_behind():
     assert run.returncode == ExitCode.OK, run.stdout + run.stderr
     result = json.loads(run.stdout)
     expected = {"crash": "crash", "hang": "timeout", "flood": "ok", "fork": "crash", "memory": "memory_limit",
-                "exception": "exception", "invalid": "invalid_output", "seed": "ok", "seed_patch": "ok",
-                "topk_snake": "ok"}
+                "exception": "exception", "invalid": "invalid_output", "seed": "ok", "seed-patch": "ok",
+                "topk-snake": "ok"}
     assert {name: list(counts) for name, counts in result["statuses"].items()} == {
         name: [status] for name, status in expected.items()}
     assert result["processes_left"] == [] and result["children_left"] == 0 and result["scratch_left"] == []
     assert result["descriptors"][1] <= result["descriptors"][0] and result["honest_mismatches"] == []
+    assert result["left_nothing"]
 
 
 def test_a_soak_needs_every_program_once():

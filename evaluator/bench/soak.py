@@ -24,9 +24,9 @@ from evaluator import scratch
 from evaluator.eplb.problem import Problem
 from evaluator.eplb.synthetic import SyntheticConfig, generate_trace
 from evaluator.evaluation import Evaluator, Settings
-from evaluator.evaluation.seed_plans import seed_patch_program
+from evaluator.bench.speed_classes import SPEED_CLASSES
 from evaluator.evaluation.timing import ReferenceCache
-from evaluator.paths import PROJECT_ROOT, SEED_PROGRAM
+from evaluator.paths import SEED_PROGRAM
 from evaluator.sandbox import Limits, forkserver
 
 PROBLEM = Problem(num_layers=6, num_experts=32, num_replicas=48, num_groups=4, num_nodes=2, num_gpus=8)
@@ -51,7 +51,7 @@ HOSTILE = {
                             "seed.rebalance_experts(weight, *args)\n    return phy2log * 0, log2phy, logcnt\n",
 }
 
-HONEST = ("seed", "seed_patch", "topk_snake")
+HONEST = ("seed", "seed-patch", "topk-snake")  # the seed, and the speed classes of those names
 PROGRAMS = (*HONEST, *HOSTILE)
 
 
@@ -68,6 +68,13 @@ class SoakResult:
     shm_files: tuple[int, int]  # files in /dev/shm, before and at the end
     scratch_left: list[str]  # folders left in this process's scratch root
     rss_mb: list[float] = field(default_factory=list)  # this process's resident memory after each tenth
+
+    @property
+    def left_nothing(self) -> bool:
+        """No process, child, scratch folder, descriptor or /dev/shm file more than before, and every honest result
+        as its first."""
+        return not (self.processes_left or self.children_left or self.scratch_left or self.honest_mismatches
+                    or self.descriptors[1] > self.descriptors[0] or self.shm_files[1] > self.shm_files[0])
 
     @property
     def rss_growth_mb(self) -> float:
@@ -114,9 +121,10 @@ def measure(evaluations: int, device: str = "auto", seed: int = 0) -> SoakResult
 
 def _programs(folder: Path) -> dict[str, Path]:
     """The honest programs (the seed, the seed patch's, a fast one) and one file per hostile class."""
-    (folder / "seed_patch.py").write_text(seed_patch_program(), encoding="utf-8")
-    programs = {"seed": SEED_PROGRAM, "seed_patch": folder / "seed_patch.py",
-                "topk_snake": PROJECT_ROOT / "evaluator" / "bench" / "programs" / "topk_snake.py"}
+    programs = {"seed": SEED_PROGRAM}
+    for speed in SPEED_CLASSES:
+        if speed.name in HONEST:
+            programs[speed.name] = speed.write(folder / f"{speed.name}.py")
     for name, source in HOSTILE.items():
         programs[name] = folder / f"{name}.py"
         programs[name].write_text(source, encoding="utf-8")

@@ -42,7 +42,8 @@ from evaluator.store import (
 
 NAME = "apply"
 HELP = "Apply a patch to the seed (or to --parent), store the candidate program and evaluate it."
-_LIMITS_DECIDE = (FailureKind.TIMEOUT.value, FailureKind.MEMORY_LIMIT.value)  # statuses a stored result is not reused with
+# statuses a stored result is not reused with: they depend on the limits it was measured under
+_LIMITS_DECIDE = (FailureKind.TIMEOUT.value, FailureKind.MEMORY_LIMIT.value)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from evaluator.evaluation import Result
-from evaluator.untrusted import one_line, quoted
+from evaluator.untrusted import clip, one_line, quoted
 
 FEEDBACK_CHARS = 4000  # fits any loop's prompt budget for one program's feedback
 MAX_VIOLATIONS = 5
@@ -47,14 +47,3 @@ def feedback_text(result: Result, limit: int = FEEDBACK_CHARS) -> str:
                          + quoted("\n".join(result.stderr.strip().splitlines()[-20:]), limit // 4))
     return clip("\n".join(lines), limit)
 
-
-def clip(text: str, limit: int) -> str:
-    """`text` cut to `limit` characters, saying so when it was cut."""
-    marker = "\n... (truncated)"
-    return text if len(text) <= limit else text[: max(0, limit - len(marker))] + marker
-
-
-def tail(text: str, limit: int) -> str:
-    """The end of `text` (where a traceback ends) in at most `limit` characters, saying so when cut."""
-    marker = "... (earlier output cut)\n"
-    return text if len(text) <= limit else marker + text[len(text) - max(0, limit - len(marker)):]

@@ -54,8 +54,8 @@ from typing import Any
 
 from evaluator.api import check_program, evaluate_program, shared_evaluator
 from evaluator.evaluation import Result
-from evaluator.loops.feedback import clip, feedback_text, numeric_metrics, tail
-from evaluator.untrusted import visible
+from evaluator.loops.feedback import feedback_text, numeric_metrics
+from evaluator.untrusted import clip, tail, visible
 
 __all__ = ["evaluate", "evaluate_stage1", "evaluate_stage2"]
 

@@ -22,13 +22,8 @@ from typing import Any
 
 from evaluator.evaluation import Result
 from evaluator.files import write_atomically
-from evaluator.loops.feedback import (
-    FEEDBACK_CHARS,
-    clip,
-    feedback_text,
-    numeric_metrics,
-)
-from evaluator.untrusted import visible
+from evaluator.loops.feedback import FEEDBACK_CHARS, feedback_text, numeric_metrics
+from evaluator.untrusted import clip, visible
 
 METRICS_FILE = "metrics.json"
 CORRECT_FILE = "correct.json"
@@ -50,7 +45,8 @@ def correct_json(result: Result) -> dict[str, Any]:
     if result.ok:
         return {"correct": True, "error": None}
     if result.status == "infra_error":
-        return {"correct": False, "error": f"infra_error: {INFRA_NOTE} The evaluator's error: {visible(result.error or '')}"}
+        return {"correct": False,
+                "error": f"infra_error: {INFRA_NOTE} The evaluator's error: {visible(result.error or '')}"}
     return {"correct": False, "error": clip(f"{result.status}: {visible(result.error or '')}", FEEDBACK_CHARS)}
 
 

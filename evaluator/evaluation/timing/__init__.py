@@ -39,6 +39,5 @@ __all__ = [
     "YARDSTICK", "Batch", "BatchPlan", "BatchTime", "Call", "HarnessModel", "ReferenceCache",
     "SeedReference", "Timing", "TimingSettings", "TimingSummary", "budget_spent", "call_inputs", "call_limit_s",
     "calls_per_batch", "default_cache_path", "estimate", "median_interval", "mostly_steady", "pace_change",
-    "precise_enough",
-    "relative_precision", "steady", "summarise", "vary", "warmup_call", "Yardstick", "yardstick_due",
+    "precise_enough", "relative_precision", "steady", "summarise", "vary", "warmup_call", "Yardstick", "yardstick_due",
 ]
