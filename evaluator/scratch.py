@@ -17,6 +17,8 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
+
 from evaluator.files import remove_tree
 
 ROOT_PREFIX = "eplb-scratch-"
@@ -65,6 +67,20 @@ def process_root() -> Path:
             _root, _owner_fd = root, owner
             remove_abandoned_roots()
         return _root
+
+
+def processes_working_in(root: Path) -> list[int]:
+    """Processes on the machine, zombies aside, whose working folder is (or was) in `root`, a process's root: its
+    workers, its zygote, its guard and whatever they started, however they left its tree."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if (process.status() != psutil.STATUS_ZOMBIE
+                    and os.readlink(f"/proc/{process.pid}/cwd").startswith(str(root) + os.sep)):
+                found.append(process.pid)
+        except (OSError, psutil.Error):
+            continue
+    return found
 
 
 def _is_abandoned(root: str) -> bool:

@@ -2,9 +2,9 @@
 
 The hostile programs are one of each class the sandbox stops (a crash, a hang, an output flood, a fork bomb, a memory
 hog, an exception, an invalid plan). After the last evaluation the evaluator is closed, and this process's zygotes
-(which outlive an evaluator, for the next one) are stopped; then what is left is counted against the state before the
-evaluator: processes working in this process's scratch root, its children, its file descriptors, files in /dev/shm
-and folders in its scratch root; and how its own memory grew. Every honest program's balancedness must
+and guard (which outlive an evaluator, for the next one) are stopped; then what is left is counted against the state
+before the evaluator: processes working in this process's scratch root, its children, its file descriptors, files in
+/dev/shm and folders in its scratch root; and how its own memory grew. Every honest program's balancedness must
 equal its first result's.
 """
 
@@ -27,7 +27,7 @@ from evaluator.evaluation import Evaluator, Settings
 from evaluator.bench.speed_classes import SPEED_CLASSES
 from evaluator.evaluation.timing import ReferenceCache
 from evaluator.paths import SEED_PROGRAM
-from evaluator.sandbox import Limits, forkserver
+from evaluator.sandbox import Limits, forkserver, guard
 
 PROBLEM = Problem(num_layers=6, num_experts=32, num_replicas=48, num_groups=4, num_nodes=2, num_gpus=8)
 TIMEOUT_S = 6.0  # a hang costs this much; an honest program takes about a second
@@ -113,9 +113,10 @@ def measure(evaluations: int, device: str = "auto", seed: int = 0) -> SoakResult
                     rss.append(psutil.Process().memory_info().rss / 2**20)
             used = evaluator.lanes.lanes[0].device
     forkserver.close_all()
+    guard.close()
     seconds = time.perf_counter() - started
     return SoakResult(evaluations, seconds, used, {name: dict(counts) for name, counts in sorted(statuses.items())},
-                      mismatches, _processes_left(root), len(psutil.Process().children(recursive=True)),
+                      mismatches, scratch.processes_working_in(root), len(psutil.Process().children(recursive=True)),
                       (descriptors_before, _descriptors()), (shm_before, _shm_files()), _scratch_left(root), rss)
 
 
@@ -140,20 +141,6 @@ def _shm_files() -> int:
         return len(os.listdir("/dev/shm"))
     except OSError:
         return 0
-
-
-def _processes_left(root: Path) -> list[int]:
-    """Processes on the machine, zombies aside, whose working folder is (or was) in this process's scratch root
-    `root`: workers, the zygote and whatever they started, however they left the evaluator's tree."""
-    found = []
-    for process in psutil.process_iter():
-        try:
-            if (process.status() != psutil.STATUS_ZOMBIE
-                    and os.readlink(f"/proc/{process.pid}/cwd").startswith(str(root) + os.sep)):
-                found.append(process.pid)
-        except (OSError, psutil.Error):
-            continue
-    return found
 
 
 def _scratch_left(root: Path) -> list[str]:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from evaluator.files import remove_tree
-from evaluator.sandbox import proctree, zygote
+from evaluator.sandbox import guard, proctree, zygote
 from evaluator.scratch import scratch_folder
 
 _KILL_WAIT_S = 5.0
@@ -105,6 +105,7 @@ class ForkServer:
                          zygote.ENVIRONMENT_ROOM_VARIABLE: "0" * zygote.ENVIRONMENT_ROOM_BYTES})
             finally:
                 theirs.close()
+            guard.watch(self._process.pid)
         except OSError as error:
             self._stop()
             raise ZygoteUnavailable(f"could not start the zygote: {error}") from None

@@ -22,7 +22,7 @@ from numpy.typing import ArrayLike
 
 import evaluator
 from evaluator.files import remove_tree
-from evaluator.sandbox import channel, exchange, forkserver, proctree
+from evaluator.sandbox import channel, exchange, forkserver, guard, proctree
 from evaluator.sandbox.capture import CapturedOutput, OutputCapture
 from evaluator.sandbox.confinement import FOLDER_VARIABLES, set_dumpable
 from evaluator.sandbox.cpus import pin_threads
@@ -613,22 +613,36 @@ def _start(start_method: str, arguments: list[str], extra_environment: Mapping[s
     handles = _Handles(limits.exchange_bytes)
     extra_environment = {**(extra_environment or {}), **{name: cwd for name in FOLDER_VARIABLES}}
     try:
+        leader = None
         if start_method == "forkserver":
             environment = worker_environment(marker, extra_environment)
             server = forkserver.for_environment(environment, ignored=(MARKER_VARIABLE, *FOLDER_VARIABLES))
             try:
-                return (server.fork(arguments, environment, cwd, handles.theirs, limits.start_timeout_s), handles,
-                        marker)
+                leader = server.fork(arguments, environment, cwd, handles.theirs, limits.start_timeout_s)
             except forkserver.ZygoteUnavailable as error:
                 if error.sent:  # a worker forked all the same holds these: it finds them closed and leaves
                     handles.close()
                     handles = _Handles(limits.exchange_bytes)
                     proctree.kill_strays_later(f"{MARKER_VARIABLE}={marker}".encode(), _STRAY_WATCH_S)
                     marker = secrets.token_hex(16)
-        return _spawn(arguments, worker_environment(marker, extra_environment), cwd, handles.theirs), handles, marker
+        if leader is None:
+            leader = _spawn(arguments, worker_environment(marker, extra_environment), cwd, handles.theirs)
+        _guarded(leader)
+        return leader, handles, marker
     except BaseException:
         handles.close()
         raise
+
+
+def _guarded(leader: GroupLeader) -> None:
+    """Have the guard kill the worker's tree if this process dies first; if no guard can be had, kill it now and
+    fail the start (infra_error)."""
+    try:
+        guard.watch(leader.pid)
+    except OSError as error:
+        leader.kill_group()
+        leader.wait()
+        raise SandboxFailure(Failure(FailureKind.INFRA_ERROR, f"could not start the guard process: {error}")) from None
 
 
 def _spawn(arguments: list[str], environment: dict[str, str], cwd: str,

@@ -88,17 +88,22 @@ def _take_environment(environment: dict[str, str]) -> None:
     ctypes.memmove(start, entries.ljust(end - start, b"\0"), end - start)
 
 
-def _wait_until_orphaned_to(evaluator_pid: int) -> None:
-    """Until the intermediate has exited and this process is the evaluator's child."""
+def _wait_until_orphaned_to(evaluator_pid: int, intermediate_pid: int) -> None:
+    """Until the intermediate has exited and this process is the evaluator's child. Raises RuntimeError if it went to
+    another (the evaluator is gone: nothing would ever stop this worker) or not in time."""
     deadline = time.monotonic() + _REPARENT_WAIT_S
-    while os.getppid() != evaluator_pid:
+    while (parent := os.getppid()) != evaluator_pid:
+        if parent != intermediate_pid:
+            raise RuntimeError(f"the evaluator (pid {evaluator_pid}) is gone")
         if time.monotonic() > deadline:
             raise RuntimeError(f"the worker was not handed over to the evaluator (pid {evaluator_pid}) in time")
         time.sleep(0.0002)
 
 
-def _become_worker(control: socket.socket, request: dict[str, Any], received: dict[str, int]) -> NoReturn:
-    """In the forked worker: cut every tie to the zygote, then run the worker's main loop."""
+def _become_worker(control: socket.socket, request: dict[str, Any], received: dict[str, int],
+                   intermediate: int) -> NoReturn:
+    """In the forked worker (`intermediate`, its parent until handed over): cut every tie to the zygote, then run the
+    worker's main loop."""
     code: Any = 1
     try:
         control.close()  # before anything else: a candidate must never reach the zygote
@@ -107,7 +112,7 @@ def _become_worker(control: socket.socket, request: dict[str, Any], received: di
         _place_descriptors(received)
         _take_environment(request["environment"])  # the marker first: from here on the evaluator can find it
         os.chdir(request["cwd"])
-        _wait_until_orphaned_to(request["evaluator_pid"])
+        _wait_until_orphaned_to(request["evaluator_pid"], intermediate)
         sys.path[0] = os.getcwd()  # as `python -m` sets it in a spawned worker
         from evaluator.sandbox import worker
 
@@ -133,10 +138,11 @@ def _fork_worker(control: socket.socket, request: dict[str, Any], received: dict
     if intermediate == 0:
         try:
             os.close(report_read)
+            itself = os.getpid()
             worker = os.fork()
             if worker == 0:
                 os.close(report_write)
-                _become_worker(control, request, received)
+                _become_worker(control, request, received, itself)
             os.write(report_write, str(worker).encode())
         finally:
             os._exit(0)
