@@ -17,6 +17,7 @@ import signal
 import socket
 import stat
 import subprocess
+import tempfile
 import sys
 import textwrap
 import threading
@@ -451,6 +452,43 @@ def test_memory_spread_over_child_processes_counts_for_the_tree(pool):
     assert failure.kind is FailureKind.MEMORY_LIMIT
     assert "processes used" in failure.message
     assert left == []
+
+
+def test_memory_written_into_a_memfd_counts(pool):
+    failure, _ = run(pool, HOSTILE / "memfd_hog.py")
+    assert failure.kind is FailureKind.MEMORY_LIMIT
+    assert "MiB of it in files kept in memory" in failure.message
+
+
+WRITES_ITS_FOLDER_FULL = f"""
+import sys
+import numpy as np
+from evaluator.sandbox import Limits, SandboxFailure, WorkerPool
+with WorkerPool(Limits(memory_mb=int(sys.argv[1])), device="cpu", spares=1) as pool:
+    worker = pool.acquire()
+    worker.load({str(HOSTILE / "file_hog.py")!r})
+    try:
+        worker.call(np.ones((1, 2), np.float32), [2, 1, 1, 1])
+    except SandboxFailure as failure:
+        print(failure.failure.kind.value, failure.failure.message)
+"""
+
+
+def test_files_written_into_a_folder_in_memory_count(tmp_path):
+    """The worker's folder on tmpfs (the temporary folder is, on many machines): files it wrote and closed count."""
+    shared_memory = Path("/dev/shm")
+    limit_mb = 600
+    if not (shared_memory.is_dir() and os.access(shared_memory, os.W_OK)
+            and shutil.disk_usage(shared_memory).free > 2 * limit_mb * 2**20):
+        pytest.skip("needs /dev/shm with room for twice the limit")
+    folder = Path(tempfile.mkdtemp(dir=shared_memory))
+    try:
+        run = subprocess.run([sys.executable, "-c", WRITES_ITS_FOLDER_FULL, str(limit_mb)], cwd=ROOT, text=True,
+                             capture_output=True, timeout=120, env={**os.environ, "TMPDIR": str(folder)})
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    assert run.stdout.startswith("memory_limit "), run.stdout + run.stderr
+    assert "MiB of it in files kept in memory" in run.stdout
 
 
 def test_a_fork_bomb_is_stopped_at_the_process_limit(pool):

@@ -22,7 +22,7 @@ from numpy.typing import ArrayLike
 
 import evaluator
 from evaluator.files import remove_tree
-from evaluator.sandbox import channel, exchange, forkserver, guard, proctree
+from evaluator.sandbox import channel, exchange, forkserver, guard, memory_files, proctree
 from evaluator.sandbox.capture import CapturedOutput, OutputCapture
 from evaluator.sandbox.confinement import FOLDER_VARIABLES, set_dumpable
 from evaluator.sandbox.cpus import pin_threads
@@ -178,6 +178,8 @@ class Worker:
         except BaseException:
             remove_tree(self._workdir)
             raise
+        # the exchange is counted where the worker maps it, not again as a file it holds
+        self._not_counted = frozenset({memory_files.file_identity(handles.theirs["exchange"])})
         handles.close_theirs()  # only the worker may hold its ends
         if cpus:
             try:
@@ -234,7 +236,7 @@ class Worker:
                 ready_monotonic=time.monotonic())
         except channel.ProtocolError as error:
             self._fail(FailureKind.INFRA_ERROR, f"the worker sent a malformed ready message: {error}")
-        used = self._memory_used()
+        used, _ = self._memory_used()
         if used > self.limits.memory_bytes:  # its own start, before any program: the limit is the evaluator's fault
             self._fail(FailureKind.INFRA_ERROR,
                        f"a worker uses {used / 2**20:.0f} MiB of host memory before any program is loaded, over the "
@@ -485,11 +487,13 @@ class Worker:
                                    f"the program had {usage.processes} processes running, over the limit of "
                                    f"{limits.max_processes}; they were all killed")
                     return
-                used = self._memory_used(usage)
+                used, in_files = self._memory_used(usage)
                 if used > limits.memory_bytes:
+                    files = (f" ({in_files / 2**20:.0f} MiB of it in files kept in memory: a memfd, tmpfs or "
+                             "/dev/shm)" if in_files else "")
                     self._kill_for(FailureKind.MEMORY_LIMIT,
-                                   f"the program's processes used {used / 2**20:.0f} MiB of host memory, over the "
-                                   f"limit of {limits.memory_mb} MiB; they were all killed")
+                                   f"the program's processes used {used / 2**20:.0f} MiB of host memory{files}, over "
+                                   f"the limit of {limits.memory_mb} MiB; they were all killed")
                     return
             except Exception:  # a process vanishing mid-sample is normal; the next sample sees the truth
                 continue
@@ -508,12 +512,15 @@ class Worker:
         self._stop_watching.set()
         self._program_loaded.set()  # a watchdog waiting for a program sees the stop at once
 
-    def _memory_used(self, usage: proctree.TreeUsage | None = None) -> int:
-        """The host memory the worker's processes use, each shared page counted once (as the limit counts it): their
-        resident sets' sum, and only where that is over the limit their proportional sets' (slower to read)."""
+    def _memory_used(self, usage: proctree.TreeUsage | None = None) -> tuple[int, int]:
+        """The host memory the worker's processes use, each shared page counted once (as the limit counts it), and
+        how much of it is files: their resident sets' sum, and only where that is over the limit their proportional
+        sets' (slower to read); and the files in memory they hold or keep in the worker's folder (memory_files.py)."""
         usage = usage or self._tree.usage()
-        over = usage.resident_bytes > self.limits.memory_bytes
-        return proportional_bytes(usage.pids) if over else usage.resident_bytes
+        limit = self.limits.memory_bytes
+        files = memory_files.memory_file_bytes(usage.pids, Path(self._workdir), self._not_counted, limit)
+        over = usage.resident_bytes + files > limit
+        return (proportional_bytes(usage.pids) if over else usage.resident_bytes) + files, files
 
     def _kill_for(self, kind: FailureKind, message: str) -> None:
         if self._verdict is None and self._state in ("loading", "loaded", "ready", "starting"):
