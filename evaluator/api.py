@@ -35,6 +35,7 @@ from evaluator.parent import resolve_parent
 from evaluator.patch import PatchError, apply_parsed, parse_patch
 from evaluator.paths import DEFAULT_STORE
 from evaluator.store import CandidateStore
+from evaluator.status import Status
 
 ProgramLike = str | os.PathLike[str]
 
@@ -144,7 +145,7 @@ def evaluate_patch(patch_text: str, parent: ProgramLike | None = None, *, rewrit
     try:
         program = apply_parsed(source, parse_patch(patch_text, rewrite=rewrite)).program
     except PatchError as error:
-        return Result("apply_error", f"the patch does not apply: {error}")
+        return Result(Status.APPLY_ERROR, f"the patch does not apply: {error}")
     return evaluate_program(program, evaluator=evaluator)
 
 

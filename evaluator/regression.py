@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from evaluator.status import Status
+
 BALANCEDNESS_TOLERANCE = 1e-6  # the default trace is fixed, so balancedness is exact up to float rounding
 # A speedup counts as fallen only when even the top of this run's 95% intervals lies this far below the bottom of
 # the baseline's. On a GPU, whose lane has a core of its own, evaluations on other days and hosts differ by up to
@@ -52,7 +54,7 @@ def judge(candidate_id: str, name: str | None, baseline: dict[str, Any], results
     device's, `SPEED_TOLERANCE`)."""
     tolerance = speed_tolerance(baseline.get("device")) if tolerance is None else tolerance
     base_interval = interval_of(baseline)
-    failed = next((r for r in results if r["status"] != "ok"), None)
+    failed = next((r for r in results if r["status"] != Status.OK), None)
     if failed is not None:
         return Verdict(candidate_id, name, False, (f"{failed['status']}: {failed['error']}",), failed["status"], None,
                        baseline["balancedness_score"], None, None, baseline["speedup"], base_interval)
@@ -75,5 +77,5 @@ def judge(candidate_id: str, name: str | None, baseline: dict[str, Any], results
                        f"{base_interval[1]:.2f}) to {speedup:.2f}x (interval {run_interval[0]:.2f} to "
                        f"{run_interval[1]:.2f}): the top of this run's interval is more than {tolerance:.0%} below "
                        "the bottom of the baseline's")
-    return Verdict(candidate_id, name, holds, tuple(reasons), "ok", balancedness, baseline["balancedness_score"],
-                   speedup, run_interval, baseline["speedup"], base_interval)
+    return Verdict(candidate_id, name, holds, tuple(reasons), Status.OK.value, balancedness,
+                   baseline["balancedness_score"], speedup, run_interval, baseline["speedup"], base_interval)

@@ -19,6 +19,7 @@ from typing import Any
 from evaluator import __version__
 from evaluator.eplb.problem import Problem
 from evaluator.files import remove_tree, write_atomically, write_durably
+from evaluator.status import Status
 
 PROGRAM_FILE = "program.py"
 PATCH_FILE = "patch.diff"
@@ -99,7 +100,7 @@ class StoredCandidate:
         """The newest result that is not an infra_error, on `workload` if given (see `same_workload`) and measured
         `here` if given (see `measured_alike`)."""
         for result in reversed(self.results()):
-            if (result.get("status") != "infra_error" and (workload is None or same_workload(result, workload))
+            if (result.get("status") != Status.INFRA_ERROR and (workload is None or same_workload(result, workload))
                     and (here is None or measured_alike(result, here))):
                 return result
         return None
@@ -207,7 +208,7 @@ class CandidateStore:
         Accepting again replaces the baseline.
         """
         status = result.get("status")
-        if status != "ok":
+        if status != Status.OK:
             detail = f": {result.get('error')}" if result.get("error") else ""
             raise StoreError(f"candidate {candidate.id} cannot be accepted: its result is {status!r}, not 'ok'{detail}")
         if not same_workload(result, BASELINE_WORKLOAD):

@@ -21,7 +21,8 @@ from evaluator.evaluation import Evaluator
 from evaluator.evaluation.lanes import Lanes, lane_cores
 from evaluator.evaluation.timing import ReferenceCache, default_cache_path
 from evaluator.paths import SEED_PROGRAM
-from evaluator.sandbox import FailureKind, Limits, SandboxFailure
+from evaluator.sandbox import Limits, SandboxFailure
+from evaluator.status import Status
 
 
 @pytest.fixture
@@ -110,7 +111,7 @@ time.sleep(60)
         assert holder.stdout.readline().strip() == "holding"
         with pytest.raises(SandboxFailure) as raised:
             lanes.take(give_up_at=time.monotonic() + 0.3)  # another process holds it
-        assert raised.value.failure.kind is FailureKind.INFRA_ERROR and "gave up" in raised.value.failure.message
+        assert raised.value.failure.kind is Status.INFRA_ERROR and "gave up" in raised.value.failure.message
     finally:
         holder.kill()
         holder.wait()

@@ -31,15 +31,8 @@ import torch
 
 from evaluator.eplb.problem import Problem
 from evaluator.sandbox import process as process_module
-from evaluator.sandbox import (
-    FailureKind,
-    Limits,
-    SandboxFailure,
-    Unsupported,
-    WarmUp,
-    Worker,
-    WorkerPool,
-)
+from evaluator.sandbox import Limits, SandboxFailure, Unsupported, WarmUp, Worker, WorkerPool
+from evaluator.status import Status
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSTILE = Path(__file__).resolve().parent / "hostile"
@@ -222,7 +215,7 @@ def test_a_closed_pool_hands_out_nothing_and_says_it_is_not_the_candidates_fault
     pool.close()
     with pytest.raises(SandboxFailure) as raised:
         pool.acquire()
-    assert raised.value.failure.kind is FailureKind.INFRA_ERROR and "closed" in raised.value.failure.message
+    assert raised.value.failure.kind is Status.INFRA_ERROR and "closed" in raised.value.failure.message
 
 
 def test_a_warm_up_runs_before_the_worker_is_ready_and_leaves_no_trace_for_the_candidate(tmp_path):
@@ -254,7 +247,7 @@ def test_a_warm_up_that_fails_is_an_infra_error(tmp_path):
     setup = WarmUp(warm_up, (SMALL.num_layers, SMALL.num_experts), SMALL.rebalance_args())
     with pytest.raises(SandboxFailure) as raised:
         Worker.start(LIMITS, device="cpu", warm_up=setup)
-    assert raised.value.failure.kind is FailureKind.INFRA_ERROR
+    assert raised.value.failure.kind is Status.INFRA_ERROR
     assert "warm-up failed" in raised.value.failure.message and "broken warm-up" in raised.value.failure.message
 
 
@@ -263,7 +256,7 @@ def test_asking_for_cuda_without_a_gpu_is_an_infra_error():
         pytest.skip("this machine has a GPU")
     with pytest.raises(SandboxFailure) as raised:
         Worker.start(LIMITS, device="cuda")
-    assert raised.value.failure.kind is FailureKind.INFRA_ERROR
+    assert raised.value.failure.kind is Status.INFRA_ERROR
     assert "torch.cuda.is_available() is False" in raised.value.failure.message
 
 
@@ -272,21 +265,21 @@ def test_asking_for_cuda_without_a_gpu_is_an_infra_error():
 
 def test_a_hang_in_the_call_times_out(pool):
     failure, worker = run(pool, HOSTILE / "hang_in_call.py", timeout_s=SHORT_S)
-    assert failure.kind is FailureKind.TIMEOUT
+    assert failure.kind is Status.TIMEOUT
     assert "call 1 of rebalance_experts did not finish within 3 s" in failure.message
     assert not psutil.pid_exists(worker.pid)
 
 
 def test_a_hang_at_import_times_out(pool):
     failure, worker = run(pool, HOSTILE / "hang_at_import.py", import_timeout_s=SHORT_S)
-    assert failure.kind is FailureKind.TIMEOUT
+    assert failure.kind is Status.TIMEOUT
     assert "the import of hang_at_import.py did not finish within 3 s" in failure.message
     assert not psutil.pid_exists(worker.pid)
 
 
 def test_a_segfault_is_a_crash_with_the_signal_and_the_python_stack(pool):
     failure, _ = run(pool, HOSTILE / "segfault.py")
-    assert failure.kind is FailureKind.CRASH
+    assert failure.kind is Status.CRASH
     assert failure.signal == "SIGSEGV"
     assert "SIGSEGV" in failure.message
     assert "segfault.py" in failure.stderr.text()  # faulthandler's stack names the program's line
@@ -295,14 +288,14 @@ def test_a_segfault_is_a_crash_with_the_signal_and_the_python_stack(pool):
 
 def test_exiting_with_code_0_instead_of_returning_is_a_crash(pool):
     failure, _ = run(pool, HOSTILE / "os_exit_in_call.py")
-    assert failure.kind is FailureKind.CRASH
+    assert failure.kind is Status.CRASH
     assert failure.exit_code == 0
     assert "exited with code 0 during call 1 of rebalance_experts, before returning a result" in failure.message
 
 
 def test_sys_exit_at_import_is_an_import_error(pool):
     failure, _ = run(pool, HOSTILE / "sys_exit_at_import.py")
-    assert failure.kind is FailureKind.IMPORT_ERROR
+    assert failure.kind is Status.IMPORT_ERROR
     assert "sys.exit(0)" in failure.message
 
 
@@ -310,13 +303,13 @@ def test_a_syntax_error_is_an_import_error_naming_the_line(pool, tmp_path):
     program = tmp_path / "broken.py"
     program.write_text("def rebalance_experts(weight:\n    return weight\n")
     failure, _ = run(pool, program)
-    assert failure.kind is FailureKind.IMPORT_ERROR
+    assert failure.kind is Status.IMPORT_ERROR
     assert "SyntaxError" in failure.message and "broken.py" in failure.message
 
 
 def test_an_exception_carries_the_programs_traceback(pool):
     failure, _ = run(pool, HOSTILE / "raises.py")
-    assert failure.kind is FailureKind.EXCEPTION
+    assert failure.kind is Status.EXCEPTION
     assert failure.message.startswith("rebalance_experts raised ValueError:")
     assert "ValueError: no plan for these layers" in failure.message
     assert "in plan_layers" in failure.message and "raises.py" in failure.message
@@ -325,13 +318,13 @@ def test_an_exception_carries_the_programs_traceback(pool):
 
 def test_a_missing_entry_point_lists_what_the_program_defines(pool):
     failure, _ = run(pool, HOSTILE / "missing_entry_point.py")
-    assert failure.kind is FailureKind.MISSING_FUNCTION
+    assert failure.kind is Status.MISSING_FUNCTION
     assert "`rebalance_experts`" in failure.message and "rebalance" in failure.message.split(":")[-1]
 
 
 def test_an_entry_point_that_is_not_a_function_is_missing(pool):
     failure, _ = run(pool, HOSTILE / "entry_point_not_callable.py")
-    assert failure.kind is FailureKind.MISSING_FUNCTION
+    assert failure.kind is Status.MISSING_FUNCTION
     assert "is a int, not a function" in failure.message
 
 
@@ -400,7 +393,7 @@ def daemonising_program(tmp_path: Path, ending: str) -> Path:
 ], ids=["execd", "forked"])
 def test_an_orphan_is_gone_after_the_worker_dies(unconfined_pool, tmp_path, program):
     failure, worker = run(unconfined_pool, program(tmp_path))
-    assert failure.kind is FailureKind.CRASH and failure.exit_code == 0
+    assert failure.kind is Status.CRASH and failure.exit_code == 0
     orphan = pid_from(tmp_path / "pid")
     assert orphan != worker.pid
     assert not psutil.pid_exists(orphan)
@@ -410,7 +403,7 @@ def test_a_child_that_erased_its_marker_is_gone_after_the_worker_dies(pool):
     """Nothing in its environment or its parent marks the orphan as the worker's; it cannot leave the worker's
     process group, which is killed whole."""
     failure, worker = run(pool, HOSTILE / "erases_its_marker.py")
-    assert failure.kind is FailureKind.CRASH and failure.exit_code == 0
+    assert failure.kind is Status.CRASH and failure.exit_code == 0
     assert worker.info.confinement.calls_filtered, "this machine has no seccomp filter: the orphan may escape"
     child = int(failure.stdout.text().split()[1])
     deadline = time.monotonic() + 10
@@ -437,26 +430,26 @@ def test_a_limit_the_worker_itself_cannot_start_in_is_the_evaluators_fault_not_a
     # 4 MiB: less than a forked worker's own pages, however many others share the zygote's with it
     with pytest.raises(SandboxFailure) as raised:
         Worker.start(dataclasses.replace(LIMITS, memory_mb=4), device="cpu", start_method="forkserver")
-    assert raised.value.failure.kind is FailureKind.INFRA_ERROR
+    assert raised.value.failure.kind is Status.INFRA_ERROR
     assert "before any program is loaded, over the limit of 4 MiB" in raised.value.failure.message
 
 
 def test_a_memory_hog_hits_the_memory_limit(pool):
     failure, _ = run(pool, HOSTILE / "memory_hog.py")
-    assert failure.kind is FailureKind.MEMORY_LIMIT
+    assert failure.kind is Status.MEMORY_LIMIT
     assert f"{LIMITS.memory_mb} MiB" in failure.message
 
 
 def test_memory_spread_over_child_processes_counts_for_the_tree(pool):
     failure, left = run_watching_tree(pool, HOSTILE / "memory_hog_children.py")
-    assert failure.kind is FailureKind.MEMORY_LIMIT
+    assert failure.kind is Status.MEMORY_LIMIT
     assert "processes used" in failure.message
     assert left == []
 
 
 def test_memory_written_into_a_memfd_counts(pool):
     failure, _ = run(pool, HOSTILE / "memfd_hog.py")
-    assert failure.kind is FailureKind.MEMORY_LIMIT
+    assert failure.kind is Status.MEMORY_LIMIT
     assert "MiB of it in files kept in memory" in failure.message
 
 
@@ -493,14 +486,14 @@ def test_files_written_into_a_folder_in_memory_count(tmp_path):
 
 def test_a_fork_bomb_is_stopped_at_the_process_limit(pool):
     failure, left = run_watching_tree(pool, HOSTILE / "fork_bomb.py")
-    assert failure.kind is FailureKind.CRASH
+    assert failure.kind is Status.CRASH
     assert f"over the limit of {LIMITS.max_processes}" in failure.message
     assert left == []
 
 
 def test_garbage_written_into_the_channel_is_a_crash(pool):
     failure, _ = run(pool, HOSTILE / "channel_garbage.py")
-    assert failure.kind is FailureKind.CRASH
+    assert failure.kind is Status.CRASH
     assert "malformed message" in failure.message
 
 
@@ -556,7 +549,7 @@ def test_a_forged_result_the_worker_never_sends_is_a_crash(pool, tmp_path, outpu
     header = {"op": "batch_result", "claim_ns": 1, "calls": [{"returned_type": "tuple", "returned_length": len(outputs),
                                                               "input_mutated": False, "outputs": outputs}]}
     failure, _ = run(pool, forging_program(tmp_path, header))
-    assert failure.kind is FailureKind.CRASH
+    assert failure.kind is Status.CRASH
     assert "malformed result" in failure.message and expected in failure.message
 
 
@@ -629,7 +622,7 @@ def test_a_prepared_worker_uses_a_thread_for_each_cpu_it_is_given_and_one_withou
 
 def test_closing_the_channel_is_a_crash(pool):
     failure, _ = run(pool, HOSTILE / "channel_close.py")
-    assert failure.kind is FailureKind.CRASH
+    assert failure.kind is Status.CRASH
     assert "channel" in failure.message
 
 
@@ -639,7 +632,7 @@ def test_a_forged_failure_of_a_kind_the_call_cannot_have_is_not_believed(pool, t
     the evaluator (which would also end as its own fault)."""
     header = {"op": "fail", "kind": kind, "message": "not my fault"}
     failure, _ = run(pool, forging_program(tmp_path, header, ending="raise SystemExit(0)"))
-    assert failure.kind is FailureKind.CRASH
+    assert failure.kind is Status.CRASH
     assert f"kind {kind!r}" in failure.message
 
 
@@ -764,7 +757,7 @@ def test_a_spare_that_died_while_waiting_is_never_handed_out():
 def test_a_worker_that_is_not_ready_in_time_is_an_infra_error():
     with pytest.raises(SandboxFailure) as raised:
         Worker.start(Limits(start_timeout_s=0.05), device="cpu")
-    assert raised.value.failure.kind is FailureKind.INFRA_ERROR
+    assert raised.value.failure.kind is Status.INFRA_ERROR
     assert "the worker's start took more than 0.05 s" in raised.value.failure.message
 
 
@@ -1093,7 +1086,7 @@ def test_a_call_that_raises_ends_its_batch_as_an_exception(pool, tmp_path):
                        "    return weight\n")
     with pool.launch(program) as worker, pytest.raises(SandboxFailure) as raised:
         worker.batch([weight_for(SMALL, seed) for seed in range(4)], SMALL.rebalance_args())
-    assert raised.value.failure.kind is FailureKind.EXCEPTION and "the second call fails" in raised.value.failure.message
+    assert raised.value.failure.kind is Status.EXCEPTION and "the second call fails" in raised.value.failure.message
 
 
 def test_outputs_a_later_call_of_the_batch_fills_again_are_named(pool, tmp_path):

@@ -28,8 +28,8 @@ from evaluator.lineage import LineageError, record
 from evaluator.exitcodes import ExitCode
 from evaluator.parent import ParentError, ParentProgram, resolve_parent
 from evaluator.patch import Application, Patch, PatchError, apply_parsed, decode_patch, parse_patch
-from evaluator.sandbox import FailureKind
 from evaluator.untrusted import NAME_CHARS, one_line, visible
+from evaluator.status import Status
 from evaluator.store import (
     BASELINE_WORKLOAD,
     DEFAULT_SOURCE,
@@ -43,7 +43,7 @@ from evaluator.store import (
 NAME = "apply"
 HELP = "Apply a patch to the seed (or to --parent), store the candidate program and evaluate it."
 # statuses a stored result is not reused with: they depend on the limits it was measured under
-_LIMITS_DECIDE = (FailureKind.TIMEOUT.value, FailureKind.MEMORY_LIMIT.value)
+_LIMITS_DECIDE = (Status.TIMEOUT.value, Status.MEMORY_LIMIT.value)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         diff = _unified_diff(parent, applied.program)
         if args.json:
-            print(json.dumps({"status": "ok", "dry_run": True, "diff": diff}))
+            print(json.dumps({"status": Status.OK.value, "dry_run": True, "diff": diff}))
         else:
             sys.stdout.write(diff)
         return ExitCode.OK
@@ -179,7 +179,8 @@ def _unified_diff(parent: ParentProgram, program: str) -> str:
 def _report_patch_error(error: PatchError, parent: ParentProgram, as_json: bool) -> int:
     if as_json:
         block = error.block.number if error.block else None
-        print(json.dumps({"status": "apply_error", "error_kind": error.kind, "block": block, "error": str(error)}))
+        print(json.dumps({"status": Status.APPLY_ERROR.value, "error_kind": error.kind, "block": block,
+                          "error": str(error)}))
     else:
         print(f"error: the patch does not apply to {parent.label}: {visible(str(error))}", file=sys.stderr)
     return ExitCode.PATCH_ERROR
@@ -197,7 +198,8 @@ def _report_stored(
 ) -> None:
     if as_json:
         candidate = {"id": stored.id, "path": str(stored.path), **stored.meta}
-        reply = {"status": "ok" if result is None else result.status, "candidate": candidate, "created": created}
+        reply = {"status": Status.OK.value if result is None else result.status, "candidate": candidate,
+                 "created": created}
         if result is not None:
             reply.update(result=result.to_json(), reused=reused, accepted=accepted)
         print(json.dumps(reply))

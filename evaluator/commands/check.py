@@ -15,6 +15,7 @@ from evaluator.exitcodes import ExitCode
 from evaluator.regression import SPEED_TOLERANCE, Verdict, judge
 from evaluator.store import CandidateStore, StoreError
 from evaluator.untrusted import NAME_CHARS, TEXT_CHARS, one_line, quoted
+from evaluator.status import Status
 
 NAME = "check"
 HELP = "Re-evaluate every accepted candidate on the default trace; exit 1 if one became invalid or regressed."
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr, flush=True)
             results[candidate.id] = [evaluator.evaluate(candidate.program_path).to_json() for _ in range(args.repeats)]
     verdicts = [judge(c.id, c.meta.get("name"), baselines[c.id], results[c.id]) for c in accepted]
-    infra = any(r["status"] == "infra_error" for rs in results.values() for r in rs)
+    infra = any(r["status"] == Status.INFRA_ERROR for rs in results.values() for r in rs)
     passed = all(v.holds for v in verdicts)
     if args.json:
         print(json.dumps({"status": "pass" if passed else "fail", "speed_tolerance": SPEED_TOLERANCE,
@@ -69,7 +70,7 @@ def _table(verdicts: list[Verdict]) -> str:
         lines.append(f"{v.candidate_id:12}  {one_line(v.name or '', 36):36}  {v.status:14}  {balance:27}  {speed:20}  "
                      f"{'holds' if v.holds else 'FAILS'}")
         # a failure's reason is its error, which quotes the program
-        lines.extend(quoted(reason, TEXT_CHARS, indent=" " * 14) if v.status != "ok" else f"{'':14}{reason}"
+        lines.extend(quoted(reason, TEXT_CHARS, indent=" " * 14) if v.status != Status.OK else f"{'':14}{reason}"
                      for reason in v.reasons)
     allowed = ", ".join(f"{tolerance:.0%} on {device}" for device, tolerance in SPEED_TOLERANCE.items())
     lines.append(f"a speedup counts as fallen when the top of this run's 95% interval is below the bottom of the "

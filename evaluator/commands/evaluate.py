@@ -20,6 +20,7 @@ from evaluator.exitcodes import ExitCode
 from evaluator.sandbox import Limits
 from evaluator.software import software
 from evaluator.untrusted import TEXT_CHARS, quoted
+from evaluator.status import Status
 
 NAME = "evaluate"
 HELP = "Run candidate programs in isolated workers, validate every output and score them."
@@ -115,7 +116,7 @@ def exit_code_of(result: Result) -> ExitCode:
     """The command's exit code for one evaluation's result."""
     if result.ok:
         return ExitCode.OK
-    return ExitCode.INFRA_ERROR if result.status == "infra_error" else ExitCode.CANDIDATE_FAILED
+    return ExitCode.INFRA_ERROR if result.status == Status.INFRA_ERROR else ExitCode.CANDIDATE_FAILED
 
 
 def note_cpu_fallback(result: Result, device: str, first: bool) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from evaluator.commands import CommandError, add_store_argument
 from evaluator.exitcodes import ExitCode
+from evaluator.status import Status
 from evaluator.store import CandidateStore, StoredCandidate, StoreError
 from evaluator.untrusted import NAME_CHARS, one_line
 
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 def row_of(candidate: StoredCandidate) -> Row:
     """One candidate's line: its latest result's status and scores, its parent and whether it is accepted."""
     latest = candidate.latest_result()
-    ok = latest is not None and latest.get("status") == "ok"
+    ok = latest is not None and latest.get("status") == Status.OK
     return Row(
         id=candidate.id,
         name=candidate.meta.get("name"),
@@ -105,7 +106,7 @@ def _parent_filter(spec: str | None, store: CandidateStore) -> str | None:
 def _wanted(row: Row, args: argparse.Namespace, parent: str | None) -> bool:
     if args.accepted and not row.accepted:
         return False
-    if args.failed and row.status in ("ok", UNEVALUATED):
+    if args.failed and row.status in (Status.OK, UNEVALUATED):
         return False
     return parent is None or row.parent == parent
 

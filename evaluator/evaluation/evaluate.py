@@ -59,6 +59,7 @@ from evaluator.sandbox import WorkerInfo
 from evaluator.scratch import scratch_folder
 from evaluator.software import software
 from evaluator.store import sha256_text
+from evaluator.status import Status
 
 __all__ = ["Evaluator", "Settings", "workload_summary"]
 
@@ -155,7 +156,7 @@ class Evaluator:
             return self._failure(failed)
         except Exception as error:  # as in evaluate
             return self._failure(_own_fault(error))
-        return Result("ok", workload=self._workload(), stdout=stdout, stderr=stderr, **_device(info))
+        return Result(Status.OK, workload=self._workload(), stdout=stdout, stderr=stderr, **_device(info))
 
     def _failure(self, failed: RunFailed) -> Result:
         """A failed run's result; where it ran on a lane, that lane's device, card and the software, as for an `ok`
@@ -184,7 +185,7 @@ class Evaluator:
             try:
                 reference = self._measure_reference(lane)
             except RunFailed as failed:
-                raise RunFailed("infra_error", f"measuring the seed's reference failed ({failed.status}): "
+                raise RunFailed(Status.INFRA_ERROR, f"measuring the seed's reference failed ({failed.status}): "
                                                f"{failed.error}") from None
             self._references.put(key, reference)
             self._retime_seed = False
@@ -217,7 +218,7 @@ class Evaluator:
         report = combined_reports([run.scored[window] for window in sorted(run.scored)])
         stale = self._staleness(run, report.per_window)
         if stale is not None:
-            return Result("invalid_output", stale.message, [asdict(stale)], workload=self._workload(),
+            return Result(Status.INVALID_OUTPUT, stale.message, [asdict(stale)], workload=self._workload(),
                           stdout=run.stdout, stderr=run.stderr, **_device(run.info))
         timing = estimate(run.batches, reference.harness)
         seed_time_ms = reference.ratio * timing.pace_ms  # the seed's time at the pace the candidate ran at
@@ -227,7 +228,7 @@ class Evaluator:
         relative = math.hypot(timing.precision, reference.ratio_spread)
         fast = speed_score(gain)
         return Result(
-            "ok",
+            Status.OK,
             balancedness_score=report.balancedness_score,
             speed_score=fast,
             combined_score=combined_score(report.balancedness_score, fast),
@@ -282,7 +283,7 @@ def _own_fault(error: Exception) -> RunFailed:
     """An unexpected exception as an `infra_error`, naming it and where it was raised."""
     where = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
     place = f" at {Path(where.filename).name}:{where.lineno}" if where else ""
-    return RunFailed("infra_error", f"the evaluator failed: {type(error).__name__}: {error}{place}")
+    return RunFailed(Status.INFRA_ERROR, f"the evaluator failed: {type(error).__name__}: {error}{place}")
 
 
 def _remove_if_owner(folder: Path, owner_pid: int) -> None:

@@ -33,7 +33,8 @@ from dataclasses import dataclass
 
 import torch
 
-from evaluator.sandbox import Failure, FailureKind, Limits, SandboxFailure, WarmUp, WorkerPool
+from evaluator.sandbox import Failure, Limits, SandboxFailure, WarmUp, WorkerPool
+from evaluator.status import Status
 from evaluator.sandbox.cards import cpu_model
 from evaluator.sandbox.cpus import physical_cores, pin_threads, usable_cpus
 
@@ -129,7 +130,7 @@ class Lanes:
         except BaseException as error:
             self._give_back(lane, False)
             if isinstance(error, OSError):
-                raise SandboxFailure(Failure(FailureKind.INFRA_ERROR,
+                raise SandboxFailure(Failure(Status.INFRA_ERROR,
                                              f"cannot lock device {lane.name}: {error}")) from None
             raise
 
@@ -233,7 +234,7 @@ def _past(give_up_at: float | None) -> bool:
 
 
 def _gave_up(what: str) -> SandboxFailure:
-    return SandboxFailure(Failure(FailureKind.INFRA_ERROR,
+    return SandboxFailure(Failure(Status.INFRA_ERROR,
                                   f"gave up waiting for {what}: other evaluations held it until the deadline"))
 
 

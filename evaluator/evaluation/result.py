@@ -5,16 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from evaluator.sandbox import FailureKind
+from evaluator.status import Status
 
-# Failures a candidate is responsible for: its patch's, its process's (the sandbox's kinds) and its outputs'.
-# Then the evaluator's own. Any failure scores 0.
-CANDIDATE_FAILURES = (
-    "apply_error",
-    *(kind.value for kind in FailureKind if kind is not FailureKind.INFRA_ERROR),
-    "invalid_output",
-)
-STATUSES = ("ok", *CANDIDATE_FAILURES, FailureKind.INFRA_ERROR.value)
+# The statuses as their strings, and those a candidate is responsible for (its patch's, its process's, its outputs').
+STATUSES = tuple(status.value for status in Status)
+CANDIDATE_FAILURES = tuple(status.value for status in Status if status.candidate_failed)
 
 
 @dataclass(frozen=True)
@@ -47,10 +42,11 @@ class Result:
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"unknown status {self.status!r}; expected one of {', '.join(STATUSES)}")
+        object.__setattr__(self, "status", Status(self.status).value)  # plain data: the string, not the enum
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
+        return self.status == Status.OK
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

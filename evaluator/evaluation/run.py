@@ -45,16 +45,8 @@ from evaluator.evaluation.timing import (
     yardstick_due,
 )
 from evaluator.paths import SEED_PROGRAM
-from evaluator.sandbox import (
-    BatchResult,
-    CallResult,
-    Failure,
-    FailureKind,
-    Output,
-    SandboxFailure,
-    Worker,
-    WorkerInfo,
-)
+from evaluator.sandbox import BatchResult, CallResult, Failure, Output, SandboxFailure, Worker, WorkerInfo
+from evaluator.status import Status
 
 OUTPUT_TAIL_CHARS = 4000  # of the candidate's stdout and stderr kept in a result
 _REAP_WAIT_S = 30.0  # for a killed process to exit before its lane is released anyway
@@ -290,7 +282,7 @@ class Runner:
             return self._yardstick_ms(self._yardstick_on(lane), REFERENCE_TIMEOUT_S)
         except SandboxFailure as error:
             self._yardsticks.pop(lane.name, None)
-            raise RunFailed("infra_error", f"the yardstick failed: {error.failure.message}") from None
+            raise RunFailed(Status.INFRA_ERROR, f"the yardstick failed: {error.failure.message}") from None
         finally:
             candidate.resume()
 
@@ -378,7 +370,7 @@ class Runner:
                     "of its own, seeded from a constant, `generator = torch.Generator(device=weight.device)"
                     ".manual_seed(0)`, passed as `generator=generator` to torch.rand, randn, randint and randperm "
                     "(or random.Random(0), numpy.random.default_rng(0)) instead of the global random state")
-                raise RunFailed("invalid_output", violation.message, (violation,), *_tails(worker.output()))
+                raise RunFailed(Status.INVALID_OUTPUT, violation.message, (violation,), *_tails(worker.output()))
         return spent_ns
 
 
@@ -640,7 +632,7 @@ def _validation_threads(count: int) -> Iterator[ThreadPoolExecutor]:
 def _require_valid(check: PlanCheck, which: str, worker: Worker) -> None:
     """Raise `RunFailed` (invalid_output, with the violations) unless `check` found a valid plan."""
     if check.plan is None:
-        raise RunFailed("invalid_output", f"{which} returned an invalid plan: {check.violations[0].message}",
+        raise RunFailed(Status.INVALID_OUTPUT, f"{which} returned an invalid plan: {check.violations[0].message}",
                         check.violations, *_tails(worker.output()))
 
 
@@ -649,7 +641,7 @@ def _reused(pending: _Pending, worker: Worker) -> None:
         "output.reused", None,
         f"{pending.what} returned tensors that share memory with those call {pending.result.shares_memory_with} of "
         "the worker returned, so one call changed a plan another had returned; return new tensors from every call")
-    raise RunFailed("invalid_output", violation.message, (violation,), *_tails(worker.output()))
+    raise RunFailed(Status.INVALID_OUTPUT, violation.message, (violation,), *_tails(worker.output()))
 
 
 def _tails(outputs: tuple[object, object]) -> tuple[str, str]:
@@ -662,7 +654,7 @@ def _remaining(deadline: float, total_s: float, limit_s: float | None = None) ->
     """What is left of the run's time, at most `limit_s`; raises a timeout when nothing is left."""
     left = deadline - time.monotonic()
     if left <= 0:
-        raise SandboxFailure(Failure(FailureKind.TIMEOUT, f"the evaluation ran past its time limit of {total_s:g} s"))
+        raise SandboxFailure(Failure(Status.TIMEOUT, f"the evaluation ran past its time limit of {total_s:g} s"))
     return left if limit_s is None else min(left, limit_s)
 
 

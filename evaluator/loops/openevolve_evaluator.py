@@ -56,6 +56,7 @@ from evaluator.api import check_program, evaluate_program, shared_evaluator
 from evaluator.evaluation import Result
 from evaluator.loops.feedback import feedback_text, numeric_metrics
 from evaluator.untrusted import clip, tail, visible
+from evaluator.status import Status
 
 __all__ = ["evaluate", "evaluate_stage1", "evaluate_stage2"]
 
@@ -111,7 +112,7 @@ def evaluate_stage2(program_path: str) -> Any:
         return shared_evaluator().evaluate(path, give_up_at)
 
     result = _within(STAGE2_DEADLINE_S, lambda: _attempt(evaluation, program_path))
-    if result.status == "infra_error":
+    if result.status == Status.INFRA_ERROR:
         return _shaped({"combined_score": 0.0, "stage2_passed": 0.0}, artifacts(result))
     return _shaped(numeric_metrics(result), artifacts(result))
 
@@ -141,7 +142,7 @@ def _attempt(evaluation: Callable[[str], Result], program_path: str) -> Result:
     times in all."""
     result = evaluation(program_path)
     for _ in range(CASCADE_ATTEMPTS - 1):
-        if result.status != "infra_error":
+        if result.status != Status.INFRA_ERROR:
             break
         result = evaluation(program_path)
     return result
@@ -156,19 +157,19 @@ def _within(seconds: float, evaluation: Callable[[], Result]) -> Result:
         try:
             outcome.append(evaluation())
         except Exception:  # noqa: BLE001 - whatever it was, the program was not measured
-            outcome.append(Result("infra_error", f"the evaluation raised:\n{traceback.format_exc()}"))
+            outcome.append(Result(Status.INFRA_ERROR, f"the evaluation raised:\n{traceback.format_exc()}"))
 
     thread = threading.Thread(target=run, name="openevolve-stage2", daemon=True)
     thread.start()
     thread.join(seconds)
     if outcome:
         return outcome[0]
-    return Result("infra_error", f"the evaluation gave no result within {seconds:g} s (STAGE2_DEADLINE_S); the "
+    return Result(Status.INFRA_ERROR, f"the evaluation gave no result within {seconds:g} s (STAGE2_DEADLINE_S); the "
                                  "GPU may be busy with other evaluations")
 
 
 def _raise_if_infra(result: Result) -> None:
-    if result.status == "infra_error":
+    if result.status == Status.INFRA_ERROR:
         raise EvaluatorFault(f"the evaluator failed, not the program (infra_error): {result.error}")
 
 

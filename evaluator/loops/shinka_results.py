@@ -24,6 +24,7 @@ from evaluator.evaluation import Result
 from evaluator.files import write_atomically
 from evaluator.loops.feedback import FEEDBACK_CHARS, feedback_text, numeric_metrics
 from evaluator.untrusted import clip, visible
+from evaluator.status import Status
 
 METRICS_FILE = "metrics.json"
 CORRECT_FILE = "correct.json"
@@ -34,7 +35,7 @@ INFRA_NOTE = ("The evaluator failed, not the program: the program was not measur
 def metrics_json(result: Result) -> dict[str, Any]:
     """The content of `metrics.json` for `result`."""
     public = {name: value for name, value in numeric_metrics(result).items() if name != "combined_score"}
-    private = {"status": result.status, "infra_error": result.status == "infra_error", "device": result.device,
+    private = {"status": result.status, "infra_error": result.status == Status.INFRA_ERROR, "device": result.device,
                "card": result.card, "software": result.software, "workload": result.workload}
     return {"combined_score": result.combined_score, "public": public, "private": private,
             "text_feedback": shinka_feedback(result)}
@@ -44,7 +45,7 @@ def correct_json(result: Result) -> dict[str, Any]:
     """The content of `correct.json` for `result`: correct only when ok; the error starts with the status."""
     if result.ok:
         return {"correct": True, "error": None}
-    if result.status == "infra_error":
+    if result.status == Status.INFRA_ERROR:
         return {"correct": False,
                 "error": f"infra_error: {INFRA_NOTE} The evaluator's error: {visible(result.error or '')}"}
     return {"correct": False, "error": clip(f"{result.status}: {visible(result.error or '')}", FEEDBACK_CHARS)}
@@ -52,7 +53,7 @@ def correct_json(result: Result) -> dict[str, Any]:
 
 def shinka_feedback(result: Result) -> str:
     """`feedback_text`, led by a plain statement that the evaluator failed when it did."""
-    if result.status == "infra_error":
+    if result.status == Status.INFRA_ERROR:
         return clip(f"{INFRA_NOTE}\n{feedback_text(result)}", FEEDBACK_CHARS)
     return feedback_text(result)
 

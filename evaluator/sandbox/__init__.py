@@ -5,17 +5,19 @@ a private result channel, and nothing left behind.
         with pool.launch("candidate.py") as worker:
             result = worker.call(weight, problem.rebalance_args())
 
-Failures raise `SandboxFailure`, whose `failure.kind` is a `FailureKind`.
+Failures raise `SandboxFailure`, whose `failure.kind` is a `Status` (one of `SANDBOX_FAILURES`).
 """
 
 from __future__ import annotations
 
 from evaluator.sandbox.capture import CapturedOutput
-from evaluator.sandbox.failures import Failure, FailureKind, SandboxFailure
+from evaluator.sandbox.failures import Failure, SandboxFailure
 from evaluator.sandbox.limits import Limits
 from evaluator.sandbox.pool import WorkerPool
-from evaluator.sandbox.process import DEFAULT_ENTRY_POINT, START_METHODS, WarmUp, Worker
+from evaluator.sandbox.launch import START_METHODS, WarmUp
+from evaluator.sandbox.process import DEFAULT_ENTRY_POINT, Worker
 from evaluator.sandbox.results import BatchResult, CallResult, Confinement, Output, Unsupported, WorkerInfo
+from evaluator.status import SANDBOX_FAILURES, Status
 
 __all__ = [
     "DEFAULT_ENTRY_POINT",
@@ -24,11 +26,12 @@ __all__ = [
     "CapturedOutput",
     "Confinement",
     "Failure",
-    "FailureKind",
     "Limits",
     "Output",
+    "SANDBOX_FAILURES",
     "START_METHODS",
     "SandboxFailure",
+    "Status",
     "Unsupported",
     "WarmUp",
     "Worker",

@@ -50,7 +50,7 @@ class ForkServer:
 
     def fork(self, arguments: Sequence[str], environment: Mapping[str, str], cwd: str,
              descriptors: Mapping[str, int], timeout_s: float) -> proctree.GroupLeader:
-        """A fresh worker running the worker's main loop (`worker.main(ARGUMENTS)`) in `cwd` with exactly
+        """A fresh worker running the worker's main loop (`server.main(ARGUMENTS)`) in `cwd` with exactly
         `environment`, and the descriptors named in `zygote.DESCRIPTORS` (the caller closes its copies).
 
         Raises `ZygoteUnavailable` when no worker came back: its `sent` says whether the request had been sent.

@@ -1,7 +1,7 @@
 """The guard: a small process that kills every worker (and the zygote) of an evaluator process when that process
 dies, however it dies.
 
-A worker's own watch (worker.py) and the zygote's socket see the evaluator go, but only while they run: a tree the
+A worker's own watch (server.py) and the zygote's socket see the evaluator go, but only while they run: a tree the
 evaluator had stopped to time the yardstick, or a zygote a candidate stopped, would stay behind, stopped, for good.
 The guard holds a pidfd of each process it is told of (sent over a socket, so that it names that process and no
 later one with its number) and waits on the socket: when the evaluator is gone, the socket reads empty and the guard

@@ -10,9 +10,11 @@ import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
-from evaluator.sandbox.failures import Failure, FailureKind, SandboxFailure
+from evaluator.sandbox.failures import Failure, SandboxFailure
+from evaluator.status import Status
 from evaluator.sandbox.limits import Limits
-from evaluator.sandbox.process import DEFAULT_ENTRY_POINT, WarmUp, Worker, check_worker_options
+from evaluator.sandbox.launch import WarmUp, check_worker_options
+from evaluator.sandbox.process import DEFAULT_ENTRY_POINT, Worker
 from evaluator.sandbox.results import WorkerInfo
 
 _live_pools: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
@@ -72,7 +74,7 @@ class WorkerPool:
             try:
                 while True:
                     if self._closed:
-                        raise SandboxFailure(Failure(FailureKind.INFRA_ERROR,
+                        raise SandboxFailure(Failure(Status.INFRA_ERROR,
                                                      "the worker pool was closed while a worker was needed"))
                     worker = self._take_ready()
                     if worker is not None:
@@ -83,7 +85,7 @@ class WorkerPool:
                     self._replenish()
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
-                        raise SandboxFailure(Failure(FailureKind.INFRA_ERROR,
+                        raise SandboxFailure(Failure(Status.INFRA_ERROR,
                                                      f"no worker became ready within {timeout:.0f} s"))
                     self._condition.wait(remaining)
             finally:
@@ -193,7 +195,7 @@ class WorkerPool:
         except SandboxFailure as error:
             failure = error.failure
         except Exception as error:  # the host out of descriptors, say: a failed start, never a lost count
-            failure = Failure(FailureKind.INFRA_ERROR, f"could not start a worker: {error}")
+            failure = Failure(Status.INFRA_ERROR, f"could not start a worker: {error}")
         with self._condition:
             self._launching -= 1
             if worker is not None:
@@ -206,7 +208,7 @@ class WorkerPool:
                 failure = error.failure
             except (RuntimeError, OSError) as error:
                 if not self._closed:  # else `close()` killed it while starting, its pipes closed under the read
-                    failure = Failure(FailureKind.INFRA_ERROR, f"a worker failed while starting: {error}")
+                    failure = Failure(Status.INFRA_ERROR, f"a worker failed while starting: {error}")
         with self._condition:
             if worker is not None and failure is None and worker.is_ready() and not self._closed:
                 self._starting.discard(worker)

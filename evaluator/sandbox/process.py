@@ -1,18 +1,16 @@
-"""The evaluator's side of one worker process: spawn it, talk to it, watch it, kill it, classify how it ended."""
+"""The evaluator's side of one worker process: talk to it, watch it, kill it, classify how it ended. How it starts is
+launch.py; how its replies are read, replies.py."""
 
 from __future__ import annotations
 
 import atexit
 import os
-import secrets
 import signal
 import subprocess
-import sys
 import threading
 import time
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -20,31 +18,20 @@ import numpy as np
 import psutil
 from numpy.typing import ArrayLike
 
-import evaluator
 from evaluator.files import remove_tree
-from evaluator.sandbox import channel, exchange, forkserver, guard, memory_files, proctree
+from evaluator.sandbox import channel, launch, memory_files, proctree, replies
 from evaluator.sandbox.capture import CapturedOutput, OutputCapture
-from evaluator.sandbox.confinement import FOLDER_VARIABLES, set_dumpable
 from evaluator.sandbox.cpus import pin_threads
-from evaluator.sandbox.failures import Failure, FailureKind, SandboxFailure
+from evaluator.sandbox.failures import Failure, SandboxFailure
+from evaluator.sandbox.launch import WarmUp, check_worker_options
 from evaluator.sandbox.limits import Limits
-from evaluator.sandbox.proctree import GroupLeader, ProcessTree, become_subreaper, proportional_bytes
-from evaluator.sandbox.results import BatchResult, CallResult, Confinement, Output, Unsupported, WorkerInfo
+from evaluator.sandbox.proctree import ProcessTree, proportional_bytes
+from evaluator.sandbox.results import BatchResult, CallResult, WorkerInfo
 from evaluator.scratch import scratch_folder
+from evaluator.status import Status
 
 DEFAULT_ENTRY_POINT = "rebalance_experts"
 WEIGHT_DTYPES = (np.dtype(np.float32), np.dtype(np.int64))
-MARKER_VARIABLE = "EPLB_SANDBOX_WORKER"
-# "spawn": a new interpreter per worker (python evaluator/sandbox/spawned_worker.py); "forkserver": forked from a zygote
-# that imported torch once (see zygote.py)
-START_METHODS = ("spawn", "forkserver")
-# the only variables of the evaluator's environment a worker sees; secrets stay behind
-PASSED_VARIABLES = (
-    "PATH", "HOME", "USER", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ", "LD_LIBRARY_PATH",
-    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "VIRTUAL_ENV",
-)
-# and the GPU stack's settings (visible devices, driver capabilities, switches a host may require)
-PASSED_PREFIXES = ("CUDA_", "NVIDIA_", "NCCL_", "NVSHMEM_", "TORCH_SYMM_MEM_")
 # A worker's tree is sampled this often once a program is loaded in it; before, only our own code runs there, and
 # the samples of many idle spares would take the evaluator's interpreter from the candidate being timed.
 _WATCH_INTERVAL_S = 0.02
@@ -56,88 +43,7 @@ _EXIT_GRACE_S = 1.0  # how long a worker that closed its channel gets to report 
 _PAUSE_WAIT_S = 0.2  # for SIGSTOP to take effect on every process of a paused worker
 _MESSAGE_TAIL_CHARS = 3000  # of stderr, appended to a crash's message
 _REPORTED_MESSAGE_CHARS = 20_000  # of a failure message the worker sends
-# how long, after a fork the zygote did not report, a worker forked all the same is watched for and killed
-_STRAY_WATCH_S = 20.0
-_PACKAGE_ROOT = str(Path(evaluator.__file__).resolve().parent.parent)
-_SPAWNED_WORKER = str(Path(__file__).resolve().parent / "spawned_worker.py")
-
 _live_workers: weakref.WeakSet[Worker] = weakref.WeakSet()
-_subreaper_lock = threading.Lock()
-_subreaper_set = False
-
-
-@dataclass(frozen=True)
-class WarmUp:
-    """A trusted program a fresh worker runs on random loads before it reports ready, then forgets: the device
-    kernels most candidates use, and those of the call's own machinery, are loaded by then, so a candidate's
-    first call is not a cold one (for the seed patch's program on an H100, a cold first call took 339 ms and a
-    warm one 18 ms)."""
-
-    program: Path
-    weight_shape: tuple[int, int]  # (layers, logical experts)
-    args: tuple[int, ...]  # the entry point's arguments after the weight
-    calls: int = 3
-    weight_dtype: str = "int64"  # as the candidates' inputs: kernels are loaded per dtype
-
-    def command_line(self) -> list[str]:
-        return ["--warm-up-program", str(self.program), "--warm-up-shape", _ints(self.weight_shape),
-                "--warm-up-args", _ints(self.args), "--warm-up-calls", str(self.calls),
-                "--warm-up-dtype", self.weight_dtype]
-
-
-def _ints(values: Sequence[int]) -> str:
-    return ",".join(str(int(value)) for value in values)
-
-
-def _prepare_this_process_once() -> bool:
-    """Make the evaluator's process non-dumpable (its memory holds what candidates must not know) and a subreaper;
-    True if it is a subreaper."""
-    global _subreaper_set
-    with _subreaper_lock:
-        if not _subreaper_set:
-            set_dumpable(False)
-            _subreaper_set = become_subreaper()
-        return _subreaper_set
-
-
-def check_worker_options(device: str, start_method: str) -> None:
-    """Raise `ValueError` unless `device` and `start_method` are ones a worker can be started with."""
-    if device not in ("auto", "cuda", "cpu"):
-        raise ValueError(f"device must be 'auto', 'cuda' or 'cpu', got {device!r}")
-    if start_method not in START_METHODS:
-        raise ValueError(f"start_method must be one of {', '.join(START_METHODS)}, got {start_method!r}")
-
-
-def worker_environment(marker: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The explicit, minimal environment of a worker."""
-    environment = {name: value for name, value in os.environ.items()
-                   if name in PASSED_VARIABLES or name.startswith(PASSED_PREFIXES)}
-    environment.update(
-        PYTHONPATH=_PACKAGE_ROOT,
-        PYTHONNOUSERSITE="1",
-        PYTHONDONTWRITEBYTECODE="1",  # candidates must not leave bytecode in the project
-        PYTHONFAULTHANDLER="1",  # a segfault prints the Python stack to the captured stderr
-    )
-    environment.update(extra or {})
-    environment[MARKER_VARIABLE] = marker
-    return environment
-
-
-def _describe_exit(returncode: int) -> tuple[str, int | None, str | None]:
-    """(phrase, exit code, signal name) for a Popen return code."""
-    if returncode < 0:
-        try:
-            number = signal.Signals(-returncode)
-            name = number.name
-            meaning = signal.strsignal(number) or name
-        except ValueError:
-            name = meaning = f"signal {-returncode}"
-        hint = " (which the system's out-of-memory killer also sends)" if name == "SIGKILL" else ""
-        return f"was killed by {name} ({meaning}){hint}", None, name
-    if returncode == channel.EXIT_CHANNEL_LOST:
-        return ("lost its private channel to the evaluator (exit code 3): the program must not close, read or "
-                "write file descriptors it did not open"), returncode, None
-    return f"exited with code {returncode}", returncode, None
 
 
 class Worker:
@@ -153,13 +59,13 @@ class Worker:
                  environment: Mapping[str, str] | None = None, warm_up: WarmUp | None = None,
                  start_method: str = "spawn", cpus: Sequence[int] | None = None) -> None:
         check_worker_options(device, start_method)
-        if not _prepare_this_process_once():
+        if not launch.prepare_this_process_once():
             start_method = "spawn"  # a forked worker could not be handed over to us
         self.limits = limits
         self.info: WorkerInfo | None = None
         self._state = "starting"
         self._failure: Failure | None = None
-        self._verdict: tuple[FailureKind, str] | None = None  # set by the watchdog before it kills
+        self._verdict: tuple[Status, str] | None = None  # set by the watchdog before it kills
         self._calls = 0
         self._entry_point = DEFAULT_ENTRY_POINT
         self._kill_lock = threading.Lock()
@@ -174,7 +80,8 @@ class Worker:
                      *([] if limits.confined else ["--unconfined"])]
         self._workdir = str(scratch_folder("worker-"))
         try:
-            self._process, handles, marker = _start(start_method, arguments, environment, self._workdir, limits)
+            self._process, handles, marker = launch.start_worker_process(start_method, arguments, environment,
+                                                                         self._workdir, limits)
         except BaseException:
             remove_tree(self._workdir)
             raise
@@ -192,7 +99,7 @@ class Worker:
         self._reader = channel.FrameReader(self._result_fd)
         self._stdout = OutputCapture(open(stdout_read, "rb", buffering=0), limits.output_bytes, "stdout")
         self._stderr = OutputCapture(open(stderr_read, "rb", buffering=0), limits.output_bytes, "stderr")
-        self._tree = ProcessTree(self._process.pid, f"{MARKER_VARIABLE}={marker}".encode())
+        self._tree = ProcessTree(self._process.pid, f"{launch.MARKER_VARIABLE}={marker}".encode())
         self._watchdog = threading.Thread(target=self._watch, name="sandbox-watchdog", daemon=True)
         self._watchdog.start()
         _live_workers.add(self)
@@ -224,21 +131,21 @@ class Worker:
         self._expect_state("starting")
         timeout = self.limits.start_timeout_s if timeout_s is None else timeout_s
         header = self._receive(time.monotonic() + timeout, timeout, "the worker's start", infra=True)
-        if header.get("op") == "fail" and header.get("kind") == FailureKind.INFRA_ERROR.value:
-            self._fail(FailureKind.INFRA_ERROR, _text(header.get("message")))
+        if header.get("op") == "fail" and header.get("kind") == Status.INFRA_ERROR.value:
+            self._fail(Status.INFRA_ERROR, replies.text(header.get("message")))
         try:
             if header.get("op") != "ready":
                 raise channel.ProtocolError(f"expected a 'ready' message, got {header.get('op')!r}")
             self.info = WorkerInfo(
-                pid=_field(header, "pid", int), device=_field(header, "device", str),
-                card=_field(header, "card", str), torch_version=_field(header, "torch", str),
-                cuda_version=_field(header, "cuda", (str, type(None))), confinement=_confinement(header),
+                pid=replies.field(header, "pid", int), device=replies.field(header, "device", str),
+                card=replies.field(header, "card", str), torch_version=replies.field(header, "torch", str),
+                cuda_version=replies.field(header, "cuda", (str, type(None))), confinement=replies.confinement(header),
                 ready_monotonic=time.monotonic())
         except channel.ProtocolError as error:
-            self._fail(FailureKind.INFRA_ERROR, f"the worker sent a malformed ready message: {error}")
+            self._fail(Status.INFRA_ERROR, f"the worker sent a malformed ready message: {error}")
         used, _ = self._memory_used()
         if used > self.limits.memory_bytes:  # its own start, before any program: the limit is the evaluator's fault
-            self._fail(FailureKind.INFRA_ERROR,
+            self._fail(Status.INFRA_ERROR,
                        f"a worker uses {used / 2**20:.0f} MiB of host memory before any program is loaded, over the "
                        f"limit of {self.limits.memory_mb} MiB; give candidates more memory")
         self._state = "ready"
@@ -256,12 +163,12 @@ class Worker:
             try:
                 pin_threads(self.pid, cpus)
             except OSError as error:
-                self._fail(FailureKind.INFRA_ERROR, f"could not move the worker onto CPUs {sorted(cpus)}: {error}")
+                self._fail(Status.INFRA_ERROR, f"could not move the worker onto CPUs {sorted(cpus)}: {error}")
             self._moved = self._start_cpus is not None and set(cpus) != set(self._start_cpus)
         self._send({"op": "prepare", "threads": len(cpus) if cpus else 1}, deadline, timeout, what)
         reply = self._receive(deadline, timeout, what, infra=True)
         if reply.get("op") != "prepared":
-            self._fail(FailureKind.INFRA_ERROR, _text(reply.get("message", f"unexpected reply {reply.get('op')!r}")))
+            self._fail(Status.INFRA_ERROR, replies.text(reply.get("message", f"unexpected reply {reply.get('op')!r}")))
 
     def pause(self) -> None:
         """Stop every process of the worker's tree (SIGSTOP to its process group, which none of them can leave), and
@@ -297,7 +204,7 @@ class Worker:
             self._entry_point = entry_point
             self._state = "loaded"
             return
-        self._fail_reported(header, (FailureKind.IMPORT_ERROR, FailureKind.MISSING_FUNCTION, FailureKind.MEMORY_LIMIT),
+        self._fail_reported(header, (Status.IMPORT_ERROR, Status.MISSING_FUNCTION, Status.MEMORY_LIMIT),
                             what)
 
     def call(self, weight: ArrayLike, args: Sequence[int], timeout_s: float | None = None) -> CallResult:
@@ -334,11 +241,11 @@ class Worker:
         header = self._receive(deadline, timeout, what)
         round_trip_ns = time.perf_counter_ns() - started_ns
         if header.get("op") != "batch_result":
-            self._fail_reported(header, (FailureKind.EXCEPTION, FailureKind.MEMORY_LIMIT), what)
+            self._fail_reported(header, (Status.EXCEPTION, Status.MEMORY_LIMIT), what)
         try:
-            return _batch_result(header, self._exchange, outputs_start, len(arrays), first, round_trip_ns)
+            return replies.batch_result(header, self._exchange, outputs_start, len(arrays), first, round_trip_ns)
         except channel.ProtocolError as error:
-            self._fail(FailureKind.CRASH, f"the worker sent a malformed result for {what}: {error}")
+            self._fail(Status.CRASH, f"the worker sent a malformed result for {what}: {error}")
 
     def output(self) -> tuple[CapturedOutput, CapturedOutput]:
         """What the worker wrote to stdout and stderr so far (bounded)."""
@@ -414,7 +321,7 @@ class Worker:
         except channel.ChannelClosed:
             self._fail_ended(what, infra)
         except channel.ProtocolError as error:
-            kind = FailureKind.INFRA_ERROR if infra else FailureKind.CRASH
+            kind = Status.INFRA_ERROR if infra else Status.CRASH
             self._fail(kind, f"the worker's channel carried a malformed message during {what} ({error}); the "
                              "program must not write to file descriptors it did not open")
         except BaseException:
@@ -423,14 +330,14 @@ class Worker:
 
     # ---- failures --------------------------------------------------------------------------
 
-    def _fail(self, kind: FailureKind, message: str) -> NoReturn:
+    def _fail(self, kind: Status, message: str) -> NoReturn:
         returncode = self._process.poll()
         if self._verdict is not None:  # the watchdog's reason wins over the symptoms its kill caused
             verdict_kind, message = self._verdict
-            kind = FailureKind.INFRA_ERROR if self._state == "starting" else verdict_kind
+            kind = Status.INFRA_ERROR if self._state == "starting" else verdict_kind
             returncode = None  # we killed it: no exit code of its own
         self._terminate()
-        _, exit_code, signal_name = _describe_exit(returncode) if returncode is not None else (None, None, None)
+        _, exit_code, signal_name = replies.describe_exit(returncode) if returncode is not None else (None, None, None)
         stdout, stderr = self.output()
         self._failure = Failure(kind, message, stdout, stderr, exit_code, signal_name)
         self._state = "failed"
@@ -438,9 +345,9 @@ class Worker:
 
     def _fail_timeout(self, what: str, timeout: float, infra: bool = False) -> NoReturn:
         if infra:
-            self._fail(FailureKind.INFRA_ERROR, f"{what} took more than {timeout:g} s; the host may be overloaded "
+            self._fail(Status.INFRA_ERROR, f"{what} took more than {timeout:g} s; the host may be overloaded "
                                                 "or torch slow to import")
-        self._fail(FailureKind.TIMEOUT, f"{what} did not finish within {timeout:g} s; the worker and every "
+        self._fail(Status.TIMEOUT, f"{what} did not finish within {timeout:g} s; the worker and every "
                                         "process it started were killed. Look for an endless loop, a wait "
                                         "that never ends, or work far slower than needed")
 
@@ -453,22 +360,22 @@ class Worker:
             message = (f"the worker closed its private channel during {what} but kept running: the program must "
                        "not close file descriptors it did not open")
         else:
-            phrase = _describe_exit(returncode)[0] if returncode is not None else "was killed"
+            phrase = replies.describe_exit(returncode)[0] if returncode is not None else "was killed"
             message = f"the worker {phrase} during {what}, before returning a result"
         stderr_tail = self._stderr.snapshot().last_lines(_MESSAGE_TAIL_CHARS)
         if stderr_tail.strip():
             message += f"\nlast lines of stderr:\n{stderr_tail}"
-        self._fail(FailureKind.INFRA_ERROR if infra else FailureKind.CRASH, message)
+        self._fail(Status.INFRA_ERROR if infra else Status.CRASH, message)
 
-    def _fail_reported(self, header: dict[str, Any], allowed: tuple[FailureKind, ...], what: str) -> NoReturn:
+    def _fail_reported(self, header: dict[str, Any], allowed: tuple[Status, ...], what: str) -> NoReturn:
         """A failure the worker reported itself, trusted only for kinds it may report at this step:
         a candidate must not be able to claim `infra_error` and escape its score."""
         kind = header.get("kind")
         if (header.get("op") != "fail" or not isinstance(kind, str)
                 or kind not in {allowed_kind.value for allowed_kind in allowed}):
-            self._fail(FailureKind.CRASH, f"the worker sent an unexpected message during {what}: "
+            self._fail(Status.CRASH, f"the worker sent an unexpected message during {what}: "
                                           f"op {header.get('op')!r}, kind {kind!r}")
-        self._fail(FailureKind(kind), _text(header.get("message"))[:_REPORTED_MESSAGE_CHARS])
+        self._fail(Status(kind), replies.text(header.get("message"))[:_REPORTED_MESSAGE_CHARS])
 
     # ---- watching and killing ---------------------------------------------------------------
 
@@ -483,7 +390,7 @@ class Worker:
             try:
                 usage = self._tree.usage()
                 if usage.processes > limits.max_processes:
-                    self._kill_for(FailureKind.CRASH,
+                    self._kill_for(Status.CRASH,
                                    f"the program had {usage.processes} processes running, over the limit of "
                                    f"{limits.max_processes}; they were all killed")
                     return
@@ -491,7 +398,7 @@ class Worker:
                 if used > limits.memory_bytes:
                     files = (f" ({in_files / 2**20:.0f} MiB of it in files kept in memory: a memfd, tmpfs or "
                              "/dev/shm)" if in_files else "")
-                    self._kill_for(FailureKind.MEMORY_LIMIT,
+                    self._kill_for(Status.MEMORY_LIMIT,
                                    f"the program's processes used {used / 2**20:.0f} MiB of host memory{files}, over "
                                    f"the limit of {limits.memory_mb} MiB; they were all killed")
                     return
@@ -522,7 +429,7 @@ class Worker:
         over = usage.resident_bytes + files > limit
         return (proportional_bytes(usage.pids) if over else usage.resident_bytes) + files, files
 
-    def _kill_for(self, kind: FailureKind, message: str) -> None:
+    def _kill_for(self, kind: Status, message: str) -> None:
         if self._verdict is None and self._state in ("loading", "loaded", "ready", "starting"):
             self._verdict = (kind, message)
             self._kill()
@@ -575,175 +482,9 @@ class Worker:
         _live_workers.discard(self)
 
 
-class _Handles:
-    """What a worker is started with: its four pipes (its channel's commands in and results out, its stdout, its
-    stderr) and its exchange, the shared memory its calls' inputs and outputs cross in."""
-
-    def __init__(self, exchange_bytes: int) -> None:
-        self._fds: list[int] = []
-        self.exchange: exchange.Exchange | None = None
-        try:
-            for _ in range(4):
-                self._fds.extend(os.pipe())
-            self._fds.append(exchange.create(exchange_bytes))
-            self.exchange = exchange.Exchange(self._fds[-1])
-        except BaseException:
-            self.close()
-            raise
-        command_read, command_write, result_read, result_write, stdout_read, stdout_write, stderr_read, \
-            stderr_write, shared = self._fds
-        self.theirs = {"commands": command_read, "results": result_write, "exchange": shared,
-                       "stdout": stdout_write, "stderr": stderr_write}
-        self.ours = (command_write, result_read, stdout_read, stderr_read)
-
-    def close_theirs(self) -> None:
-        for fd in self.theirs.values():
-            os.close(fd)
-
-    def close(self) -> None:
-        """Close every descriptor and the mapping; idempotent, since by the next call these numbers may be
-        another worker's."""
-        fds, self._fds = self._fds, []
-        for fd in fds:
-            os.close(fd)
-        if self.exchange is not None:
-            self.exchange.close()
-            self.exchange = None
-
-
-def _start(start_method: str, arguments: list[str], extra_environment: Mapping[str, str] | None, cwd: str,
-           limits: Limits) -> tuple[GroupLeader, _Handles, str]:
-    """A new worker process in its own folder `cwd` (its temporary files and caches go there), forked from the
-    zygote or spawned, its handles and its marker; raises `SandboxFailure` (infra_error). A start the zygote cannot
-    serve spawns its worker instead."""
-    marker = secrets.token_hex(16)
-    handles = _Handles(limits.exchange_bytes)
-    extra_environment = {**(extra_environment or {}), **{name: cwd for name in FOLDER_VARIABLES}}
-    try:
-        leader = None
-        if start_method == "forkserver":
-            environment = worker_environment(marker, extra_environment)
-            server = forkserver.for_environment(environment, ignored=(MARKER_VARIABLE, *FOLDER_VARIABLES))
-            try:
-                leader = server.fork(arguments, environment, cwd, handles.theirs, limits.start_timeout_s)
-            except forkserver.ZygoteUnavailable as error:
-                if error.sent:  # a worker forked all the same holds these: it finds them closed and leaves
-                    handles.close()
-                    handles = _Handles(limits.exchange_bytes)
-                    proctree.kill_strays_later(f"{MARKER_VARIABLE}={marker}".encode(), _STRAY_WATCH_S)
-                    marker = secrets.token_hex(16)
-        if leader is None:
-            leader = _spawn(arguments, worker_environment(marker, extra_environment), cwd, handles.theirs)
-        _guarded(leader)
-        return leader, handles, marker
-    except BaseException:
-        handles.close()
-        raise
-
-
-def _guarded(leader: GroupLeader) -> None:
-    """Have the guard kill the worker's tree if this process dies first; if no guard can be had, kill it now and
-    fail the start (infra_error)."""
-    try:
-        guard.watch(leader.pid)
-    except OSError as error:
-        leader.kill_group()
-        leader.wait()
-        raise SandboxFailure(Failure(FailureKind.INFRA_ERROR, f"could not start the guard process: {error}")) from None
-
-
-def _spawn(arguments: list[str], environment: dict[str, str], cwd: str,
-           descriptors: dict[str, int]) -> GroupLeader:
-    channels = ("commands", "results", "exchange")  # the worker's options naming them
-    try:
-        process = subprocess.Popen(
-            [sys.executable, _SPAWNED_WORKER, *arguments, *(f"--{name}={descriptors[name]}" for name in channels)],
-            stdin=subprocess.DEVNULL, stdout=descriptors["stdout"], stderr=descriptors["stderr"],
-            pass_fds=[descriptors[name] for name in channels], start_new_session=True, cwd=cwd, env=environment)
-    except OSError as error:
-        raise SandboxFailure(Failure(FailureKind.INFRA_ERROR, f"could not start a worker process: {error}")) from None
-    return GroupLeader(process.pid, process)
-
-
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else repr(value)
-
-
-def _field(header: dict[str, Any], name: str, kinds: type | tuple[type, ...]) -> Any:
-    """`header[name]`, which must be of one of `kinds` (a bool is not taken for an int)."""
-    allowed = kinds if isinstance(kinds, tuple) else (kinds,)
-    value = header.get(name)
-    if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
-        raise channel.ProtocolError(f"field {name!r} is {value!r:.200}")
-    return value
-
-
-def _confinement(header: dict[str, Any]) -> Confinement:
-    reported = _field(header, "confinement", dict)
-    kinds = {"bool": bool, "int": int}  # the fields' annotations, as strings
-    return Confinement(**{field.name: _field(reported, field.name, kinds[field.type])
-                          for field in fields(Confinement)})
-
-
-def _batch_result(header: dict[str, Any], shared: exchange.Exchange, start: int, count: int, first_call: int,
-                  round_trip_ns: int) -> BatchResult:
-    """A batch's result from the worker's reply, every output that crossed copied out of the exchange at once."""
-    claim_ns = _field(header, "claim_ns", int)
-    # The worker's stamps fall inside the evaluator's, on the same clock: anything else is a tampered clock.
-    if claim_ns <= 0:
-        raise channel.ProtocolError(f"it timed the calls at {claim_ns} ns, no time at all: its clock was tampered with")
-    if claim_ns > round_trip_ns:
-        raise channel.ProtocolError(f"it timed the calls at {claim_ns} ns, more than their round trip of "
-                                    f"{round_trip_ns} ns: its clock was tampered with")
-    calls = _field(header, "calls", list)
-    if len(calls) != count or not all(isinstance(call, dict) for call in calls):
-        raise channel.ProtocolError(f"{len(calls)} results for {count} calls")
-    entries = []
-    for call in calls:
-        described = _field(call, "outputs", list)
-        if len(described) > channel.MAX_OUTPUTS:
-            raise channel.ProtocolError(f"{len(described)} outputs, over the limit of {channel.MAX_OUTPUTS}")
-        if not all(isinstance(entry, dict) for entry in described):
-            raise channel.ProtocolError(f"outputs are {described!r:.200}")
-        entries.append(described)
-    try:
-        arrays = iter(shared.read_outputs([entry for described in entries for entry in described if "offset" in entry],
-                                          start))
-    except exchange.ExchangeError as error:
-        raise channel.ProtocolError(str(error)) from None
-    results = []
-    for index, (call, described) in enumerate(zip(calls, entries)):
-        outputs: list[Output] = []
-        devices: list[str | None] = []
-        for entry in described:
-            if "offset" in entry:
-                outputs.append(next(arrays))
-                devices.append(_field(entry, "device", str))
-            else:
-                unsupported = _field(entry, "unsupported", dict)
-                outputs.append(Unsupported(_field(unsupported, "type", str), _field(unsupported, "detail", str)))
-                devices.append(None)
-        reused = _field(call, "shares_memory_with", (int, type(None)))
-        if reused is not None and not 0 <= reused < index:
-            raise channel.ProtocolError(f"call {index} shares memory with call {reused}, not one before it")
-        results.append(CallResult(
-            call_index=first_call + index,
-            returned_type=_field(call, "returned_type", str),
-            returned_length=_field(call, "returned_length", (int, type(None))),
-            outputs=tuple(outputs),
-            output_devices=tuple(devices),
-            input_mutated=_field(call, "input_mutated", bool),
-            shares_memory_with=None if reused is None else first_call + reused,
-        ))
-    return BatchResult(tuple(results), claim_ns, round_trip_ns)
-
-
 def _forget_parent_workers() -> None:
-    """A forked child owns none of its parent's workers (it must not kill them when it exits), and the
-    subreaper setting is not inherited."""
-    global _subreaper_set
+    """A forked child owns none of its parent's workers: it must not kill them when it exits."""
     _live_workers.clear()
-    _subreaper_set = False
 
 
 os.register_at_fork(after_in_child=_forget_parent_workers)

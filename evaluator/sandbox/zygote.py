@@ -53,7 +53,7 @@ def _preload() -> None:
     import numpy  # noqa: F401
     import torch  # noqa: F401
 
-    import evaluator.sandbox.worker  # noqa: F401
+    import evaluator.sandbox.server  # noqa: F401
 
 
 def _place_descriptors(received: dict[str, int]) -> None:
@@ -114,9 +114,9 @@ def _become_worker(control: socket.socket, request: dict[str, Any], received: di
         os.chdir(request["cwd"])
         _wait_until_orphaned_to(request["evaluator_pid"], intermediate)
         sys.path[0] = os.getcwd()  # as `python -m` sets it in a spawned worker
-        from evaluator.sandbox import worker
+        from evaluator.sandbox import server
 
-        code = worker.main([*request["arguments"], "--commands", str(COMMANDS_FD), "--results", str(RESULTS_FD),
+        code = server.main([*request["arguments"], "--commands", str(COMMANDS_FD), "--results", str(RESULTS_FD),
                             "--exchange", str(EXCHANGE_FD)])
     except SystemExit as error:
         code = error.code

@@ -1,4 +1,4 @@
-"""The code that runs inside a worker process (`python -m evaluator.sandbox.worker`).
+"""The worker process's own side: it serves the evaluator's calls (`python -m evaluator.sandbox.server`).
 
 It imports torch, initialises the device and reports ready; then it loads one candidate program
 and answers batches of calls, one batch at a time, over the private channel. It never decides its own time limit:
@@ -29,6 +29,7 @@ from evaluator.sandbox import channel, exchange, proctree
 from evaluator.sandbox.cards import cpu_model
 from evaluator.sandbox.confinement import Confinement, confine
 from evaluator.sandbox.torch_as_imported import TorchAsImported
+from evaluator.status import Status
 
 # this module's functions get builtins of their own: a program that patches `builtins` (its `len`, its `isinstance`)
 # does not reach the worker's checks
@@ -213,7 +214,7 @@ class Server:
             try:
                 return self.prepare(int(header["threads"]))
             except BaseException as error:  # only our own code has run: the evaluator's fault, not a candidate's
-                return {"op": "fail", "kind": "infra_error",
+                return {"op": "fail", "kind": Status.INFRA_ERROR.value,
                         "message": f"preparing the worker failed: {_format_exception(error)}"}
         if op == "batch" and self.entry_point is not None:
             return self.batch([(str(item["dtype"]), [int(size) for size in item["shape"]], int(item["offset"]))
@@ -433,7 +434,7 @@ def _send(fd: int, header: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None, confined: Confinement | None = None) -> int:
     """Serve the evaluator over the descriptors `argv` names. `confined` is the confinement already applied (by
     `spawned_worker`, before any import); without it the worker applies it here, first."""
-    parser = argparse.ArgumentParser(prog="python -m evaluator.sandbox.worker")
+    parser = argparse.ArgumentParser(prog="python -m evaluator.sandbox.server")
     parser.add_argument("--commands", type=int, required=True, help="descriptor to read commands from")
     parser.add_argument("--results", type=int, required=True, help="descriptor to write results to")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
@@ -454,7 +455,7 @@ def main(argv: Sequence[str] | None = None, confined: Confinement | None = None)
         runtime = Runtime(options.device)
         server = Server(runtime, Region(runtime, options.exchange))
     except BaseException as error:
-        _send(options.results, {"op": "fail", "kind": "infra_error",
+        _send(options.results, {"op": "fail", "kind": Status.INFRA_ERROR.value,
                                 "message": f"the worker could not initialise torch on '{options.device}' or map its "
                                            f"exchange: {_format_exception(error)}"})
         return 1
@@ -462,7 +463,7 @@ def main(argv: Sequence[str] | None = None, confined: Confinement | None = None)
         try:
             _warm_up(server, options)
         except BaseException as error:
-            _send(options.results, {"op": "fail", "kind": "infra_error",
+            _send(options.results, {"op": "fail", "kind": Status.INFRA_ERROR.value,
                                     "message": f"the worker's warm-up failed: {_format_exception(error)}"})
             return 1
     try:
