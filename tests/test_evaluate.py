@@ -22,6 +22,7 @@ from evaluator.eplb.default_trace import DEFAULT_SEED, default_trace
 from evaluator.eplb.holdout import holdout_trace
 from evaluator.eplb.problem import Problem
 from evaluator.evaluation import Evaluator, Result, Settings
+from evaluator.evaluation.evaluate import HOLDOUT_TEXT_CHARS
 from evaluator.evaluation.run import Runner
 from evaluator.evaluation.timing import ReferenceCache, TimingSettings, default_cache_path
 from evaluator.evaluation.timing.estimate import ALLOWANCE
@@ -547,6 +548,31 @@ def test_under_holdout_regenerating_the_default_trace_gains_nothing(tmp_path):
     assert result.balancedness_score == result.seed_balancedness
 
 
+CARRIES_ITS_WINDOWS_OUT = """
+import sys
+def rebalance_experts(weight, *args):
+    seen = ",".join(str(int(load)) for load in weight.flatten().tolist())
+    print("stdout:" + seen * 20)
+    print("stderr:" + seen * 20, file=sys.stderr)
+    raise RuntimeError("carried: " + seen * 20 + " -- the end")
+"""
+
+
+def test_a_held_out_result_carries_little_of_what_its_program_saw(small, tmp_path):
+    """A program that writes the window it was given into its error and output: on the default trace all of it
+    comes back (up to the usual bounds), on a held-out trace at most the ends that `HOLDOUT_TEXT_CHARS` allows."""
+    leaking = program(tmp_path, CARRIES_ITS_WINDOWS_OUT)
+    public = small.evaluate(leaking)
+    with Evaluator(holdout_trace(SMALL), Settings(problem=SMALL, timeout_s=60), device="cpu", spares=1) as evaluator:
+        secret = evaluator.evaluate(leaking)
+    assert_failed(public, "exception")
+    assert_failed(secret, "exception")
+    assert len(public.error) > 3000 and len(public.stdout) > 3000 and len(public.stderr) > 3000
+    for name, chars in HOLDOUT_TEXT_CHARS.items():
+        assert len(getattr(secret, name)) <= chars
+    assert secret.error.rstrip().endswith("-- the end")  # the message's end, where a traceback says what went wrong
+
+
 def test_the_evaluator_outlives_every_candidate(small, tmp_path):
     """After the hostile candidates above, the same evaluator still scores the seed."""
     result = small.evaluate(SEED_PROGRAM)
@@ -645,10 +671,11 @@ def test_the_held_out_key_never_reaches_a_worker(tmp_path, monkeypatch):
     def rebalance_experts(weight, *args):
         return seed.rebalance_experts(weight, *args)
     """
-    with Evaluator(holdout_trace(SMALL), Settings(problem=SMALL, timeout_s=60), device="cpu", spares=1) as evaluator:
+    # on a trace that is not held out, whose results keep the whole environment the program printed
+    with Evaluator(SMALL_TRACE, Settings(problem=SMALL, timeout_s=60), device="cpu", spares=1) as evaluator:
         result = evaluator.evaluate(program(tmp_path, body))
     assert result.status == "ok", result.error
-    assert "environment [" in result.stdout and key not in result.stdout
+    assert "environment [" in result.stdout and "PATH" in result.stdout and key not in result.stdout
 
 
 def test_a_program_slow_only_on_the_windows_it_recognises_is_timed_there(small, tmp_path):

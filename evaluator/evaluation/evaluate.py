@@ -60,6 +60,7 @@ from evaluator.scratch import scratch_folder
 from evaluator.software import software
 from evaluator.store import sha256_text
 from evaluator.status import Status
+from evaluator.untrusted import tail
 
 __all__ = ["Evaluator", "Settings", "workload_summary"]
 
@@ -71,6 +72,12 @@ EVALUATOR_THREADS = 1
 SWITCH_INTERVAL_S = 0.0005
 # The trusted programs' batches the harness's model is fitted to: sizes, each twice.
 _HARNESS_BATCHES = (1, 1, 8, 8)
+
+# A held-out trace stays secret only while its windows stay in the evaluator: a program sees those it plans on and
+# could write them into its error or output, which a loop reads and may feed to the next program. On a held-out trace
+# a result keeps at most this many characters of each (their ends, where a traceback's message is): what one
+# evaluation can carry out is bounded (docs/traces.md says how far that goes).
+HOLDOUT_TEXT_CHARS = {"error": 1000, "stdout": 250, "stderr": 250}
 
 
 class Evaluator:
@@ -124,6 +131,10 @@ class Evaluator:
         self._remove_files()
 
     def evaluate(self, program: str | Path, give_up_at: float | None = None) -> Result:
+        """Run, validate and score `program` (`_evaluate`); on a held-out trace, with its text bounded."""
+        return self._bounded(self._evaluate(program, give_up_at))
+
+    def _evaluate(self, program: str | Path, give_up_at: float | None = None) -> Result:
         """Run, validate and score `program`; every failure is a Result with score 0, never an exception (a path
         that names no file raises FileNotFoundError: the caller's mistake). With `give_up_at` (a `time.monotonic()`
         time), an evaluation that has no device by then ends as an `infra_error`; one that has a device runs to
@@ -153,10 +164,18 @@ class Evaluator:
         try:
             info, stdout, stderr = self._runner.check(Path(program), give_up_at)
         except RunFailed as failed:
-            return self._failure(failed)
+            return self._bounded(self._failure(failed))
         except Exception as error:  # as in evaluate
-            return self._failure(_own_fault(error))
-        return Result(Status.OK, workload=self._workload(), stdout=stdout, stderr=stderr, **_device(info))
+            return self._bounded(self._failure(_own_fault(error)))
+        return self._bounded(Result(Status.OK, workload=self._workload(), stdout=stdout, stderr=stderr,
+                                    **_device(info)))
+
+    def _bounded(self, result: Result) -> Result:
+        """On a held-out trace, `result` with at most `HOLDOUT_TEXT_CHARS` of each text a program wrote (its end)."""
+        if self.trace.source != "holdout":
+            return result
+        texts = {name: tail(text, chars) for name, chars in HOLDOUT_TEXT_CHARS.items() if (text := getattr(result, name))}
+        return replace(result, **texts)
 
     def _failure(self, failed: RunFailed) -> Result:
         """A failed run's result; where it ran on a lane, that lane's device, card and the software, as for an `ok`
