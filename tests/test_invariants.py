@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,11 +12,8 @@ from eplb_plans import load_seed, lognormal_weight, plan_outputs, random_phy2log
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from evaluator.eplb.invariants import (
-    PlanCheck,
-    Violation,
-    check_plan,
-)
+from evaluator.eplb.contract import INVARIANT_IDS, INVARIANTS
+from evaluator.eplb.invariants import PlanCheck, Violation, _every_value_invariant_holds, check_plan
 from evaluator.eplb.problem import Problem
 
 SEED = load_seed()
@@ -511,3 +510,70 @@ def test_tensors_on_mixed_devices_are_checked_on_one(plan: tuple[torch.Tensor, .
     broken = logcnt.cuda()
     broken[1, 2] = 0
     assert only(check_plan((phy2log.cuda(), log2phy.cuda(), broken), SMALL), "logcnt.min").index == (1, 2)
+
+
+# --- the registry: every invariant on the values is refused by both paths ------------------------------------
+
+
+def _break_coverage(phy2log, log2phy, logcnt):
+    expert = int((logcnt[0] == 1).nonzero()[0])  # its one slot given to the next expert leaves it none
+    phy2log[0, slots_of(phy2log, 0, expert)[0]] = (expert + 1) % SMALL.num_experts
+
+
+def _break_bincount(phy2log, log2phy, logcnt):
+    more = expert_with_replicas(logcnt, 0, 2)
+    logcnt[0, more] -= 1
+    logcnt[0, (more + 1) % SMALL.num_experts] += 1
+
+
+def _break_padding(phy2log, log2phy, logcnt):
+    expert = int((logcnt[0] < log2phy.shape[2]).nonzero()[0])
+    log2phy[0, expert, -1] = 0
+
+
+def _break_duplicate(phy2log, log2phy, logcnt):
+    expert = expert_with_replicas(logcnt, 0, 2)
+    log2phy[0, expert, 1] = log2phy[0, expert, 0]
+
+
+BREAKERS = {  # each damages a valid plan of SMALL, in place, so that the invariant named is broken
+    "phy2log.range": lambda phy2log, log2phy, logcnt: phy2log.__setitem__((0, 0), SMALL.num_experts),
+    "phy2log.coverage": _break_coverage,
+    "logcnt.min": lambda phy2log, log2phy, logcnt: logcnt.__setitem__((0, 0), 0),
+    "logcnt.sum": lambda phy2log, log2phy, logcnt: logcnt.__setitem__((0, 0), logcnt[0, 0] + 1),
+    "phy2log.bincount": _break_bincount,
+    "log2phy.width": lambda phy2log, log2phy, logcnt: logcnt.__setitem__((0, 0), log2phy.shape[2] + 1),
+    "log2phy.padding": _break_padding,
+    "log2phy.range": lambda phy2log, log2phy, logcnt: log2phy.__setitem__((0, 0, 0), SMALL.num_replicas),
+    "log2phy.slot": lambda phy2log, log2phy, logcnt: log2phy.__setitem__(
+        (0, 0, 0), int((phy2log[0] != 0).nonzero()[0])),
+    "log2phy.duplicate": _break_duplicate,
+    "log2phy.missing_slot": _break_duplicate,  # a slot listed twice leaves another listed nowhere
+}
+
+
+def test_every_invariant_on_the_values_has_a_test_that_breaks_it():
+    assert set(BREAKERS) == {invariant.id for invariant in INVARIANTS if invariant.on_values}
+
+
+@pytest.mark.parametrize("invariant", sorted(BREAKERS))
+def test_each_invariant_on_the_values_is_refused_by_both_paths(plan, invariant):
+    """The few passes that judge a plan first refuse it, and the checks that name violations name this one."""
+    phy2log, log2phy, logcnt = plan
+    BREAKERS[invariant](phy2log, log2phy, logcnt)
+    assert not _every_value_invariant_holds(phy2log, log2phy, logcnt, SMALL)
+    assert invariant in ids(check_plan((phy2log, log2phy, logcnt), SMALL))
+
+
+def test_a_violation_of_no_registered_invariant_is_refused():
+    with pytest.raises(ValueError, match="no invariant of the contract"):
+        Violation("plan.too_clever", None, "made up")
+    assert {name for name in INVARIANT_IDS if name.endswith(".dtype")} == {"phy2log.dtype", "log2phy.dtype",
+                                                                          "logcnt.dtype"}
+
+
+def test_the_docs_table_is_the_registry():
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "validation-and-scoring.md").read_text()
+    rows = re.findall(r"^\| `([^`]+)` \| ([^|]+) \| (.+) \|$", docs, flags=re.MULTILINE)
+    assert [(name, where.strip(), meaning.strip()) for name, where, meaning in rows] == [
+        (invariant.id, invariant.index_into, invariant.meaning) for invariant in INVARIANTS]

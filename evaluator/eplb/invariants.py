@@ -12,7 +12,7 @@ a value it has not vetted and nothing is allocated for a size it has not seen:
 3. the values, vectorised over all layers and experts at once, on one device,
    on private copies of the tensors.
 
-Each invariant reports at most one violation: its first offending index in
+Each invariant (an entry of contract.py) reports at most one violation: its first offending index in
 row-major order, and how many entries break it.
 
 Width of log2phy: X may be anything from 1 to `problem.max_replicas_per_expert`
@@ -28,29 +28,14 @@ from dataclasses import dataclass
 
 import torch
 
+from evaluator.eplb.contract import OUTPUT_NAMES, Violation
 from evaluator.eplb.plan import Plan
 from evaluator.eplb.problem import Problem
 
 _LISTED = 8  # positions a message names before it only counts them
 _READABLE_DEVICES = ("cpu", "cuda")
-_OUTPUT_NAMES = ("phy2log", "log2phy", "logcnt")
 
 ShapeSpec = tuple["int | range", ...]
-
-
-@dataclass(frozen=True)
-class Violation:
-    """One broken invariant.
-
-    `invariant` is a stable id such as "phy2log.range"; `index` is the first
-    offending position in the tensor the message names first (None when the
-    fault is the whole object: type, dtype, shape); `message` says in one
-    sentence what is wrong, where, and with which values.
-    """
-
-    invariant: str
-    index: tuple[int, ...] | None
-    message: str
 
 
 @dataclass(frozen=True)
@@ -89,7 +74,7 @@ def check_plan(outputs: object, problem: Problem, device: torch.device | str | N
         (layers, experts),
     )
     tensors, structural = [], []
-    for item, name, shape in zip(items, _OUTPUT_NAMES, shapes):
+    for item, name, shape in zip(items, OUTPUT_NAMES, shapes):
         tensor, found = _vet_tensor(item, name, torch.int64, shape)
         tensors.append(tensor)
         structural.extend(found)
@@ -122,7 +107,7 @@ def _unpack_outputs(outputs: object) -> tuple[tuple[object, ...], Violation | No
             f"the candidate returned {_describe(outputs)}, not a tuple (phy2log, log2phy, logcnt)",
         )
     length = base.__len__(outputs)
-    if length != len(_OUTPUT_NAMES):
+    if length != len(OUTPUT_NAMES):
         return (), Violation(
             "output.length",
             None,
