@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import secrets
 import textwrap
 import time
@@ -116,6 +117,9 @@ def test_hangs_end_in_timeout_within_the_limit(strict, tmp_path, body):
     result = strict.evaluate(program(tmp_path, body))
     assert_failed(result, "timeout")
     assert time.monotonic() - started < 4 + 10  # the limit, plus killing and collecting the worker
+    # what a call may take, and the seed's time it follows (the import has the whole evaluation's limit)
+    assert re.search(r"the seed takes \d+ ms a call; a call may take [\d.]+ s, the first [\d.]+ s, the whole "
+                     r"evaluation 4 s\)$", result.error), result.error
 
 
 def test_an_invalid_output_is_the_failure_even_when_the_program_crashes_in_a_later_call(small, tmp_path):

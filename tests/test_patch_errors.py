@@ -295,3 +295,43 @@ def test_rewrite_that_does_not_compile_names_the_line():
     error = failure(fenced(NEW_BODY.replace("    device = weight.device\n", "    device = = weight.device\n", 1)), rewrite=True)
     assert isinstance(error, CandidateSyntaxError)
     assert error.lineno == 84 and "at line 84:\n    device = = weight.device" in str(error)
+
+
+LLM_ANSWERS = Path(__file__).resolve().parents[2] / "shared" / "llm-answers"
+PROMPT_SIZED_CHARS = 4096  # what an apply error may take of the next prompt
+
+
+@pytest.mark.skipif(not LLM_ANSWERS.is_dir(), reason="needs the recorded LLM answers")
+def test_real_answers_that_do_not_apply_get_errors_sized_for_a_prompt():
+    """Recorded answers written against other versions of the program: each error says so in a few lines instead
+    of quoting the whole program as the closest region."""
+    not_found = []
+    for answer in sorted(LLM_ANSWERS.glob("*.txt")):
+        try:
+            apply_patch(SEED, decode_patch(answer.read_bytes()))
+        except PatchError as error:
+            assert len(str(error)) <= PROMPT_SIZED_CHARS, answer.name
+            if isinstance(error, SearchNotFoundError):
+                not_found.append((answer.name, str(error)))
+    assert len(not_found) >= 5
+    for name, message in not_found:
+        assert "Nothing in the program resembles it closely" in message, name
+        assert "Copy the SEARCH text exactly from the current program." in message
+
+
+def test_a_long_search_text_with_one_line_changed_shows_that_line_and_little_else():
+    """Sixty lines copied from the program, one of them changed: the region is found, the listing starts just before
+    the changed line, and the error stays within a prompt's share however long the SEARCH text."""
+    lines = SEED.splitlines(keepends=True)
+    start = next(number for number, line in enumerate(lines) if "EVOLVE-BLOCK-START" in line) + 20
+    copied = lines[start:start + 60]
+    changed = next(k for k in range(30, 60) if copied[k].strip())
+    search = "".join(copied[:changed] + ["    this_line_is_not_in_the_program = 1\n"] + copied[changed + 1:])
+    error = failure(f"<<<<<<< SEARCH\n{search}=======\n{search}>>>>>>> REPLACE\n")
+    assert isinstance(error, SearchNotFoundError)
+    message = str(error)
+    assert f"The closest region is program lines {start + 1}-{start + 60}" in message
+    assert f"{start + changed + 1} | {copied[changed].rstrip()[:60]}" in message
+    assert "-    this_line_is_not_in_the_program = 1" in message
+    assert len(message) <= PROMPT_SIZED_CHARS
+    assert f"{start + 1} | " not in message  # the region's first lines, far from the change, are left out

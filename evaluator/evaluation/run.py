@@ -196,11 +196,13 @@ class Runner:
         def phase(name: str) -> None:
             phases[name] = (time.perf_counter() - started) * 1e3 - sum(phases.values())
 
-        with self._on_a_lane(settings.timeout_s, lane_name, give_up_at) as (lane, processes), self._quiet(lane):
+        with _timeouts_say_the_seeds_time() as seen, \
+                self._on_a_lane(settings.timeout_s, lane_name, give_up_at) as (lane, processes), self._quiet(lane):
             phase("wait_for_device_ms")
             reference = reference_on(lane)
             phase("reference_ms")
-            limits = self.limits(reference.seed_time_ms)
+            limits = seen.limits = self.limits(reference.seed_time_ms)
+            seen.seed_time_ms = reference.seed_time_ms
             deadline = time.monotonic() + limits.total_s  # waiting for the device is not the candidate's time
             worker = processes.launch(lane, program, deadline)
             phase("launch_ms")
@@ -576,6 +578,29 @@ def _release_when_gone(processes: _Processes, holding: Holding) -> None:
                              daemon=True).start()
         except RuntimeError:
             processes.release_when_gone(holding)
+
+
+@dataclass
+class _Seen:
+    """What a run knew when it failed: its limits and the seed's time per call, once the reference was had."""
+
+    limits: Limits | None = None
+    seed_time_ms: float | None = None
+
+
+@contextmanager
+def _timeouts_say_the_seeds_time() -> Iterator[_Seen]:
+    """A run that timed out after its limits were known says them and the seed's time per call on the device: how
+    far over the program is, and what a call may take."""
+    seen = _Seen()
+    try:
+        yield seen
+    except RunFailed as failed:
+        if failed.status == Status.TIMEOUT and seen.limits is not None and seen.seed_time_ms is not None:
+            failed.error += (f" (on this device the seed takes {seen.seed_time_ms:.0f} ms a call; a call may take "
+                             f"{seen.limits.call_s:g} s, the first {seen.limits.first_call_s:g} s, the whole "
+                             f"evaluation {seen.limits.total_s:g} s)")
+        raise
 
 
 @contextmanager

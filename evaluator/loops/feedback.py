@@ -19,8 +19,9 @@ def numeric_metrics(result: Result) -> dict[str, float]:
 
 
 def feedback_text(result: Result, limit: int = FEEDBACK_CHARS) -> str:
-    """For a failure: its kind, its message, the first violations and the end of stderr; for a success, the
-    scores against the seed. At most `limit` characters, the start kept (it says what went wrong)."""
+    """For a failure: its kind, its message (which begins with what to change first), the first violations and the
+    end of stderr, each once; for a success, the scores against the seed. At most `limit` characters, the start
+    kept (it says what went wrong)."""
     if result.ok and result.time_ms is None:  # a first-stage check: nothing was scored
         lines = [f"status: ok on {result.device} ({result.card}): the program imports and returns a valid plan"]
     elif result.ok:
@@ -46,4 +47,5 @@ def feedback_text(result: Result, limit: int = FEEDBACK_CHARS) -> str:
             lines.append("stderr (last lines, as the program wrote them):\n"
                          + quoted("\n".join(result.stderr.strip().splitlines()[-20:]), limit // 4))
     return clip("\n".join(lines), limit)
+
 

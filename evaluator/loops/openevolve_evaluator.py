@@ -20,9 +20,9 @@ What OpenEvolve gets back (an `EvaluationResult`, or the metrics dict alone when
   always there, 0.0 for any failure. `evaluate_stage1` returns `combined_score` 1.0 when the cheap check
   passes and 0.0 when it fails, so a cascade threshold such as 0.5 lets exactly the passing programs through;
   `evaluate_stage2`'s full scores then replace it.
-- artifacts, which OpenEvolve shows the LLM when it next patches this program: `status`, `error`,
-  `violations`, `stderr` (its end) and `feedback` (`feedback.feedback_text`), each at most `ARTIFACT_CHARS`
-  characters; empty ones are left out. OpenEvolve's prompt filter replaces any run of 32 or more letters and
+- artifacts, which OpenEvolve shows the LLM when it next patches this program: `status` and `feedback`
+  (`feedback.feedback_text`, at most `ARTIFACT_CHARS` characters: the error, the violations and the end of
+  stderr, each once). OpenEvolve's prompt filter replaces any run of 32 or more letters and
   digits with `<REDACTED_TOKEN>`, so nothing here relies on a hash or an id.
 
 The evaluator's own failures (`infra_error`) are not the program's, so they are never scored as the program's:
@@ -55,7 +55,6 @@ from typing import Any
 from evaluator.api import check_program, evaluate_program, shared_evaluator
 from evaluator.evaluation import Result
 from evaluator.loops.feedback import feedback_text, numeric_metrics
-from evaluator.untrusted import clip, tail, visible
 from evaluator.status import Status
 
 __all__ = ["evaluate", "evaluate_stage1", "evaluate_stage2"]
@@ -118,23 +117,9 @@ def evaluate_stage2(program_path: str) -> Any:
 
 
 def artifacts(result: Result) -> dict[str, str]:
-    """What the LLM sees about `result`, each value at most `ARTIFACT_CHARS` characters. `status` and
-    `feedback` are always there; `error`, `violations` and `stderr` only when not empty (OpenEvolve would
-    show an empty section for each)."""
-    violations = "\n".join(_violation_line(violation) for violation in result.violations)
-    texts = {
-        "status": result.status,
-        "error": clip(visible(result.error or ""), ARTIFACT_CHARS),
-        "violations": clip(visible(violations), ARTIFACT_CHARS),
-        "stderr": tail(visible(result.stderr.strip()), ARTIFACT_CHARS),
-        "feedback": feedback_text(result, ARTIFACT_CHARS),
-    }
-    return {key: text for key, text in texts.items() if text or key in ("status", "feedback")}
-
-
-def _violation_line(violation: dict[str, Any]) -> str:
-    where = "" if violation.get("index") is None else f" at {violation['index']}"
-    return f"{violation.get('invariant')}{where}: {violation.get('message')}"
+    """What the LLM sees about `result`: its `status`, and the `feedback` (`feedback.feedback_text`, at most
+    `ARTIFACT_CHARS` characters), which holds the error, the violations and the end of stderr once each."""
+    return {"status": result.status, "feedback": feedback_text(result, ARTIFACT_CHARS)}
 
 
 def _attempt(evaluation: Callable[[str], Result], program_path: str) -> Result:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-from evaluator.patch.closest import closest_region
+from evaluator.patch.closest import USEFUL_SIMILARITY, closest_region
 from evaluator.patch.errors import (
     CandidateSyntaxError,
     NoChangeError,
@@ -73,14 +73,18 @@ def _apply_edit(lines: list[str], edit: Edit) -> AppliedBlock:
 
 def _not_found_message(lines: list[str], search: str) -> str:
     message = "the SEARCH text was not found in the program, not even with whitespace forgiven."
+    fix = "Copy the SEARCH text exactly from the current program."
     region = closest_region(lines, search)
     if region is None:
-        return message
+        return f"{message}\n{fix}"
+    if region.similarity < USEFUL_SIMILARITY:
+        return (f"{message}\nNothing in the program resembles it closely (the most alike, program lines "
+                f"{region.first_line}-{region.last_line}, are {region.similarity:.0%} similar): it was probably "
+                f"written against another version of the program. {fix}")
     return (
         f"{message}\nThe closest region is program lines {region.first_line}-{region.last_line} "
         f"({region.similarity:.0%} similar):\n{region.listing}\n"
-        f"Differences from your SEARCH text to those lines:\n{region.diff}\n"
-        "Copy the SEARCH text exactly from the current program."
+        f"Differences from your SEARCH text to those lines:\n{region.diff}\n{fix}"
     )
 
 
