@@ -16,12 +16,13 @@ from evaluator.commands import (
     evaluate,
     lineage,
     listing,
+    prompt,
     shinka,
     trace,
 )
 from evaluator.exitcodes import ExitCode
 
-COMMANDS = (apply, evaluate, accept, listing, lineage, check, trace, bench, shinka)
+COMMANDS = (apply, evaluate, accept, listing, lineage, prompt, check, trace, bench, shinka)
 
 
 def build_parser() -> argparse.ArgumentParser:

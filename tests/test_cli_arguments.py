@@ -27,6 +27,7 @@ STOPPED_EARLY = {  # the command, and what ends it before it evaluates anything
     "accept": ["accept", "abcd"],
     "list": ["list"],
     "lineage": ["lineage", "abcd"],
+    "prompt": ["prompt", "abcd"],
     "check": ["check"],
     "trace": ["trace"],
     "shinka": ["shinka", "--program_path", "missing.py", "--results_dir", "results"],

@@ -21,7 +21,7 @@ from evaluator.eplb.plan import Plan
 from evaluator.eplb.problem import Problem
 
 # Each tenfold speedup over the seed adds this much; 10,000x (about the physical floor) scores 1.
-_SPEED_SCORE_PER_DECADE = 0.25
+SPEED_SCORE_PER_DECADE = 0.25
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def speedup(seed_ms: float, candidate_ms: float) -> float:
 def speed_score(speedup: float) -> float:
     """clip(log10(speedup) / 4, 0, 1): 1x (or slower) scores 0, each tenfold speedup adds 0.25."""
     value = _positive_finite(speedup, "speedup")
-    return min(1.0, max(0.0, math.log10(value) * _SPEED_SCORE_PER_DECADE))
+    return min(1.0, max(0.0, math.log10(value) * SPEED_SCORE_PER_DECADE))
 
 
 def combined_score(balancedness: float, speed_score: float) -> float:

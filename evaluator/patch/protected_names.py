@@ -35,6 +35,19 @@ def require_protected_names(parent: str, program: str) -> None:
         )
 
 
+def protected_names(program: str) -> list[str]:
+    """The names defined at `program`'s top level that its code outside the EVOLVE-BLOCK uses, sorted; none if the
+    program does not parse or has no block."""
+    try:
+        ranges = editable_ranges(program.splitlines(keepends=True))
+        tree = ast.parse(program)
+    except (PatchError, SyntaxError, ValueError, RecursionError, MemoryError):
+        return []
+    if ranges is None:
+        return []
+    return sorted(set(_protected_uses(tree, ranges)) & _top_level_names(tree))
+
+
 def _protected_uses(tree: ast.Module, ranges: list[EditableRange]) -> dict[str, list[str]]:
     """Per name the protected statements load (or list in `__all__`), where: "line 245", "`__all__`"."""
     uses: dict[str, list[str]] = {}
