@@ -42,7 +42,10 @@ class _Guard:
 
     def watch(self, pid: int) -> None:
         """Have the guard kill `pid`'s process group if this process dies while `pid` exists. `pid` is a child of
-        this process, not yet collected, that leads its process group. Raises OSError if no guard can be started."""
+        this process, not yet collected, that leads its process group. Raises OSError if no guard can be started.
+        Where the kernel has no pidfds (before Linux 5.3) there is no guard: a worker's own watch is all there is."""
+        if not _HAS_PIDFDS:
+            return
         with self._lock:
             self._watched.add(pid)
             if self._socket is not None and self._process is not None and self._process.poll() is None:
@@ -126,6 +129,15 @@ class _Guard:
         self._socket, self._process, self._lock, self._watched, self._folder = None, None, threading.Lock(), set(), None
 
 
+def _has_pidfds() -> bool:
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
+_HAS_PIDFDS = _has_pidfds()
 _guard = _Guard()
 watch, close = _guard.watch, _guard.close
 os.register_at_fork(after_in_child=_guard.forget_in_child)
