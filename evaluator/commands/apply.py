@@ -6,7 +6,6 @@ import argparse
 import difflib
 import json
 import sys
-from dataclasses import fields
 from datetime import datetime, timezone
 from typing import Any
 
@@ -120,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         stored.add_result(result.to_json())
         note_cpu_fallback(result, args.device, first=True)
     else:
-        result = _result_from_json(reusable)
+        result = Result.from_json(reusable)
     refusal = _accept(store, stored, result) if args.accept else None
     _report_stored(stored, created, applied, parent, args.json, result, reused=reusable is not None,
                    accepted=args.accept and refusal is None)
@@ -137,11 +136,6 @@ def _stored_result(stored: StoredCandidate, workload: dict[str, Any], here: dict
     except StoreError as error:
         raise CommandError(f"{error} (--force evaluates again without reading it)", ExitCode.INFRA_ERROR) from None
     return None if latest is None or latest.get("status") in _LIMITS_DECIDE else latest
-
-
-def _result_from_json(data: dict[str, Any]) -> Result:
-    """A stored result as a Result; fields a newer or older evaluator wrote but this one lacks are left out."""
-    return Result(**{field.name: data[field.name] for field in fields(Result) if field.name in data})
 
 
 def _accept(store: CandidateStore, stored: StoredCandidate, result: Result) -> str | None:

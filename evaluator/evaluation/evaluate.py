@@ -157,6 +157,10 @@ class Evaluator:
         return replace(result, timing={**result.timing, **costs})
 
     def check(self, program: str | Path, give_up_at: float | None = None) -> Result:
+        """A cheap first stage for a loop (`_check`); on a held-out trace, with its text bounded."""
+        return self._bounded(self._check(program, give_up_at))
+
+    def _check(self, program: str | Path, give_up_at: float | None = None) -> Result:
         """A cheap first stage for a loop: the program imports and returns a valid plan for the trace's first
         window, within the import's limit and the first call's. Nothing is timed or scored: an `ok` Result here
         keeps every score at 0. `give_up_at` as for `evaluate`."""
@@ -164,11 +168,10 @@ class Evaluator:
         try:
             info, stdout, stderr = self._runner.check(Path(program), give_up_at)
         except RunFailed as failed:
-            return self._bounded(self._failure(failed))
+            return self._failure(failed)
         except Exception as error:  # as in evaluate
-            return self._bounded(self._failure(_own_fault(error)))
-        return self._bounded(Result(Status.OK, workload=self._workload(), stdout=stdout, stderr=stderr,
-                                    **_device(info)))
+            return self._failure(_own_fault(error))
+        return Result(Status.OK, workload=self._workload(), stdout=stdout, stderr=stderr, **_device(info))
 
     def _bounded(self, result: Result) -> Result:
         """On a held-out trace, `result` with at most `HOLDOUT_TEXT_CHARS` of each text a program wrote (its end)."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from evaluator.status import Status
@@ -50,3 +51,8 @@ class Result:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Result:
+        """A stored result as a Result; fields a newer or older evaluator wrote but this one lacks are left out."""
+        return cls(**{item.name: data[item.name] for item in fields(cls) if item.name in data})

@@ -78,7 +78,7 @@ def render_prompt(subject: Subject, settings: Settings, answer_format: str = "pl
         **task_context(settings, answer_format),
         "label": subject.label,
         "program": subject.program.rstrip("\n"),
-        "feedback": None if subject.result is None else feedback_text(_result(subject.result)),
+        "feedback": None if subject.result is None else feedback_text(Result.from_json(subject.result)),
         "lineage": [{"label": label, "summary": _summary(result)} for label, result in subject.lineage],
     }
     return _environment(templates).get_template("prompt.md.j2").render(context)
@@ -108,12 +108,6 @@ def _environment(templates: Path | None) -> jinja2.Environment:
     folders = ([str(templates)] if templates is not None else []) + [str(TEMPLATES)]
     return jinja2.Environment(loader=jinja2.FileSystemLoader(folders), undefined=jinja2.StrictUndefined,
                               keep_trailing_newline=True, autoescape=False)
-
-
-def _result(stored: Mapping[str, Any]) -> Result:
-    """A stored result as the `Result` it was (fields a newer evaluator added take their defaults)."""
-    known = Result.__dataclass_fields__
-    return Result(**{name: value for name, value in stored.items() if name in known})
 
 
 def _summary(result: Mapping[str, Any] | None) -> str:

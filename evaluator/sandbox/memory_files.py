@@ -23,9 +23,9 @@ _LEAST_ENTRY_BYTES = 4096  # an inode and its directory entry take memory too: a
 
 def memory_file_bytes(pids: Iterable[int], folder: Path | None, skip: frozenset[tuple[int, int]],
                       most_bytes: int) -> int:
-    """The allocated bytes of the memory-backed files the processes `pids` hold open and, if it is in memory, of the
-    files in `folder`: each file once, none whose (device, inode) is in `skip`. The count stops once it passes
-    `most_bytes`, so that a folder of a million files costs a walk only as far as that."""
+    """The allocated bytes of the memory-backed files the processes `pids` hold open and of the files in `folder`
+    (one in memory, `in_memory`, or None): each file once, none whose (device, inode) is in `skip`. The count stops
+    once it passes `most_bytes`, so that a folder of a million files costs a walk only as far as that."""
     seen: set[tuple[int, int]] = set(skip)
     total = 0
 
@@ -39,7 +39,7 @@ def memory_file_bytes(pids: Iterable[int], folder: Path | None, skip: frozenset[
     for pid in pids:
         for info in _open_memory_files(pid):
             count(info)
-    if folder is not None and in_memory(folder):
+    if folder is not None:
         for info in _walk(folder):
             count(info)
             if total > most_bytes:

@@ -87,6 +87,8 @@ class Worker:
             raise
         # the exchange is counted where the worker maps it, not again as a file it holds
         self._not_counted = frozenset({memory_files.file_identity(handles.theirs["exchange"])})
+        # its files count as memory only where its folder is in memory, which its life does not change
+        self._folder_in_memory = Path(self._workdir) if memory_files.in_memory(Path(self._workdir)) else None
         handles.close_theirs()  # only the worker may hold its ends
         if cpus:
             try:
@@ -425,7 +427,7 @@ class Worker:
         sets' (slower to read); and the files in memory they hold or keep in the worker's folder (memory_files.py)."""
         usage = usage or self._tree.usage()
         limit = self.limits.memory_bytes
-        files = memory_files.memory_file_bytes(usage.pids, Path(self._workdir), self._not_counted, limit)
+        files = memory_files.memory_file_bytes(usage.pids, self._folder_in_memory, self._not_counted, limit)
         over = usage.resident_bytes + files > limit
         return (proportional_bytes(usage.pids) if over else usage.resident_bytes) + files, files
 
