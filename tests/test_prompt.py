@@ -31,12 +31,14 @@ def prompt(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def test_the_task_says_the_settings_it_is_scored_with():
     problem = Problem(num_layers=6, num_experts=32, num_replicas=48, num_groups=4, num_nodes=2, num_gpus=8)
-    settings = Settings(problem=problem, timeout_s=77, limits=Limits(memory_mb=1234), freshness_tolerance=0.07,
+    settings = Settings(problem=problem, timeout_s=77, limits=Limits(memory_mb=1234, gpu_memory_mb=2345),
+                        freshness_tolerance=0.07,
                         timing=TimingSettings(call_limit_factor=6, first_call_limit_s=13))
     task = render_task(settings)
     for said in ("L = 6 layers, E = 32 logical experts in 4 groups", "R = num_replicas = 48 physical slots",
                  "8 GPUs (6 slots each) in num_nodes = 2 nodes", "1 <= X <= 17", "tolerance 0.07",
                  "A call may take 6 times", "the first call 13 s", "the whole evaluation 77 s", "at most\n1234 MiB",
+                 "2345 MiB of GPU memory",
                  "rebalance_experts, run_eplb, torch"):
         assert said in task, said
     assert all(f"`{invariant.id}`: {invariant.meaning}" in task for invariant in INVARIANTS)

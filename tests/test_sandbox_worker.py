@@ -251,6 +251,35 @@ def test_a_warm_up_that_fails_is_an_infra_error(tmp_path):
     assert "warm-up failed" in raised.value.failure.message and "broken warm-up" in raised.value.failure.message
 
 
+def test_a_spare_that_fails_while_a_candidate_waits_costs_that_candidate_nothing(tmp_path):
+    """As when a spare's warm-up finds the GPU full while another program holds it: the first start fails, slowly,
+    after a candidate began to wait; the candidate gets a worker of a later start."""
+    claimed = tmp_path / "claimed"
+    warm_up = tmp_path / "warm_up.py"
+    warm_up.write_text(textwrap.dedent(f"""
+        import os, time
+        try:
+            os.close(os.open({str(claimed)!r}, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            time.sleep(2)  # a later start: ready well after the first failed
+        else:
+            time.sleep(0.5)
+            raise MemoryError("the first start fails")
+
+        def rebalance_experts(weight, *args):
+            return weight
+    """))
+    setup = WarmUp(warm_up, (SMALL.num_layers, SMALL.num_experts), SMALL.rebalance_args(), calls=1)
+    with WorkerPool(UNCONFINED, device="cpu", spares=1, warm_up=setup) as spare_pool:
+        deadline = time.monotonic() + 60
+        while not claimed.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert claimed.exists()
+        with spare_pool.launch(SEED) as worker:
+            result = worker.call(weight_for(SMALL), SMALL.rebalance_args())
+    np.testing.assert_array_equal(result.outputs[0], seed_plan(weight_for(SMALL), SMALL)[0])
+
+
 def test_asking_for_cuda_without_a_gpu_is_an_infra_error():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

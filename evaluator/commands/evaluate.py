@@ -39,6 +39,9 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
                         help="wall-clock limit for one candidate, import and every call (default: %(default)s)")
     parser.add_argument("--memory-mb", type=whole_number(1, 2**30), default=defaults.limits.memory_mb, metavar="MB",
                         help="host memory limit of a candidate's process tree (default: %(default)s)")
+    parser.add_argument("--gpu-memory-mb", type=whole_number(1, 2**30), default=defaults.limits.gpu_memory_mb,
+                        metavar="MB", help="GPU memory limit of a candidate's process tree, beyond its worker's CUDA "
+                                           "context (default: %(default)s)")
     add_device_argument(parser)
     parser.add_argument("--gpu-ids", dest="gpu_ids", type=_gpu_list, metavar="LIST",
                         help="GPUs to run candidates on, one candidate per GPU at a time, e.g. 0,1 "
@@ -58,7 +61,8 @@ def evaluation_inputs(args: argparse.Namespace) -> tuple[Problem, Trace]:
 def open_evaluator(args: argparse.Namespace, problem: Problem, trace: Trace, programs: int = 1) -> Evaluator:
     """An Evaluator of `trace`, configured from the command's options, for `programs` evaluations (for one, no
     spare starts beside the candidate being timed)."""
-    limits = Limits(timeout_s=args.timeout, import_timeout_s=args.timeout, memory_mb=args.memory_mb)
+    limits = Limits(timeout_s=args.timeout, import_timeout_s=args.timeout, memory_mb=args.memory_mb,
+                    gpu_memory_mb=args.gpu_memory_mb)
     try:
         return Evaluator(trace, Settings(problem=problem, timeout_s=args.timeout, limits=limits), device=args.device,
                          gpus=args.gpu_ids, seed_references=ReferenceCache(default_cache_path()),

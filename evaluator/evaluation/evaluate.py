@@ -314,4 +314,7 @@ def _remove_if_owner(folder: Path, owner_pid: int) -> None:
 
 
 def _device(info: WorkerInfo) -> dict[str, object]:
-    return {"device": info.device, "card": info.card, "software": software(), "sandbox": asdict(info.confinement)}
+    sandbox: dict[str, object] = asdict(info.confinement)
+    if info.device == "cuda":
+        sandbox["gpu_memory_counted"] = info.gpu_memory_counted
+    return {"device": info.device, "card": info.card, "software": software(), "sandbox": sandbox}

@@ -52,6 +52,7 @@ def task_context(settings: Settings, answer_format: str = "plain") -> dict[str, 
         "first_call_limit_s": timing.first_call_limit_s,
         "timeout_s": settings.timeout_s,
         "memory_mb": settings.limits.memory_mb,
+        "gpu_memory_mb": settings.limits.gpu_memory_mb,
     }
 
 

@@ -18,6 +18,9 @@ class Limits:
     import_timeout_s: float = 30.0  # importing the candidate program
     start_timeout_s: float = 180.0  # a fresh worker importing torch and initialising its device
     memory_mb: int = 4096  # host memory of the whole process tree
+    # GPU memory the tree holds beyond what the worker held when it became ready (its CUDA context, the warm-up's
+    # cache), as the driver counts it
+    gpu_memory_mb: int = 4096
     output_bytes: int = 128 * 1024  # kept of each of stdout and stderr: half its head, half its tail
     max_processes: int = 64  # processes alive at once in the tree, the worker included
     # the shared memory one call's input and outputs cross in: on a GPU all of it is pinned host memory, on the CPU
@@ -36,3 +39,7 @@ class Limits:
     @property
     def memory_bytes(self) -> int:
         return self.memory_mb * 1024 * 1024
+
+    @property
+    def gpu_memory_bytes(self) -> int:
+        return self.gpu_memory_mb * 1024 * 1024

@@ -27,8 +27,9 @@ class WorkerPool:
     each handed-out worker is replaced at once, unless `replenish` is False (a pool for a known, small
     number of workers: a spare starting beside a candidate being timed takes CPU, and device time on a GPU,
     from it). Then the spares of the start are all it starts ahead; a later `acquire` starts a worker for
-    itself. Spares start on `cpus` (default: wherever this process may run). Workers are forked from a zygote that imported torch once (`start_method="forkserver"`), or each
-    spawned as a new interpreter (`"spawn"`). A worker serves one candidate and is then closed by its user.
+    itself. Spares start on `cpus` (default: wherever this process may run). Workers are forked from a zygote
+    that imported torch once (`start_method="forkserver"`), or each spawned as a new interpreter (`"spawn"`). A
+    worker serves one candidate and is then closed by its user.
     `close()` (also on context exit and at interpreter exit) kills every spare.
     """
 
@@ -52,7 +53,11 @@ class WorkerPool:
         self._starting: set[Worker] = set()
         self._launching = 0  # start threads that have not yet created their Worker
         self._waiters = 0
-        self._start_failure: Failure | None = None
+        self._starts_begun = 0
+        # the last start that failed: the number it began as, and why. A caller waiting for a worker gives up on a
+        # failure only of a start begun for it: a spare that failed earlier (its warm-up ran out of GPU memory while
+        # another program held it, say) does not make the next start fail
+        self._start_failure: tuple[int, Failure] | None = None
         self._closed = False
         self._quiet = 0  # blocks inside which no spares start
         _live_pools.add(self)
@@ -67,7 +72,7 @@ class WorkerPool:
         timeout = self.limits.start_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout
         with self._condition:
-            self._start_failure = None
+            first_start = self._starts_begun
             self._waiters += 1
             if not self._replenish_spares:
                 self.spares = 0  # those started so far are all that start ahead
@@ -80,8 +85,8 @@ class WorkerPool:
                     if worker is not None:
                         self._info = self._info or worker.info
                         return worker
-                    if self._start_failure is not None:  # a start failed while we waited: the next would too
-                        raise SandboxFailure(self._start_failure)
+                    if self._start_failure is not None and self._start_failure[0] >= first_start:
+                        raise SandboxFailure(self._start_failure[1])  # one started for us failed: the next would too
                     self._replenish()
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
@@ -185,9 +190,11 @@ class WorkerPool:
         needed = spares + self._waiters - len(self._ready) - len(self._starting) - self._launching
         for _ in range(max(0, needed)):
             self._launching += 1
-            threading.Thread(target=self._start_one, name="sandbox-spare", daemon=True).start()
+            threading.Thread(target=self._start_one, args=(self._starts_begun,), name="sandbox-spare",
+                             daemon=True).start()
+            self._starts_begun += 1
 
-    def _start_one(self) -> None:
+    def _start_one(self, number: int) -> None:
         worker: Worker | None = None
         failure: Failure | None = None
         try:
@@ -215,7 +222,7 @@ class WorkerPool:
                 self._ready.append(worker)
                 worker = None
             if failure is not None:
-                self._start_failure = failure
+                self._start_failure = (number, failure)
             self._condition.notify_all()
         if worker is not None:
             worker.close()  # counted as starting until it is gone, so that `close()` waits for it

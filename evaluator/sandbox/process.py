@@ -4,6 +4,7 @@ launch.py; how its replies are read, replies.py."""
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ import psutil
 from numpy.typing import ArrayLike
 
 from evaluator.files import remove_tree
-from evaluator.sandbox import channel, launch, memory_files, proctree, replies
+from evaluator.sandbox import channel, gpu_memory, launch, memory_files, proctree, replies
 from evaluator.sandbox.capture import CapturedOutput, OutputCapture
 from evaluator.sandbox.cpus import pin_threads
 from evaluator.sandbox.failures import Failure, SandboxFailure
@@ -36,6 +37,8 @@ WEIGHT_DTYPES = (np.dtype(np.float32), np.dtype(np.int64))
 # the samples of many idle spares would take the evaluator's interpreter from the candidate being timed.
 _WATCH_INTERVAL_S = 0.02
 _IDLE_WATCH_INTERVAL_S = 0.5
+# GPU memory is also read after every reply; between replies, rarely: the driver's count is slower to read than /proc
+_GPU_WATCH_INTERVAL_S = 1.0
 _REAP_TIMEOUT_S = 10.0
 _SWEEPS = 3  # kill-and-reap rounds after the first, for strays the first could not see
 _STREAM_JOIN_TIMEOUT_S = 2.0
@@ -76,7 +79,11 @@ class Worker:
         self._program_loaded = threading.Event()  # the watchdog's cue to sample often
         self._start_cpus = tuple(cpus) if cpus else None
         self._moved = False  # onto other CPUs than it started on, by `prepare`
-        arguments = ["--device", device, *(warm_up.command_line() if warm_up else []),
+        self._gpu_count: gpu_memory.DriverCount | None = None  # set once ready, where the driver counts GPU memory
+        self._gpu_held_when_ready = 0
+        self._gpus: tuple[int, ...] = ()  # where the worker held GPU memory when it became ready
+        arguments = ["--device", device, "--gpu-memory-mb", str(limits.gpu_memory_mb),
+                     *(warm_up.command_line() if warm_up else []),
                      *([] if limits.confined else ["--unconfined"])]
         self._workdir = str(scratch_folder("worker-"))
         try:
@@ -150,8 +157,20 @@ class Worker:
             self._fail(Status.INFRA_ERROR,
                        f"a worker uses {used / 2**20:.0f} MiB of host memory before any program is loaded, over the "
                        f"limit of {self.limits.memory_mb} MiB; give candidates more memory")
+        if self.info.device == "cuda":
+            self._count_gpu_memory()
         self._state = "ready"
         return self.info
+
+    def _count_gpu_memory(self) -> None:
+        """Where the driver counts what this worker holds on its GPU, remember it as the part the limit leaves out."""
+        count = gpu_memory.driver_count()
+        held = count.held(self._tree.members(include_strays=True)) if count is not None else None
+        if held:  # else the driver does not see this process (another PID namespace) or will not say
+            self._gpu_count, self._gpus = count, tuple(held)
+            self._gpu_held_when_ready = sum(held.values())
+            assert self.info is not None
+            self.info = dataclasses.replace(self.info, gpu_memory_counted=True)
 
     def prepare(self, cpus: Sequence[int] | None = None, timeout_s: float | None = None) -> None:
         """Before `load`: move the worker (every thread it has) onto `cpus` and have it use that many threads for the
@@ -205,6 +224,7 @@ class Worker:
         if header.get("op") == "loaded":
             self._entry_point = entry_point
             self._state = "loaded"
+            self._check_gpu_memory()
             return
         self._fail_reported(header, (Status.IMPORT_ERROR, Status.MISSING_FUNCTION, Status.MEMORY_LIMIT),
                             what)
@@ -244,6 +264,7 @@ class Worker:
         round_trip_ns = time.perf_counter_ns() - started_ns
         if header.get("op") != "batch_result":
             self._fail_reported(header, (Status.EXCEPTION, Status.MEMORY_LIMIT), what)
+        self._check_gpu_memory()
         try:
             return replies.batch_result(header, self._exchange, outputs_start, len(arrays), first, round_trip_ns)
         except channel.ProtocolError as error:
@@ -377,13 +398,20 @@ class Worker:
                 or kind not in {allowed_kind.value for allowed_kind in allowed}):
             self._fail(Status.CRASH, f"the worker sent an unexpected message during {what}: "
                                           f"op {header.get('op')!r}, kind {kind!r}")
-        self._fail(Status(kind), replies.text(header.get("message"))[:_REPORTED_MESSAGE_CHARS])
+        message = replies.text(header.get("message"))[:_REPORTED_MESSAGE_CHARS]
+        if kind == Status.MEMORY_LIMIT.value:
+            self._check_gpu_memory()
+            crowded = self._gpu_crowded_out()
+            if crowded is not None:
+                self._fail(Status.INFRA_ERROR, f"{crowded}\n{message}")
+        self._fail(Status(kind), message)
 
     # ---- watching and killing ---------------------------------------------------------------
 
     def _watch(self) -> None:
         """Sample the tree's memory and process count; kill it the moment it goes over a limit."""
         limits = self.limits
+        gpu_read_at = 0.0
         while not self._stop_watching.is_set():
             if not self._program_loaded.is_set():
                 self._program_loaded.wait(_IDLE_WATCH_INTERVAL_S)  # wakes the moment a program is loaded
@@ -404,8 +432,51 @@ class Worker:
                                    f"the program's processes used {used / 2**20:.0f} MiB of host memory{files}, over "
                                    f"the limit of {limits.memory_mb} MiB; they were all killed")
                     return
+                if self._gpu_count is not None and time.monotonic() - gpu_read_at > _GPU_WATCH_INTERVAL_S:
+                    gpu_read_at = time.monotonic()
+                    over = self._gpu_memory_over_limit()
+                    if over is not None:
+                        self._kill_for(Status.MEMORY_LIMIT, over)
+                        return
             except Exception:  # a process vanishing mid-sample is normal; the next sample sees the truth
                 continue
+
+    def _gpu_memory_held(self) -> int:
+        """What the worker's processes hold of GPU memory beyond what it held when it became ready."""
+        assert self._gpu_count is not None
+        held = self._gpu_count.held(self._tree.members(include_strays=True)) or {}
+        return sum(held.values()) - self._gpu_held_when_ready
+
+    def _gpu_memory_over_limit(self) -> str | None:
+        """Why the worker's processes are over the GPU memory limit, if they are."""
+        if self._gpu_count is None:
+            return None
+        held = self._gpu_memory_held()
+        if held <= self.limits.gpu_memory_bytes:
+            return None
+        return (f"the program's processes held {held / 2**20:.0f} MiB of GPU memory (as the driver counts it, beyond "
+                f"the worker's own start), over the limit of {self.limits.gpu_memory_mb} MiB; they were all killed")
+
+    def _check_gpu_memory(self) -> None:
+        """After a reply: fail as `memory_limit` if the tree holds more GPU memory than allowed, however it
+        allocated it."""
+        over = self._gpu_memory_over_limit()
+        if over is not None:
+            self._fail(Status.MEMORY_LIMIT, over)
+
+    def _gpu_crowded_out(self) -> str | None:
+        """After the worker ran out of memory within its GPU memory limit: why it is not the program's fault, if
+        its GPU had less free than the limit still allowed it (other processes held the rest)."""
+        if self._gpu_count is None:
+            return None
+        allowed = self.limits.gpu_memory_bytes - max(0, self._gpu_memory_held())
+        frees = [self._gpu_count.free(index) for index in self._gpus]
+        free = None if None in frees else min(frees)
+        if free is None or free >= allowed:
+            return None
+        return (f"the GPU ran out of memory while the program was within its limit: it had {free / 2**20:.0f} MiB "
+                f"free and the program was still allowed {allowed / 2**20:.0f} MiB; other processes held the rest. "
+                "What the program reported:")
 
     def _move_back(self) -> None:
         """Move the worker back onto the CPUs it started on, if `prepare` moved it: its exit (a CUDA context's

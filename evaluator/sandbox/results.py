@@ -21,6 +21,9 @@ class WorkerInfo:
     cuda_version: str | None  # torch.version.cuda; None for a CPU-only torch
     confinement: Confinement
     ready_monotonic: float  # time.monotonic() in the evaluator when the ready message arrived
+    # the driver tells the evaluator what the worker's processes hold of GPU memory, so the limit holds however they
+    # allocate it; where it does not, only torch's allocator in the worker is capped
+    gpu_memory_counted: bool = False
 
 
 @dataclass(frozen=True)

@@ -128,7 +128,7 @@ class Runtime:
     """torch on one device, with its clock, synchronisation, comparison and tensor methods captured before any
     candidate code runs, so that a candidate patching torch or time cannot reach them."""
 
-    def __init__(self, requested_device: str) -> None:
+    def __init__(self, requested_device: str, gpu_memory_mb: int) -> None:
         import torch
 
         self.torch = torch
@@ -154,6 +154,10 @@ class Runtime:
 
             self.card = torch.cuda.get_device_name()
             self.synchronize: Callable[[], None] = synchronize_every_device
+            # torch's allocator refuses what would take the program past its limit, as an out-of-memory error in the
+            # call that asked; the evaluator counts the rest (what a program allocates around torch) after each reply
+            allowed = gpu_memory_mb * 2**20 + torch.cuda.memory_reserved()
+            torch.cuda.set_per_process_memory_fraction(min(1.0, allowed / torch.cuda.mem_get_info()[1]))
         else:
             self.card = cpu_model()
             self.synchronize = lambda: None
@@ -438,6 +442,7 @@ def main(argv: Sequence[str] | None = None, confined: Confinement | None = None)
     parser.add_argument("--commands", type=int, required=True, help="descriptor to read commands from")
     parser.add_argument("--results", type=int, required=True, help="descriptor to write results to")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    parser.add_argument("--gpu-memory-mb", type=int, default=4096, help="what torch's allocator may take on the GPU")
     parser.add_argument("--exchange", type=int, required=True, help="descriptor of the shared memory calls cross in")
     parser.add_argument("--warm-up-program", help="a trusted program to run before reporting ready")
     parser.add_argument("--warm-up-shape", type=_ints, help="layers,experts of its random loads")
@@ -452,7 +457,7 @@ def main(argv: Sequence[str] | None = None, confined: Confinement | None = None)
     proctree.become_subreaper()
     _watch_parent(os.getppid())
     try:
-        runtime = Runtime(options.device)
+        runtime = Runtime(options.device, options.gpu_memory_mb)
         server = Server(runtime, Region(runtime, options.exchange))
     except BaseException as error:
         _send(options.results, {"op": "fail", "kind": Status.INFRA_ERROR.value,
