@@ -297,17 +297,21 @@ def test_a_stdout_flood_costs_nothing(small, tmp_path):
 def test_an_orphaned_grandchild_in_a_new_session_is_gone_afterwards(small, tmp_path):
     body = """
     import subprocess
+    started = []
     def rebalance_experts(weight, *args):
-        command = [sys.executable, "-c", "import time; time.sleep(600)"]
-        try:
-            child = subprocess.Popen(command, start_new_session=True)
-        except PermissionError:  # refused to a confined worker: the grandchild stays in the worker's process group
-            print("new session refused", flush=True)
-            child = subprocess.Popen(command)
-        print("grandchild", child.pid, flush=True)
+        if not started:  # one per process: a grandchild per call would pass the process limit on a slow machine
+            command = [sys.executable, "-c", "import time; time.sleep(600)"]
+            try:
+                child = subprocess.Popen(command, start_new_session=True)
+            except PermissionError:  # refused to a confined worker: the grandchild stays in the worker's group
+                print("new session refused", flush=True)
+                child = subprocess.Popen(command)
+            started.append(child)
+            print("grandchild", child.pid, flush=True)
         return seed.rebalance_experts(weight, *args)
     """
     result = small.evaluate(program(tmp_path, body))
+    assert result.status == "ok", result.error
     pids = [int(line.split()[1]) for line in result.stdout.splitlines() if line.startswith("grandchild ")]
     assert pids
     assert ("new session refused" in result.stdout) == result.sandbox["calls_filtered"]

@@ -621,7 +621,7 @@ def _made_ahead(batches: Iterator[Batch], depth: int = 2) -> Iterator[Iterator[B
     def make() -> None:
         try:
             for batch in batches:
-                if not offer(batch):
+                if stop.is_set() or not offer(batch):
                     return
         except BaseException as error:  # handed to the consumer, which raises it
             offer(error)
@@ -639,7 +639,12 @@ def _made_ahead(batches: Iterator[Batch], depth: int = 2) -> Iterator[Iterator[B
         yield taken()
     finally:
         stop.set()
-        maker.join()
+        while maker.is_alive():  # room in the queue: a maker waiting to put a batch sees the stop at once
+            try:
+                ready.get_nowait()
+            except queue.Empty:
+                pass
+            maker.join(0.001)
 
 
 @contextmanager

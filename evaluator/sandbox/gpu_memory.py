@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Collection
+from collections.abc import Callable
 from typing import Any
 
 _lock = threading.Lock()
@@ -20,14 +20,15 @@ class DriverCount:
         self._nvml = nvml
         self._handles = [nvml.nvmlDeviceGetHandleByIndex(index) for index in range(nvml.nvmlDeviceGetCount())]
 
-    def held(self, pids: Collection[int]) -> dict[int, int] | None:
-        """The bytes the processes `pids` hold, per GPU (NVML's index) where they hold any; None when the driver does
-        not say how much one of them holds (as under some virtualisation)."""
+    def held(self, owns: Callable[[int], bool]) -> dict[int, int] | None:
+        """The bytes the processes whose pids `owns` holds hold, per GPU (NVML's index) where they hold any; None when
+        the driver does not say how much one of them holds (as under some virtualisation). `owns` is asked only about
+        the processes using a GPU."""
         held: dict[int, int] = {}
         try:
             for index, handle in enumerate(self._handles):
                 for process in self._nvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                    if process.pid in pids:
+                    if owns(process.pid):
                         if process.usedGpuMemory is None:
                             return None
                         held[index] = held.get(index, 0) + int(process.usedGpuMemory)

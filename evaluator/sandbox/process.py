@@ -165,7 +165,7 @@ class Worker:
     def _count_gpu_memory(self) -> None:
         """Where the driver counts what this worker holds on its GPU, remember it as the part the limit leaves out."""
         count = gpu_memory.driver_count()
-        held = count.held(self._tree.members(include_strays=True)) if count is not None else None
+        held = count.held(self._owns) if count is not None else None
         if held:  # else the driver does not see this process (another PID namespace) or will not say
             self._gpu_count, self._gpus = count, tuple(held)
             self._gpu_held_when_ready = sum(held.values())
@@ -444,8 +444,17 @@ class Worker:
     def _gpu_memory_held(self) -> int:
         """What the worker's processes hold of GPU memory beyond what it held when it became ready."""
         assert self._gpu_count is not None
-        held = self._gpu_count.held(self._tree.members(include_strays=True)) or {}
+        held = self._gpu_count.held(self._owns) or {}
         return sum(held.values()) - self._gpu_held_when_ready
+
+    def _owns(self, pid: int) -> bool:
+        """Whether `pid`, a process using a GPU, is of this worker's tree. Asked after every reply, so the usual answers
+        (the worker itself, another worker) read nothing from /proc."""
+        if pid == self.pid:
+            return True
+        if any(worker.pid == pid for worker in list(_live_workers)):
+            return False
+        return self._tree.is_ours(pid) or pid in self._tree.members(include_strays=False)
 
     def _gpu_memory_over_limit(self) -> str | None:
         """Why the worker's processes are over the GPU memory limit, if they are."""

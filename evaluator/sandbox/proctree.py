@@ -295,7 +295,8 @@ class ProcessTree:
             return None
         return known
 
-    def _is_ours(self, pid: int) -> bool:
+    def is_ours(self, pid: int) -> bool:
+        """Whether `pid` is a process of this tree: one seen in it that still runs, or one started with its marker."""
         known = self._seen.get(pid)
         if known is not None:
             try:
@@ -309,7 +310,7 @@ class ProcessTree:
         """Processes of this tree that were orphaned to the evaluator, and their descendants."""
         found = []
         for child in children(os.getpid()):
-            if child != self.root_pid and self._is_ours(child):
+            if child != self.root_pid and self.is_ours(child):
                 found.append(child)
                 found.extend(descendants(child))
         return found
