@@ -11,6 +11,10 @@ Every call is safe from several threads at once, and the `*_async` forms are saf
 share one `Evaluator`, which keeps spare workers warm, validates and scores in parallel and never times two
 candidates on one device at once. A candidate's failure is a `Result` with score 0, never an exception;
 exceptions mean the caller's own mistake (a missing file, a wrong argument).
+
+Unless `configure` names a trace, candidates are scored on a held-out one, which no candidate can regenerate (the
+default trace is public: a program can look its next window up): the key's in `$EPLB_EVALUATOR_HOLDOUT_KEY`, the
+same in every process of a loop, else one drawn for this process.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluator.eplb.default_trace import default_trace
+from evaluator.eplb.holdout import holdout_trace
 from evaluator.eplb.trace import Trace
 from evaluator.evaluation import Evaluator, Result, Settings
 from evaluator.evaluation.timing import ReferenceCache, default_cache_path
@@ -42,7 +46,7 @@ ProgramLike = str | os.PathLike[str]
 
 @dataclass(frozen=True)
 class _Configuration:
-    trace: Trace | None = None  # None: the default trace
+    trace: Trace | None = None  # None: a held-out trace of the settings' problem
     settings: Settings | None = None
     device: str = "auto"
     spares: int = 2
@@ -64,8 +68,9 @@ _shared_lock = threading.Lock()
 
 def configure(*, trace: Trace | None = None, settings: Settings | None = None, device: str = "auto",
               spares: int = 2) -> None:
-    """Set what the shared evaluator measures on: the trace (default: the embedded one), the settings (problem
-    shape, limits), the device ("auto", "cuda" or "cpu") and how many spare workers it keeps warm.
+    """Set what the shared evaluator measures on: the trace (default: a held-out one, see the module's note; the
+    public one is `default_trace()`), the settings (problem shape, limits), the device ("auto", "cuda" or "cpu") and
+    how many spare workers it keeps warm.
 
     Calling it again with the same values changes nothing, so a loop may call it from a module it re-imports;
     other values close the shared evaluator (evaluations still running on it end with `infra_error`), and the
@@ -83,14 +88,15 @@ def configure(*, trace: Trace | None = None, settings: Settings | None = None, d
 
 
 def shared_evaluator() -> Evaluator:
-    """The evaluator the API uses unless given one, as `configure` set it (by default: the embedded trace, the
+    """The evaluator the API uses unless given one, as `configure` set it (by default: a held-out trace, the
     default settings, the best device there is); the seed's references are cached on disk. Created on first use,
-    closed at exit."""
+    closed at exit. Raises `ValueError` for a held-out key that is too short."""
     global _shared
     with _shared_lock:
         if _shared is None:
             config = _configuration
-            _shared = Evaluator(config.trace or default_trace(), config.settings, device=config.device,
+            settings = config.settings or Settings()
+            _shared = Evaluator(config.trace or holdout_trace(settings.problem), settings, device=config.device,
                                 spares=config.spares, seed_references=ReferenceCache(default_cache_path()))
         return _shared
 

@@ -14,6 +14,7 @@ from evaluator.commands import (
     bench,
     check,
     evaluate,
+    init,
     lineage,
     listing,
     prompt,
@@ -22,7 +23,7 @@ from evaluator.commands import (
 )
 from evaluator.exitcodes import ExitCode
 
-COMMANDS = (apply, evaluate, accept, listing, lineage, prompt, check, trace, bench, shinka)
+COMMANDS = (apply, evaluate, accept, listing, lineage, prompt, check, trace, bench, shinka, init)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ from failing_programs import DROPS_AN_EXPERT
 from small_problem import SMALL, SMALL_OPTIONS, SMALL_SETTINGS, SMALL_TRACE
 
 from evaluator import api
+from evaluator.eplb.holdout import KEY_VARIABLE, holdout_trace
 from evaluator.eplb.synthetic import SyntheticConfig, generate_trace
 from evaluator.evaluation import Result
 from evaluator.parent import ParentError
@@ -157,6 +158,16 @@ def test_configuring_again_with_equal_values_keeps_the_warm_evaluator(shared):
         assert api.shared_evaluator() is not shared
     finally:
         api.configure(trace=SMALL_TRACE, settings=SMALL_SETTINGS, device="cpu")
+
+
+def test_unless_configured_otherwise_candidates_score_on_a_secret_trace(shared, monkeypatch):
+    monkeypatch.setenv(KEY_VARIABLE, "k" * 32)
+    api.configure(settings=SMALL_SETTINGS, device="cpu")
+    try:
+        trace = api.shared_evaluator().trace
+    finally:
+        api.configure(trace=SMALL_TRACE, settings=SMALL_SETTINGS, device="cpu")
+    assert trace.source == "holdout" and trace.digest == holdout_trace(SMALL, "k" * 32).digest
 
 
 def test_evaluators_in_separate_processes_take_turns_on_the_device(tmp_path):

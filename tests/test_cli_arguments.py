@@ -31,6 +31,7 @@ STOPPED_EARLY = {  # the command, and what ends it before it evaluates anything
     "check": ["check"],
     "trace": ["trace"],
     "shinka": ["shinka", "--program_path", "missing.py", "--results_dir", "results"],
+    "init": ["init", "openevolve", "/dev/null"],
 }
 EXAMPLES = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

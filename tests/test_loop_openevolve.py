@@ -14,14 +14,12 @@ import os
 import runpy
 import subprocess
 import sys
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
 from failing_programs import DROPS_AN_EXPERT, RAISES
+from recorded_llm import RecordedLLM
 from openevolve.config import EvaluatorConfig, PromptConfig
 from openevolve.evaluator import Evaluator as OpenEvolveEvaluator
 from openevolve.prompt.sampler import PromptSampler
@@ -65,8 +63,9 @@ def evaluate_stage2(program_path):
     configure(trace=TRACE, settings=BROKEN, device="cpu")
     return adapter.evaluate_stage2(program_path)
 """
-# The configuration the README gives (only the model, the iterations and the timeout change here).
-README_CONFIG = """
+# A hand-written configuration, as a user without `init` writes one (the model, the iterations and the timeout change
+# here); `init`'s own is run by tests/test_loop_init.py.
+HAND_WRITTEN_CONFIG = """
 max_iterations: 100
 max_code_length: 40000          # the seed alone is 9.8k characters; OpenEvolve's default of 10000 rejects its children
 llm:
@@ -192,49 +191,16 @@ def test_without_openevolve_the_metrics_come_back_alone(folder, tmp_path, monkey
     assert evaluation["evaluate_stage1"](str(program)) == {"combined_score": 0.0}
 
 
-class FakeLLM(BaseHTTPRequestHandler):
-    """An OpenAI-compatible chat endpoint that answers every prompt with one harmless SEARCH/REPLACE block."""
-
-    prompts: list[str] = []
-    ANSWER = ("<<<<<<< SEARCH\n    groups_per_pack = num_groups // num_packs\n=======\n"
-              "    groups_per_pack = num_groups // num_packs  # groups in each pack\n>>>>>>> REPLACE\n")
-
-    def do_POST(self) -> None:
-        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.prompts.append("\n".join(message["content"] for message in request["messages"]))
-        body = json.dumps({
-            "id": "fake", "object": "chat.completion", "created": int(time.time()), "model": request["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": self.ANSWER},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-        }).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
+# One harmless SEARCH/REPLACE block, the stand-in LLM's answer to every request.
+ANSWER = ("<<<<<<< SEARCH\n    groups_per_pack = num_groups // num_packs\n=======\n"
+          "    groups_per_pack = num_groups // num_packs  # groups in each pack\n>>>>>>> REPLACE\n")
 
 
-@pytest.fixture
-def fake_llm():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeLLM)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/v1"
-    server.shutdown()
-    thread.join()
-
-
-def test_an_openevolve_run_scores_the_seed_and_its_child(folder, tmp_path, fake_llm):
-    settings = yaml.safe_load(README_CONFIG)
+def test_an_openevolve_run_scores_the_seed_and_its_child(folder, tmp_path):
+    settings = yaml.safe_load(HAND_WRITTEN_CONFIG)
     settings.update(max_iterations=1, checkpoint_interval=1)
-    settings["llm"].update(primary_model="fake", api_base=fake_llm)
     settings["evaluator"]["timeout"] = 120
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(settings))
     initial = tmp_path / "initial_program.py"
     initial.write_text(SEED_SOURCE)
     cli = Path(sys.executable).with_name("openevolve-run")
@@ -242,12 +208,15 @@ def test_an_openevolve_run_scores_the_seed_and_its_child(folder, tmp_path, fake_
     temporary.mkdir()
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
                    "TMPDIR": str(temporary)}
-    done = subprocess.run(
-        [str(cli), str(initial), str(folder / "evaluate_eplb.py"), "--config", str(config),
-         "--output", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=300,
-        env={**environment, "EPLB_EVALUATOR_STAGE2_DEADLINE_S": "100"},  # below the timeout of 120
-    )
+    with RecordedLLM([ANSWER]) as llm:
+        settings["llm"].update(primary_model="fake", api_base=llm.url)
+        config.write_text(yaml.safe_dump(settings))
+        done = subprocess.run(
+            [str(cli), str(initial), str(folder / "evaluate_eplb.py"), "--config", str(config),
+             "--output", str(tmp_path / "out")],
+            capture_output=True, text=True, timeout=300,
+            env={**environment, "EPLB_EVALUATOR_STAGE2_DEADLINE_S": "100"},  # below the timeout of 120
+        )
     assert done.returncode == 0, done.stderr[-3000:]
     # OpenEvolve terminates its pool's processes, evaluators included: the next evaluator removes what they left
     makes_a_folder = "from evaluator.scratch import scratch_folder; scratch_folder('x')"
@@ -260,7 +229,7 @@ def test_an_openevolve_run_scores_the_seed_and_its_child(folder, tmp_path, fake_
     assert 0 < seed["metrics"]["combined_score"] < 1 and 0 < child["metrics"]["combined_score"] < 1
     assert child["metrics"]["balancedness_score"] == seed["metrics"]["balancedness_score"]  # the same plans
     # the LLM was shown the parent's artifacts
-    assert "### feedback" in FakeLLM.prompts[-1] and "status: ok on cpu" in FakeLLM.prompts[-1]
+    assert "### feedback" in llm.prompts[-1] and "status: ok on cpu" in llm.prompts[-1]
 
 
 def test_an_evaluator_fault_is_retried_and_never_scored_as_the_programs(folder):

@@ -13,6 +13,7 @@ from shinka import launch
 from shinka.utils import load_results
 
 from evaluator.commands.shinka import SHIM
+from evaluator.eplb.holdout import KEY_VARIABLE
 from evaluator.exitcodes import ExitCode
 from evaluator.loops.shinka_results import INFRA_NOTE, prepare_results_dir
 from evaluator.paths import SEED_PROGRAM
@@ -62,6 +63,23 @@ def test_the_seed_is_correct_and_scored(tmp_path):
     assert metrics["text_feedback"].startswith("status: ok")
     assert metrics["text_feedback"] in run.stdout  # what ShinkaEvolve's fix prompts show of a job
     assert written(results_dir) == RESULT_FILES  # no temporary file left behind
+
+
+def test_a_job_scores_on_a_secret_trace_unless_told_otherwise(tmp_path, monkeypatch):
+    monkeypatch.delenv(KEY_VARIABLE, raising=False)
+    unkeyed = [shinka(SEED_PROGRAM, tmp_path / f"unkeyed-{n}", *options(SMALL)) for n in range(2)]
+    monkeypatch.setenv(KEY_VARIABLE, "k" * 32)
+    keyed = [shinka(SEED_PROGRAM, tmp_path / f"keyed-{n}", *options(SMALL)) for n in range(2)]
+    public = shinka(SEED_PROGRAM, tmp_path / "public", "--default-trace", *options(SMALL))
+    workloads = {name: [load_results(str(tmp_path / name))["metrics"]["private"]["workload"] for name in names]
+                 for name, names in (("unkeyed", ["unkeyed-0", "unkeyed-1"]), ("keyed", ["keyed-0", "keyed-1"]),
+                                     ("public", ["public"]))}
+    assert all(run.returncode == ExitCode.OK for run in [*unkeyed, *keyed, public])
+    assert {workload["source"] for workload in workloads["unkeyed"] + workloads["keyed"]} == {"holdout"}
+    assert workloads["unkeyed"][0]["digest"] != workloads["unkeyed"][1]["digest"]  # each job drew its own
+    assert all(KEY_VARIABLE in run.stderr for run in unkeyed) and not any(KEY_VARIABLE in run.stderr for run in keyed)
+    assert workloads["keyed"][0]["digest"] == workloads["keyed"][1]["digest"]  # every job of the loop: one trace
+    assert workloads["public"][0]["source"] == "synthetic(seed=0)"  # the default generator's trace for that shape
 
 
 @pytest.mark.parametrize(

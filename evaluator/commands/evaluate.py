@@ -32,8 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_evaluation_arguments(parser)
 
 
-def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of every command that evaluates: limits, device, seed timing, workload and problem shape."""
+def add_evaluation_arguments(parser: argparse.ArgumentParser, held_out_by_default: bool = False) -> None:
+    """Options of every command that evaluates: limits, device, seed timing, workload and problem shape (the trace
+    `held_out_by_default` for a loop's command)."""
     defaults = Settings()
     parser.add_argument("--timeout", type=positive_number(MAX_SECONDS), default=defaults.timeout_s, metavar="S",
                         help="wall-clock limit for one candidate, import and every call (default: %(default)s)")
@@ -49,7 +50,7 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retime-seed", action="store_true",
                         help="measure the seed's reference (its ratio to the yardstick) again instead of using the cached "
                              "one for this device and software")
-    add_workload_arguments(parser)
+    add_workload_arguments(parser, held_out_by_default)
 
 
 def evaluation_inputs(args: argparse.Namespace) -> tuple[Problem, Trace]:
@@ -58,13 +59,18 @@ def evaluation_inputs(args: argparse.Namespace) -> tuple[Problem, Trace]:
     return problem, trace_from(args, problem)
 
 
+def settings_from(args: argparse.Namespace, problem: Problem) -> Settings:
+    """The settings the evaluation options give, for `problem`."""
+    limits = Limits(timeout_s=args.timeout, import_timeout_s=args.timeout, memory_mb=args.memory_mb,
+                    gpu_memory_mb=args.gpu_memory_mb)
+    return Settings(problem=problem, timeout_s=args.timeout, limits=limits)
+
+
 def open_evaluator(args: argparse.Namespace, problem: Problem, trace: Trace, programs: int = 1) -> Evaluator:
     """An Evaluator of `trace`, configured from the command's options, for `programs` evaluations (for one, no
     spare starts beside the candidate being timed)."""
-    limits = Limits(timeout_s=args.timeout, import_timeout_s=args.timeout, memory_mb=args.memory_mb,
-                    gpu_memory_mb=args.gpu_memory_mb)
     try:
-        return Evaluator(trace, Settings(problem=problem, timeout_s=args.timeout, limits=limits), device=args.device,
+        return Evaluator(trace, settings_from(args, problem), device=args.device,
                          gpus=args.gpu_ids, seed_references=ReferenceCache(default_cache_path()),
                          retime_seed=args.retime_seed, replenish=programs > 1)
     except ValueError as error:

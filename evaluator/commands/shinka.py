@@ -10,6 +10,8 @@ Python that runs it.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import textwrap
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from evaluator.commands.evaluate import (
     note_cpu_fallback,
     open_evaluator,
 )
+from evaluator.eplb.holdout import KEY_VARIABLE
 from evaluator.exitcodes import ExitCode
 from evaluator.loops.shinka_results import prepare_results_dir, shinka_feedback, write_results
 
@@ -43,10 +46,11 @@ shinka_run copies its text:
 PYTHON (job_config.python_executable, by default the Python running ShinkaEvolve) must have this package
 installed. Options with a value can come through extra_cmd_args, e.g. {{device: cuda, workload:
 /data/trace.json, timeout: 60}}; a flag without one (--retime-seed) goes into the shim's list:
-main(["shinka", "--retime-seed", *sys.argv[1:]]). Every job is a new process, so --holdout alone would draw a
-new trace for each candidate: put --holdout in the shim's list and set EPLB_EVALUATOR_HOLDOUT_KEY (32 characters
-or more, e.g. from secrets.token_hex(16)) in ShinkaEvolve's environment, and every job scores on the same secret
-trace.
+main(["shinka", "--retime-seed", *sys.argv[1:]]). Candidates are scored on a held-out trace unless told
+otherwise (--default-trace, --workload). Every job is a new process, so without a key each job draws a trace of
+its own: set EPLB_EVALUATOR_HOLDOUT_KEY (32 characters or more, e.g. from secrets.token_hex(16)) in
+ShinkaEvolve's environment, and every job scores on the same secret trace (`python -m evaluator init shinka DIR`
+writes a run script that does).
 
 Exit codes: 0 ok; {ExitCode.CANDIDATE_FAILED.value} the program failed and {ExitCode.INFRA_ERROR.value} the \
 evaluator failed (both still write the files, with correct=false;
@@ -59,13 +63,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--program_path", type=Path, required=True, metavar="P", help="the candidate program file")
     parser.add_argument("--results_dir", type=Path, required=True, metavar="D",
                         help="the folder to write metrics.json and correct.json into (created if missing)")
-    add_evaluation_arguments(parser)
+    add_evaluation_arguments(parser, held_out_by_default=True)
 
 
 def run(args: argparse.Namespace) -> int:
     if not args.program_path.is_file():
         raise CommandError(f"no such program file: --program_path {args.program_path}")
     problem, trace = evaluation_inputs(args)
+    if trace.source == "holdout" and not os.environ.get(KEY_VARIABLE):
+        print(f"note: {KEY_VARIABLE} is not set, so this job scores on a held-out trace of its own; set it in "
+              "ShinkaEvolve's environment and every job scores on the same one", file=sys.stderr)
     results_dir: Path = args.results_dir
     if results_dir.exists() and not results_dir.is_dir():
         raise CommandError(f"--results_dir {results_dir} is a file, not a folder")

@@ -22,17 +22,24 @@ _PROBLEM_OPTIONS = (
 )
 
 
-def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
-    """--workload/--holdout/--window and the problem-shape options."""
+def add_workload_arguments(parser: argparse.ArgumentParser, held_out_by_default: bool = False) -> None:
+    """--workload/--holdout/--window and the problem-shape options; where the trace is `held_out_by_default` (a
+    loop's command), --default-trace instead of --holdout's absence names the public one."""
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
         "--workload", metavar="PATH", help='a trace in the published JSON format: {"load_history": [...]}'
     )
     source.add_argument(
-        "--holdout", action="store_true",
+        "--holdout", action="store_true", default=held_out_by_default,
         help="a trace from a secret seed that never reaches the candidate: fresh each time, or the one of the key "
-             "in $EPLB_EVALUATOR_HOLDOUT_KEY"
+             "in $EPLB_EVALUATOR_HOLDOUT_KEY" + (" (the default)" if held_out_by_default else "")
     )
+    if held_out_by_default:
+        source.add_argument(
+            "--default-trace", dest="holdout", action="store_false",
+            help="the public default trace instead, which a candidate can regenerate and look its next window up in: "
+                 "for comparisons, not for a loop"
+        )
     parser.add_argument(
         "--window", type=whole_number(1), metavar="N", help=f"steps summed into one window, with --workload (default: {STEPS_PER_WINDOW})"
     )

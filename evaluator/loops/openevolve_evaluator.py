@@ -1,18 +1,18 @@
 """OpenEvolve's evaluation functions: `evaluate`, and `evaluate_stage1` / `evaluate_stage2` for its cascade.
 
 Give OpenEvolve this file as its evaluation file; it uses the shared evaluator of `evaluator.api` with its
-defaults (the embedded trace, the best device there is). To configure that evaluator, give it an evaluation
-file of your own instead, which configures and re-exports:
+defaults (a held-out trace, the best device there is). `python -m evaluator init openevolve DIR` writes an
+evaluation file that configures that evaluator from the evaluation commands' options and re-exports these:
 
-    from evaluator.api import configure
-    configure(device="cuda", spares=4)
+    from evaluator.loops.configured import configure_from_options
+    configure_from_options(["--device", "cuda", "--timeout", "60"])
     from evaluator.loops.openevolve_evaluator import *  # evaluate, evaluate_stage1, evaluate_stage2
 
-OpenEvolve executes the evaluation file again for every program in cascade mode; `configure` with equal
-values (a trace equal in content included) keeps the warm evaluator. A trace that is new at every draw (a
-held-out one) belongs in a module the evaluation file imports, which runs once per process. Its worker processes, forked or spawned,
-each start their own evaluator, and evaluators in separate processes still take turns on each GPU, so
-`parallel_evaluations` above 1 overlaps launching, validation and scoring but never two timed candidates.
+OpenEvolve executes the evaluation file again for every program in cascade mode; configuring again with the same
+options keeps the warm evaluator and its trace. Its worker processes, forked or spawned, each start their own
+evaluator (with `EPLB_EVALUATOR_HOLDOUT_KEY` set, all on the same held-out trace), and evaluators in separate
+processes still take turns on each GPU, so `parallel_evaluations` above 1 overlaps launching, validation and scoring
+but never two timed candidates.
 
 What OpenEvolve gets back (an `EvaluationResult`, or the metrics dict alone when openevolve is not importable):
 

@@ -1,0 +1,78 @@
+"""`init openevolve|shinka DIR`: write a ready-to-run set-up of a loop framework into a new folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from evaluator.commands import CommandError, whole_number
+from evaluator.commands.evaluate import add_evaluation_arguments, evaluation_inputs, settings_from
+from evaluator.loops.configured import evaluation_parser
+from evaluator.loops.setup import DEFAULT_API_BASE, FILES, NAMES, OUTPUTS, LoopSetup, setup_files, write_setup
+
+NAME = "init"
+HELP = "Write a ready-to-run OpenEvolve or ShinkaEvolve set-up into a new folder."
+EPILOG = """\
+The folder gets the seed program, the framework's evaluation file and configuration (the task the LLM reads,
+rendered from the evaluator's settings, and limits that agree with them) and run.sh, which runs the framework with
+its outputs inside the folder. Candidates score on a held-out trace unless told otherwise (--default-trace,
+--workload): run.sh makes the key of its run and keeps it in the run's environment only. The evaluation options
+below go into the set-up as given.
+
+  python -m evaluator init openevolve eplb-openevolve --model my-model --api-base http://localhost:8000/v1
+  eplb-openevolve/run.sh"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EPILOG
+    parser.add_argument("framework", choices=sorted(FILES), help="the loop framework")
+    parser.add_argument("folder", type=Path, metavar="DIR", help="the set-up's folder: new, or empty")
+    parser.add_argument("--model", default="gpt-4.1",
+                        help="the LLM's name, as its server knows it (default: %(default)s)")
+    parser.add_argument("--api-base", metavar="URL",
+                        help=f"an OpenAI-compatible server (default: OpenAI's, {DEFAULT_API_BASE})")
+    parser.add_argument("--iterations", type=whole_number(1), default=100, metavar="N",
+                        help="OpenEvolve's iterations, ShinkaEvolve's generations (default: %(default)s)")
+    parser.add_argument("--parallel", type=whole_number(1, 256), default=2, metavar="N",
+                        help="evaluations at once; evaluators take turns on each GPU (default: %(default)s)")
+    add_evaluation_arguments(parser, held_out_by_default=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    folder: Path = args.folder
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise CommandError(f"{folder} is not an empty folder: init writes a new set-up, and overwrites nothing")
+    problem, _ = evaluation_inputs(args)  # a bad trace or shape is an error now, not in the loop's first job
+    setup = LoopSetup(args.framework, tuple(evaluation_options(args)), settings_from(args, problem), args.holdout
+                      and args.workload is None, args.model, args.api_base, args.iterations, args.parallel)
+    try:
+        write_setup(folder, setup_files(setup))
+    except OSError as error:
+        raise CommandError(f"cannot write the set-up into {folder}: {error}") from None
+    print(f"wrote {NAMES[args.framework]}'s set-up into {folder}: {', '.join(FILES[args.framework])}")
+    print(f"run it with {folder / 'run.sh'}; its outputs go to {folder / OUTPUTS[args.framework]}")
+    return 0
+
+
+def evaluation_options(args: argparse.Namespace) -> list[str]:
+    """The evaluation options `args` holds that differ from their defaults, as a command line (a workload's path
+    made absolute: the framework runs the evaluator from other folders)."""
+    parser = evaluation_parser()
+    defaults = parser.parse_args([])
+    options: list[str] = []
+    for action in parser._actions:
+        value = getattr(args, action.dest)
+        if value == getattr(defaults, action.dest) or not action.option_strings:
+            continue
+        flag = action.option_strings[0]
+        if action.nargs == 0:  # a flag: given when the value is the one it sets
+            if value == action.const:
+                options.append(flag)
+        elif action.dest == "workload":
+            options += [flag, str(Path(value).absolute())]
+        elif action.dest == "gpu_ids":
+            options += [flag, ",".join(str(gpu) for gpu in value)]
+        else:
+            options += [flag, str(value)]
+    return options

@@ -1,0 +1,46 @@
+"""The API's evaluator configured from the evaluation commands' options (`--device cuda --timeout 60 ...`), as the
+OpenEvolve evaluation file that `python -m evaluator init openevolve` writes does: one list of options gives that
+file, the ShinkaEvolve command and the task the LLM reads the same settings."""
+
+from __future__ import annotations
+
+import argparse
+import threading
+from collections.abc import Sequence
+from typing import NoReturn
+
+from evaluator import api
+from evaluator.commands import CommandError
+from evaluator.commands.evaluate import add_evaluation_arguments, evaluation_inputs, settings_from
+
+_lock = threading.Lock()
+_done: list[tuple[str, ...]] = []  # the options this process configured with, once it has
+
+
+class _Refusing(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(message)
+
+
+def evaluation_parser() -> argparse.ArgumentParser:
+    """The evaluation options of a loop's command: those of `evaluate`, with the trace held out unless told
+    otherwise. A bad option raises ValueError."""
+    parser = _Refusing(prog="evaluation options", add_help=False)
+    add_evaluation_arguments(parser, held_out_by_default=True)
+    return parser
+
+
+def configure_from_options(options: Sequence[str]) -> None:
+    """Configure `evaluator.api`'s shared evaluator as `options` say; with the options it was configured with
+    before, do nothing (OpenEvolve runs its evaluation file for every program: a held-out trace without a key is
+    drawn once per process, not once per program). Raises ValueError for options that are not valid."""
+    with _lock:
+        if _done and _done[0] == tuple(options):
+            return
+        try:
+            args = evaluation_parser().parse_args(list(options))
+            problem, trace = evaluation_inputs(args)
+        except (ValueError, CommandError) as error:
+            raise ValueError(f"invalid evaluation options {list(options)}: {error}") from None
+        api.configure(trace=trace, settings=settings_from(args, problem), device=args.device)
+        _done[:] = [tuple(options)]
