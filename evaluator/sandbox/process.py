@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import math
 import os
 import signal
 import subprocess
@@ -37,7 +38,10 @@ WEIGHT_DTYPES = (np.dtype(np.float32), np.dtype(np.int64))
 # the samples of many idle spares would take the evaluator's interpreter from the candidate being timed.
 _WATCH_INTERVAL_S = 0.02
 _IDLE_WATCH_INTERVAL_S = 0.5
-# GPU memory is also read after every reply; between replies, rarely: the driver's count is slower to read than /proc
+# GPU memory, as the driver counts it: a read takes about 2 ms on an H100 host (the driver asks the GPU), so it is
+# read after the load and the first batch, then after a batch only this long after the last read, and during a call
+# this often
+_GPU_READ_INTERVAL_S = 0.25
 _GPU_WATCH_INTERVAL_S = 1.0
 _REAP_TIMEOUT_S = 10.0
 _SWEEPS = 3  # kill-and-reap rounds after the first, for strays the first could not see
@@ -81,6 +85,7 @@ class Worker:
         self._moved = False  # onto other CPUs than it started on, by `prepare`
         self._gpu_count: gpu_memory.DriverCount | None = None  # set once ready, where the driver counts GPU memory
         self._gpu_held_when_ready = 0
+        self._gpu_read_at = -math.inf  # time.monotonic() of the last read
         self._gpus: tuple[int, ...] = ()  # where the worker held GPU memory when it became ready
         arguments = ["--device", device, "--gpu-memory-mb", str(limits.gpu_memory_mb),
                      *(warm_up.command_line() if warm_up else []),
@@ -224,7 +229,7 @@ class Worker:
         if header.get("op") == "loaded":
             self._entry_point = entry_point
             self._state = "loaded"
-            self._check_gpu_memory()
+            self._check_gpu_memory(always=True)
             return
         self._fail_reported(header, (Status.IMPORT_ERROR, Status.MISSING_FUNCTION, Status.MEMORY_LIMIT),
                             what)
@@ -264,7 +269,7 @@ class Worker:
         round_trip_ns = time.perf_counter_ns() - started_ns
         if header.get("op") != "batch_result":
             self._fail_reported(header, (Status.EXCEPTION, Status.MEMORY_LIMIT), what)
-        self._check_gpu_memory()
+        self._check_gpu_memory(always=first == 1)
         try:
             return replies.batch_result(header, self._exchange, outputs_start, len(arrays), first, round_trip_ns)
         except channel.ProtocolError as error:
@@ -400,7 +405,7 @@ class Worker:
                                           f"op {header.get('op')!r}, kind {kind!r}")
         message = replies.text(header.get("message"))[:_REPORTED_MESSAGE_CHARS]
         if kind == Status.MEMORY_LIMIT.value:
-            self._check_gpu_memory()
+            self._check_gpu_memory(always=True)
             crowded = self._gpu_crowded_out()
             if crowded is not None:
                 self._fail(Status.INFRA_ERROR, f"{crowded}\n{message}")
@@ -411,7 +416,6 @@ class Worker:
     def _watch(self) -> None:
         """Sample the tree's memory and process count; kill it the moment it goes over a limit."""
         limits = self.limits
-        gpu_read_at = 0.0
         while not self._stop_watching.is_set():
             if not self._program_loaded.is_set():
                 self._program_loaded.wait(_IDLE_WATCH_INTERVAL_S)  # wakes the moment a program is loaded
@@ -432,8 +436,7 @@ class Worker:
                                    f"the program's processes used {used / 2**20:.0f} MiB of host memory{files}, over "
                                    f"the limit of {limits.memory_mb} MiB; they were all killed")
                     return
-                if self._gpu_count is not None and time.monotonic() - gpu_read_at > _GPU_WATCH_INTERVAL_S:
-                    gpu_read_at = time.monotonic()
+                if self._gpu_count is not None and time.monotonic() - self._gpu_read_at > _GPU_WATCH_INTERVAL_S:
                     over = self._gpu_memory_over_limit()
                     if over is not None:
                         self._kill_for(Status.MEMORY_LIMIT, over)
@@ -460,15 +463,18 @@ class Worker:
         """Why the worker's processes are over the GPU memory limit, if they are."""
         if self._gpu_count is None:
             return None
+        self._gpu_read_at = time.monotonic()
         held = self._gpu_memory_held()
         if held <= self.limits.gpu_memory_bytes:
             return None
         return (f"the program's processes held {held / 2**20:.0f} MiB of GPU memory (as the driver counts it, beyond "
                 f"the worker's own start), over the limit of {self.limits.gpu_memory_mb} MiB; they were all killed")
 
-    def _check_gpu_memory(self) -> None:
-        """After a reply: fail as `memory_limit` if the tree holds more GPU memory than allowed, however it
-        allocated it."""
+    def _check_gpu_memory(self, always: bool = False) -> None:
+        """After a reply (`always`, or if the last read is `_GPU_READ_INTERVAL_S` old): fail as `memory_limit` if the
+        tree holds more GPU memory than allowed, however it allocated it."""
+        if not always and time.monotonic() - self._gpu_read_at < _GPU_READ_INTERVAL_S:
+            return
         over = self._gpu_memory_over_limit()
         if over is not None:
             self._fail(Status.MEMORY_LIMIT, over)
