@@ -23,7 +23,7 @@ from git.index.typ import BaseIndexEntry, IndexEntry
 from git.objects import Blob, Commit, Tree
 from gitdb.base import IStream
 
-from evaluator.paths import PROJECT_ROOT
+from evaluator.paths import SEED_PROGRAM
 from evaluator.store import META_FILE, PROGRAM_FILE, CandidateStore, StoredCandidate, StoreError, sha256_text
 
 LINEAGE_DIR = ".lineage"
@@ -172,9 +172,7 @@ def _find_parent_program(store: CandidateStore, candidate: StoredCandidate) -> s
         raise LineageError(
             f"candidate {candidate.id} has an unknown parent kind {kind!r} in {candidate.path / META_FILE}"
         )
-    path = Path(str(parent_ref["path"]))
-    if kind == "seed" and not path.is_absolute():
-        path = PROJECT_ROOT / path
+    path = SEED_PROGRAM if kind == "seed" else Path(str(parent_ref["path"]))  # the seed: wherever it is installed
     try:
         program = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:

@@ -8,11 +8,8 @@ from typing import Any
 
 from evaluator.patch.errors import PatchError
 from evaluator.patch.evolve_block import editable_ranges
-from evaluator.paths import PROJECT_ROOT, SEED_PROGRAM
+from evaluator.paths import SEED_PATH_RECORDED, SEED_PROGRAM
 from evaluator.store import CandidateStore, StoreError, sha256_text
-
-
-_SEED_PATH = SEED_PROGRAM.relative_to(PROJECT_ROOT).as_posix()  # as metadata records it
 
 
 class ParentError(ValueError):
@@ -40,7 +37,7 @@ def resolve_parent(spec: str | None, store: CandidateStore) -> ParentProgram:
 def _find_parent(spec: str | None, store: CandidateStore) -> ParentProgram:
     if spec is None:
         source = _read(SEED_PROGRAM, "the seed program")
-        return ParentProgram(source, "the seed", {"kind": "seed", "path": _SEED_PATH, "sha256": sha256_text(source)})
+        return ParentProgram(source, "the seed", {"kind": "seed", "path": SEED_PATH_RECORDED, "sha256": sha256_text(source)})
     path = Path(spec)
     if path.is_file():
         source = _read(path, "parent program")

@@ -24,10 +24,9 @@ from evaluator.eplb.scoring import balancedness_scores, next_window_report, wind
 from evaluator.eplb.trace import Trace
 from evaluator.evaluation.timing import call_inputs, vary
 from evaluator.patch import apply_patch
-from evaluator.paths import PROJECT_ROOT, SEED_PROGRAM
+from evaluator.paths import SEED_PATCH, SEED_PROGRAM
 from evaluator.sandbox import WarmUp
 
-SEED_PATCH = PROJECT_ROOT / "patches" / "vectorized_packing_and_replication.diff"
 REFERENCE_VARIANTS = 16  # the seed's own variants, which tell how far an honest program's gaps spread
 _REFERENCE_VARIANT_SEED = 0  # a fixed generator: these variants are never given to a candidate
 
