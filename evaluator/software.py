@@ -13,7 +13,6 @@ import hashlib
 import platform
 from pathlib import Path
 
-import torch
 
 from evaluator import __version__
 
@@ -39,5 +38,7 @@ def package_digest(root: Path = PACKAGE_ROOT) -> str:
 def software() -> dict[str, str | None]:
     """What a result's `software` records and the seed's timing is kept by: the versions that change timings
     or scores. Workers run this same interpreter, so the evaluator's process reads them for its workers."""
+    import torch  # here, not at the top: the commands' --help, which imports this module, does not need it
+
     return {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
             "evaluator": __version__, "evaluator_digest": package_digest()}

@@ -81,4 +81,4 @@ def test_a_soak_ends_each_class_in_its_status_and_leaves_nothing_behind():
 
 def test_a_soak_needs_every_program_once():
     run = bench("3", "--device", "cpu", benchmark="soak")
-    assert run.returncode == ExitCode.BAD_INPUT and "argument N: expected a whole number from 10" in run.stderr
+    assert run.returncode == ExitCode.BAD_INPUT and "argument N: expected at least 10 evaluations" in run.stderr

@@ -15,7 +15,7 @@ from evaluator.eplb.problem import Problem
 from evaluator.eplb.trace_file import load_trace_file
 from evaluator.evaluation import Result
 from evaluator.evaluation.lanes import first_lane_card
-from evaluator.evaluation.evaluate import workload_summary
+from evaluator.evaluation.result import workload_summary
 from evaluator.paths import PROJECT_ROOT
 from evaluator.software import software
 from evaluator.store import CandidateStore, StoredCandidate, sha256_text

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,6 +79,28 @@ def assert_answered(code: int, stderr: str) -> None:
     assert code in {int(exit_code) for exit_code in ExitCode} - {ExitCode.INFRA_ERROR}, (code, stderr)
     if code == ExitCode.BAD_INPUT:
         assert "error: " in stderr, stderr
+
+
+HELP_WITHOUT_TORCH = """
+import contextlib, io, sys
+from evaluator.cli import main
+for argv in ARGVS:
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        try:
+            main([*argv, "--help"])
+        except SystemExit:
+            pass
+    assert "usage:" in printed.getvalue(), argv
+print(sorted(name for name in sys.modules if name == "torch" or name.startswith("torch.")))
+"""
+
+
+def test_help_answers_without_importing_torch():
+    argvs = [[], *([name] for name in COMMANDS), *(["bench", name] for name in BENCHMARKS)]
+    run = subprocess.run([sys.executable, "-c", HELP_WITHOUT_TORCH.replace("ARGVS", repr(argvs))],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
 
 
 def test_every_command_is_tried():

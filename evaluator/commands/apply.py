@@ -21,8 +21,7 @@ from evaluator.commands.evaluate import (
     report,
 )
 from evaluator.commands.inputs import read_bytes_argument
-from evaluator.evaluation import Result
-from evaluator.evaluation.evaluate import workload_summary
+from evaluator.evaluation.result import Result, workload_summary
 from evaluator.lineage import LineageError, record
 from evaluator.exitcodes import ExitCode
 from evaluator.parent import ParentError, ParentProgram, resolve_parent

@@ -9,10 +9,11 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from evaluator.bench import aa, evaluation, pace, soak, trace_load
+# the benchmarks that run evaluators import torch, so each is imported where it runs: `--help` does not need it
+from evaluator.bench import trace_load
 from evaluator.commands import MAX_SECONDS, CommandError, add_device_argument, positive_number, whole_number
 from evaluator.eplb.trace import STEPS_PER_WINDOW
-from evaluator.evaluation import Settings
+from evaluator.evaluation.settings import Settings
 from evaluator.exitcodes import ExitCode
 from evaluator.sandbox import START_METHODS, SandboxFailure
 from evaluator.untrusted import TEXT_CHARS, one_line
@@ -77,6 +78,8 @@ def _add_evaluator_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_evaluator(args: argparse.Namespace) -> int:
     settings = Settings(rechecks=args.rechecks, start_method=args.start_method)
     try:
+        from evaluator.bench import evaluation
+
         result = evaluation.measure(args.repeats, args.candidates, args.threads, args.spares, args.device, settings)
     except RuntimeError as error:
         raise CommandError(str(error), ExitCode.INFRA_ERROR) from None
@@ -119,6 +122,8 @@ def _add_aa_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_aa(args: argparse.Namespace) -> int:
     try:
+        from evaluator.bench import aa
+
         result = aa.measure(args.copies, args.processes, args.device, args.spares)
     except RuntimeError as error:
         raise CommandError(str(error), ExitCode.INFRA_ERROR) from None
@@ -147,6 +152,8 @@ def _add_pace_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_pace(args: argparse.Namespace) -> int:
     try:
+        from evaluator.bench import pace
+
         result = pace.measure(args.seconds, device=args.device)
     except SandboxFailure as error:
         raise CommandError(f"a worker failed: {error.failure.message}", ExitCode.INFRA_ERROR) from None
@@ -166,13 +173,18 @@ def _run_pace(args: argparse.Namespace) -> int:
 
 
 def _add_soak_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("evaluations", type=whole_number(len(soak.PROGRAMS), 10**6), metavar="N",
-                        help=f"evaluations in all, at least {len(soak.PROGRAMS)} (every program once)")
+    parser.add_argument("evaluations", type=whole_number(1, 10**6), metavar="N",
+                        help="evaluations in all, at least one of each program")
     add_device_argument(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
 def _run_soak(args: argparse.Namespace) -> int:
+    from evaluator.bench import soak
+
+    if args.evaluations < len(soak.PROGRAMS):
+        raise CommandError(f"argument N: expected at least {len(soak.PROGRAMS)} evaluations, one of each program, got "
+                           f"{args.evaluations}")
     result = soak.measure(args.evaluations, args.device)
     if args.json:
         print(json.dumps({**dataclasses.asdict(result), "rss_growth_mb": result.rss_growth_mb,

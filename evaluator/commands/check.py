@@ -9,7 +9,7 @@ from dataclasses import asdict
 
 from evaluator.commands import CommandError, add_device_argument, add_store_argument, whole_number
 from evaluator.eplb.default_trace import default_trace
-from evaluator.evaluation import Evaluator, Settings
+from evaluator.evaluation.settings import Settings
 from evaluator.evaluation.timing import ReferenceCache, default_cache_path
 from evaluator.exitcodes import ExitCode
 from evaluator.regression import SPEED_TOLERANCE, Verdict, judge
@@ -38,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(str(error)) from None
     results: dict[str, list[dict]] = {}
     try:
+        from evaluator.evaluation.evaluate import Evaluator  # imports torch: not at the top, which --help runs
+
         evaluator = Evaluator(default_trace(), Settings(), device=args.device,
                               seed_references=ReferenceCache(default_cache_path()))
     except ValueError as error:  # no such device

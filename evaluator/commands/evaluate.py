@@ -7,20 +7,23 @@ import json
 import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from evaluator.commands import MAX_SECONDS, CommandError, add_device_argument, positive_number, whole_number
 from evaluator.commands.workload import add_workload_arguments, problem_from, trace_from
 from evaluator.eplb.problem import Problem
 from evaluator.eplb.trace import Trace
-from evaluator.evaluation import Evaluator, Result, Settings
-from evaluator.evaluation.lanes import first_lane_card
+from evaluator.evaluation.result import Result
+from evaluator.evaluation.settings import Settings
 from evaluator.evaluation.timing import ReferenceCache, default_cache_path
 from evaluator.exitcodes import ExitCode
 from evaluator.sandbox import Limits
 from evaluator.software import software
 from evaluator.untrusted import TEXT_CHARS, quoted
 from evaluator.status import Status
+
+if TYPE_CHECKING:
+    from evaluator.evaluation.evaluate import Evaluator
 
 NAME = "evaluate"
 HELP = "Run candidate programs in isolated workers, validate every output and score them."
@@ -69,6 +72,7 @@ def settings_from(args: argparse.Namespace, problem: Problem) -> Settings:
 def open_evaluator(args: argparse.Namespace, problem: Problem, trace: Trace, programs: int = 1) -> Evaluator:
     """An Evaluator of `trace`, configured from the command's options, for `programs` evaluations (for one, no
     spare starts beside the candidate being timed)."""
+    from evaluator.evaluation.evaluate import Evaluator  # imports torch: not at the top, which --help runs
     try:
         return Evaluator(trace, settings_from(args, problem), device=args.device,
                          gpus=args.gpu_ids, seed_references=ReferenceCache(default_cache_path()),
@@ -80,6 +84,8 @@ def open_evaluator(args: argparse.Namespace, problem: Problem, trace: Trace, pro
 def measured_here(args: argparse.Namespace) -> dict[str, Any]:
     """Where an evaluation configured by `args` would measure, as a result records it (`device`, `card`, the
     `software` versions that change timings or scores), found without starting a worker."""
+    from evaluator.evaluation.lanes import first_lane_card  # imports torch, as above
+
     try:
         device, card = first_lane_card(args.device, args.gpu_ids)
     except ValueError as error:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from evaluator.commands import CommandError, whole_number
 from evaluator.commands.evaluate import add_evaluation_arguments, evaluation_inputs, settings_from
-from evaluator.loops.configured import evaluation_parser
 from evaluator.loops.setup import DEFAULT_API_BASE, FILES, NAMES, OUTPUTS, LoopSetup, setup_files, write_setup
 
 NAME = "init"
@@ -41,11 +40,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     folder: Path = args.folder
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+    try:
+        occupied = folder.exists() and (not folder.is_dir() or any(folder.iterdir()))
+    except OSError as error:  # a name too long, a folder it may not read
+        raise CommandError(f"cannot write a set-up into {folder}: {error}") from None
+    if occupied:
         raise CommandError(f"{folder} is not an empty folder: init writes a new set-up, and overwrites nothing")
     problem, _ = evaluation_inputs(args)  # a bad trace or shape is an error now, not in the loop's first job
-    setup = LoopSetup(args.framework, tuple(evaluation_options(args)), settings_from(args, problem), args.holdout
-                      and args.workload is None, args.model, args.api_base, args.iterations, args.parallel)
+    setup = LoopSetup(framework=args.framework, options=tuple(evaluation_options(args)),
+                      settings=settings_from(args, problem), held_out=args.holdout and args.workload is None,
+                      model=args.model, api_base=args.api_base, iterations=args.iterations, parallel=args.parallel)
     try:
         write_setup(folder, setup_files(setup))
     except OSError as error:
@@ -58,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
 def evaluation_options(args: argparse.Namespace) -> list[str]:
     """The evaluation options `args` holds that differ from their defaults, as a command line (a workload's path
     made absolute: the framework runs the evaluator from other folders)."""
+    from evaluator.loops.configured import evaluation_parser  # imports torch (the API): not at the top, as --help runs
+
     parser = evaluation_parser()
     defaults = parser.parse_args([])
     options: list[str] = []

@@ -25,7 +25,6 @@ import torch
 
 from evaluator.eplb.invariants import Violation
 from evaluator.eplb.plan import Plan
-from evaluator.eplb.problem import Problem
 from evaluator.eplb.scoring import (
     BalancednessReport,
     balancedness_scores,
@@ -40,7 +39,7 @@ from evaluator.eplb.trace import Trace, check_matches
 from evaluator.evaluation.freshness import input_dependence
 from evaluator.evaluation.lanes import Lane, Lanes
 from evaluator.evaluation.seed_plans import seed_patch_warm_up, seed_plans
-from evaluator.evaluation.result import Result
+from evaluator.evaluation.result import Result, workload_summary
 from evaluator.evaluation.run import REFERENCE_TIMEOUT_S, Run, Runner, RunFailed
 from evaluator.evaluation.settings import Settings
 from evaluator.evaluation.timing import (
@@ -288,12 +287,6 @@ class Evaluator:
 
     def _workload(self) -> dict[str, object]:
         return workload_summary(self.trace, self.settings.problem)
-
-
-def workload_summary(trace: Trace, problem: Problem) -> dict[str, object]:
-    """What a result records of the workload it was measured on; stored results are matched on it."""
-    return {"source": trace.source, "digest": trace.digest, "windows": trace.num_windows,
-            "steps_per_window": trace.steps_per_window, "problem": asdict(problem)}
 
 
 def _require_file(program: str | Path) -> None:

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from evaluator.eplb.problem import Problem
+from evaluator.eplb.trace import Trace
 from evaluator.status import Status
 
 # The statuses as their strings, and those a candidate is responsible for (its patch's, its process's, its outputs').
@@ -56,3 +58,9 @@ class Result:
     def from_json(cls, data: Mapping[str, Any]) -> Result:
         """A stored result as a Result; fields a newer or older evaluator wrote but this one lacks are left out."""
         return cls(**{item.name: data[item.name] for item in fields(cls) if item.name in data})
+
+
+def workload_summary(trace: Trace, problem: Problem) -> dict[str, object]:
+    """What a result records of the workload it was measured on; stored results are matched on it."""
+    return {"source": trace.source, "digest": trace.digest, "windows": trace.num_windows,
+            "steps_per_window": trace.steps_per_window, "problem": asdict(problem)}

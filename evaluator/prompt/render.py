@@ -16,7 +16,6 @@ from typing import Any
 import jinja2
 
 from evaluator.eplb.contract import INVARIANTS
-from evaluator.eplb.scoring import SPEED_SCORE_PER_DECADE
 from evaluator.evaluation import Result, Settings
 from evaluator.loops.feedback import feedback_text
 from evaluator.patch.protected_names import protected_names
@@ -34,6 +33,8 @@ MAX_LINEAGE = 20  # ancestors shown, the nearest kept
 
 def task_context(settings: Settings, answer_format: str = "plain") -> dict[str, Any]:
     """What the task template is rendered with: the evaluator's settings and rules."""
+    from evaluator.eplb.scoring import SPEED_SCORE_PER_DECADE  # imports torch: not at the top, which --help runs
+
     if answer_format not in FORMATS:
         raise ValueError(f"the answer format must be one of {', '.join(FORMATS)}, got {answer_format!r}")
     timing, problem = settings.timing, settings.problem
