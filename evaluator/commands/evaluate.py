@@ -7,7 +7,7 @@ import json
 import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from evaluator.commands import MAX_SECONDS, CommandError, add_device_argument, positive_number, whole_number
 from evaluator.commands.workload import add_workload_arguments, problem_from, trace_from
@@ -54,6 +54,19 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser, held_out_by_defaul
                         help="measure the seed's reference (its ratio to the yardstick) again instead of using the cached "
                              "one for this device and software")
     add_workload_arguments(parser, held_out_by_default)
+
+
+class _Refusing(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(message)
+
+
+def evaluation_parser() -> argparse.ArgumentParser:
+    """The evaluation options of a loop's command: those of `evaluate`, with the trace held out unless told
+    otherwise. A bad option raises ValueError."""
+    parser = _Refusing(prog="evaluation options", add_help=False)
+    add_evaluation_arguments(parser, held_out_by_default=True)
+    return parser
 
 
 def evaluation_inputs(args: argparse.Namespace) -> tuple[Problem, Trace]:

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from evaluator.commands import CommandError, whole_number
-from evaluator.commands.evaluate import add_evaluation_arguments, evaluation_inputs, settings_from
-from evaluator.loops.setup import DEFAULT_API_BASE, FILES, NAMES, OUTPUTS, LoopSetup, setup_files, write_setup
+from evaluator.commands.evaluate import add_evaluation_arguments, evaluation_inputs, evaluation_parser, settings_from
+from evaluator.loops.setup import DEFAULT_API_BASE, NAMES, OUTPUTS, LoopSetup, setup_files, write_setup
 
 NAME = "init"
 HELP = "Write a ready-to-run OpenEvolve or ShinkaEvolve set-up into a new folder."
@@ -25,7 +25,7 @@ below go into the set-up as given.
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
-    parser.add_argument("framework", choices=sorted(FILES), help="the loop framework")
+    parser.add_argument("framework", choices=sorted(NAMES), help="the loop framework")
     parser.add_argument("folder", type=Path, metavar="DIR", help="the set-up's folder: new, or empty")
     parser.add_argument("--model", default="gpt-4.1",
                         help="the LLM's name, as its server knows it (default: %(default)s)")
@@ -50,11 +50,12 @@ def run(args: argparse.Namespace) -> int:
     setup = LoopSetup(framework=args.framework, options=tuple(evaluation_options(args)),
                       settings=settings_from(args, problem), held_out=args.holdout and args.workload is None,
                       model=args.model, api_base=args.api_base, iterations=args.iterations, parallel=args.parallel)
+    files = setup_files(setup)
     try:
-        write_setup(folder, setup_files(setup))
+        write_setup(folder, files)
     except OSError as error:
         raise CommandError(f"cannot write the set-up into {folder}: {error}") from None
-    print(f"wrote {NAMES[args.framework]}'s set-up into {folder}: {', '.join(FILES[args.framework])}")
+    print(f"wrote {NAMES[args.framework]}'s set-up into {folder}: {', '.join(files)}")
     print(f"run it with {folder / 'run.sh'}; its outputs go to {folder / OUTPUTS[args.framework]}")
     return 0
 
@@ -62,8 +63,6 @@ def run(args: argparse.Namespace) -> int:
 def evaluation_options(args: argparse.Namespace) -> list[str]:
     """The evaluation options `args` holds that differ from their defaults, as a command line (a workload's path
     made absolute: the framework runs the evaluator from other folders)."""
-    from evaluator.loops.configured import evaluation_parser  # imports torch (the API): not at the top, as --help runs
-
     parser = evaluation_parser()
     defaults = parser.parse_args([])
     options: list[str] = []

@@ -4,30 +4,15 @@ file, the ShinkaEvolve command and the task the LLM reads the same settings."""
 
 from __future__ import annotations
 
-import argparse
 import threading
 from collections.abc import Sequence
-from typing import NoReturn
 
 from evaluator import api
 from evaluator.commands import CommandError
-from evaluator.commands.evaluate import add_evaluation_arguments, evaluation_inputs, settings_from
+from evaluator.commands.evaluate import evaluation_inputs, evaluation_parser, settings_from
 
 _lock = threading.Lock()
 _done: list[tuple[str, ...]] = []  # the options this process configured with, once it has
-
-
-class _Refusing(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise ValueError(message)
-
-
-def evaluation_parser() -> argparse.ArgumentParser:
-    """The evaluation options of a loop's command: those of `evaluate`, with the trace held out unless told
-    otherwise. A bad option raises ValueError."""
-    parser = _Refusing(prog="evaluation options", add_help=False)
-    add_evaluation_arguments(parser, held_out_by_default=True)
-    return parser
 
 
 def configure_from_options(options: Sequence[str]) -> None:

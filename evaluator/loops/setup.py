@@ -19,15 +19,11 @@ from evaluator.paths import SEED_PROGRAM
 from evaluator.prompt.render import render_task
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-# file written -> the template it is rendered from ("" for the seed program, copied as it is)
-FILES = {
-    "openevolve": {"initial_program.py": "", "evaluate.py": "evaluate.py.j2", "config.yaml": "config.yaml.j2",
-                   "run.sh": "run.sh.j2", ".gitignore": ""},
-    "shinka": {"initial.py": "", "evaluate.py": "evaluate.py.j2", "shinka.yaml": "shinka.yaml.j2",
-               "run.sh": "run.sh.j2", ".gitignore": ""},
-}
-OUTPUTS = {"openevolve": "output/", "shinka": "results/"}
-NAMES = {"openevolve": "OpenEvolve", "shinka": "ShinkaEvolve"}
+NAMES = {"openevolve": "OpenEvolve", "shinka": "ShinkaEvolve"}  # the frameworks
+SEED_FILES = {"openevolve": "initial_program.py", "shinka": "initial.py"}  # the seed program, as each names it
+# the files rendered, each from TEMPLATES/FRAMEWORK/NAME.j2
+RENDERED = {"openevolve": ("evaluate.py", "config.yaml", "run.sh"), "shinka": ("evaluate.py", "shinka.yaml", "run.sh")}
+OUTPUTS = {"openevolve": "output/", "shinka": "results/"}  # where the framework writes, ignored by git
 DEFAULT_API_BASE = "https://api.openai.com/v1"
 REFERENCE_S = 60  # the evaluator's start and the seed's reference, which the first evaluation on a device measures
 PROPOSAL_S = 300  # an LLM's answer, which ShinkaEvolve counts in a job's time
@@ -68,15 +64,9 @@ def setup_files(setup: LoopSetup) -> dict[str, str]:
         "job_time": _clock(PROPOSAL_S + REFERENCE_S + timeout_s),
         "meta_interval": max(1, min(MAX_META_INTERVAL, setup.iterations // 10)),
     }
-    files = {}
-    for name, template in FILES[setup.framework].items():
-        if name == ".gitignore":
-            files[name] = OUTPUTS[setup.framework] + "\n"
-        elif not template:
-            files[name] = seed
-        else:
-            files[name] = environment.get_template(template).render(context)
-    return files
+    return {SEED_FILES[setup.framework]: seed,
+            **{name: environment.get_template(f"{name}.j2").render(context) for name in RENDERED[setup.framework]},
+            ".gitignore": OUTPUTS[setup.framework] + "\n"}
 
 
 def write_setup(folder: Path, files: dict[str, str]) -> None:
