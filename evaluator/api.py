@@ -15,6 +15,9 @@ exceptions mean the caller's own mistake (a missing file, a wrong argument).
 Unless `configure` names a trace, candidates are scored on a held-out one, which no candidate can regenerate (the
 default trace is public: a program can look its next window up): the key's in `$EPLB_EVALUATOR_HOLDOUT_KEY`, the
 same in every process of a loop, else one drawn for this process.
+
+`configure(backend="ray", address=...)` evaluates on the nodes of a Ray cluster instead of this machine's devices
+(docs/cluster.md); the held-out trace is made here and sent to the cluster as data.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import numpy as np
 from evaluator.eplb.holdout import holdout_trace
 from evaluator.eplb.trace import Trace
 from evaluator.evaluation import Evaluator, Result, Settings
+from evaluator.evaluation.backend import BACKENDS, CandidateEvaluator
 from evaluator.evaluation.timing import ReferenceCache, default_cache_path
 from evaluator.parent import resolve_parent
 from evaluator.patch import PatchError, apply_parsed, parse_patch
@@ -50,6 +54,8 @@ class _Configuration:
     settings: Settings | None = None
     device: str = "auto"
     spares: int = 2
+    backend: str = "local"
+    address: str | None = None  # the Ray cluster's, for the ray backend
 
     def matches(self, other: _Configuration) -> bool:
         """Equal values; traces are compared by content, as a loop re-importing its module builds a new one."""
@@ -58,26 +64,31 @@ class _Configuration:
             and self.trace.steps_per_window == other.trace.steps_per_window
             and np.array_equal(self.trace.windows, other.trace.windows)
         )
-        return same_trace and (self.settings, self.device, self.spares) == (other.settings, other.device, other.spares)
+        options = (self.settings, self.device, self.spares, self.backend, self.address)
+        return same_trace and options == (other.settings, other.device, other.spares, other.backend, other.address)
 
 
 _configuration = _Configuration()
-_shared: Evaluator | None = None
+_shared: CandidateEvaluator | None = None
 _shared_lock = threading.Lock()
 
 
 def configure(*, trace: Trace | None = None, settings: Settings | None = None, device: str = "auto",
-              spares: int = 2) -> None:
+              spares: int = 2, backend: str = "local", address: str | None = None) -> None:
     """Set what the shared evaluator measures on: the trace (default: a held-out one, see the module's note; the
-    public one is `default_trace()`), the settings (problem shape, limits), the device ("auto", "cuda" or "cpu") and
-    how many spare workers it keeps warm.
+    public one is `default_trace()`), the settings (problem shape, limits), the device ("auto", "cuda" or "cpu"),
+    how many spare workers it keeps warm per lane and where: `backend` "local" (this machine's devices)
+    or "ray" (a Ray cluster's nodes; `address` its head node's HOST:PORT, default `$RAY_ADDRESS`, else "auto"). With
+    "ray", the shared evaluator's first use raises `ClusterUnreachable` (a ConnectionError) when no cluster answers.
 
     Calling it again with the same values changes nothing, so a loop may call it from a module it re-imports;
     other values close the shared evaluator (evaluations still running on it end with `infra_error`), and the
     next evaluation starts a new one.
     """
     global _configuration, _shared
-    wanted = _Configuration(trace, settings, device, spares)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    wanted = _Configuration(trace, settings, device, spares, backend, address)
     with _shared_lock:
         if wanted.matches(_configuration):
             return
@@ -87,17 +98,24 @@ def configure(*, trace: Trace | None = None, settings: Settings | None = None, d
             _shared = None
 
 
-def shared_evaluator() -> Evaluator:
+def shared_evaluator() -> CandidateEvaluator:
     """The evaluator the API uses unless given one, as `configure` set it (by default: a held-out trace, the
-    default settings, the best device there is); the seed's references are cached on disk. Created on first use,
-    closed at exit. Raises `ValueError` for a held-out key that is too short."""
+    default settings, the best device there is, this machine); the seed's references are cached on disk. Created on
+    first use, closed at exit. Raises `ValueError` for a held-out key that is too short."""
     global _shared
     with _shared_lock:
         if _shared is None:
             config = _configuration
             settings = config.settings or Settings()
-            _shared = Evaluator(config.trace or holdout_trace(settings.problem), settings, device=config.device,
-                                spares=config.spares, seed_references=ReferenceCache(default_cache_path()))
+            trace = config.trace or holdout_trace(settings.problem)
+            if config.backend == "ray":
+                from evaluator.cluster import RayEvaluator  # imports ray: only for this backend
+
+                _shared = RayEvaluator(trace, settings, address=config.address, device=config.device,
+                                       spares=config.spares)
+            else:
+                _shared = Evaluator(trace, settings, device=config.device, spares=config.spares,
+                                    seed_references=ReferenceCache(default_cache_path()))
         return _shared
 
 
@@ -117,7 +135,7 @@ def _forget_shared_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_shared_after_fork)
 
 
-def evaluate_program(program: ProgramLike, *, evaluator: Evaluator | None = None) -> Result:
+def evaluate_program(program: ProgramLike, *, evaluator: CandidateEvaluator | None = None) -> Result:
     """Evaluate a candidate program: a path (a `Path`, or a `str` without newlines) or its source text.
 
     Raises `FileNotFoundError` for a path that names no file; every failure of the program itself is a
@@ -128,7 +146,7 @@ def evaluate_program(program: ProgramLike, *, evaluator: Evaluator | None = None
         return evaluator.evaluate(path)
 
 
-def check_program(program: ProgramLike, *, evaluator: Evaluator | None = None) -> Result:
+def check_program(program: ProgramLike, *, evaluator: CandidateEvaluator | None = None) -> Result:
     """A cheap first stage: the program imports and returns a valid plan for one window. Nothing is timed or
     scored (every score stays 0); `status` and `error` say whether the full evaluation is worth running."""
     evaluator = evaluator or shared_evaluator()
@@ -137,7 +155,7 @@ def check_program(program: ProgramLike, *, evaluator: Evaluator | None = None) -
 
 
 def evaluate_patch(patch_text: str, parent: ProgramLike | None = None, *, rewrite: bool = False,
-                   store: ProgramLike | None = None, evaluator: Evaluator | None = None) -> Result:
+                   store: ProgramLike | None = None, evaluator: CandidateEvaluator | None = None) -> Result:
     """Apply an LLM's answer to `parent` and evaluate the program it makes.
 
     `parent` is the seed (None), a program file, or the id of a candidate in `store` (a candidate folder, by
@@ -155,13 +173,13 @@ def evaluate_patch(patch_text: str, parent: ProgramLike | None = None, *, rewrit
     return evaluate_program(program, evaluator=evaluator)
 
 
-async def evaluate_program_async(program: ProgramLike, *, evaluator: Evaluator | None = None) -> Result:
+async def evaluate_program_async(program: ProgramLike, *, evaluator: CandidateEvaluator | None = None) -> Result:
     """`evaluate_program` in a worker thread: awaiting it leaves the event loop free."""
     return await asyncio.to_thread(evaluate_program, program, evaluator=evaluator)
 
 
 async def evaluate_patch_async(patch_text: str, parent: ProgramLike | None = None, *, rewrite: bool = False,
-                               store: ProgramLike | None = None, evaluator: Evaluator | None = None) -> Result:
+                               store: ProgramLike | None = None, evaluator: CandidateEvaluator | None = None) -> Result:
     """`evaluate_patch` in a worker thread: awaiting it leaves the event loop free."""
     return await asyncio.to_thread(evaluate_patch, patch_text, parent, rewrite=rewrite, store=store,
                                    evaluator=evaluator)

@@ -13,17 +13,22 @@ from evaluator.commands import (
     apply,
     bench,
     check,
+    diff,
     evaluate,
+    export,
     init,
     lineage,
     listing,
     prompt,
+    report,
     shinka,
+    show,
     trace,
 )
 from evaluator.exitcodes import ExitCode
 
-COMMANDS = (apply, evaluate, accept, listing, lineage, prompt, check, trace, bench, shinka, init)
+COMMANDS = (apply, evaluate, accept, listing, show, diff, lineage, export, report, prompt, check, trace, bench, shinka,
+            init)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,7 @@ rebuilt from the store, so it is kept out of the project's own history (`<store>
 from __future__ import annotations
 
 import fcntl
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -94,7 +94,7 @@ def record_stored(store_root: Path, candidate_id: str) -> str:
     """Record a stored candidate whose parent program is found again: in the store, the seed, or its file."""
     store = CandidateStore(Path(store_root))
     candidate = _stored(store, candidate_id, "the candidate")
-    return record(store.root, candidate, _find_parent_program(store, candidate))
+    return record(store.root, candidate, find_parent_program(store, candidate))
 
 
 def _record(
@@ -114,7 +114,7 @@ def _record(
         )
     if parent_ref.get("kind") == "candidate":
         parent = _stored(store, str(parent_ref.get("id")), f"the parent of candidate {candidate.id}")
-        parent_commit = _record(repo, store, parent, _find_parent_program(store, parent), seen)
+        parent_commit = _record(repo, store, parent, find_parent_program(store, parent), seen)
     else:
         parent_commit = _root(repo, parent_program, parent_ref)
     name = str(candidate.meta.get("name") or "(unnamed)")
@@ -163,7 +163,9 @@ def _show_in_work_tree(repo: git.Repo, commit: Commit) -> None:
     repo.git.reset("--hard", "--quiet", commit.hexsha)
 
 
-def _find_parent_program(store: CandidateStore, candidate: StoredCandidate) -> str:
+def find_parent_program(store: CandidateStore, candidate: StoredCandidate) -> str:
+    """The program `candidate`'s patch was applied to: its parent candidate's, or the seed or program file as it was
+    then. Raises LineageError where it cannot be found, or has changed since."""
     parent_ref = _parent_ref(candidate)
     kind = parent_ref.get("kind")
     if kind == "candidate":
@@ -172,13 +174,20 @@ def _find_parent_program(store: CandidateStore, candidate: StoredCandidate) -> s
         raise LineageError(
             f"candidate {candidate.id} has an unknown parent kind {kind!r} in {candidate.path / META_FILE}"
         )
-    path = SEED_PROGRAM if kind == "seed" else Path(str(parent_ref["path"]))  # the seed: wherever it is installed
+    return root_program(parent_ref, f"candidate {candidate.id}'s")
+
+
+def root_program(parent_ref: Mapping[str, object], whose: str) -> str:
+    """The seed or program file a candidate's metadata `parent` names, as it was when `whose` ("candidate X's")
+    candidate was made; raises LineageError where it cannot be read or has changed since."""
+    # the seed wherever it is installed, a program file where it was
+    path = SEED_PROGRAM if parent_ref.get("kind") == "seed" else Path(str(parent_ref.get("path")))
     try:
         program = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
-        raise LineageError(f"candidate {candidate.id}'s parent program {path} cannot be read: {error}") from None
+        raise LineageError(f"{whose} parent program {path} cannot be read: {error}") from None
     if sha256_text(program) != parent_ref.get("sha256"):
-        raise LineageError(f"candidate {candidate.id}'s parent program {path} has changed since the candidate was made")
+        raise LineageError(f"{whose} parent program {path} has changed since the candidate was made")
     return program
 
 

@@ -9,7 +9,7 @@ import re
 import secrets
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,6 +37,7 @@ BASELINE_WORKLOAD: Mapping[str, Any] = MappingProxyType({"source": DEFAULT_SOURC
 ABANDONED_STAGING_S = 3600  # a writer's hidden folder older than this belongs to no live writer
 _STAGING_PREFIX = ".incoming-"
 _CANDIDATE_FOLDER = re.compile(f"[0-9a-f]{{{ID_LENGTH}}}")
+_STAMP = "%Y%m%dT%H%M%S%fZ"  # a result file's name: when it was stored, in UTC
 
 
 class StoreError(Exception):
@@ -89,19 +90,23 @@ class StoredCandidate:
 
     def results(self) -> list[dict[str, Any]]:
         """Every stored result, oldest first. An unreadable result file is a StoreError naming it."""
+        return [result for _, result in self.result_files()]
+
+    def result_files(self) -> list[tuple[Path, dict[str, Any]]]:
+        """Every stored result with its file, oldest first (`measured_at` reads the time from the file's name)."""
         folder = self.path / RESULTS_DIR
         if not folder.is_dir():
             return []
         files = sorted(path for path in folder.glob("*.json") if not path.name.startswith("."))
-        return [_read_json_object(path, "result") for path in files]
+        return [(path, _read_json_object(path, "result")) for path in files]
 
-    def latest_result(self, workload: Mapping[str, Any] | None = None,
-                      here: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
-        """The newest result that is not an infra_error, on `workload` if given (see `same_workload`) and measured
-        `here` if given (see `measured_alike`)."""
+    def latest_result(self, workload: Mapping[str, Any] | None = None, here: Mapping[str, Any] | None = None,
+                      where: Callable[[Mapping[str, Any]], bool] | None = None) -> dict[str, Any] | None:
+        """The newest result that is not an infra_error, on `workload` if given (see `same_workload`), measured
+        `here` if given (see `measured_alike`) and for which `where` holds if given."""
         for result in reversed(self.results()):
             if (result.get("status") != Status.INFRA_ERROR and (workload is None or same_workload(result, workload))
-                    and (here is None or measured_alike(result, here))):
+                    and (here is None or measured_alike(result, here)) and (where is None or where(result))):
                 return result
         return None
 
@@ -252,8 +257,16 @@ class CandidateStore:
         return StoredCandidate(folder.name, folder, meta)
 
 
+def measured_at(result_file: Path) -> datetime | None:
+    """When the result in `result_file` was stored, from its name; None for a name `add_result` did not give."""
+    try:
+        return datetime.strptime(result_file.name.split("-", 1)[0], _STAMP).replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+
+
 def _utc_stamp() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    return datetime.now(timezone.utc).strftime(_STAMP)
 
 
 def _read_json_object(path: Path, what: str) -> dict[str, Any]:

@@ -296,7 +296,8 @@ def test_list_orders_best_first_with_failures_and_unevaluated_last(tmp_path):
     assert [row["accepted"] for row in rows] == [False, False, True, False, False]
     assert rows[1]["parent"] == made["good"].id and rows[0]["parent"] == "seed"
     assert rows[0] == {"id": made["best"].id, "name": "best", "status": "ok", "combined_score": 0.9,
-                       "balancedness_score": 0.8, "speedup": 6.3, "parent": "seed", "accepted": False}
+                       "balancedness_score": 0.8, "speedup": 6.3, "trace": "default", "parent": "seed",
+                       "accepted": False}
 
 
 @pytest.mark.parametrize(
@@ -320,11 +321,11 @@ def test_list_as_a_table(tmp_path):
     reply = evaluator("list", "--store", "store", cwd=tmp_path)
     assert reply.returncode == 0, reply.stderr
     header, *lines = reply.stdout.splitlines()
-    assert header.split() == ["id", "name", "status", "combined", "balanced", "speedup", "parent"]
+    assert header.split() == ["id", "name", "status", "combined", "balanced", "speedup", "trace", "parent"]
     assert [line.split()[1] if line.startswith("*") else line.split()[0] for line in lines] == [
         made[name].id for name in ("best", "child", "good", "broken", "fresh")]
     [accepted] = [line for line in lines if line.startswith("*")]
-    assert accepted.split()[1:] == [made["good"].id, "good", "ok", "0.5000", "0.8000", "6.30x", "seed"]
+    assert accepted.split()[1:] == [made["good"].id, "good", "ok", "0.5000", "0.8000", "6.30x", "default", "seed"]
 
 
 def test_list_of_an_empty_or_missing_store(tmp_path):

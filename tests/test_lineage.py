@@ -150,7 +150,8 @@ def test_commit_message_is_the_patch_name_and_description_with_the_candidate_tra
 def test_lineage_command_prints_the_path_root_first(tmp_path, family):
     result = evaluator("lineage", family["C"][:6], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    lines = [line.split() for line in result.stdout.splitlines()]
+    header, *lines = [line.split() for line in result.stdout.splitlines()]
+    assert header[:3] == ["id", "commit", "name"]
     assert [line[0] for line in lines] == ["root", family["A"], family["B"], family["C"]]
     assert [line[2] for line in lines] == ["seed:", "drop_redundant_check", "drop_pack_check", "drop_group_check"]
     commits = run_git(lineage_path(tmp_path / "candidates"), "rev-list", f"candidate/{family['C']}").split()[::-1]
@@ -255,7 +256,7 @@ def test_a_store_without_lineage_is_a_clear_error_until_recorded(tmp_path, famil
     # --record rebuilds the missing ancestors from the store, as for a store committed without its lineage.
     result = evaluator("lineage", b, "--record", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert [line.split()[0] for line in result.stdout.splitlines()] == ["root", a, b]
+    assert [line.split()[0] for line in result.stdout.splitlines()[1:]] == ["root", a, b]
 
 
 def test_a_parent_program_that_does_not_match_the_metadata_is_refused(tmp_path, family):

@@ -1,5 +1,5 @@
 """A wheel of the package, installed where no repository is around it, finds everything it ships: the seed program
-and the seed patch, the templates of the prompt and of the loops' set-ups."""
+and the seed patch, the templates of the prompt, of the report and of the loops' set-ups."""
 
 from __future__ import annotations
 
@@ -38,6 +38,8 @@ def test_a_wheel_install_finds_the_seed_the_patch_and_the_templates(tmp_path):
     candidate = json.loads(applied.stdout)["candidate"]["id"]
     lineage = evaluator("lineage", candidate)  # reads the seed, its parent, wherever it is installed
     assert lineage.returncode == 0 and "seeds/eplb.py" in lineage.stdout, lineage.stderr
+    report = evaluator("report")  # its templates
+    assert report.returncode == 0 and (work / "report" / "index.html").is_file(), report.stderr
     task = evaluator("prompt", "--task")
     assert task.returncode == 0 and "rebalance_experts" in task.stdout, task.stderr
     set_up = evaluator("init", "shinka", "eplb-shinka", "--default-trace")

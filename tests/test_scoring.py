@@ -18,6 +18,7 @@ from evaluator.eplb.scoring import (
     combined_reports,
     combined_score,
     gpu_balancedness,
+    next_window_report,
     slot_balancedness,
     speed_score,
     speedup,
@@ -122,6 +123,20 @@ def test_plan_is_scored_on_the_window_after_the_one_it_was_made_on() -> None:
     assert report.per_window == (pytest.approx(2 / (1 / 3 + 3)),)
     assert report.balancedness_score == pytest.approx(0.6)
     assert report.reference_score is None and report.reference_per_window is None
+
+
+def test_the_load_a_plan_puts_on_each_gpu_is_reported_on_the_next_window_where_asked_for() -> None:
+    problem = Problem(num_layers=2, num_experts=3, num_replicas=4, num_groups=1, num_nodes=1, num_gpus=2)
+    plan = make_plan(PACKED_BADLY * 2, problem)
+    windows = torch.tensor([[[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]], [[6.0, 2.0, 4.0], [1.0, 1.0, 2.0]]],
+                           dtype=torch.float64)
+    assert next_window_report(plan, windows, 0, problem).gpu_loads is None
+    report = next_window_report(plan, windows, 0, problem, with_gpu_loads=True)
+    # As in test_layers_combine_as_a_ratio_of_sums: GPUs 5 and 7, then 1.5 and 2.5.
+    loads = report.gpu_loads
+    assert loads.per_gpu == (5 + 1.5, 7 + 2.5)
+    assert loads.layer_max == (7, 2.5) and loads.layer_mean == (6, 2)
+    assert sum(loads.layer_mean) / sum(loads.layer_max) == pytest.approx(report.balancedness_score, rel=1e-15)
 
 
 # --- vectorised against the loop, the seed as reference ----------------------------------------------------

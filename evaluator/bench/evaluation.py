@@ -12,13 +12,12 @@ import platform
 import statistics
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from evaluator.bench import coefficient_of_variation as _cv
+from evaluator.bench import coefficient_of_variation as _cv, evaluations_s, require_ok
 from evaluator.eplb.default_trace import default_trace
 from evaluator.eplb.scoring import balancedness_scores, window_loads
 from evaluator.evaluation import Evaluator, Result, Settings
@@ -70,19 +69,14 @@ def measure(repeats: int = 10, throughput_candidates: int = 60, threads: int = 2
         candidate.write_text(seed_patch_program(), encoding="utf-8")
         with Evaluator(trace, settings, device=device, spares=spares,
                        seed_references=ReferenceCache(None)) as evaluator:
-            _require_ok(evaluator.evaluate(candidate))  # measures the seed's reference, once
+            require_ok(evaluator.evaluate(candidate))  # measures the seed's reference, once
             isolated = evaluator.lanes.lanes[0].isolated
             aa = []
             for _ in range(repeats):
                 evaluator.lanes.wait_for_spares()
-                aa.append(_require_ok(evaluator.evaluate(candidate)))
+                aa.append(require_ok(evaluator.evaluate(candidate)))
             evaluator.lanes.wait_for_spares()
-            started = time.perf_counter()
-            with ThreadPoolExecutor(threads) as pool:
-                done = list(pool.map(lambda _: evaluator.evaluate(candidate), range(throughput_candidates)))
-            elapsed = time.perf_counter() - started
-            for result in done:
-                _require_ok(result)
+            elapsed = evaluations_s(evaluator, candidate, throughput_candidates, threads)
             worker_start_s = _worker_start_s(evaluator, Path(folder), settings.start_method)
     overheads = [(r.timing["evaluation_ms"] - r.timing["candidate_compute_ms"]) / 1e3 for r in aa]
     speedups = [r.speedup for r in aa]
@@ -120,12 +114,6 @@ def _worker_start_s(evaluator: Evaluator, folder: Path, start_method: str) -> fl
 
 def _phase_overhead(result: Result, phase: str) -> float:
     return result.timing["phases"][phase] - result.timing["phase_compute"].get(phase, 0.0)
-
-
-def _require_ok(result: Result) -> Result:
-    if not result.ok:
-        raise RuntimeError(f"the benchmark's candidate failed its evaluation ({result.status}): {result.error}")
-    return result
 
 
 def _scoring_ms() -> float:

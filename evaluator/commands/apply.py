@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import sys
 from datetime import datetime, timezone
-from typing import Any
 
 from evaluator import __version__
 from evaluator.commands import CommandError, add_store_argument
@@ -20,7 +18,10 @@ from evaluator.commands.evaluate import (
     open_evaluator,
     report,
 )
+from evaluator.commands.diff import unified_diff
 from evaluator.commands.inputs import read_bytes_argument
+from evaluator.commands.reuse import REUSED, add_force_argument, may_reuse, stored_result
+from evaluator.commands.terminal import Activity
 from evaluator.evaluation.result import Result, workload_summary
 from evaluator.lineage import LineageError, record
 from evaluator.exitcodes import ExitCode
@@ -40,8 +41,6 @@ from evaluator.store import (
 
 NAME = "apply"
 HELP = "Apply a patch to the seed (or to --parent), store the candidate program and evaluate it."
-# statuses a stored result is not reused with: they depend on the limits it was measured under
-_LIMITS_DECIDE = (Status.TIMEOUT.value, Status.MEMORY_LIMIT.value)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,11 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     add_store_argument(parser)
     parser.add_argument("--no-evaluate", action="store_true", help="store the candidate without evaluating it")
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="evaluate again even when this candidate already has a result for the same workload",
-    )
+    add_force_argument(parser)
     parser.add_argument(
         "--accept",
         action="store_true",
@@ -87,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     except PatchError as error:
         return _report_patch_error(error, parent, args.json)
     if args.dry_run:
-        diff = _unified_diff(parent, applied.program)
+        diff = unified_diff(parent.source, applied.program, parent.label, "candidate")
         if args.json:
             print(json.dumps({"status": Status.OK.value, "dry_run": True, "diff": diff}))
         else:
@@ -111,30 +106,21 @@ def run(args: argparse.Namespace) -> int:
     if args.no_evaluate:
         _report_stored(stored, created, applied, parent, args.json, None)
         return ExitCode.OK
-    reusable = None if args.force or args.holdout else _stored_result(stored, workload, measured_here(args))
+    reusable = stored_result(stored, workload, measured_here(args)) if may_reuse(args) else None
     if reusable is None:
-        with open_evaluator(args, problem, trace) as evaluator:
+        with (Activity(f"evaluating candidate {stored.id}") as activity,
+              open_evaluator(args, problem, trace, announce=activity.doing) as evaluator):
             result = evaluator.evaluate(stored.program_path)
         stored.add_result(result.to_json())
         note_cpu_fallback(result, args.device, first=True)
     else:
-        result = Result.from_json(reusable)
+        result = reusable
     refusal = _accept(store, stored, result) if args.accept else None
     _report_stored(stored, created, applied, parent, args.json, result, reused=reusable is not None,
                    accepted=args.accept and refusal is None)
     if refusal is not None:
         raise CommandError(refusal)
     return exit_code_of(result)
-
-
-def _stored_result(stored: StoredCandidate, workload: dict[str, Any], here: dict[str, Any]) -> dict[str, Any] | None:
-    """The stored result this evaluation would repeat, or None: a timeout or a memory limit depends on the limits it
-    was given, which a result does not record."""
-    try:
-        latest = stored.latest_result(workload, here)
-    except StoreError as error:
-        raise CommandError(f"{error} (--force evaluates again without reading it)", ExitCode.INFRA_ERROR) from None
-    return None if latest is None or latest.get("status") in _LIMITS_DECIDE else latest
 
 
 def _accept(store: CandidateStore, stored: StoredCandidate, result: Result) -> str | None:
@@ -159,14 +145,6 @@ def _metadata(patch: Patch, applied: Application, parent: ParentProgram) -> dict
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "evaluator_version": __version__,
     }
-
-
-def _unified_diff(parent: ParentProgram, program: str) -> str:
-    return "".join(
-        difflib.unified_diff(
-            parent.source.splitlines(keepends=True), program.splitlines(keepends=True), parent.label, "candidate"
-        )
-    )
 
 
 def _report_patch_error(error: PatchError, parent: ParentProgram, as_json: bool) -> int:
@@ -213,7 +191,7 @@ def _report_stored(
     if result is None:
         return
     if reused:
-        print("  its stored result for this workload, device and software is reused (--force evaluates again)")
+        print(f"  {REUSED}")
     report(result, f"candidate {stored.id}", as_json=False)
     if accepted:
         print(f"candidate {stored.id} accepted: this result is its regression baseline")

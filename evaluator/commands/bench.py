@@ -8,15 +8,20 @@ import json
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 # the benchmarks that run evaluators import torch, so each is imported where it runs: `--help` does not need it
 from evaluator.bench import trace_load
 from evaluator.commands import MAX_SECONDS, CommandError, add_device_argument, positive_number, whole_number
+from evaluator.commands.cluster import add_backend_arguments, on_cluster, open_cluster
 from evaluator.eplb.trace import STEPS_PER_WINDOW
 from evaluator.evaluation.settings import Settings
 from evaluator.exitcodes import ExitCode
 from evaluator.sandbox import START_METHODS, SandboxFailure
 from evaluator.untrusted import TEXT_CHARS, one_line
+
+if TYPE_CHECKING:
+    from evaluator.bench.cluster import ClusterBenchResult
 
 NAME = "bench"
 HELP = "Measure the evaluator's own performance on this machine."
@@ -72,19 +77,28 @@ def _add_evaluator_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start-method", choices=START_METHODS, default=Settings().start_method,
                         help="how workers start: forked from a zygote, or each a new interpreter (default: %(default)s)")
     add_device_argument(parser)
+    add_backend_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
 def _run_evaluator(args: argparse.Namespace) -> int:
     settings = Settings(rechecks=args.rechecks, start_method=args.start_method)
+    cluster = on_cluster(args)
     try:
-        from evaluator.bench import evaluation
+        if cluster:
+            result = _measure_cluster(args, settings)
+        else:
+            from evaluator.bench import evaluation
 
-        result = evaluation.measure(args.repeats, args.candidates, args.threads, args.spares, args.device, settings)
+            result = evaluation.measure(args.repeats, args.candidates, args.threads, args.spares, args.device,
+                                        settings)
     except RuntimeError as error:
         raise CommandError(str(error), ExitCode.INFRA_ERROR) from None
     if args.json:
         print(json.dumps(dataclasses.asdict(result)))
+        return ExitCode.OK
+    if cluster:
+        _print_cluster(result)
         return ExitCode.OK
     print(f"device              {result.device} ({result.card}), torch {result.torch_version}, {result.cpus} CPUs")
     print(f"candidate           seed patch, {result.candidate_time_ms:.3f} ms per call; seed {result.seed_time_ms:.1f} ms")
@@ -107,6 +121,27 @@ def _run_evaluator(args: argparse.Namespace) -> int:
     print(f"scoring a trace     {result.scoring_ms:.2f} ms")
     print(f"worker start        {result.worker_start_s:.2f} s ({result.start_method}), warmed up and ready")
     return ExitCode.OK
+
+
+def _measure_cluster(args: argparse.Namespace, settings: Settings) -> ClusterBenchResult:
+    """Candidates per minute against the number of the cluster's lanes kept busy."""
+    from evaluator.bench import cluster
+    from evaluator.eplb.default_trace import default_trace
+
+    with open_cluster(args, default_trace(), settings, spares=args.spares) as evaluator:
+        return cluster.measure(evaluator, args.candidates)
+
+
+def _print_cluster(result: ClusterBenchResult) -> None:
+    print(f"cluster             {len(result.nodes)} nodes, {result.lanes} lanes")
+    for node in result.nodes:
+        why = f": {one_line(node['why'], TEXT_CHARS)}" if node.get("why") else ""
+        print(f"  {node.get('host', '?')} ({node['address']}, node {node['id'][:12]})  {node['state']}, "
+              f"{node['lanes']} x {node['device']} ({node['card']}){why}")
+    print(f"{'lanes':>5} {'candidates':>10} {'seconds':>8} {'per minute':>10} {'per lane':>8}")
+    for row in result.throughput:
+        print(f"{row.lanes:5} {row.candidates:10} {row.seconds:8.1f} {row.candidates_per_minute:10.1f} "
+              f"{row.candidates_per_minute / row.lanes:8.1f}")
 
 
 def _add_aa_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,33 +5,56 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from evaluator.commands import MAX_SECONDS, CommandError, add_device_argument, positive_number, whole_number
+from evaluator.commands import (
+    MAX_SECONDS,
+    CommandError,
+    add_device_argument,
+    add_store_argument,
+    positive_number,
+    whole_number,
+)
+from evaluator.commands.cluster import add_backend_arguments, on_cluster, open_cluster
+from evaluator.commands.inputs import path_is
+from evaluator.commands.reuse import REUSED, add_force_argument, may_reuse, stored_result
+from evaluator.commands.stored import SCORE_COLUMNS, SCORE_HEADERS, scores_of
+from evaluator.commands.terminal import Activity, show, table
 from evaluator.commands.workload import add_workload_arguments, problem_from, trace_from
 from evaluator.eplb.problem import Problem
 from evaluator.eplb.trace import Trace
-from evaluator.evaluation.result import Result
+from evaluator.evaluation.result import Result, workload_summary
 from evaluator.evaluation.settings import Settings
 from evaluator.evaluation.timing import ReferenceCache, default_cache_path
 from evaluator.exitcodes import ExitCode
 from evaluator.sandbox import Limits
 from evaluator.software import software
+from evaluator.store import CandidateStore, StoredCandidate, StoreError
 from evaluator.untrusted import TEXT_CHARS, quoted
 from evaluator.status import Status
 
 if TYPE_CHECKING:
-    from evaluator.evaluation.evaluate import Evaluator
+    from rich.console import RenderableType
+
+    from evaluator.evaluation.backend import CandidateEvaluator
 
 NAME = "evaluate"
-HELP = "Run candidate programs in isolated workers, validate every output and score them."
+HELP = ("Run candidate programs (files, or stored candidates by id, whose results are kept with them) in isolated "
+        "workers, validate every output and score them.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("programs", nargs="+", metavar="PROGRAM", type=Path, help="candidate program files")
+    parser.add_argument("programs", nargs="+", metavar="PROGRAM",
+                        help="a program file, or a stored candidate's id (or a unique prefix of at least 4 "
+                             "characters), whose result is kept with it; a file of that name wins")
     parser.add_argument("--json", action="store_true", help="print one JSON object per program instead of text")
+    add_store_argument(parser)
+    add_force_argument(parser)
     add_evaluation_arguments(parser)
 
 
@@ -53,6 +76,7 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser, held_out_by_defaul
     parser.add_argument("--retime-seed", action="store_true",
                         help="measure the seed's reference (its ratio to the yardstick) again instead of using the cached "
                              "one for this device and software")
+    add_backend_arguments(parser)
     add_workload_arguments(parser, held_out_by_default)
 
 
@@ -82,14 +106,18 @@ def settings_from(args: argparse.Namespace, problem: Problem) -> Settings:
     return Settings(problem=problem, timeout_s=args.timeout, limits=limits)
 
 
-def open_evaluator(args: argparse.Namespace, problem: Problem, trace: Trace, programs: int = 1) -> Evaluator:
-    """An Evaluator of `trace`, configured from the command's options, for `programs` evaluations (for one, no
-    spare starts beside the candidate being timed)."""
+def open_evaluator(args: argparse.Namespace, problem: Problem, trace: Trace, programs: int = 1,
+                   announce: Callable[[str], AbstractContextManager[object]] | None = None) -> CandidateEvaluator:
+    """An evaluator of `trace`, configured from the command's options (on a Ray cluster with `--backend ray`), for
+    `programs` evaluations (for one, no spare starts beside the candidate being timed); `announce` as for
+    `Evaluator`."""
+    if on_cluster(args):
+        return open_cluster(args, trace, settings_from(args, problem), announce=announce)
     from evaluator.evaluation.evaluate import Evaluator  # imports torch: not at the top, which --help runs
     try:
         return Evaluator(trace, settings_from(args, problem), device=args.device,
                          gpus=args.gpu_ids, seed_references=ReferenceCache(default_cache_path()),
-                         retime_seed=args.retime_seed, replenish=programs > 1)
+                         retime_seed=args.retime_seed, replenish=programs > 1, announce=announce)
     except ValueError as error:
         raise _device_error(args, error) from None
 
@@ -118,27 +146,83 @@ def _gpu_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected GPU indices separated by commas, e.g. 0,1; got {text!r}") from None
 
 
+@dataclass(frozen=True)
+class _Program:
+    path: Path
+    label: str  # as reports name it
+    stored: StoredCandidate | None  # whose results it is kept with
+
+
 def run(args: argparse.Namespace) -> int:
-    folders = [str(path) for path in args.programs if path.is_dir()]
+    programs = _programs(args.programs, args.store)
+    problem, trace = evaluation_inputs(args)
+    workload = workload_summary(trace, problem)
+    here = measured_here(args) if may_reuse(args) and any(program.stored for program in programs) else None
+    results: dict[int, Result] = {}
+    total = len(programs)
+    with Activity(f"evaluating {total} programs" if total > 1 else f"evaluating {programs[0].label}",
+                  total if total > 1 else None) as activity:
+        for number, program in enumerate(programs):
+            reused = None if here is None or program.stored is None else stored_result(program.stored, workload, here)
+            if reused is not None:
+                results[number] = _finish(program, reused, True, args, activity, total)
+        pending = [number for number in range(total) if number not in results]
+        if pending:
+            with open_evaluator(args, problem, trace, programs=len(pending), announce=activity.doing) as evaluator:
+                # One more thread than devices: a candidate is launched and scored while others are timed.
+                with ThreadPoolExecutor(evaluator.lane_count + 1 if len(pending) > 1 else 1) as threads:
+                    futures = {threads.submit(evaluator.evaluate, programs[number].path): number for number in pending}
+                    for done, future in enumerate(as_completed(futures)):
+                        number = futures[future]
+                        note_cpu_fallback(future.result(), args.device, first=done == 0)
+                        results[number] = _finish(programs[number], future.result(), False, args, activity, total)
+    if total > 1 and not args.json:
+        show("", _summary([(program.label, results[number]) for number, program in enumerate(programs)]))
+    return max(exit_code_of(result) for result in results.values())
+
+
+def _programs(specs: list[str], store_root: Path) -> list[_Program]:
+    """Each spec as a program file if there is one, else as a stored candidate; a CommandError naming every spec that
+    is neither."""
+    programs, folders, unknown = [], [], []
+    for spec in specs:
+        path = Path(spec)
+        if path_is(path, Path.is_dir):
+            folders.append(spec)
+        elif path_is(path, Path.is_file):
+            programs.append(_Program(path, str(path), None))
+        else:
+            try:
+                stored = CandidateStore(store_root).get(spec)
+            except StoreError as error:
+                unknown.append(f"{spec}: no such program file, and {error}")
+                continue
+            programs.append(_Program(stored.program_path, f"candidate {stored.id}", stored))
     if folders:
         raise CommandError(f"a folder, not a program file: {', '.join(folders)}")
-    missing = [str(path) for path in args.programs if not path.is_file()]
-    if missing:
-        raise CommandError(f"no such program file: {', '.join(missing)}")
-    exit_code = ExitCode.OK
-    total = len(args.programs)
-    with open_evaluator(args, *evaluation_inputs(args), programs=total) as evaluator:
-        # One more thread than devices: a candidate is launched and scored while others are timed.
-        with ThreadPoolExecutor(len(evaluator.lanes.lanes) + 1 if total > 1 else 1) as threads:
-            pending = {threads.submit(evaluator.evaluate, program): program for program in args.programs}
-            for done, future in enumerate(as_completed(pending), start=1):
-                result = future.result()
-                if total > 1:
-                    print(f"[{done}/{total}] {pending[future]}: {result.status}", file=sys.stderr, flush=True)
-                note_cpu_fallback(result, args.device, first=done == 1)
-                report(result, str(pending[future]), args.json)
-                exit_code = max(exit_code, exit_code_of(result))
-    return exit_code
+    if unknown:
+        raise CommandError("; ".join(unknown))
+    return programs
+
+
+def _finish(program: _Program, result: Result, reused: bool, args: argparse.Namespace, activity: Activity,
+            total: int) -> Result:
+    """Keep a new result with its stored candidate, and report it."""
+    if program.stored is not None and not reused:
+        program.stored.add_result(result.to_json())
+    if total > 1:
+        activity.done(f"{program.label}: {result.status}" + (" (reused)" if reused else ""))
+    about = {} if program.stored is None else {"candidate": program.stored.id, "reused": reused}
+    report(result, str(program.path) if args.json else program.label, args.json, about)
+    if reused and not args.json:
+        print(f"  {REUSED}")
+    return result
+
+
+def _summary(results: list[tuple[str, Result]]) -> RenderableType:
+    """One row per program: its status and scores."""
+    rows = [[label, *scores_of(result.to_json()).cells()] for label, result in results]
+    return table(["program", *SCORE_HEADERS], rows, right=SCORE_COLUMNS)
 
 
 def exit_code_of(result: Result) -> ExitCode:
@@ -155,10 +239,11 @@ def note_cpu_fallback(result: Result, device: str, first: bool) -> None:
               "stay comparable, but GPU-only tricks show no gain here", file=sys.stderr)
 
 
-def report(result: Result, label: str, as_json: bool) -> None:
-    """Print one result: a JSON object, or a short text for people."""
+def report(result: Result, label: str, as_json: bool, about: Mapping[str, Any] | None = None) -> None:
+    """Print one result: a JSON object (with the fields of `about` after the program's label), or a short text for
+    people."""
     if as_json:
-        print(json.dumps({"program": label, **result.to_json()}))
+        print(json.dumps({"program": label, **(about or {}), **result.to_json()}))
         return
     print(f"{label}: {result.status}")
     if not result.ok:
@@ -173,7 +258,8 @@ def report(result: Result, label: str, as_json: bool) -> None:
     print(f"  time per call  {result.time_ms:.3f} ms  (seed {result.seed_time_ms:.3f} ms at the same pace): "
           f"{result.speedup:.2f}x (95% interval {low:.2f} to {high:.2f}), speed_score {result.speed_score:.4f}")
     print(f"  combined_score {result.combined_score:.4f}")
-    print(f"  device         {result.device} ({result.card}), torch {result.software.get('torch')}")
+    node = f", node {result.node['host']} ({result.node['address']})" if result.node else ""
+    print(f"  device         {result.device} ({result.card}), torch {result.software.get('torch')}{node}")
     timing = result.timing
     if timing.get("claims_doubted"):
         print(f"  timing         {timing['claims_doubted']} of {timing['batches']} batches were timed at their round trip: "

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from evaluator.commands import CommandError, whole_number
+from evaluator.commands.cluster import on_cluster
 from evaluator.commands.evaluate import add_evaluation_arguments, evaluation_inputs, evaluation_parser, settings_from
 from evaluator.loops.setup import DEFAULT_API_BASE, NAMES, OUTPUTS, LoopSetup, setup_files, write_setup
 
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if occupied:
         raise CommandError(f"{folder} is not an empty folder: init writes a new set-up, and overwrites nothing")
     problem, _ = evaluation_inputs(args)  # a bad trace or shape is an error now, not in the loop's first job
+    on_cluster(args)  # and so are cluster options that do not go together
     setup = LoopSetup(framework=args.framework, options=tuple(evaluation_options(args)),
                       settings=settings_from(args, problem), held_out=args.holdout and args.workload is None,
                       model=args.model, api_base=args.api_base, iterations=args.iterations, parallel=args.parallel)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from evaluator.commands import CommandError
@@ -21,3 +22,11 @@ def read_bytes_argument(path: str, what: str) -> bytes:
         raise CommandError(f"{what} {describe(path)} is a directory, not a file") from None
     except OSError as error:
         raise CommandError(f"cannot read {what} {describe(path)}: {error.strerror}") from None
+
+
+def path_is(path: Path, kind: Callable[[Path], bool]) -> bool:
+    """`kind(path)` (`Path.is_file`, say), false for a path the system refuses to look up (a name too long)."""
+    try:
+        return kind(path)
+    except OSError:
+        return False

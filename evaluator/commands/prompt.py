@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import jinja2
 
 from evaluator.commands import CommandError, add_store_argument
+from evaluator.commands.inputs import path_is
 from evaluator.evaluation import Settings
 from evaluator.exitcodes import ExitCode
 from evaluator.prompt import FORMATS, Subject, render_prompt, render_task, stored_subject
@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.task == (args.program is not None):
         raise CommandError("give either a candidate's id or a program file, or --task alone")
-    if args.templates is not None and not _is(args.templates, Path.is_dir):
+    if args.templates is not None and not path_is(args.templates, Path.is_dir):
         raise CommandError(f"--templates {args.templates}: not a folder")
     settings = Settings()
     try:
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 def _subject(spec: str, store_root: Path) -> Subject:
     """A stored candidate (by id or prefix), else a program file."""
     path = Path(spec)
-    if _is(path, Path.is_file):
+    if path_is(path, Path.is_file):
         try:
             return Subject(str(path), path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError) as error:
@@ -70,11 +70,3 @@ def _subject(spec: str, store_root: Path) -> Subject:
         return stored_subject(store, store.get(spec))
     except StoreError as error:
         raise CommandError(f"{spec!r} is neither a program file nor a stored candidate: {error}") from None
-
-
-def _is(path: Path, kind: Callable[[Path], bool]) -> bool:
-    """`kind(path)`, false for a path the system refuses to look up (a name too long, say)."""
-    try:
-        return kind(path)
-    except OSError:
-        return False

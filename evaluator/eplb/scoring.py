@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from numbers import Real
 
 import numpy as np
@@ -22,6 +22,16 @@ from evaluator.eplb.problem import Problem
 
 # Each tenfold speedup over the seed adds this much; 10,000x (about the physical floor) scores 1.
 SPEED_SCORE_PER_DECADE = 0.25
+
+
+@dataclass(frozen=True)
+class GpuLoads:
+    """How one plan loads the GPUs on one window: per GPU summed over layers; per layer the busiest GPU's load and
+    the mean GPU load, whose sums' ratio is the plan's balancedness there."""
+
+    per_gpu: tuple[float, ...]
+    layer_max: tuple[float, ...]
+    layer_mean: tuple[float, ...]
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,7 @@ class BalancednessReport:
     slot_per_window: tuple[float, ...]
     reference_score: float | None = None
     reference_per_window: tuple[float, ...] | None = None
+    gpu_loads: GpuLoads | None = None  # how the plan loads each GPU on the next window, where asked for
 
 
 def gpu_balancedness(
@@ -101,9 +112,20 @@ def window_loads(windows: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(windows, dtype=np.float64))
 
 
-def next_window_report(plan: Plan, loads: torch.Tensor, window: int, problem: Problem) -> BalancednessReport:
-    """How `plan`, made on window `window` of `loads` ([W, L, E]) or on an input near it, balances the window after."""
-    return balancedness_scores([plan], loads[window:window + 2], problem)
+def next_window_report(plan: Plan, loads: torch.Tensor, window: int, problem: Problem,
+                       with_gpu_loads: bool = False) -> BalancednessReport:
+    """How `plan`, made on window `window` of `loads` ([W, L, E]) or on an input near it, balances the window after;
+    `with_gpu_loads`, with the load it puts on each GPU there."""
+    report = balancedness_scores([plan], loads[window:window + 2], problem)
+    return replace(report, gpu_loads=gpu_loads(plan, loads[window + 1], problem)) if with_gpu_loads else report
+
+
+def gpu_loads(plan: Plan, loads: torch.Tensor, problem: Problem) -> GpuLoads:
+    """The load `plan` puts on each GPU of each layer under one window's `loads` ([L, E]), summed up as `GpuLoads`."""
+    slots = _slot_loads(plan.phy2log[None], plan.logcnt[None], loads.to(plan.phy2log.device)[None], problem)[0]
+    per_layer = slots.view(problem.num_layers, problem.num_gpus, problem.slots_per_gpu).sum(-1).cpu()
+    return GpuLoads(tuple(per_layer.sum(0).tolist()), tuple(per_layer.amax(-1).tolist()),
+                    tuple(per_layer.mean(-1).tolist()))
 
 
 def combined_reports(reports: Sequence[BalancednessReport]) -> BalancednessReport:

@@ -7,6 +7,7 @@ only ever sees the windows it plans on.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -16,7 +17,7 @@ import threading
 import time
 import traceback
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from evaluator.eplb.invariants import Violation
 from evaluator.eplb.plan import Plan
 from evaluator.eplb.scoring import (
     BalancednessReport,
+    GpuLoads,
     balancedness_scores,
     combined_reports,
     combined_score,
@@ -77,6 +79,9 @@ _HARNESS_BATCHES = (1, 1, 8, 8)
 # a result keeps at most this many characters of each (their ends, where a traceback's message is): what one
 # evaluation can carry out is bounded (docs/traces.md says how far that goes).
 HOLDOUT_TEXT_CHARS = {"error": 1000, "stdout": 250, "stderr": 250}
+# A result keeps how the plan made on this window loads each GPU on the next (`Result.gpu_load`): what a report draws.
+GPU_LOAD_WINDOW = 0
+GPU_LOAD_DIGITS = 6  # significant digits kept of each load, so that a result file stays small
 
 
 class Evaluator:
@@ -92,12 +97,17 @@ class Evaluator:
     `replenish` False, as for a single evaluation, those are all that start ahead of need, so that no spare
     starts beside the candidate being timed. Where the machine has a core for each device and three more, this
     process's threads move off the devices' cores for as long as the evaluator is open.
+
+    `announce(what)` is entered around the one step that takes long once, the seed's timing on a device, so that a
+    command can show it as progress.
     """
 
     def __init__(self, trace: Trace, settings: Settings | None = None, *, device: str = "auto", spares: int = 2,
                  gpus: Sequence[int] | None = None, seed_references: ReferenceCache | None = None,
-                 retime_seed: bool = False, replenish: bool = True) -> None:
+                 retime_seed: bool = False, replenish: bool = True,
+                 announce: Callable[[str], contextlib.AbstractContextManager[object]] | None = None) -> None:
         self.settings = settings or Settings()
+        self._announce = announce or (lambda _: contextlib.nullcontext())
         check_matches(trace, self.settings.problem)
         torch.set_num_threads(min(EVALUATOR_THREADS, torch.get_num_threads()))
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
@@ -123,6 +133,11 @@ class Evaluator:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    @property
+    def lane_count(self) -> int:
+        """How many candidates it times at once: one per lane."""
+        return len(self.lanes.lanes)
 
     def close(self) -> None:
         self._runner.close()
@@ -188,7 +203,8 @@ class Evaluator:
                       stdout=failed.stdout, stderr=failed.stderr, **where)
 
     def _score_on_next_window(self, plan: Plan, window: int) -> BalancednessReport:
-        return next_window_report(plan, self._loads, window, self.settings.problem)
+        with_gpu_loads = window == GPU_LOAD_WINDOW and self.trace.source != "holdout"
+        return next_window_report(plan, self._loads, window, self.settings.problem, with_gpu_loads)
 
     def _reference_on(self, lane: Lane) -> SeedReference:
         """The seed's reference for the device and software of `lane` (held by the caller): from the cache, else
@@ -204,7 +220,9 @@ class Evaluator:
             if cached is not None:
                 return cached
             try:
-                reference = self._measure_reference(lane)
+                with self._announce(f"timing the seed on {info.device} ({info.card}), once for this device and "
+                                    "software"):
+                    reference = self._measure_reference(lane)
             except RunFailed as failed:
                 raise RunFailed(Status.INFRA_ERROR, f"measuring the seed's reference failed ({failed.status}): "
                                                f"{failed.error}") from None
@@ -261,6 +279,7 @@ class Evaluator:
             reference_balancedness=self._seed_report.reference_score,
             seed_balancedness=self._seed_report.balancedness_score,
             gpus_with_duplicate_expert=run.duplicate_gpus,
+            gpu_load=_gpu_load(run.scored[GPU_LOAD_WINDOW].gpu_loads),
             timing={**timing.to_json(), "seed": reference.to_json(), "yardstick_ms": run.yardstick_ms,
                     "speedup_precision": relative, "variant_calls": len(run.variants),
                     "rechecked_calls": run.rechecked},
@@ -299,6 +318,15 @@ def _own_fault(error: Exception) -> RunFailed:
     where = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
     place = f" at {Path(where.filename).name}:{where.lineno}" if where else ""
     return RunFailed(Status.INFRA_ERROR, f"the evaluator failed: {type(error).__name__}: {error}{place}")
+
+
+def _gpu_load(loads: GpuLoads | None) -> dict[str, object] | None:
+    """`Result.gpu_load`: which windows, and the loads rounded to `GPU_LOAD_DIGITS` significant digits."""
+    if loads is None:
+        return None
+    rounded = {name: [float(f"{value:.{GPU_LOAD_DIGITS}g}") for value in values]
+               for name, values in asdict(loads).items()}
+    return {"planned_on": GPU_LOAD_WINDOW, "window": GPU_LOAD_WINDOW + 1, **rounded}
 
 
 def _remove_if_owner(folder: Path, owner_pid: int) -> None:

@@ -33,9 +33,16 @@ class Result:
     reference_balancedness: float | None = None  # the seed planned on the future window itself
     seed_balancedness: float | None = None  # the seed planned as the candidate is: on the past window
     gpus_with_duplicate_expert: float | None = None  # per plan, (layer, GPU) pairs holding an expert twice
+    # how the plan made on the trace's first window loads the GPUs on the second: each GPU's load summed over layers,
+    # each layer's busiest GPU's load and mean GPU load (None on a held-out trace, whose loads stay secret)
+    gpu_load: dict[str, Any] | None = None
     timing: dict[str, Any] = field(default_factory=dict)
     device: str | None = None
     card: str | None = None
+    # the Ray node it was measured on (`host`, `address`, `id`); None: the local backend's, this machine
+    node: dict[str, Any] | None = None
+    # the earlier attempts the evaluator lost (their node died), each an infra_error naming its node
+    attempts: list[dict[str, Any]] = field(default_factory=list)
     software: dict[str, Any] = field(default_factory=dict)
     sandbox: dict[str, Any] = field(default_factory=dict)  # what the candidate's process was confined to
     workload: dict[str, Any] = field(default_factory=dict)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from evaluator import api
 from evaluator.commands import CommandError
+from evaluator.commands.cluster import on_cluster
 from evaluator.commands.evaluate import evaluation_inputs, evaluation_parser, settings_from
 
 _lock = threading.Lock()
@@ -25,7 +26,9 @@ def configure_from_options(options: Sequence[str]) -> None:
         try:
             args = evaluation_parser().parse_args(list(options))
             problem, trace = evaluation_inputs(args)
+            backend = "ray" if on_cluster(args) else "local"
         except (ValueError, CommandError) as error:
             raise ValueError(f"invalid evaluation options {list(options)}: {error}") from None
-        api.configure(trace=trace, settings=settings_from(args, problem), device=args.device)
+        api.configure(trace=trace, settings=settings_from(args, problem), device=args.device, backend=backend,
+                      address=args.address)
         _done[:] = [tuple(options)]
