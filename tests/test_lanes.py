@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -140,6 +141,72 @@ while time.monotonic() < end:
         greedy.wait()
 
 
+def settled_in_background(lanes: Lanes, lane) -> threading.Thread:
+    settling = threading.Thread(target=lanes.settle, args=(lane,), daemon=True)
+    settling.start()
+    return settling
+
+
+def test_a_lane_whose_processes_are_exiting_goes_to_the_next_thread_which_settles_once_they_are_gone(lanes):
+    gone = threading.Event()
+    holding = lanes.take()
+    holding.release(wait_gone=gone.wait)
+    following = lanes.take(give_up_at=time.monotonic() + 1)  # at once, the lock handed over
+    assert held_elsewhere(following.lane.lock_address)
+    settling = settled_in_background(lanes, following.lane)
+    settling.join(0.2)
+    assert settling.is_alive()  # nothing may be timed yet
+    gone.set()
+    settling.join(5)
+    assert not settling.is_alive()
+    following.release()
+    assert not held_elsewhere(following.lane.lock_address)
+
+
+def test_a_lane_nobody_takes_is_unlocked_for_other_processes_once_its_processes_are_gone(lanes):
+    gone = threading.Event()
+    holding = lanes.take()
+    holding.release(wait_gone=gone.wait)
+    assert held_elsewhere(holding.lane.lock_address)
+    gone.set()
+    give_up = time.monotonic() + 5
+    while held_elsewhere(holding.lane.lock_address) and time.monotonic() < give_up:
+        time.sleep(0.01)
+    assert not held_elsewhere(holding.lane.lock_address)
+    following = lanes.take(give_up_at=time.monotonic() + 1)
+    lanes.settle(following.lane)  # returns at once: they are gone
+    following.release()
+
+
+def test_a_process_waiting_for_the_lane_gets_it_before_this_one_once_the_processes_are_gone(lanes, tmp_path):
+    holding = lanes.take()
+    waiting = subprocess.Popen([sys.executable, "-c", f"""
+from evaluator.evaluation.lanes import Lanes
+from evaluator.sandbox import Limits
+lanes = Lanes(Limits(), "cpu", 0, None, {str(tmp_path)!r})
+print("waiting", flush=True)
+holding = lanes.take()
+print("took it", flush=True)
+input()
+holding.release()
+"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert waiting.stdout.readline().strip() == "waiting"
+        time.sleep(0.5)  # connected to the lock by now
+        gone = threading.Event()
+        holding.release(wait_gone=gone.wait)
+        with pytest.raises(SandboxFailure):  # not handed to this process while another waits
+            lanes.take(give_up_at=time.monotonic() + 0.3)
+        gone.set()
+        assert waiting.stdout.readline().strip() == "took it"
+        waiting.stdin.write("\n")
+        waiting.stdin.flush()
+        lanes.take(give_up_at=time.monotonic() + 10).release()
+    finally:
+        waiting.kill()
+        waiting.wait()
+
+
 def test_waiting_for_a_lane_held_in_this_process_gives_up_at_the_deadline(lanes):
     holding = lanes.take()
     started = time.monotonic()
@@ -166,7 +233,7 @@ def test_a_forked_child_dropping_its_copy_of_an_evaluator_leaves_the_parents_wor
     assert result.status == "ok", result.error
 
 
-def test_the_lane_is_free_again_only_once_every_process_of_a_candidate_is_gone(tmp_path):
+def test_the_lane_settles_only_once_every_process_of_the_last_candidate_is_gone(tmp_path):
     pids = tmp_path / "pids"
     program = tmp_path / "program.py"
     # memory of its own, which takes the system a while to take back when the process is killed
@@ -178,6 +245,7 @@ def test_the_lane_is_free_again_only_once_every_process_of_a_candidate_is_gone(t
         assert evaluator.evaluate(SEED_PROGRAM).status == "ok"  # the seed's timing, on this lane, comes first
         assert evaluator.evaluate(program).status == "ok"
         holding = evaluator.lanes.take()
+        evaluator.lanes.settle(holding.lane)
         started = {int(pid) for pid in pids.read_text().split()}
         assert len(started) == 2  # the candidate's process and its recheck's
         assert not any(Path(f"/proc/{pid}").exists() for pid in started)

@@ -8,7 +8,9 @@ evaluator's pace. With too few cores, candidates run where the evaluator does, a
 timed. The lock is held from a candidate's
 launch until its last process has exited, in this process (a thread lock) and across processes, so that
 evaluators in several processes on one machine, as loops that evaluate in process pools run them, never time
-two candidates on one device at once.
+two candidates on one device at once. Within a process, a lane whose holder's processes were killed but have not
+exited yet (a CUDA context's teardown takes about 0.1 s) may go to the next candidate at once: it launches and warms
+up meanwhile, and `Lanes.settle` waits for the exits before anything on the lane is timed.
 
 The lock across processes is a listening Unix socket bound to an abstract address (Linux): the kernel lets
 one socket hold an address at a time and frees it when its holder closes it or dies. Unlike a lock file,
@@ -71,22 +73,36 @@ class Lane:
         return self.cpus is not None
 
 
+_GiveBack = Callable[[Lane, "socket.socket | None", bool, "Callable[[], object] | None"], None]
+
+
 class Holding:
     """A lane lent by `Lanes.take`; `release` gives it back, once, from any thread."""
 
-    def __init__(self, lane: Lane, lock: socket.socket, give_back: Callable[[Lane, bool], None]) -> None:
+    def __init__(self, lane: Lane, lock: socket.socket, give_back: _GiveBack) -> None:
         self.lane = lane
         self._lock = lock
         self._give_back = give_back
         self._released = threading.Lock()
 
-    def release(self) -> None:
+    def release(self, wait_gone: Callable[[], object] | None = None) -> None:
+        """Give the lane back. `wait_gone`: returns once the processes this holder ran on the lane have exited, whose
+        exits the lane's next holder in this process waits for (`Lanes.settle`) before it times anything; other
+        processes get the lane only after them."""
         if not self._released.acquire(blocking=False):
             return
         # Connections queued on the lock are processes waiting for it (none in a forked child, which closed it).
         others_wait = self._lock.fileno() >= 0 and bool(select.select([self._lock], [], [], 0)[0])
-        _close(self._lock)
-        self._give_back(self.lane, others_wait)
+        self._give_back(self.lane, self._lock, others_wait, wait_gone)
+
+
+@dataclass
+class _Exits:
+    """The processes a lane's last holder killed, exiting: `gone` is set once they have, `lock` is the lane's lock
+    while no other holder has taken it over."""
+
+    gone: threading.Event
+    lock: socket.socket | None
 
 
 class Lanes:
@@ -113,26 +129,42 @@ class Lanes:
         self._free = list(self.lanes)
         self._condition = threading.Condition()
         self._courtesy_until: dict[str, float] = {}  # lane name -> when this process may take it again
+        self._exits: dict[str, _Exits] = {}  # lane name -> the processes its last holder killed
 
     def take(self, name: str | None = None, give_up_at: float | None = None) -> Holding:
         """A lane no other thread or process uses until the holding is released: the one called `name`, else
         the longest free (candidates spread over every device). Waits for it to be free, until the monotonic
-        time `give_up_at` if given. Raises `SandboxFailure` (infra_error) when it gives up or cannot lock."""
+        time `give_up_at` if given. Raises `SandboxFailure` (infra_error) when it gives up or cannot lock.
+        Call `settle` before timing anything on it."""
         with self._condition:
             while not (lane := self._first_free(name)):
                 if not self._condition.wait(_until(give_up_at)) and _past(give_up_at):
                     raise _gave_up(name or "any device")
             self._free.remove(lane)
             courtesy = self._courtesy_until.pop(lane.name, 0.0)
+            exits = self._exits.get(lane.name)
+            handed_over = exits.lock if exits else None
+            if exits:
+                exits.lock = None
+        if handed_over is not None:  # still locked: its last holder's processes are exiting
+            return Holding(lane, handed_over, self._give_back)
         try:
             _sleep_until(courtesy, give_up_at)
             return Holding(lane, _lock(lane, give_up_at), self._give_back)
         except BaseException as error:
-            self._give_back(lane, False)
+            self._give_back(lane, None, False, None)
             if isinstance(error, OSError):
                 raise SandboxFailure(Failure(Status.INFRA_ERROR,
                                              f"cannot lock device {lane.name}: {error}")) from None
             raise
+
+    def settle(self, lane: Lane) -> None:
+        """Wait until the processes that the last holder of `lane` (held by the caller) killed have exited: their
+        teardown would slow what is timed beside it."""
+        with self._condition:
+            exits = self._exits.get(lane.name)
+        if exits is not None:
+            exits.gone.wait()
 
     def wait_for_spares(self) -> bool:
         """Wait until every lane's spare workers are ready; True if they are."""
@@ -141,6 +173,12 @@ class Lanes:
     def close(self) -> None:
         for lane in self.lanes:
             lane.pool.close()
+        with self._condition:
+            handed_over = [exits.lock for exits in self._exits.values() if exits.lock is not None]
+            for exits in self._exits.values():
+                exits.lock = None
+        for lock in handed_over:
+            _close(lock)
         if self._pinned:
             self._pinned = False
             _unpin_this_process()
@@ -148,7 +186,44 @@ class Lanes:
     def _first_free(self, name: str | None) -> Lane | None:
         return next((lane for lane in self._free if name is None or lane.name == name), None)
 
-    def _give_back(self, lane: Lane, others_wait: bool) -> None:
+    def _give_back(self, lane: Lane, lock: socket.socket | None, others_wait: bool,
+                   wait_gone: Callable[[], object] | None) -> None:
+        """Free `lane`, locked by `lock` (None: never locked). With processes exiting (`wait_gone`), it goes to a thread
+        of this process at once, its lock handed over, unless other processes wait for it: then it is freed, for them
+        first, once the processes are gone."""
+        if lock is None or wait_gone is None or lock.fileno() < 0:  # < 0: closed in a forked child
+            if lock is not None:
+                _close(lock)
+            self._free_lane(lane, others_wait)
+            return
+        exits = _Exits(threading.Event(), None if others_wait else lock)
+        with self._condition:
+            self._exits[lane.name] = exits
+            if not others_wait:
+                self._free.append(lane)
+                self._condition.notify_all()
+        try:
+            threading.Thread(target=self._after_exits, args=(lane, lock, exits, wait_gone, others_wait),
+                             name="lane-release", daemon=True).start()
+        except RuntimeError:  # no thread to spare: wait here
+            self._after_exits(lane, lock, exits, wait_gone, others_wait)
+
+    def _after_exits(self, lane: Lane, lock: socket.socket, exits: _Exits, wait_gone: Callable[[], object],
+                     others_wait: bool) -> None:
+        """Once the processes are gone: unlock the lane, unless a thread of this process took it over meanwhile."""
+        try:
+            wait_gone()
+        finally:
+            exits.gone.set()
+            with self._condition:
+                taken_over = not others_wait and exits.lock is not lock
+                exits.lock = None
+            if not taken_over:
+                _close(lock)
+            if others_wait:
+                self._free_lane(lane, others_wait)
+
+    def _free_lane(self, lane: Lane, others_wait: bool) -> None:
         with self._condition:
             if others_wait:
                 self._courtesy_until[lane.name] = time.monotonic() + _COURTESY_S

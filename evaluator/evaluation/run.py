@@ -132,13 +132,6 @@ class _Processes:
         for worker in self._workers:
             worker.wait_gone(max(0.0, deadline - time.monotonic()))
 
-    def release_when_gone(self, holding: Holding) -> None:
-        """Release the lane once every process has exited, or after `_REAP_WAIT_S` in all."""
-        try:
-            self.wait_gone()
-        finally:
-            holding.release()
-
 
 class Runner:
     """Runs candidates on `lanes` as `settings` say, on `inputs` (the trace's windows). Thread-safe.
@@ -258,6 +251,7 @@ class Runner:
         timed = []
         with self._trusted_process(lane, program, deadline, timeout_s) as worker:
             worker.batch([batches[0][0]], args, _remaining(deadline, timeout_s))
+            self.lanes.settle(lane)
             for weights in batches:
                 result = worker.batch(weights, args, _remaining(deadline, timeout_s))
                 for call in result.calls:
@@ -278,7 +272,8 @@ class Runner:
     def _pace(self, lane: Lane, candidate: Worker) -> float:
         """The yardstick's time per call on `lane` now, with the candidate's processes stopped while it runs: a round
         of the yardstick (`_yardstick_ms`) in the lane's yardstick worker (started, from the lane's spares, the first
-        time)."""
+        time). The first round comes before any timed batch: it waits for the exits of the lane's last processes."""
+        self.lanes.settle(lane)
         candidate.pause()
         try:
             return self._yardstick_ms(self._yardstick_on(lane), REFERENCE_TIMEOUT_S)
@@ -568,16 +563,12 @@ def _output_bytes(result: CallResult) -> int:
 
 
 def _release_when_gone(processes: _Processes, holding: Holding) -> None:
-    """Kill the processes now; release the lane on a background thread once they are gone, or here (waiting)
-    if no thread can start. The lane is released even if killing them failed, once they are gone."""
+    """Kill the processes now and give the lane back: the next candidate may launch on it while they exit, and waits
+    for their exits before it is timed. The lane is released even if killing them failed."""
     try:
         processes.end()
     finally:
-        try:
-            threading.Thread(target=processes.release_when_gone, args=(holding,), name="lane-release",
-                             daemon=True).start()
-        except RuntimeError:
-            processes.release_when_gone(holding)
+        holding.release(processes.wait_gone)
 
 
 @dataclass
