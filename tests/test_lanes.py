@@ -119,6 +119,35 @@ time.sleep(60)
     lanes.take(give_up_at=time.monotonic() + 5).release()  # the kernel let go of the dead holder's lock
 
 
+def test_a_lane_another_process_holds_is_passed_over_for_a_free_one(tmp_path, monkeypatch):
+    """Evaluators in several processes on a machine of several GPUs spread over them rather than queue on one."""
+    monkeypatch.setattr("evaluator.evaluation.lanes._devices",
+                        lambda device, gpus: [(name, "cpu", "a CPU", {}) for name in ("first", "second")])
+    two = Lanes(Limits(), "cpu", 0, None, str(tmp_path))
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import socket, time
+lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+lock.bind({two.lanes[0].lock_address!r})
+lock.listen(8)
+print("holding", flush=True)
+time.sleep(60)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        holding = two.take(give_up_at=time.monotonic() + 5)
+        assert holding.lane.name == "second"
+        with pytest.raises(SandboxFailure):  # the other is held elsewhere, this one here
+            two.take(give_up_at=time.monotonic() + 0.3)
+        holder.kill()
+        holder.wait()
+        assert two.take(give_up_at=time.monotonic() + 5).lane.name == "first"  # freed by the kernel: taken
+        holding.release()
+    finally:
+        holder.kill()
+        holder.wait()
+        two.close()
+
+
 def test_a_process_that_takes_the_lane_again_and_again_lets_a_waiting_one_have_it(lanes, tmp_path):
     greedy = subprocess.Popen([sys.executable, "-c", f"""
 import time

@@ -48,6 +48,8 @@ _BACKLOG = 128  # processes that may wait on one lane at once
 _RETRY_S = 0.005  # before looking again at an address bound by a socket that does not listen (yet)
 # After releasing a lane that other processes wait for, this process lets them have it first for so long.
 _COURTESY_S = 0.05
+# While other processes hold every lane free in this one, it waits for one and looks at the others this often.
+_LOOK_AGAIN_S = 0.1
 MACHINE_SCOPE = "machine"  # the lock scope every evaluator shares unless given another
 # The evaluator keeps at least this many cores of its own beside the lanes', or the lanes get none: on a machine of
 # two CPUs (seen: one busy slowed the other by 40%, however the kernel showed them), the candidate gets them all and
@@ -132,14 +134,30 @@ class Lanes:
         self._exits: dict[str, _Exits] = {}  # lane name -> the processes its last holder killed
 
     def take(self, name: str | None = None, give_up_at: float | None = None) -> Holding:
-        """A lane no other thread or process uses until the holding is released: the one called `name`, else
-        the longest free (candidates spread over every device). Waits for it to be free, until the monotonic
-        time `give_up_at` if given. Raises `SandboxFailure` (infra_error) when it gives up or cannot lock.
+        """A lane no other thread or process uses until the holding is released: the one called `name`, else the
+        longest free whose lock no other process holds (candidates spread over every device). Waits for one, until the
+        monotonic time `give_up_at` if given. Raises `SandboxFailure` (infra_error) when it gives up or cannot lock.
         Call `settle` before timing anything on it."""
+        while True:
+            with self._condition:
+                while not self._first_free(name):
+                    if not self._condition.wait(_until(give_up_at)) and _past(give_up_at):
+                        raise _gave_up(name or "any device")
+                free = [lane for lane in self._free if name is None or lane.name == name]
+            for lane in free:
+                holding = self._try_to_take(lane, give_up_at)
+                if holding is not None:
+                    return holding
+            # another process holds every lane free here: wait for the longest free, looking at the others now and then
+            if _past(give_up_at):
+                raise _gave_up(name or "any device")
+            _wait_for_release(free[0].lock_address, _sooner(give_up_at, time.monotonic() + _LOOK_AGAIN_S))
+
+    def _try_to_take(self, lane: Lane, give_up_at: float | None) -> Holding | None:
+        """`lane`, if it is still free here and no other process holds its lock; else None."""
         with self._condition:
-            while not (lane := self._first_free(name)):
-                if not self._condition.wait(_until(give_up_at)) and _past(give_up_at):
-                    raise _gave_up(name or "any device")
+            if lane not in self._free:
+                return None  # another thread took it
             self._free.remove(lane)
             courtesy = self._courtesy_until.pop(lane.name, 0.0)
             exits = self._exits.get(lane.name)
@@ -150,13 +168,17 @@ class Lanes:
             return Holding(lane, handed_over, self._give_back)
         try:
             _sleep_until(courtesy, give_up_at)
-            return Holding(lane, _lock(lane, give_up_at), self._give_back)
+            lock = _bind(lane.lock_address)
         except BaseException as error:
             self._give_back(lane, None, False, None)
             if isinstance(error, OSError):
                 raise SandboxFailure(Failure(Status.INFRA_ERROR,
                                              f"cannot lock device {lane.name}: {error}")) from None
             raise
+        if lock is None:
+            self._give_back(lane, None, False, None)
+            return None
+        return Holding(lane, lock, self._give_back)
 
     def settle(self, lane: Lane) -> None:
         """Wait until the processes that the last holder of `lane` (held by the caller) killed have exited: their
@@ -231,18 +253,6 @@ class Lanes:
             self._condition.notify_all()
 
 
-def _lock(lane: Lane, give_up_at: float | None) -> socket.socket:
-    """A listening socket holding the lane's address; waits while another process holds it. Raises OSError,
-    and `SandboxFailure` when it gives up."""
-    while True:
-        lock = _bind(lane.lock_address)
-        if lock is not None:
-            return lock
-        if _past(give_up_at):
-            raise _gave_up(lane.name)
-        _wait_for_release(lane.lock_address, give_up_at)
-
-
 def _bind(address: str) -> socket.socket | None:
     """A socket bound to `address` and listening, or None if another socket holds it."""
     with _held_locks_guard:
@@ -302,6 +312,10 @@ def _sleep_until(moment: float, give_up_at: float | None) -> None:
 
 def _until(give_up_at: float | None) -> float | None:
     return None if give_up_at is None else max(0.0, give_up_at - time.monotonic())
+
+
+def _sooner(give_up_at: float | None, moment: float) -> float:
+    return moment if give_up_at is None else min(give_up_at, moment)
 
 
 def _past(give_up_at: float | None) -> bool:
