@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"install.py: {why}: {' '.join(command)}", file=sys.stderr, flush=True)
         if not args.dry_run and subprocess.run(command, cwd=ROOT).returncode != 0:
             print(f"install.py: failed: {' '.join(command)}", file=sys.stderr)
+            if CPU_INDEX in command:
+                print(f"install.py: install a build of torch into {args.venv} another way (a mirror of PyPI, say), "
+                      "then run install.py again: it keeps the torch it finds", file=sys.stderr)
             return 1
     return 0
 
