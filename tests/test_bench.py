@@ -30,6 +30,8 @@ def test_the_pace_figures_are_read_off_the_rounds_they_report():
     assert abs(result["drift_cv"] - statistics.pstdev(firsts) / statistics.fmean(firsts)) < 1e-3
     assert result["first_call_cold_ms"] > 0 and result["first_call_warm_ms"] > 0
     assert result["round_trip_overhead_ms"] > 0 and result["python_loop_ms"] > 0
+    assert result["quiet_ms"] > 0 and result["teardown_ms"] > 0
+    assert result["beside_teardown_ms"] is None or result["beside_teardown_ms"] > 0
 
 
 def test_a_run_too_short_to_compare_rounds_is_refused():

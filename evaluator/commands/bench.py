@@ -204,6 +204,9 @@ def _run_pace(args: argparse.Namespace) -> int:
     print(f"round trip          {result.round_trip_overhead_ms:.3f} ms per call beyond the program's compute")
     print(f"first call          {result.first_call_cold_ms:.1f} ms in a cold worker, "
           f"{result.first_call_warm_ms:.1f} ms after the warm-up")
+    beside = "-" if result.beside_teardown_ms is None else f"{result.beside_teardown_ms:.3f} ms"
+    print(f"beside a teardown   {beside} per call while another worker's processes exit "
+          f"({result.teardown_ms:.0f} ms each), {result.quiet_ms:.3f} ms alone")
     return ExitCode.OK
 
 
