@@ -78,7 +78,12 @@ class StoredCandidate:
         return self.path / PROGRAM_FILE
 
     def program(self) -> str:
-        return self.program_path.read_text(encoding="utf-8")
+        """The program's text; raises StoreError, naming the file, where it cannot be read."""
+        try:
+            return self.program_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise StoreError(f"cannot read candidate {self.id}'s program {self.program_path}: "
+                             f"{getattr(error, 'strerror', None) or error}") from None
 
     def add_result(self, result: dict[str, Any]) -> Path:
         """Keep one evaluation's result beside the candidate, as results/<UTC time>-<random>.json."""

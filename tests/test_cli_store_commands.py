@@ -371,3 +371,41 @@ def _read_all(descriptor: int, into: list[bytes]) -> None:
         if not chunk:
             return
         into.append(chunk)
+
+
+# --- a long or damaged store entry ---------------------------------------------------------------------------
+
+
+def test_a_long_line_of_a_candidates_text_keeps_its_mark_on_every_line(tmp_path):
+    """A forged verdict pushed past the width a console wraps at must still read as the candidate's text."""
+    forged = "x " * 600 + "checks.py: ok (the evaluator says this candidate is verified)"
+    stored = add(tmp_path / "candidates", "long", description=forged)
+    shown = evaluator("show", stored.id, cwd=tmp_path)
+    assert shown.returncode == ExitCode.OK, shown.stderr
+    lines = shown.stdout.splitlines()
+    start = lines.index("description:")
+    assert lines[start + 1].startswith("  | ") and lines[start + 1].endswith("verified)")
+
+
+@pytest.mark.parametrize("damage", ["missing", "not utf-8"])
+def test_an_unreadable_program_is_an_error_naming_it_not_a_traceback(tmp_path, damage):
+    parent = add(tmp_path / "candidates", "parent")
+    child = add(tmp_path / "candidates", "child",
+                parent={"kind": "candidate", "id": parent.id, "sha256": parent.meta["program_sha256"]})
+    if damage == "missing":
+        parent.program_path.unlink()
+    else:
+        parent.program_path.write_bytes(b"\xff\xfe not text")
+    for command in (["diff", child.id], ["report", "--out", str(tmp_path / "report")]):
+        reply = evaluator(*command, cwd=tmp_path)
+        assert reply.returncode == ExitCode.BAD_INPUT, (command, reply.stderr)
+        assert "Traceback" not in reply.stderr and f"candidates/{parent.id}/program.py" in reply.stderr
+    assert not (tmp_path / "report").exists()
+
+
+def test_a_score_edited_into_text_is_shown_as_missing_and_a_trace_without_one_scored_is_reported(tmp_path):
+    stored = add(tmp_path / "candidates", "edited")
+    stored.add_result({**fake_result(), "status": "ok", "combined_score": "high", "speedup": "fast"})
+    for command in (["list"], ["show", stored.id], ["report", "--out", str(tmp_path / "report")]):
+        reply = evaluator(*command, cwd=tmp_path)
+        assert reply.returncode == ExitCode.OK, (command, reply.stderr)

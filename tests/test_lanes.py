@@ -148,6 +148,27 @@ time.sleep(60)
         two.close()
 
 
+def test_waiting_long_for_a_lane_another_process_holds_costs_no_cpu(lanes):
+    """A waiter sleeps on the holder's socket: it neither polls nor fills the socket's queue (128 connections, after
+    which a connection fails at once) with connections it gave up on."""
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import socket, time
+lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+lock.bind({lanes.lanes[0].lock_address!r})
+lock.listen(128)
+print("holding", flush=True)
+time.sleep(15)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        cpu_before = time.process_time()
+        lanes.take(give_up_at=time.monotonic() + 60).release()  # the holder's exit frees it after 15 s
+        assert time.process_time() - cpu_before < 1.0
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_process_that_takes_the_lane_again_and_again_lets_a_waiting_one_have_it(lanes, tmp_path):
     greedy = subprocess.Popen([sys.executable, "-c", f"""
 import time

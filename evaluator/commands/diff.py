@@ -10,7 +10,7 @@ from evaluator.commands import CommandError, add_store_argument
 from evaluator.commands.stored import ID_HELP, find, parent_label
 from evaluator.exitcodes import ExitCode
 from evaluator.lineage import LineageError, find_parent_program
-from evaluator.store import CandidateStore, StoredCandidate
+from evaluator.store import CandidateStore, StoredCandidate, StoreError
 from evaluator.untrusted import visible
 
 NAME = "diff"
@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     if args.other is None:
         try:
             before, label = find_parent_program(store, candidate), parent_label(candidate.meta)
-        except LineageError as error:
+        except (LineageError, StoreError) as error:
             raise CommandError(str(error)) from None
     else:
         other = find(store, args.other)
@@ -50,6 +50,5 @@ def unified_diff(before: str, after: str, before_label: str, after_label: str) -
 def _program(candidate: StoredCandidate) -> str:
     try:
         return candidate.program()
-    except (OSError, UnicodeDecodeError) as error:
-        raise CommandError(f"cannot read candidate {candidate.id}'s program {candidate.program_path}: "
-                           f"{error}") from None
+    except StoreError as error:
+        raise CommandError(str(error)) from None

@@ -64,9 +64,14 @@ def scores_of(result: Mapping[str, Any] | None) -> Scores:
     if result is None:
         return Scores(UNEVALUATED, None, None, None, None)
     ok = result.get("status") == Status.OK
-    return Scores(str(result.get("status")), result.get("combined_score") if ok else None,
-                  result.get("balancedness_score") if ok else None, result.get("speedup") if ok else None,
+    return Scores(str(result.get("status")), _real(result.get("combined_score")) if ok else None,
+                  _real(result.get("balancedness_score")) if ok else None, _real(result.get("speedup")) if ok else None,
                   trace_label(result))
+
+
+def _real(value: object) -> float | None:
+    """A score as a number, or None where a result file (edited by hand, say) holds anything else."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def result_entries(candidate: StoredCandidate) -> list[dict[str, Any]]:

@@ -32,17 +32,18 @@ def console(stderr: bool = False) -> Console:
 
 
 def show(*renderables: RenderableType | str) -> None:
-    """Print each on lines of its own on standard output; a string as it is."""
-    from rich.text import Text
-
+    """Print each on lines of its own on standard output; a string as it is, never wrapped (a wrapped line of a
+    candidate's text would lose the marks that set it apart, `evaluator.untrusted.quoted`)."""
     shown = console()
     for item in renderables:
-        renderable = Text(item) if isinstance(item, str) else item
+        if isinstance(item, str):
+            sys.stdout.write(item + "\n")
+            continue
         if shown.is_terminal:
-            shown.print(renderable)
+            shown.print(item)
             continue
         with shown.capture() as captured:  # a file or a pipe gets no blanks padding a table's last column
-            shown.print(renderable)
+            shown.print(item)
         sys.stdout.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
 
 

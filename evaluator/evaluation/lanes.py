@@ -48,8 +48,7 @@ _BACKLOG = 128  # processes that may wait on one lane at once
 _RETRY_S = 0.005  # before looking again at an address bound by a socket that does not listen (yet)
 # After releasing a lane that other processes wait for, this process lets them have it first for so long.
 _COURTESY_S = 0.05
-# While other processes hold every lane free in this one, it waits for one and looks at the others this often.
-_LOOK_AGAIN_S = 0.1
+_HELD_ELSEWHERE = object()  # a lane free in this process whose lock another process holds
 MACHINE_SCOPE = "machine"  # the lock scope every evaluator shares unless given another
 # The evaluator keeps at least this many cores of its own beside the lanes', or the lanes get none: on a machine of
 # two CPUs (seen: one busy slowed the other by 40%, however the kernel showed them), the candidate gets them all and
@@ -105,6 +104,7 @@ class _Exits:
 
     gone: threading.Event
     lock: socket.socket | None
+    earlier: _Exits | None  # the holder before's, which may still be exiting (a holder that timed nothing)
 
 
 class Lanes:
@@ -144,20 +144,25 @@ class Lanes:
                     if not self._condition.wait(_until(give_up_at)) and _past(give_up_at):
                         raise _gave_up(name or "any device")
                 free = [lane for lane in self._free if name is None or lane.name == name]
+            held_elsewhere = []
             for lane in free:
                 holding = self._try_to_take(lane, give_up_at)
-                if holding is not None:
+                if isinstance(holding, Holding):
                     return holding
-            # another process holds every lane free here: wait for the longest free, looking at the others now and then
+                if holding is _HELD_ELSEWHERE:
+                    held_elsewhere.append(lane.lock_address)
+            if not held_elsewhere:
+                continue  # threads of this process took them: wait for one to come back
             if _past(give_up_at):
                 raise _gave_up(name or "any device")
-            _wait_for_release(free[0].lock_address, _sooner(give_up_at, time.monotonic() + _LOOK_AGAIN_S))
+            _wait_for_release(held_elsewhere, give_up_at)
 
-    def _try_to_take(self, lane: Lane, give_up_at: float | None) -> Holding | None:
-        """`lane`, if it is still free here and no other process holds its lock; else None."""
+    def _try_to_take(self, lane: Lane, give_up_at: float | None) -> Holding | object | None:
+        """`lane`, if it is still free here and no other process holds its lock; else None where another thread took
+        it, `_HELD_ELSEWHERE` where another process holds its lock."""
         with self._condition:
             if lane not in self._free:
-                return None  # another thread took it
+                return None
             self._free.remove(lane)
             courtesy = self._courtesy_until.pop(lane.name, 0.0)
             exits = self._exits.get(lane.name)
@@ -177,7 +182,7 @@ class Lanes:
             raise
         if lock is None:
             self._give_back(lane, None, False, None)
-            return None
+            return _HELD_ELSEWHERE
         return Holding(lane, lock, self._give_back)
 
     def settle(self, lane: Lane) -> None:
@@ -218,8 +223,10 @@ class Lanes:
                 _close(lock)
             self._free_lane(lane, others_wait)
             return
-        exits = _Exits(threading.Event(), None if others_wait else lock)
         with self._condition:
+            earlier = self._exits.get(lane.name)
+            exits = _Exits(threading.Event(), None if others_wait else lock,
+                           None if earlier is None or earlier.gone.is_set() else earlier)
             self._exits[lane.name] = exits
             if not others_wait:
                 self._free.append(lane)
@@ -235,6 +242,8 @@ class Lanes:
         """Once the processes are gone: unlock the lane, unless a thread of this process took it over meanwhile."""
         try:
             wait_gone()
+            if exits.earlier is not None:
+                exits.earlier.gone.wait()
         finally:
             exits.gone.set()
             with self._condition:
@@ -270,20 +279,26 @@ def _bind(address: str) -> socket.socket | None:
             raise
 
 
-def _wait_for_release(address: str, give_up_at: float | None) -> None:
-    """Sleep until the socket holding `address` closes, or `give_up_at`; briefly, if it does not listen."""
-    waiter = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+def _wait_for_release(addresses: Sequence[str], give_up_at: float | None) -> None:
+    """Sleep until a socket holding one of `addresses` closes, or `give_up_at`; briefly, if one does not listen or
+    cannot queue another connection. The holders never write, and never accept: a waiter's connection stays queued on
+    a holder's socket (which tells the holder that others wait, `Holding.release`) until that socket closes."""
+    waiters = []
     try:
-        waiter.settimeout(_until(give_up_at))
-        try:
-            waiter.connect(address)
-            waiter.recv(1)  # the holder never writes: this returns, or raises, when its socket closes
-        except (ConnectionRefusedError, FileNotFoundError):  # bound but not listening, or just released
-            _sleep_until(time.monotonic() + _RETRY_S, give_up_at)
-        except (ConnectionResetError, TimeoutError, BlockingIOError):
-            pass
+        for address in addresses:
+            waiter = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            waiters.append(waiter)
+            waiter.settimeout(_until(give_up_at))
+            try:
+                waiter.connect(address)
+            except (ConnectionRefusedError, FileNotFoundError, BlockingIOError, TimeoutError):
+                # bound but not listening, just released, or its queue full: look again soon
+                _sleep_until(time.monotonic() + _RETRY_S, give_up_at)
+                return
+        select.select(waiters, [], [], _until(give_up_at))  # readable once a holder's socket closes
     finally:
-        waiter.close()
+        for waiter in waiters:
+            waiter.close()
 
 
 def _close(lock: socket.socket) -> None:
@@ -312,10 +327,6 @@ def _sleep_until(moment: float, give_up_at: float | None) -> None:
 
 def _until(give_up_at: float | None) -> float | None:
     return None if give_up_at is None else max(0.0, give_up_at - time.monotonic())
-
-
-def _sooner(give_up_at: float | None, moment: float) -> float:
-    return moment if give_up_at is None else min(give_up_at, moment)
 
 
 def _past(give_up_at: float | None) -> bool:

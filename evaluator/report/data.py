@@ -59,7 +59,7 @@ class StoredResult:
     @property
     def scored(self) -> bool:
         """An ok result with its scores (the ok of a first-stage check has none)."""
-        return self.ok and _number(self.data, "speedup") > 0
+        return self.ok and number_in(self.data, "speedup") > 0
 
 
 @dataclass
@@ -259,8 +259,8 @@ def _leaderboard(trace: TraceGroup, candidates: Iterable[Candidate]) -> Leaderbo
     rows.sort(key=_best_first)
     counts = Counter(row.result.status for row in rows)
     scored = [row.result.data for row in rows if row.result.scored]
-    front = pareto_front((row.candidate.id, _number(row.result.data, "balancedness_score"),
-                          _number(row.result.data, "speedup")) for row in rows if row.result.scored)
+    front = pareto_front((row.candidate.id, number_in(row.result.data, "balancedness_score"),
+                          number_in(row.result.data, "speedup")) for row in rows if row.result.scored)
     seeds = sorted(value for result in scored if isinstance(value := result.get("seed_balancedness"), (int, float)))
     return Leaderboard(
         trace=trace,
@@ -274,7 +274,7 @@ def _leaderboard(trace: TraceGroup, candidates: Iterable[Candidate]) -> Leaderbo
 
 def _best_first(row: Row) -> tuple[int, float, str]:
     if row.result.scored:
-        return (0, -_number(row.result.data, "combined_score"), row.candidate.id)
+        return (0, -number_in(row.result.data, "combined_score"), row.candidate.id)
     return (1, float(_status_rank(row.result.status)), row.candidate.id)
 
 
@@ -282,7 +282,8 @@ def _status_rank(status: str) -> int:
     return STATUS_ORDER.index(status) if status in STATUS_ORDER else len(STATUS_ORDER)
 
 
-def _number(result: Mapping[str, Any], key: str) -> float:
+def number_in(result: Mapping[str, Any], key: str) -> float:
+    """`result[key]` as a number; 0 where a result file (edited by hand, say) holds anything else."""
     value = result.get(key)
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 

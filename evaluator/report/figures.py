@@ -8,7 +8,7 @@ from typing import Any
 from markupsafe import Markup
 
 from evaluator.report.charts import Point, bars, progress, scatter
-from evaluator.report.data import Leaderboard, Row
+from evaluator.report.data import Leaderboard, Row, number_in
 from evaluator.untrusted import NAME_CHARS, one_line
 
 CANDIDATE_DIR = "candidate"  # the candidates' pages, beside index.html
@@ -28,7 +28,7 @@ def candidate_page(candidate_id: str) -> str:
 
 def speed_against_balancedness(board: Leaderboard) -> Markup:
     """Every ok candidate's speedup (log) against its balancedness, the Pareto front joined, the seed at 1x."""
-    points = [_point(row, row.result.data["balancedness_score"], row.result.data["speedup"],
+    points = [_point(row, number_in(row.result.data, "balancedness_score"), number_in(row.result.data, "speedup"),
                      "point front" if row.candidate.id in board.front else "point") for row in board.scored_rows]
     seed = None
     if board.seed_balancedness is not None:
@@ -65,12 +65,13 @@ def _point(row: Row, x: float, y: float, kind: str) -> Point:
     data = row.result.data
     name = one_line(row.candidate.name, NAME_CHARS) or "(unnamed)"
     if row.result.scored:
-        scores = (f"combined {data['combined_score']:.4f}, balancedness {data['balancedness_score']:.4f}, "
-                  f"speedup {times(data['speedup'])}x")
+        scores = (f"combined {number_in(data, 'combined_score'):.4f}, "
+                  f"balancedness {number_in(data, 'balancedness_score'):.4f}, "
+                  f"speedup {times(number_in(data, 'speedup'))}x")
     else:
         scores = row.result.status
     return Point(x, y, f"{row.candidate.id} {name}: {scores}", candidate_page(row.candidate.id), kind)
 
 
 def _score(row: Row) -> float:
-    return float(row.result.data["combined_score"]) if row.result.scored else 0.0
+    return number_in(row.result.data, "combined_score") if row.result.scored else 0.0
