@@ -47,6 +47,22 @@ def held_elsewhere(address: str) -> bool:
     return False
 
 
+def held_in_another_process(address: str, seconds: float = 60, listening: bool = True) -> subprocess.Popen[str]:
+    """A process holding the lock at `address` for `seconds` (listening, as an evaluator's lock does, or only bound),
+    once this returns."""
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import socket, time
+lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+lock.bind({address!r})
+if {listening!r}:
+    lock.listen(128)
+print("holding", flush=True)
+time.sleep({seconds!r})
+"""], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "holding"
+    return holder
+
+
 def test_a_held_lane_is_locked_for_other_processes_until_released(lanes):
     holding = lanes.take()
     assert held_elsewhere(holding.lane.lock_address)
@@ -101,15 +117,8 @@ def test_a_forked_child_does_not_keep_its_parents_lane_locked(lanes):
 
 def test_a_lane_whose_holder_died_is_free_at_once(lanes, tmp_path):
     address = lanes.lanes[0].lock_address
-    holder = subprocess.Popen([sys.executable, "-c", f"""
-import socket, sys, time
-lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-lock.bind({address!r})
-print("holding", flush=True)
-time.sleep(60)
-"""], stdout=subprocess.PIPE, text=True)
+    holder = held_in_another_process(address, listening=False)
     try:
-        assert holder.stdout.readline().strip() == "holding"
         with pytest.raises(SandboxFailure) as raised:
             lanes.take(give_up_at=time.monotonic() + 0.3)  # another process holds it
         assert raised.value.failure.kind is Status.INFRA_ERROR and "gave up" in raised.value.failure.message
@@ -124,16 +133,8 @@ def test_a_lane_another_process_holds_is_passed_over_for_a_free_one(tmp_path, mo
     monkeypatch.setattr("evaluator.evaluation.lanes._devices",
                         lambda device, gpus: [(name, "cpu", "a CPU", {}) for name in ("first", "second")])
     two = Lanes(Limits(), "cpu", 0, None, str(tmp_path))
-    holder = subprocess.Popen([sys.executable, "-c", f"""
-import socket, time
-lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-lock.bind({two.lanes[0].lock_address!r})
-lock.listen(8)
-print("holding", flush=True)
-time.sleep(60)
-"""], stdout=subprocess.PIPE, text=True)
+    holder = held_in_another_process(two.lanes[0].lock_address)
     try:
-        assert holder.stdout.readline().strip() == "holding"
         holding = two.take(give_up_at=time.monotonic() + 5)
         assert holding.lane.name == "second"
         with pytest.raises(SandboxFailure):  # the other is held elsewhere, this one here
@@ -151,16 +152,8 @@ time.sleep(60)
 def test_waiting_long_for_a_lane_another_process_holds_costs_no_cpu(lanes):
     """A waiter sleeps on the holder's socket: it neither polls nor fills the socket's queue (128 connections, after
     which a connection fails at once) with connections it gave up on."""
-    holder = subprocess.Popen([sys.executable, "-c", f"""
-import socket, time
-lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-lock.bind({lanes.lanes[0].lock_address!r})
-lock.listen(128)
-print("holding", flush=True)
-time.sleep(15)
-"""], stdout=subprocess.PIPE, text=True)
+    holder = held_in_another_process(lanes.lanes[0].lock_address, seconds=15)
     try:
-        assert holder.stdout.readline().strip() == "holding"
         cpu_before = time.process_time()
         lanes.take(give_up_at=time.monotonic() + 60).release()  # the holder's exit frees it after 15 s
         assert time.process_time() - cpu_before < 1.0
