@@ -29,6 +29,7 @@ ACCEPTED_FILE = "accepted.json"
 ID_LENGTH = 12
 MIN_PREFIX = 4
 DEFAULT_SOURCE = "default"  # the `workload.source` of results on the fixed, public default trace
+HOLDOUT_SOURCE = "holdout"  # and on a held-out trace, drawn afresh from a secret key
 # What makes two results measure the same thing: `digest` is the trace's data, so an edited trace file (or
 # the same path seen from another folder) is another workload
 WORKLOAD_KEYS = ("source", "digest", "windows", "steps_per_window", "problem")

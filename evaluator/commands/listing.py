@@ -20,10 +20,10 @@ from evaluator.commands.stored import (
     shown_name,
 )
 from evaluator.commands.terminal import show, table
-from evaluator.commands.traces import HOLDOUT, OnTrace, add_trace_argument, on_trace
+from evaluator.commands.traces import OnTrace, add_trace_argument, on_trace
 from evaluator.exitcodes import ExitCode
 from evaluator.status import Status
-from evaluator.store import DEFAULT_SOURCE, CandidateStore, StoredCandidate, StoreError
+from evaluator.store import DEFAULT_SOURCE, HOLDOUT_SOURCE, CandidateStore, StoredCandidate, StoreError
 from evaluator.untrusted import one_line
 
 if TYPE_CHECKING:
@@ -105,5 +105,5 @@ def _best_first(row: Row) -> tuple[int, int, str, float, str]:
     scores = row.scores
     if scores.combined_score is not None:
         trace = scores.trace or ""
-        return (0, {DEFAULT_SOURCE: 0, HOLDOUT: 1}.get(trace, 2), trace, -float(scores.combined_score), row.id)
+        return (0, {DEFAULT_SOURCE: 0, HOLDOUT_SOURCE: 1}.get(trace, 2), trace, -float(scores.combined_score), row.id)
     return (1 if scores.status != UNEVALUATED else 2, 0, "", 0.0, row.id)

@@ -26,6 +26,7 @@ from evaluator.commands.evaluate import (
 from evaluator.eplb.holdout import KEY_VARIABLE
 from evaluator.exitcodes import ExitCode
 from evaluator.loops.shinka_results import prepare_results_dir, shinka_feedback, write_results
+from evaluator.store import HOLDOUT_SOURCE
 
 NAME = "shinka"
 HELP = "Evaluate one program for ShinkaEvolve: write the metrics.json and correct.json it reads back."
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.program_path.is_file():
         raise CommandError(f"no such program file: --program_path {args.program_path}")
     problem, trace = evaluation_inputs(args)
-    if trace.source == "holdout" and not os.environ.get(KEY_VARIABLE):
+    if trace.source == HOLDOUT_SOURCE and not os.environ.get(KEY_VARIABLE):
         print(f"note: {KEY_VARIABLE} is not set, so this job scores on a held-out trace of its own; set it in "
               "ShinkaEvolve's environment and every job scores on the same one", file=sys.stderr)
     results_dir: Path = args.results_dir

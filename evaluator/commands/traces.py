@@ -13,9 +13,8 @@ from evaluator.commands import CommandError
 from evaluator.eplb.default_trace import DEFAULT_SEED
 from evaluator.eplb.problem import Problem
 from evaluator.eplb.trace_file import load_trace_file
-from evaluator.store import DEFAULT_SOURCE
+from evaluator.store import DEFAULT_SOURCE, HOLDOUT_SOURCE
 
-HOLDOUT = "holdout"  # the `workload.source` of results on a held-out trace
 # The default trace of another problem shape: the default generator's from the same seed (`default_trace_for`)
 DEFAULT_FOR_SHAPE = f"synthetic(seed={DEFAULT_SEED})"
 _DEFAULT_SHAPE = asdict(Problem())
@@ -40,7 +39,7 @@ def _source(workload: Mapping[str, Any]) -> str:
 
 def add_trace_argument(parser: argparse.ArgumentParser) -> None:
     """--trace default|holdout|FILE."""
-    parser.add_argument("--trace", metavar=f"{DEFAULT_SOURCE}|{HOLDOUT}|FILE",
+    parser.add_argument("--trace", metavar=f"{DEFAULT_SOURCE}|{HOLDOUT_SOURCE}|FILE",
                         help=f"only results on this trace: the {DEFAULT_SOURCE} one (of any problem shape), held-out "
                              f"ones, or the trace file FILE (results on its data, wherever it was read from; "
                              f"./{DEFAULT_SOURCE} names a file called {DEFAULT_SOURCE})")
@@ -51,12 +50,12 @@ def on_trace(spec: str | None) -> OnTrace | None:
     FILE that is not one."""
     if spec is None:
         return None
-    if spec in (DEFAULT_SOURCE, HOLDOUT):
+    if spec in (DEFAULT_SOURCE, HOLDOUT_SOURCE):
         return lambda result: _source(result.get("workload") or {}) == spec
     path = Path(spec)
     try:
         if not path.is_file():
-            raise CommandError(f"--trace {spec}: neither {DEFAULT_SOURCE!r}, {HOLDOUT!r} nor a trace file")
+            raise CommandError(f"--trace {spec}: neither {DEFAULT_SOURCE!r}, {HOLDOUT_SOURCE!r} nor a trace file")
         path.open("rb").close()
     except OSError as error:
         raise CommandError(f"--trace {spec}: cannot read it: {error.strerror or error}") from None
@@ -73,7 +72,7 @@ class _TraceFile:
 
     def __call__(self, result: Mapping[str, Any]) -> bool:
         workload = result.get("workload") or {}
-        if _source(workload) in (DEFAULT_SOURCE, HOLDOUT) or not isinstance(workload.get("problem"), dict):
+        if _source(workload) in (DEFAULT_SOURCE, HOLDOUT_SOURCE) or not isinstance(workload.get("problem"), dict):
             return False
         key = json.dumps([workload["problem"], workload.get("steps_per_window")], sort_keys=True)
         if key not in self._digests:

@@ -21,6 +21,7 @@ import numpy as np
 from evaluator.eplb.problem import Problem
 from evaluator.eplb.synthetic import SyntheticConfig, sample_windows
 from evaluator.eplb.trace import Trace
+from evaluator.store import HOLDOUT_SOURCE
 
 
 KEY_VARIABLE = "EPLB_EVALUATOR_HOLDOUT_KEY"
@@ -40,4 +41,4 @@ def holdout_trace(problem: Problem, key: str | None = None) -> Trace:
         hashlib.sha256(f"eplb-evaluator held-out trace\0{key}".encode()).digest()[:16], "big")
     config = SyntheticConfig.for_problem(problem)
     windows = sample_windows(config, np.random.default_rng(seed))
-    return Trace(windows, source="holdout", steps_per_window=config.steps_per_window)
+    return Trace(windows, source=HOLDOUT_SOURCE, steps_per_window=config.steps_per_window)

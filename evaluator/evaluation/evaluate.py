@@ -59,7 +59,7 @@ from evaluator.paths import HARNESS_PROGRAM, SEED_PROGRAM
 from evaluator.sandbox import WorkerInfo
 from evaluator.scratch import scratch_folder
 from evaluator.software import software
-from evaluator.store import sha256_text
+from evaluator.store import HOLDOUT_SOURCE, sha256_text
 from evaluator.status import Status
 from evaluator.untrusted import tail
 
@@ -189,7 +189,7 @@ class Evaluator:
 
     def _bounded(self, result: Result) -> Result:
         """On a held-out trace, `result` with at most `HOLDOUT_TEXT_CHARS` of each text a program wrote (its end)."""
-        if self.trace.source != "holdout":
+        if self.trace.source != HOLDOUT_SOURCE:
             return result
         texts = {name: tail(text, chars) for name, chars in HOLDOUT_TEXT_CHARS.items() if (text := getattr(result, name))}
         return replace(result, **texts)
@@ -203,7 +203,7 @@ class Evaluator:
                       stdout=failed.stdout, stderr=failed.stderr, **where)
 
     def _score_on_next_window(self, plan: Plan, window: int) -> BalancednessReport:
-        with_gpu_loads = window == GPU_LOAD_WINDOW and self.trace.source != "holdout"
+        with_gpu_loads = window == GPU_LOAD_WINDOW and self.trace.source != HOLDOUT_SOURCE
         return next_window_report(plan, self._loads, window, self.settings.problem, with_gpu_loads)
 
     def _reference_on(self, lane: Lane) -> SeedReference:

@@ -16,9 +16,15 @@ from typing import Any
 from evaluator.eplb.problem import Problem
 from evaluator.lineage import LineageError, root_program
 from evaluator.status import Status
-from evaluator.store import BASELINE_WORKLOAD, DEFAULT_SOURCE, CandidateStore, StoredCandidate, measured_at
+from evaluator.store import (
+    BASELINE_WORKLOAD,
+    DEFAULT_SOURCE,
+    HOLDOUT_SOURCE,
+    CandidateStore,
+    StoredCandidate,
+    measured_at,
+)
 
-HOLDOUT_SOURCE = "holdout"  # the `workload.source` of results on a held-out trace
 STATUS_ORDER = tuple(status.value for status in Status)
 _DEFAULT_PROBLEM = json.dumps(BASELINE_WORKLOAD["problem"], sort_keys=True)
 
