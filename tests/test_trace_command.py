@@ -58,7 +58,7 @@ def test_workload_file_with_window_and_problem_shape(tmp_path: Path) -> None:
     done = evaluator("trace", "--workload", "history.json", "--window", "5", "--json", *SMALL_PROBLEM, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
-    assert (summary["source"], summary["num_windows"], summary["dropped_steps"]) == ("history.json", 2, 1)
+    assert (summary["source"], summary["num_windows"], summary["dropped_steps"]) == ("./history.json", 2, 1)
     text = evaluator("trace", "--workload", "history.json", "--window", "5", *SMALL_PROBLEM, cwd=tmp_path).stdout
     assert "dropped: the last 1 steps, which do not fill a window" in text
 

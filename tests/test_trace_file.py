@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from evaluator.commands.traces import on_trace, trace_label
 from evaluator.eplb import trace_file
 from evaluator.eplb.problem import Problem
 from evaluator.eplb.trace import TraceError
@@ -47,6 +49,17 @@ def test_steps_are_summed_into_windows_and_the_partial_window_dropped(tmp_path: 
     assert trace.windows.dtype == np.int64
     assert (trace.steps_per_window, trace.dropped_steps) == (3, 2)
     assert trace.source == str(tmp_path / "trace.json")
+
+
+@pytest.mark.parametrize("name", ["default", "holdout", "synthetic(seed=0)"])
+def test_a_file_named_like_a_built_in_trace_is_recorded_as_a_file(tmp_path: Path, name: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    write(tmp_path, published(steps(4)), name)
+    monkeypatch.chdir(tmp_path)
+    trace = load_trace_file(name, PROBLEM, window=2)
+    assert trace.source == f"./{name}"
+    assert trace_label({"workload": {"source": trace.source, "problem": asdict(Problem())}}) == f"./{name}"
+    assert not any(on_trace(built_in)({"workload": {"source": trace.source}}) for built_in in ("default", "holdout"))
 
 
 def test_default_window_is_100_steps(tmp_path: Path) -> None:

@@ -44,6 +44,14 @@ def load_trace_file(path: str | os.PathLike[str], problem: Problem, window: int 
         raise TraceError(f"cannot read trace {name}: {error.strerror or error}") from None
 
 
+def file_source(path: str) -> str:
+    """A trace file's `Trace.source`: its path as given, with `./` before a bare file name, so that no file is
+    recorded under the name of a built-in trace ("default", "holdout", "synthetic(seed=N)"), whose results are
+    ranked, and kept secret, by that name."""
+    separators = [os.sep, os.altsep or os.sep]
+    return path if any(separator in path for separator in separators) else os.path.join(os.curdir, path)
+
+
 def _read_trace(stream: _JsonStream, problem: Problem, window: int) -> Trace:
     if stream.peek() == "":
         raise TraceError(f"{stream.path} is empty")
@@ -183,7 +191,7 @@ class _Windows:
             )
         return Trace(
             np.stack(self._done),
-            source=self.path,
+            source=file_source(self.path),
             steps_per_window=self.window,
             dropped_steps=self.steps % self.window,
         )
