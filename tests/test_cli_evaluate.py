@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from small_problem import SMALL_OPTIONS
 
+from evaluator.commands.evaluate import _threads
 from evaluator.exitcodes import ExitCode
 from evaluator.paths import SEED_PROGRAM
 
@@ -62,3 +65,14 @@ def test_a_programs_text_is_shown_as_its_own_escaped_and_kept_as_it_was_in_json(
     result = json.loads(line)  # valid JSON, and the text as the program wrote it
     assert "\x1b[2J\x00\u202e cleared\nother.py: ok" in result["error"]
     assert "\\xff\\xfe not UTF-8\x1b[31m red\x07" in result["stderr"]
+
+
+def test_on_a_cluster_every_program_gets_a_thread_so_that_nodes_joining_later_are_used():
+    def options(backend: str) -> argparse.Namespace:
+        return argparse.Namespace(backend=backend, address=None, gpu_ids=None)
+
+    two_lanes = SimpleNamespace(lane_count=2)  # as many as the cluster had when the command started
+    assert _threads(options("ray"), two_lanes, 40) == 40
+    assert _threads(options("ray"), two_lanes, 10_000) == 256
+    assert _threads(options("local"), two_lanes, 40) == 3
+    assert _threads(options("local"), two_lanes, 1) == 1

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 NAME = "evaluate"
 HELP = ("Run candidate programs (files, or stored candidates by id, whose results are kept with them) in isolated "
         "workers, validate every output and score them.")
+_MAX_CLUSTER_THREADS = 256
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -169,8 +170,7 @@ def run(args: argparse.Namespace) -> int:
         pending = [number for number in range(total) if number not in results]
         if pending:
             with open_evaluator(args, problem, trace, programs=len(pending), announce=activity.doing) as evaluator:
-                # One more thread than devices: a candidate is launched and scored while others are timed.
-                with ThreadPoolExecutor(evaluator.lane_count + 1 if len(pending) > 1 else 1) as threads:
+                with ThreadPoolExecutor(_threads(args, evaluator, len(pending))) as threads:
                     futures = {threads.submit(evaluator.evaluate, programs[number].path): number for number in pending}
                     for done, future in enumerate(as_completed(futures)):
                         number = futures[future]
@@ -179,6 +179,15 @@ def run(args: argparse.Namespace) -> int:
     if total > 1 and not args.json:
         show("", _summary([(program.label, results[number]) for number, program in enumerate(programs)]))
     return max(exit_code_of(result) for result in results.values())
+
+
+def _threads(args: argparse.Namespace, evaluator: CandidateEvaluator, programs: int) -> int:
+    """Locally one more thread than devices: a candidate is launched and scored while others are timed. On a cluster
+    one per program (at most `_MAX_CLUSTER_THREADS`): a thread waits for a lane on its driver, and nodes that join
+    the cluster meanwhile add lanes."""
+    if on_cluster(args):
+        return max(1, min(programs, _MAX_CLUSTER_THREADS))
+    return evaluator.lane_count + 1 if programs > 1 else 1
 
 
 def _programs(specs: list[str], store_root: Path) -> list[_Program]:
