@@ -1,5 +1,5 @@
 """`python -m evaluator bench` through a real subprocess: the pace and A/A figures agree with the samples they report,
-and wrong arguments are refused before anything is measured."""
+and wrong arguments are refused before anything is measured; the lanes' use is read off real evaluations."""
 
 from __future__ import annotations
 
@@ -9,9 +9,14 @@ import subprocess
 import sys
 
 import pytest
+from small_problem import SMALL_SETTINGS, SMALL_TRACE
 
+from evaluator.bench import timed_evaluations
+from evaluator.bench.evaluation import lane_use
 from evaluator.bench.speed_classes import SPEED_CLASSES
+from evaluator.evaluation import Evaluator
 from evaluator.exitcodes import ExitCode
+from evaluator.paths import SEED_PROGRAM
 
 
 def bench(*args: str, benchmark: str = "pace") -> subprocess.CompletedProcess[str]:
@@ -84,3 +89,13 @@ def test_a_soak_ends_each_class_in_its_status_and_leaves_nothing_behind():
 def test_a_soak_needs_every_program_once():
     run = bench("3", "--device", "cpu", benchmark="soak")
     assert run.returncode == ExitCode.BAD_INPUT and "argument N: expected at least 10 evaluations" in run.stderr
+
+
+def test_lane_use_counts_each_candidates_time_on_its_lane_and_never_two_at_once():
+    with Evaluator(SMALL_TRACE, SMALL_SETTINGS, device="cpu", spares=1) as evaluator:
+        seconds, results = timed_evaluations(evaluator, SEED_PROGRAM, 4, threads=2)
+    held_s, busy = lane_use(results, seconds, lanes=1)
+    evaluations_s = [result.timing["evaluation_ms"] / 1e3 for result in results]
+    assert 0 < held_s <= statistics.median(evaluations_s)
+    # one lane, held by one candidate at a time: together they held it for at most the run's wall time
+    assert 0.3 < busy <= 1.0

@@ -26,13 +26,14 @@ def require_ok(result: Result) -> Result:
     return result
 
 
-def evaluations_s(evaluator: CandidateEvaluator, program: Path, candidates: int, threads: int) -> float:
-    """Seconds that `candidates` evaluations of `program` take, submitted from `threads` threads (at most that many
-    at once). Raises RuntimeError if one is not `ok`."""
+def timed_evaluations(evaluator: CandidateEvaluator, program: Path, candidates: int,
+                      threads: int) -> tuple[float, list[Result]]:
+    """`candidates` evaluations of `program`, submitted from `threads` threads (at most that many at once): the
+    seconds they take, and their results. Raises RuntimeError if one is not `ok`."""
     started = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
         results = list(pool.map(lambda _: evaluator.evaluate(program), range(candidates)))
     seconds = time.perf_counter() - started
     for result in results:
         require_ok(result)
-    return seconds
+    return seconds, results

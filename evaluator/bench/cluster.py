@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from evaluator.bench import evaluations_s
+from evaluator.bench import timed_evaluations
 from evaluator.evaluation.seed_plans import seed_patch_program
 
 if TYPE_CHECKING:
@@ -60,5 +60,5 @@ def lane_steps(lanes: int) -> list[int]:
 def throughput(evaluator: CandidateEvaluator, program: Path, candidates: int, lanes: int) -> Throughput:
     """`candidates` evaluations of `program` from `lanes` threads: at most that many lanes busy at once. Raises
     RuntimeError if one is not `ok`."""
-    seconds = evaluations_s(evaluator, program, candidates, lanes)
+    seconds, _ = timed_evaluations(evaluator, program, candidates, lanes)
     return Throughput(lanes, candidates, seconds, candidates / seconds * 60)

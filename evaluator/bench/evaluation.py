@@ -12,18 +12,22 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from evaluator.bench import coefficient_of_variation as _cv, evaluations_s, require_ok
+from evaluator.bench import coefficient_of_variation as _cv, require_ok, timed_evaluations
 from evaluator.eplb.default_trace import default_trace
 from evaluator.eplb.scoring import balancedness_scores, window_loads
 from evaluator.evaluation import Evaluator, Result, Settings
 from evaluator.evaluation.seed_plans import seed_patch_program, seed_patch_warm_up, seed_plans
 from evaluator.evaluation.timing import ReferenceCache, call_inputs
 from evaluator.sandbox import Worker
+
+
+_OFF_THE_LANE = ("wait_for_device_ms", "scoring_ms")
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,8 @@ class EvaluationBenchResult:
     evaluation_s_median: float
     candidates_per_minute: float  # back to back from `threads` threads, spares started in parallel
     throughput_candidates: int
+    lane_s_per_candidate: float  # how long a candidate of the throughput run held its lane, median
+    lanes_busy: float  # the share of the throughput run's wall time that candidates held the lanes
     threads: int
     spares: int
     aa_runs: int
@@ -76,8 +82,10 @@ def measure(repeats: int = 10, throughput_candidates: int = 60, threads: int = 2
                 evaluator.lanes.wait_for_spares()
                 aa.append(require_ok(evaluator.evaluate(candidate)))
             evaluator.lanes.wait_for_spares()
-            elapsed = evaluations_s(evaluator, candidate, throughput_candidates, threads)
+            elapsed, throughput_results = timed_evaluations(evaluator, candidate, throughput_candidates, threads)
+            lanes = evaluator.lane_count
             worker_start_s = _worker_start_s(evaluator, Path(folder), settings.start_method)
+    held_s, busy = lane_use(throughput_results, elapsed, lanes)
     overheads = [(r.timing["evaluation_ms"] - r.timing["candidate_compute_ms"]) / 1e3 for r in aa]
     speedups = [r.speedup for r in aa]
     return EvaluationBenchResult(
@@ -87,7 +95,7 @@ def measure(repeats: int = 10, throughput_candidates: int = 60, threads: int = 2
         overhead_s_median=statistics.median(overheads), overhead_s_max=max(overheads),
         evaluation_s_median=statistics.median(r.timing["evaluation_ms"] / 1e3 for r in aa),
         candidates_per_minute=throughput_candidates / elapsed * 60, throughput_candidates=throughput_candidates,
-        threads=threads, spares=spares, aa_runs=repeats, aa_speedup_mean=statistics.fmean(speedups),
+        lane_s_per_candidate=held_s, lanes_busy=busy, threads=threads, spares=spares, aa_runs=repeats, aa_speedup_mean=statistics.fmean(speedups),
         aa_speedup_cv=_cv(speedups), rechecks=settings.rechecks,
         aa_time_ms=[round(r.time_ms, 3) for r in aa],
         aa_min_ms=[round(r.timing["summary"]["min_ms"], 3) for r in aa],
@@ -98,6 +106,15 @@ def measure(repeats: int = 10, throughput_candidates: int = 60, threads: int = 2
                                   for name in aa[0].timing["phases"]},
         scoring_ms=_scoring_ms(), start_method=settings.start_method, worker_start_s=worker_start_s,
     )
+
+
+def lane_use(results: Sequence[Result], seconds: float, lanes: int) -> tuple[float, float]:
+    """How long a candidate held its lane (every phase of its evaluation but the wait for a lane and the scoring,
+    which follow the lane's release), the median over `results`; and the share of `seconds` that they held `lanes`
+    lanes: below 1, lanes stood idle between candidates."""
+    held = [sum(ms for phase, ms in result.timing["phases"].items() if phase not in _OFF_THE_LANE) / 1e3
+            for result in results]
+    return statistics.median(held), sum(held) / (seconds * lanes)
 
 
 def _worker_start_s(evaluator: Evaluator, folder: Path, start_method: str) -> float:

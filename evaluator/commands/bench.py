@@ -106,6 +106,8 @@ def _run_evaluator(args: argparse.Namespace) -> int:
           f"evaluation {result.evaluation_s_median:.3f} s")
     print(f"throughput          {result.candidates_per_minute:.1f} candidates per minute ({result.throughput_candidates} "
           f"candidates, {result.threads} threads, {result.spares} spare workers)")
+    print(f"lanes               busy {100 * result.lanes_busy:.0f}% of the throughput run, held "
+          f"{result.lane_s_per_candidate:.3f} s per candidate (median)")
     print(f"A/A speedup         mean {result.aa_speedup_mean:.2f}x, coefficient of variation "
           f"{100 * result.aa_speedup_cv:.2f}% over {result.aa_runs} runs; calls per batch {result.calls_per_batch[0]}, "
           f"precision {100 * statistics.median(result.precision):.1f}% (median); lane "
