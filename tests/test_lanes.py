@@ -206,19 +206,6 @@ def test_a_lane_whose_processes_are_exiting_goes_to_the_next_thread_which_settle
     assert not held_elsewhere(following.lane.lock_address)
 
 
-def test_a_lane_with_a_core_of_its_own_is_timed_while_the_last_processes_exit(lanes):
-    gone = threading.Event()
-    holding = lanes.take()
-    holding.release(wait_gone=gone.wait)
-    following = lanes.take(give_up_at=time.monotonic() + 1)
-    # their teardown runs on the evaluator's cores, not on the lane's
-    settling = settled_in_background(lanes, dataclasses.replace(following.lane, cpus=(0,)))
-    settling.join(5)
-    assert not settling.is_alive() and not gone.is_set()
-    gone.set()
-    following.release()
-
-
 def test_a_lane_nobody_takes_is_unlocked_for_other_processes_once_its_processes_are_gone(lanes):
     gone = threading.Event()
     holding = lanes.take()

@@ -10,8 +10,7 @@ launch until its last process has exited, in this process (a thread lock) and ac
 evaluators in several processes on one machine, as loops that evaluate in process pools run them, never time
 two candidates on one device at once. Within a process, a lane whose holder's processes were killed but have not
 exited yet (a CUDA context's teardown takes about 0.1 s) may go to the next candidate at once: it launches and warms
-up meanwhile, and where the lane shares the evaluator's cores, `Lanes.settle` waits for the exits before anything on
-the lane is timed.
+up meanwhile, and `Lanes.settle` waits for the exits before anything on the lane is timed.
 
 The lock across processes is a listening Unix socket bound to an abstract address (Linux): the kernel lets
 one socket hold an address at a time and frees it when its holder closes it or dies. Unlike a lock file,
@@ -187,12 +186,8 @@ class Lanes:
         return Holding(lane, lock, self._give_back)
 
     def settle(self, lane: Lane) -> None:
-        """Where `lane` (held by the caller) shares the evaluator's cores, wait until the processes that its last
-        holder killed have exited: their teardown would slow what is timed beside it. A lane with a core of its own
-        need not wait: the teardown runs on the evaluator's cores, and the device's part of it does not slow a
-        program timed beside it (`bench pace`)."""
-        if lane.isolated:
-            return
+        """Wait until the processes that the last holder of `lane` (held by the caller) killed have exited: their
+        teardown would slow what is timed beside it."""
         with self._condition:
             exits = self._exits.get(lane.name)
         if exits is not None:
