@@ -73,8 +73,8 @@ def add(store: CandidateStore, name: str, parent: StoredCandidate | None, minute
 
 
 def build_store(root: Path) -> dict[str, StoredCandidate]:
-    """A chain a > b > c, a's child e, a hostile candidate, one measured on a trace file only, and one accepted whose
-    results/ is gone (a clone keeps only accepted.json). On the default trace the front is a, b, h and g."""
+    """A chain a > b > c, a's child e, a hostile candidate, one measured on a trace file only (its data read through
+    two paths), and one accepted whose results/ is gone (a clone keeps only accepted.json). On the default trace the front is a, b, h and g."""
     store = CandidateStore(root)
     a = add(store, "a", None, 1, ok(0.70, 50), ok(0.69, 40, HOLDOUT))
     b = add(store, "b", a, 2, ok(0.80, 10))
@@ -84,7 +84,7 @@ def build_store(root: Path) -> dict[str, StoredCandidate]:
             failed("infra_error"))
     h = add(store, HOSTILE, None, 5, ok(0.90, 2, gpu_load=None) | {"stdout": HOSTILE, "stderr": HOSTILE},
             description=HOSTILE)
-    d = add(store, "d", None, 6, ok(0.75, 5, TRACE_FILE))
+    d = add(store, "d", None, 6, ok(0.74, 4, TRACE_FILE), ok(0.75, 5, {**TRACE_FILE, "source": "./traces/mine.json"}))
     g = add(store, "g", None, 7)
     store.accept(g, ok(0.60, 100))
     return {"a": a, "b": b, "c": c, "e": e, "h": h, "d": d, "g": g}

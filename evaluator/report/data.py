@@ -215,6 +215,9 @@ def _candidate(stored: StoredCandidate, groups: dict[tuple[Any, ...], TraceGroup
                      stored.program(), results)
 
 
+_FILE_TRACE = "file"
+
+
 def _trace_key(workload: Mapping[str, Any]) -> tuple[Any, ...]:
     """What the results compared on one leaderboard share, from a result's `workload`."""
     problem = json.dumps(workload.get("problem"), sort_keys=True)
@@ -222,8 +225,8 @@ def _trace_key(workload: Mapping[str, Any]) -> tuple[Any, ...]:
         return (HOLDOUT_SOURCE, problem)
     if workload.get("source") == DEFAULT_SOURCE:  # one fixed trace per shape
         return (DEFAULT_SOURCE, problem)
-    return (str(workload.get("source")), workload.get("digest"), workload.get("windows"),
-            workload.get("steps_per_window"), problem)
+    # a trace file by its data, wherever it was read from (as `list --trace FILE` does)
+    return (_FILE_TRACE, workload.get("digest"), workload.get("windows"), workload.get("steps_per_window"), problem)
 
 
 def _group(result: Mapping[str, Any], groups: dict[tuple[Any, ...], TraceGroup]) -> TraceGroup:
@@ -242,7 +245,7 @@ def _trace_label(key: tuple[Any, ...], workload: Mapping[str, Any]) -> str:
     elif source == HOLDOUT_SOURCE:
         label = "held-out traces"
     else:
-        label = f"trace {source} (digest {workload.get('digest')})"
+        label = f"trace {workload.get('source')} (digest {workload.get('digest')})"
     if key[-1] == _DEFAULT_PROBLEM:
         return label
     shape = workload.get("problem") if isinstance(workload.get("problem"), Mapping) else {}
