@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from evaluator import __version__
+from evaluator.eplb.default_trace import DEFAULT_SEED
 from evaluator.eplb.problem import Problem
 from evaluator.files import remove_tree, write_atomically, write_durably
 from evaluator.status import Status
@@ -30,6 +31,8 @@ ID_LENGTH = 12
 MIN_PREFIX = 4
 DEFAULT_SOURCE = "default"  # the `workload.source` of results on the fixed, public default trace
 HOLDOUT_SOURCE = "holdout"  # and on a held-out trace, drawn afresh from a secret key
+# and on the default trace of another problem shape: the default generator's, from the default trace's seed
+DEFAULT_FOR_SHAPE_SOURCE = f"synthetic(seed={DEFAULT_SEED})"
 # What makes two results measure the same thing: `digest` is the trace's data, so an edited trace file (or
 # the same path seen from another folder) is another workload
 WORKLOAD_KEYS = ("source", "digest", "windows", "steps_per_window", "problem")
@@ -53,6 +56,13 @@ def sha256_text(text: str) -> str:
 def candidate_id(program: str) -> str:
     """Ids come from the program's content, so the same program is always the same candidate."""
     return sha256_text(program)[:ID_LENGTH]
+
+
+def trace_source(workload: Mapping[str, Any]) -> str:
+    """The trace a result's `workload` was measured on: DEFAULT_SOURCE for the default trace of any problem shape,
+    HOLDOUT_SOURCE for a held-out one, else its source (a trace file's path, or "?" where none is recorded)."""
+    source = str(workload.get("source") or "?")
+    return DEFAULT_SOURCE if source == DEFAULT_FOR_SHAPE_SOURCE else source
 
 
 def same_workload(result: Mapping[str, Any], workload: Mapping[str, Any]) -> bool:

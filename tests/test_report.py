@@ -39,6 +39,9 @@ needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not in
 DEFAULT = {"source": "default", "digest": "e07893681b147c0b", "windows": 12, "steps_per_window": 100,
            "problem": asdict(Problem())}
 HOLDOUT = {**DEFAULT, "source": "holdout", "digest": "1234abcd5678ef90"}
+DEFAULT_FOR_SMALL = {**DEFAULT, "source": "synthetic(seed=0)", "digest": "0123456789abcdef",
+                     "problem": asdict(Problem(num_layers=4, num_experts=16, num_replicas=24, num_groups=4, num_nodes=2,
+                                               num_gpus=4))}
 TRACE_FILE = {**DEFAULT, "source": "traces/mine.json", "digest": "feedfacecafebeef", "windows": 5}
 HOSTILE = "<script>alert(1)</script></svg></pre><img src=x onerror=alert(2)>\"quoted\" 'single' &amp; \x1b[2J"
 LOAD = {"planned_on": 0, "window": 1, "per_gpu": [1000.0 + gpu for gpu in range(32)], "layer_max": [60.0] * 58,
@@ -73,7 +76,7 @@ def add(store: CandidateStore, name: str, parent: StoredCandidate | None, minute
 
 
 def build_store(root: Path) -> dict[str, StoredCandidate]:
-    """A chain a > b > c, a's child e, a hostile candidate, one measured on a trace file only (its data read through
+    """A chain a > b > c, a's child e (also measured on the default trace of a small shape), a hostile candidate, one measured on a trace file only (its data read through
     two paths), and one accepted whose results/ is gone (a clone keeps only accepted.json). On the default trace the front is a, b, h and g."""
     store = CandidateStore(root)
     a = add(store, "a", None, 1, ok(0.70, 50), ok(0.69, 40, HOLDOUT))
@@ -81,7 +84,7 @@ def build_store(root: Path) -> dict[str, StoredCandidate]:
     c = add(store, "c", b, 3, failed("invalid_output", violations=[{"invariant": HOSTILE, "index": 3,
                                                                      "message": HOSTILE}], stdout=HOSTILE))
     e = add(store, "e", a, 4, failed("exception"), ok(0.62, 20), failed("exception", HOLDOUT),
-            failed("infra_error"))
+            failed("infra_error"), ok(0.5, 3, DEFAULT_FOR_SMALL))
     h = add(store, HOSTILE, None, 5, ok(0.90, 2, gpu_load=None) | {"stdout": HOSTILE, "stderr": HOSTILE},
             description=HOSTILE)
     d = add(store, "d", None, 6, ok(0.74, 4, TRACE_FILE), ok(0.75, 5, {**TRACE_FILE, "source": "./traces/mine.json"}))
@@ -161,7 +164,7 @@ def test_every_page_is_written_and_every_link_resolves_offline(made):
     site, candidates = made
     assert (site / MARKER).is_file() and (site / "style.css").is_file()
     assert {path.stem for path in (site / "candidate").glob("*.html")} == {c.id for c in candidates.values()}
-    assert len(list(site.glob("trace-*.html"))) == 3
+    assert len(list(site.glob("trace-*.html"))) == 4
     assert not [path for path in site.parent.iterdir() if path.name.startswith(".site")]  # no staging left
     for page in pages(site):
         elements = read(page)
@@ -180,7 +183,8 @@ def test_every_page_is_written_and_every_link_resolves_offline(made):
 def test_leaderboards_are_split_by_trace_with_their_status_counts(made):
     site, c = made
     traces = {_heading(path): path for path in site.glob("trace-*.html")}
-    assert sorted(traces) == ["default trace", "held-out traces", "trace traces/mine.json (digest feedfacecafebeef)"]
+    assert sorted(traces) == ["default trace", "default trace, 4 layers x 16 experts, 24 replicas on 4 GPUs",
+                              "held-out traces", "trace traces/mine.json (digest feedfacecafebeef)"]
     # best first by combined score, then failures; e's latest result there is its ok one (an infra_error is not)
     assert leaderboard(traces["default trace"]) == [c[name].id for name in ("a", "g", "b", "h", "e", "c")]
     assert leaderboard(traces["held-out traces"]) == [c["a"].id, c["e"].id]

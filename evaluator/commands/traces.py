@@ -10,13 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from evaluator.commands import CommandError
-from evaluator.eplb.default_trace import DEFAULT_SEED
 from evaluator.eplb.problem import Problem
 from evaluator.eplb.trace_file import load_trace_file
-from evaluator.store import DEFAULT_SOURCE, HOLDOUT_SOURCE
+from evaluator.store import DEFAULT_SOURCE, HOLDOUT_SOURCE, trace_source
 
-# The default trace of another problem shape: the default generator's from the same seed (`default_trace_for`)
-DEFAULT_FOR_SHAPE = f"synthetic(seed={DEFAULT_SEED})"
 _DEFAULT_SHAPE = asdict(Problem())
 
 OnTrace = Callable[[Mapping[str, Any]], bool]
@@ -29,12 +26,7 @@ def trace_label(result: Mapping[str, Any]) -> str:
     problem = workload.get("problem")
     shape = [f"{name.removeprefix('num_')}={value}" for name, value in problem.items()
              if _DEFAULT_SHAPE.get(name) != value] if isinstance(problem, dict) else []
-    return " ".join([_source(workload), *shape])
-
-
-def _source(workload: Mapping[str, Any]) -> str:
-    source = str(workload.get("source") or "?")
-    return DEFAULT_SOURCE if source == DEFAULT_FOR_SHAPE else source
+    return " ".join([trace_source(workload), *shape])
 
 
 def add_trace_argument(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +43,7 @@ def on_trace(spec: str | None) -> OnTrace | None:
     if spec is None:
         return None
     if spec in (DEFAULT_SOURCE, HOLDOUT_SOURCE):
-        return lambda result: _source(result.get("workload") or {}) == spec
+        return lambda result: trace_source(result.get("workload") or {}) == spec
     path = Path(spec)
     try:
         if not path.is_file():
@@ -72,7 +64,7 @@ class _TraceFile:
 
     def __call__(self, result: Mapping[str, Any]) -> bool:
         workload = result.get("workload") or {}
-        if _source(workload) in (DEFAULT_SOURCE, HOLDOUT_SOURCE) or not isinstance(workload.get("problem"), dict):
+        if trace_source(workload) in (DEFAULT_SOURCE, HOLDOUT_SOURCE) or not isinstance(workload.get("problem"), dict):
             return False
         key = json.dumps([workload["problem"], workload.get("steps_per_window")], sort_keys=True)
         if key not in self._digests:

@@ -23,6 +23,7 @@ from evaluator.store import (
     CandidateStore,
     StoredCandidate,
     measured_at,
+    trace_source,
 )
 
 STATUS_ORDER = tuple(status.value for status in Status)
@@ -221,10 +222,9 @@ _FILE_TRACE = "file"
 def _trace_key(workload: Mapping[str, Any]) -> tuple[Any, ...]:
     """What the results compared on one leaderboard share, from a result's `workload`."""
     problem = json.dumps(workload.get("problem"), sort_keys=True)
-    if workload.get("source") == HOLDOUT_SOURCE:
-        return (HOLDOUT_SOURCE, problem)
-    if workload.get("source") == DEFAULT_SOURCE:  # one fixed trace per shape
-        return (DEFAULT_SOURCE, problem)
+    source = trace_source(workload)
+    if source in (DEFAULT_SOURCE, HOLDOUT_SOURCE):  # one fixed default trace per shape; held-out draws together
+        return (source, problem)
     # a trace file by its data, wherever it was read from (as `list --trace FILE` does)
     return (_FILE_TRACE, workload.get("digest"), workload.get("windows"), workload.get("steps_per_window"), problem)
 
