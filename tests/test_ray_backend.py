@@ -209,15 +209,41 @@ def test_a_node_that_dies_mid_evaluation_costs_an_attempt_and_the_candidate_is_s
 
 
 @needs_ray
+def test_the_cluster_is_asked_for_its_nodes_without_the_drivers_lock(remote, monkeypatch):
+    from evaluator.cluster import driver
+
+    monkeypatch.setattr(driver, "DISCOVER_EVERY_S", 0.0)  # look at the cluster on every candidate
+    listed, locked = driver.ray.nodes, []
+
+    def try_the_lock(free: list[bool]) -> None:
+        free.append(remote._condition.acquire(timeout=2))
+        if free[-1]:
+            remote._condition.release()
+
+    def nodes():
+        free: list[bool] = []  # whether another thread, releasing a lane, could take the lock meanwhile
+        probe = threading.Thread(target=try_the_lock, args=(free,))
+        probe.start()
+        probe.join()
+        locked.append(not free[0])
+        return listed()
+
+    monkeypatch.setattr(driver.ray, "nodes", nodes)
+    assert remote.evaluate(SEED_PROGRAM).ok
+    assert locked and not any(locked)
+
+
+@needs_ray
 def test_a_node_that_joins_the_cluster_later_gets_lanes(remote, cluster, monkeypatch):
     from evaluator.cluster import driver
 
     monkeypatch.setattr(driver, "DISCOVER_EVERY_S", 0.0)  # look at the cluster on every candidate
+    lanes = remote.lane_count  # as the tests before left the cluster
     joined = cluster.add_node(num_cpus=1, resources=LANE)
     cluster.wait_for_nodes()
-    assert remote.evaluate(SEED_PROGRAM).ok  # the node it had takes it, while the new one starts
-    assert remote.wait_for_nodes() and remote.lane_count == 2
-    with ThreadPoolExecutor(2) as threads:
-        results = list(threads.map(remote.evaluate, [SEED_PROGRAM] * 2))
+    assert remote.evaluate(SEED_PROGRAM).ok  # the nodes it had take it, while the new one starts
+    assert remote.wait_for_nodes() and remote.lane_count == lanes + 1
+    with ThreadPoolExecutor(lanes + 1) as threads:  # one candidate for each lane, at once
+        results = list(threads.map(remote.evaluate, [SEED_PROGRAM] * (lanes + 1)))
     assert all(result.ok for result in results)
     assert joined.node_id in {result.node["id"] for result in results}

@@ -208,8 +208,9 @@ class RayEvaluator:
 
     def _start(self) -> None:
         """Start an actor on every node with lanes, and wait until one has started."""
+        self._discovered_at = time.monotonic()
+        self._discover()
         with self._condition:
-            self._discover()
             if not self._nodes:
                 raise ValueError(no_lanes(self._device))
         if self._wait(lambda nodes: any(node.ready for node in nodes), START_TIMEOUT_S):
@@ -235,11 +236,26 @@ class RayEvaluator:
                 return False
             ray.wait(starting, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
 
+    def _discover_if_due(self) -> None:
+        """`_discover`, by one thread at a time, at most every `DISCOVER_EVERY_S`."""
+        with self._condition:
+            if self._closed or time.monotonic() - self._discovered_at <= DISCOVER_EVERY_S:
+                return
+            self._discovered_at = time.monotonic()
+        self._discover()
+
     def _discover(self) -> None:
-        """Start an actor on each live node with lanes that has none (held: the lock)."""
-        self._discovered_at = time.monotonic()
+        """Start an actor on each live node with lanes that has none. The cluster is asked without the lock (a call
+        to its head node), so that lanes are released and taken meanwhile."""
+        listed = lane_nodes(ray.nodes(), self._device)
+        with self._condition:
+            if not self._closed:
+                self._start_actors(listed)
+
+    def _start_actors(self, specs: list[LaneNode]) -> None:
+        """An actor on each node of `specs` that has none (held: the lock)."""
         settings, spares, retime_seed = self._options
-        for spec in lane_nodes(ray.nodes(), self._device):
+        for spec in specs:
             if spec.node_id in self._nodes:  # one that lost its actor gets no other: it may lose that one too
                 continue
             actor = _RemoteNode.options(
@@ -272,13 +288,12 @@ class RayEvaluator:
     def _take(self, tried: set[str], give_up_at: float | None) -> _Node | None:
         """A node with a free lane, one of its lanes counted busy; one with the most free lanes, among those not in
         `tried`. None when no such node is left; raises _GaveUp past `give_up_at`, _Closed once closed."""
-        with self._condition:
-            while True:
+        while True:
+            self._discover_if_due()
+            with self._condition:
                 if self._closed:
                     raise _Closed
                 self._admit()
-                if time.monotonic() - self._discovered_at > DISCOVER_EVERY_S:
-                    self._discover()
                 usable = [node for node in self._nodes.values() if node.lost is None
                           and node.spec.node_id not in tried]
                 free = [node for node in usable if node.ready and node.busy < node.lanes]
