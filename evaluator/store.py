@@ -65,6 +65,12 @@ def trace_source(workload: Mapping[str, Any]) -> str:
     return DEFAULT_SOURCE if source == DEFAULT_FOR_SHAPE_SOURCE else source
 
 
+def score_in(result: Mapping[str, Any], key: str) -> float | None:
+    """`result[key]` as a number; None where a result file (edited by hand, say) holds anything else."""
+    value = result.get(key)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def same_workload(result: Mapping[str, Any], workload: Mapping[str, Any]) -> bool:
     """Whether `result` was measured on `workload`, comparing those of `WORKLOAD_KEYS` that `workload` gives."""
     measured = result.get("workload") or {}

@@ -76,8 +76,9 @@ def add(store: CandidateStore, name: str, parent: StoredCandidate | None, minute
 
 
 def build_store(root: Path) -> dict[str, StoredCandidate]:
-    """A chain a > b > c, a's child e (also measured on the default trace of a small shape), a hostile candidate, one measured on a trace file only (its data read through
-    two paths), and one accepted whose results/ is gone (a clone keeps only accepted.json). On the default trace the front is a, b, h and g."""
+    """A chain a > b > c, a's child e (also measured on the default trace of a small shape), a hostile candidate,
+    one measured on a trace file only (its data read through two paths), and one accepted whose results/ is gone (a
+    clone keeps only accepted.json). On the default trace the front is a, b, h and g."""
     store = CandidateStore(root)
     a = add(store, "a", None, 1, ok(0.70, 50), ok(0.69, 40, HOLDOUT))
     b = add(store, "b", a, 2, ok(0.80, 10))
@@ -87,7 +88,8 @@ def build_store(root: Path) -> dict[str, StoredCandidate]:
             failed("infra_error"), ok(0.5, 3, DEFAULT_FOR_SMALL))
     h = add(store, HOSTILE, None, 5, ok(0.90, 2, gpu_load=None) | {"stdout": HOSTILE, "stderr": HOSTILE},
             description=HOSTILE)
-    d = add(store, "d", None, 6, ok(0.74, 4, TRACE_FILE), ok(0.75, 5, {**TRACE_FILE, "source": "./traces/mine.json"}))
+    d = add(store, "d", None, 6, ok(0.74, 4, TRACE_FILE),
+            ok(0.75, 5, {**TRACE_FILE, "source": "./traces/mine.json"}))
     g = add(store, "g", None, 7)
     store.accept(g, ok(0.60, 100))
     return {"a": a, "b": b, "c": c, "e": e, "h": h, "d": d, "g": g}

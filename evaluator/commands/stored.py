@@ -10,7 +10,7 @@ from evaluator.commands import CommandError
 from evaluator.commands.terminal import number
 from evaluator.commands.traces import trace_label
 from evaluator.status import Status
-from evaluator.store import CandidateStore, StoredCandidate, StoreError, measured_at
+from evaluator.store import CandidateStore, StoredCandidate, StoreError, measured_at, score_in
 from evaluator.untrusted import NAME_CHARS, one_line
 
 ID_HELP = "a candidate id (or a unique prefix of at least 4 characters)"
@@ -64,14 +64,9 @@ def scores_of(result: Mapping[str, Any] | None) -> Scores:
     if result is None:
         return Scores(UNEVALUATED, None, None, None, None)
     ok = result.get("status") == Status.OK
-    return Scores(str(result.get("status")), _real(result.get("combined_score")) if ok else None,
-                  _real(result.get("balancedness_score")) if ok else None, _real(result.get("speedup")) if ok else None,
+    return Scores(str(result.get("status")), score_in(result, "combined_score") if ok else None,
+                  score_in(result, "balancedness_score") if ok else None, score_in(result, "speedup") if ok else None,
                   trace_label(result))
-
-
-def _real(value: object) -> float | None:
-    """A score as a number, or None where a result file (edited by hand, say) holds anything else."""
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def result_entries(candidate: StoredCandidate) -> list[dict[str, Any]]:

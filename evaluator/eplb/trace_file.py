@@ -48,8 +48,7 @@ def file_source(path: str) -> str:
     """A trace file's `Trace.source`: its path as given, with `./` before a bare file name, so that no file is
     recorded under the name of a built-in trace ("default", "holdout", "synthetic(seed=N)"), whose results are
     ranked, and kept secret, by that name."""
-    separators = [os.sep, os.altsep or os.sep]
-    return path if any(separator in path for separator in separators) else os.path.join(os.curdir, path)
+    return path if os.path.dirname(path) else os.path.join(os.curdir, path)
 
 
 def _read_trace(stream: _JsonStream, problem: Problem, window: int) -> Trace:

@@ -23,6 +23,7 @@ from evaluator.store import (
     CandidateStore,
     StoredCandidate,
     measured_at,
+    score_in,
     trace_source,
 )
 
@@ -293,8 +294,7 @@ def _status_rank(status: str) -> int:
 
 def number_in(result: Mapping[str, Any], key: str) -> float:
     """`result[key]` as a number; 0 where a result file (edited by hand, say) holds anything else."""
-    value = result.get(key)
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+    return score_in(result, key) or 0.0
 
 
 def _creation(candidate: Candidate) -> tuple[str, str]:
