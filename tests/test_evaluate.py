@@ -632,8 +632,10 @@ def test_a_run_whose_last_round_finds_the_host_at_another_pace_goes_on_until_mos
                             pace_changing_every_s=1e-9)
     settings = Settings(problem=SMALL, timeout_s=60, timing=timing)
     rounds = []
+    # a steady pace first, for the reference: the host's own might change in it, and its runs go to their budget
+    monkeypatch.setattr(Runner, "_yardstick_ms", lambda runner, worker, timeout_s: 2.0)
     with Evaluator(SMALL_TRACE, settings, device="cpu") as evaluator:
-        assert evaluator.evaluate(SEED_PROGRAM).status == "ok"  # the reference, at the host's own pace
+        assert evaluator.evaluate(SEED_PROGRAM).status == "ok"
 
         def changing_pace(runner, worker, timeout_s):
             rounds.append(None)
@@ -748,3 +750,22 @@ def test_a_result_states_its_speedup_with_an_interval_and_what_it_was_measured_a
     assert len(timing["yardstick_ms"]) >= 2  # before the first batch and after the last
     assert result.seed_time_ms == pytest.approx(timing["seed"]["ratio"] * timing["pace_ms"])
     assert result.speedup == pytest.approx(result.seed_time_ms / result.time_ms)
+
+
+def test_the_harness_model_comes_from_batches_run_back_to_back_not_from_the_seeds(monkeypatch):
+    """Each of the seed's reference batches follows a round of the yardstick on the same core, unlike most of a
+    candidate's batches: a seed whose round trips each took 50 ms more than its claims leaves the harness's model
+    as it was, fitted to the trusted programs' batches run back to back."""
+    measured = Runner.reference_calls
+
+    def slow_round_trips(runner, lane, seed_calls, timeout_s):
+        batches, paces = measured(runner, lane, seed_calls, timeout_s)
+        return [dataclasses.replace(batch, round_trip_ns=batch.round_trip_ns + 50_000_000) for batch in batches], paces
+
+    monkeypatch.setattr(Runner, "reference_calls", slow_round_trips)
+    with Evaluator(SMALL_TRACE, Settings(problem=SMALL, timeout_s=60), device="cpu",
+                   seed_references=ReferenceCache(None)) as evaluator:
+        result = evaluator.evaluate(SEED_PROGRAM)
+    assert result.status == "ok", result.error
+    harness = result.timing["seed"]["harness"]
+    assert harness["fixed_ms"] + harness["per_call_ms"] < 25, harness  # about 50 had the seed's batches counted

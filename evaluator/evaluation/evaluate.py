@@ -71,8 +71,8 @@ EVALUATOR_THREADS = 1
 # How long the evaluator's threads hold the interpreter before another may take it: short, so that the thread
 # reading a batch's reply is not kept waiting by a validation.
 SWITCH_INTERVAL_S = 0.0005
-# The trusted programs' batches the harness's model is fitted to: sizes, each twice.
-_HARNESS_BATCHES = (1, 1, 8, 8)
+# The trusted programs' batches the harness's model is fitted to, run back to back as a candidate's are: sizes.
+_HARNESS_BATCHES = (1, 1, 1, 1, 8, 8, 8, 8)
 
 # A held-out trace stays secret only while its windows stay in the evaluator: a program sees those it plans on and
 # could write them into its error or output, which a loop reads and may feed to the next program. On a held-out trace
@@ -235,13 +235,14 @@ class Evaluator:
 
     def _measure_reference(self, lane: Lane) -> SeedReference:
         """The seed's ratio to the yardstick in several fresh processes on `lane`, each timing the seed as a candidate
-        is timed (the yardstick before, between and after its calls); and the harness's model, from the seed's batches
-        and two more trusted programs' (the narrowest valid plan, the seed patch)."""
+        is timed (the yardstick before, between and after its calls); and the harness's model, from two trusted
+        programs' batches (the narrowest valid plan, the seed patch). Not from the seed's: each of those follows a
+        round of the yardstick on the same core, which leaves the harness's next round trip slower than between a
+        candidate's batches, most of which follow one another."""
         timing = self.settings.timing
         ratios, seed_ms, yardstick_ms, batches = [], [], [], []
         for _ in range(timing.reference_processes):
             seed, paces = self._runner.reference_calls(lane, timing.reference_seed_calls, REFERENCE_TIMEOUT_S)
-            batches += seed
             seed_ms += [batch.claim_ns / 1e6 for batch in seed]
             yardstick_ms += paces
             ratios += [batch.claim_ns / 1e6 / batch.pace_ms for batch in steady(seed)]
