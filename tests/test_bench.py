@@ -12,7 +12,7 @@ import pytest
 from small_problem import SMALL_SETTINGS, SMALL_TRACE
 
 from evaluator.bench import timed_evaluations
-from evaluator.bench.evaluation import lane_use
+from evaluator.bench.evaluation import lane_use, run_shape
 from evaluator.bench.speed_classes import SPEED_CLASSES
 from evaluator.evaluation import Evaluator
 from evaluator.exitcodes import ExitCode
@@ -99,3 +99,21 @@ def test_lane_use_counts_each_candidates_time_on_its_lane_and_never_two_at_once(
     assert 0 < held_s <= statistics.median(evaluations_s)
     # one lane, held by one candidate at a time: together they held it for at most the run's wall time
     assert 0.3 < busy <= 1.0
+
+
+def test_the_run_shape_is_read_off_the_evaluations():
+    """Batches, yardstick rounds and unsteady batches as the evaluations counted them, and a batch's harness: its
+    round trip beyond the program's own time, more than nothing and less than the batch."""
+    with Evaluator(SMALL_TRACE, SMALL_SETTINGS, device="cpu", spares=1) as evaluator:
+        results = [evaluator.evaluate(SEED_PROGRAM) for _ in range(3)]
+    assert all(result.ok for result in results), [result.error for result in results]
+    shape = run_shape(results)
+    timings = [result.timing for result in results]
+    windows = SMALL_TRACE.num_windows - 1
+    assert shape.batches == statistics.median(timing["batches"] for timing in timings)
+    assert shape.batches >= windows + max(windows, SMALL_SETTINGS.timing.min_batches_alone)  # the first round
+    assert shape.yardstick_rounds >= 2  # before the first batch and after the last
+    assert 0 <= shape.unsteady_batches <= shape.batches
+    batch_ms = statistics.median(timing["round_trip_ms"] * timing["calls_per_batch"] for timing in timings)
+    assert 0 < shape.harness_ms_per_batch < batch_ms
+    assert shape.model_ms_per_batch > 0

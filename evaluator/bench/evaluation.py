@@ -31,6 +31,17 @@ _OFF_THE_LANE = ("wait_for_device_ms", "scoring_ms")
 
 
 @dataclass(frozen=True)
+class RunShape:
+    """How evaluations timed their program, medians over them: a drifting host's runs take more batches and rounds."""
+
+    batches: float
+    yardstick_rounds: float
+    unsteady_batches: float  # left out of the time: the host changed its pace around them
+    harness_ms_per_batch: float  # a batch's round trip beyond the program's own time, as measured
+    model_ms_per_batch: float  # the same, as the harness's model has it
+
+
+@dataclass(frozen=True)
 class EvaluationBenchResult:
     device: str
     card: str
@@ -58,6 +69,7 @@ class EvaluationBenchResult:
     calls_per_batch: list[int]  # of each A/A run
     precision: list[float]  # of each A/A run's time: half its 95% interval over it
     isolated: bool  # the lane had a core of its own
+    runs: RunShape  # how the A/A runs were timed
     phases_ms_median: dict[str, float]  # where an A/A evaluation's time went
     phase_overhead_ms_median: dict[str, float]  # the same, less the candidate's own compute in each phase
     scoring_ms: float  # balancedness of a whole trace's plans (plus the seed reference), median of 20
@@ -101,7 +113,7 @@ def measure(repeats: int = 10, throughput_candidates: int = 60, threads: int = 2
         aa_time_ms=[round(r.time_ms, 3) for r in aa],
         aa_min_ms=[round(r.timing["summary"]["min_ms"], 3) for r in aa],
         harness=aa[0].timing["seed"]["harness"], calls_per_batch=[r.timing["calls_per_batch"] for r in aa], precision=[r.timing["precision"] for r in aa],
-        isolated=isolated,
+        isolated=isolated, runs=run_shape(aa),
         phases_ms_median={name: statistics.median(r.timing["phases"][name] for r in aa) for name in aa[0].timing["phases"]},
         phase_overhead_ms_median={name: statistics.median(_phase_overhead(r, name) for r in aa)
                                   for name in aa[0].timing["phases"]},
@@ -116,6 +128,20 @@ def lane_use(results: Sequence[Result], seconds: float, lanes: int) -> tuple[flo
     held = [sum(ms for phase, ms in result.timing["phases"].items() if phase not in _OFF_THE_LANE) / 1e3
             for result in results]
     return statistics.median(held), sum(held) / (seconds * lanes)
+
+
+def run_shape(results: Sequence[Result]) -> RunShape:
+    """How `results` (ok ones) timed their program: batches, yardstick rounds and unsteady batches, and what a batch
+    took beyond the program, measured (the median round trip per call less the median time per call) and modelled."""
+    timings = [result.timing for result in results]
+    return RunShape(
+        batches=statistics.median([timing["batches"] for timing in timings]),
+        yardstick_rounds=statistics.median([len(timing["yardstick_ms"]) for timing in timings]),
+        unsteady_batches=statistics.median([timing["unsteady_batches"] for timing in timings]),
+        harness_ms_per_batch=statistics.median([(timing["round_trip_ms"] - timing["summary"]["median_ms"])
+                                                * timing["calls_per_batch"] for timing in timings]),
+        model_ms_per_batch=statistics.median([timing["harness_ms"] * timing["calls_per_batch"] for timing in timings]),
+    )
 
 
 def _worker_start_s(evaluator: Evaluator, folder: Path, start_method: str) -> float:

@@ -112,6 +112,10 @@ def _run_evaluator(args: argparse.Namespace) -> int:
           f"{100 * result.aa_speedup_cv:.2f}% over {result.aa_runs} runs; calls per batch {result.calls_per_batch[0]}, "
           f"precision {100 * statistics.median(result.precision):.1f}% (median); lane "
           f"{'on a core of its own' if result.isolated else 'sharing the cores'}")
+    runs = result.runs
+    print(f"runs                batches {runs.batches:.0f}, yardstick rounds {runs.yardstick_rounds:.0f}, unsteady "
+          f"batches {runs.unsteady_batches:.0f} (medians); a batch's harness {runs.harness_ms_per_batch:.2f} ms "
+          f"(the model's {runs.model_ms_per_batch:.2f} ms)")
     phases = ", ".join(f"{name.removesuffix('_ms')} {value:.0f}" for name, value in result.phases_ms_median.items())
     print(f"phases (ms)         {phases}")
     overheads = ", ".join(f"{name.removesuffix('_ms')} {value:.0f}"
