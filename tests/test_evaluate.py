@@ -632,7 +632,7 @@ def test_a_run_whose_last_round_finds_the_host_at_another_pace_goes_on_until_mos
                             pace_changing_every_s=1e-9)
     settings = Settings(problem=SMALL, timeout_s=60, timing=timing)
     rounds = []
-    # a steady pace first, for the reference: the host's own might change in it, and its runs go to their budget
+    # a steady pace for the first evaluation: at the host's own, which may change, its run could reach its budget
     monkeypatch.setattr(Runner, "_yardstick_ms", lambda runner, worker, timeout_s: 2.0)
     with Evaluator(SMALL_TRACE, settings, device="cpu") as evaluator:
         assert evaluator.evaluate(SEED_PROGRAM).status == "ok"

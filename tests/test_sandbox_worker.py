@@ -712,60 +712,6 @@ def test_a_worker_reaches_nothing_outside_its_own_folder_and_tree(tmp_path, star
         assert reached["signal_evaluator"].startswith("refused")
 
 
-
-
-def _status_after(install) -> dict[str, str]:
-    """The Seccomp and Speculation_Store_Bypass lines of /proc/self/status in a forked child once `install()` ran."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: nothing of it returns
-        try:
-            os.close(read)
-            install()
-            with open("/proc/self/status") as status:
-                said = dict(line.rstrip("\n").split(":\t", 1) for line in status
-                            if line.startswith(("Seccomp:", "Speculation_Store_Bypass:")))
-            os.write(write, json.dumps(said).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        said = json.loads(pipe.read() or b"{}")
-    os.waitpid(pid, 0)
-    return said
-
-
-class _Instruction(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
-
-
-class _Program(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_Instruction))]
-
-
-def _allow_everything_filter() -> None:
-    """A seccomp filter that allows every call, installed the plain way (prctl, no flags)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    instructions = (_Instruction * 1)(_Instruction(0x06, 0, 0, 0x7FFF0000))  # return ALLOW
-    assert libc.prctl(38, 1, 0, 0, 0) == 0  # no new privileges
-    assert libc.prctl(22, 2, ctypes.byref(_Program(1, instructions)), 0, 0) == 0, ctypes.get_errno()
-
-
-def test_the_workers_seccomp_filter_leaves_the_speculative_store_bypass_mitigation_as_it_was(tmp_path):
-    """Where the kernel turns that mitigation on for every filtered process (spec_store_bypass_disable=seccomp, its
-    default before Linux 5.16), it slows a worker's own work in every call, and protects nothing a candidate could not
-    read anyway: the worker installs its filter asking the kernel to leave it off."""
-    from evaluator.sandbox.confinement import confine
-
-    if os.uname().machine not in ("x86_64", "aarch64"):
-        pytest.skip("the worker has a seccomp filter only on x86_64 and aarch64")
-    plain = _status_after(_allow_everything_filter)
-    assert plain["Seccomp"] == "2", plain  # the plain filter took
-    if "force" not in plain.get("Speculation_Store_Bypass", ""):
-        pytest.skip(f"this kernel leaves the mitigation alone for filtered processes ({plain})")
-    confined = _status_after(lambda: confine(str(tmp_path)))
-    assert confined["Seccomp"] == "2" and "force" not in confined["Speculation_Store_Bypass"], confined
-
 def test_input_mutation_is_reported(pool):
     result, _ = run(pool, HOSTILE / "mutates_input.py")
     assert result.input_mutated

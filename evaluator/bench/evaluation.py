@@ -37,8 +37,11 @@ class RunShape:
     batches: float
     yardstick_rounds: float
     unsteady_batches: float  # left out of the time: the host changed its pace around them
-    harness_ms_per_batch: float  # a batch's round trip beyond the program's own time, as measured
+    # a batch's round trip beyond the program's time, as measured: at most twice the model's, since a batch whose
+    # claim falls further below its round trip is timed at its round trip less that (its claim doubted)
+    harness_ms_per_batch: float
     model_ms_per_batch: float  # the same, as the harness's model has it
+    claims_doubted: float
 
 
 @dataclass(frozen=True)
@@ -112,9 +115,10 @@ def measure(repeats: int = 10, throughput_candidates: int = 60, threads: int = 2
         aa_speedup_cv=_cv(speedups), rechecks=settings.rechecks,
         aa_time_ms=[round(r.time_ms, 3) for r in aa],
         aa_min_ms=[round(r.timing["summary"]["min_ms"], 3) for r in aa],
-        harness=aa[0].timing["seed"]["harness"], calls_per_batch=[r.timing["calls_per_batch"] for r in aa], precision=[r.timing["precision"] for r in aa],
-        isolated=isolated, runs=run_shape(aa),
-        phases_ms_median={name: statistics.median(r.timing["phases"][name] for r in aa) for name in aa[0].timing["phases"]},
+        harness=aa[0].timing["seed"]["harness"], calls_per_batch=[r.timing["calls_per_batch"] for r in aa],
+        precision=[r.timing["precision"] for r in aa], isolated=isolated, runs=run_shape(aa),
+        phases_ms_median={name: statistics.median(r.timing["phases"][name] for r in aa)
+                          for name in aa[0].timing["phases"]},
         phase_overhead_ms_median={name: statistics.median(_phase_overhead(r, name) for r in aa)
                                   for name in aa[0].timing["phases"]},
         scoring_ms=_scoring_ms(), start_method=settings.start_method, worker_start_s=worker_start_s,
@@ -131,8 +135,9 @@ def lane_use(results: Sequence[Result], seconds: float, lanes: int) -> tuple[flo
 
 
 def run_shape(results: Sequence[Result]) -> RunShape:
-    """How `results` (ok ones) timed their program: batches, yardstick rounds and unsteady batches, and what a batch
-    took beyond the program, measured (the median round trip per call less the median time per call) and modelled."""
+    """How `results` (ok ones) timed their program: batches, yardstick rounds and unsteady batches, what a batch took
+    beyond the program, measured (the median round trip per call less the median time per call) and modelled, and
+    the batches whose claims were doubted."""
     timings = [result.timing for result in results]
     return RunShape(
         batches=statistics.median([timing["batches"] for timing in timings]),
@@ -141,6 +146,7 @@ def run_shape(results: Sequence[Result]) -> RunShape:
         harness_ms_per_batch=statistics.median([(timing["round_trip_ms"] - timing["summary"]["median_ms"])
                                                 * timing["calls_per_batch"] for timing in timings]),
         model_ms_per_batch=statistics.median([timing["harness_ms"] * timing["calls_per_batch"] for timing in timings]),
+        claims_doubted=statistics.median([timing["claims_doubted"] for timing in timings]),
     )
 
 

@@ -113,9 +113,9 @@ def _run_evaluator(args: argparse.Namespace) -> int:
           f"precision {100 * statistics.median(result.precision):.1f}% (median); lane "
           f"{'on a core of its own' if result.isolated else 'sharing the cores'}")
     runs = result.runs
-    print(f"runs                batches {runs.batches:.0f}, yardstick rounds {runs.yardstick_rounds:.0f}, unsteady "
-          f"batches {runs.unsteady_batches:.0f} (medians); a batch's harness {runs.harness_ms_per_batch:.2f} ms "
-          f"(the model's {runs.model_ms_per_batch:.2f} ms)")
+    print(f"runs                batches {runs.batches:g}, yardstick rounds {runs.yardstick_rounds:g}, unsteady "
+          f"batches {runs.unsteady_batches:g}, claims doubted {runs.claims_doubted:g} (medians); a batch's harness "
+          f"{runs.harness_ms_per_batch:.2f} ms (the model's {runs.model_ms_per_batch:.2f} ms)")
     phases = ", ".join(f"{name.removesuffix('_ms')} {value:.0f}" for name, value in result.phases_ms_median.items())
     print(f"phases (ms)         {phases}")
     overheads = ", ".join(f"{name.removesuffix('_ms')} {value:.0f}"

@@ -71,7 +71,7 @@ EVALUATOR_THREADS = 1
 # How long the evaluator's threads hold the interpreter before another may take it: short, so that the thread
 # reading a batch's reply is not kept waiting by a validation.
 SWITCH_INTERVAL_S = 0.0005
-# The trusted programs' batches the harness's model is fitted to, run back to back as a candidate's are: sizes.
+# The trusted programs' batches the harness's model is fitted to, run back to back: sizes.
 _HARNESS_BATCHES = (1, 1, 1, 1, 8, 8, 8, 8)
 
 # A held-out trace stays secret only while its windows stay in the evaluator: a program sees those it plans on and
@@ -236,18 +236,19 @@ class Evaluator:
     def _measure_reference(self, lane: Lane) -> SeedReference:
         """The seed's ratio to the yardstick in several fresh processes on `lane`, each timing the seed as a candidate
         is timed (the yardstick before, between and after its calls); and the harness's model, from two trusted
-        programs' batches (the narrowest valid plan, the seed patch). Not from the seed's: each of those follows a
-        round of the yardstick on the same core, which leaves the harness's next round trip slower than between a
-        candidate's batches, most of which follow one another."""
+        programs' batches run back to back, with no round of the yardstick between them (the narrowest valid plan,
+        the seed patch). Not from the seed's: each of those follows a round of the yardstick on the same core, which
+        leaves the harness's next round trip slower, and most of a candidate's batches follow another batch."""
         timing = self.settings.timing
-        ratios, seed_ms, yardstick_ms, batches = [], [], [], []
+        ratios, seed_ms, yardstick_ms = [], [], []
         for _ in range(timing.reference_processes):
             seed, paces = self._runner.reference_calls(lane, timing.reference_seed_calls, REFERENCE_TIMEOUT_S)
             seed_ms += [batch.claim_ns / 1e6 for batch in seed]
             yardstick_ms += paces
             ratios += [batch.claim_ns / 1e6 / batch.pace_ms for batch in steady(seed)]
         rng = np.random.default_rng()
-        for program in (HARNESS_PROGRAM, self._files / "warm_up.py"):  # the seed patch's program, our own
+        batches = []
+        for program in (HARNESS_PROGRAM, self._files / "warm_up.py"):  # the narrowest valid plan, the seed patch
             weights = [[warmup_call(self._inputs, rng).weight for _ in range(size)] for size in _HARNESS_BATCHES]
             batches += self._runner.trusted_batches(lane, program, weights, REFERENCE_TIMEOUT_S)
         pace = statistics.median(yardstick_ms)

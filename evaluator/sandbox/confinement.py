@@ -58,8 +58,6 @@ _NET_TCP = 1 << 0 | 1 << 1  # bind, connect (ABI 4)
 _SCOPES = 1 << 0 | 1 << 1  # abstract unix sockets, signals (ABI 6)
 # seccomp, from linux/seccomp.h, linux/filter.h and linux/audit.h
 _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
-_SYS_SECCOMP = {"x86_64": 317, "aarch64": 277}
-_SECCOMP_SET_MODE_FILTER, _SECCOMP_FILTER_FLAG_SPEC_ALLOW = 1, 1 << 2
 _LOAD_WORD, _AND, _JUMP, _JUMP_IF_EQUAL, _JUMP_IF_AT_LEAST, _RETURN = 0x20, 0x54, 0x05, 0x15, 0x35, 0x06
 # offsets in struct seccomp_data: the call's number, the architecture, the low word of its first argument (8 bytes each)
 _NUMBER, _ARCHITECTURE, _ARGUMENTS = 0, 4, 16
@@ -239,14 +237,6 @@ def _filter_calls(libc: ctypes.CDLL) -> bool:
     instructions = _filter_program(machine)
     array = (_FilterInstruction * len(instructions))(*(_FilterInstruction(*fields) for fields in instructions))
     program = _FilterProgram(len(instructions), array)
-    # Without SPEC_ALLOW, a kernel whose default is spec_store_bypass_disable=seccomp (before Linux 5.16) also turns
-    # on the Speculative Store Bypass mitigation for every filtered process, which slows the worker's own CPU work in
-    # every call and protects nothing here: it keeps a process's code from reading that process's memory
-    # speculatively, and a candidate may read all of its process's memory anyway. A kernel that knows no such flag
-    # (before 4.17) refuses it; the filter is then installed without it.
-    if libc.syscall(_SYS_SECCOMP[machine], _SECCOMP_SET_MODE_FILTER, _SECCOMP_FILTER_FLAG_SPEC_ALLOW,
-                    ctypes.byref(program)) == 0:
-        return True
     return libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(program), 0, 0) == 0
 
 

@@ -8,8 +8,8 @@ candidate's batches (before the first, after the last, and between them as `prot
 candidate's processes are stopped; each batch is read against the yardstick's pace around it. The seed's ratio to the
 yardstick is measured once per device and software version, in several fresh processes of the seed, each timed as a
 candidate is (the same warm-up, the yardstick in the lane's worker between the seed's calls, the seed stopped
-meanwhile), and kept in a cache file; the same measurement fits the harness's model (estimate.py) on two more
-trusted programs.
+meanwhile), and kept in a cache file; the same measurement fits the harness's model (estimate.py) to two trusted
+programs' batches, run back to back (not to the seed's, each of which follows a round of the yardstick).
 
 So a speedup is the seed's time over the candidate's at the same pace on the same core: neither the host's pace
 between the seed's measurement and the candidate's, nor its changes during a candidate's batches, move it.
