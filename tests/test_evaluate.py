@@ -648,7 +648,32 @@ def test_a_run_whose_last_round_finds_the_host_at_another_pace_goes_on_until_mos
     first_round = windows + max(windows, timing.min_batches_alone)
     assert result.timing["unsteady_batches"] == first_round  # all read across the change, and left out
     assert result.timing["batches"] == 2 * first_round  # as many more, each with a round after it
-    assert len(rounds) == first_round + 2
+    assert len(rounds) == first_round + 3  # the round that found the change taken twice
+    assert result.timing["yardstick_ms"] == [2.0] + [3.0] * (first_round + 1)
+
+
+def test_a_round_of_the_yardstick_that_alone_differs_is_taken_again_and_leaves_no_batch_out(monkeypatch):
+    """One slow round (a moment the host took the core from the yardstick) is taken again at once; the second
+    stands, so no batch is read across a change that was not there, and the run ends with its first round."""
+    timing = TimingSettings(precision=0.5, budget_s=60.0, clocks_hold_s=math.inf, pace_every_s=1e6,
+                            pace_changing_every_s=1e-9)
+    settings = Settings(problem=SMALL, timeout_s=60, timing=timing)
+    rounds = []
+
+    def one_slow_round(runner, worker, timeout_s):
+        rounds.append(None)
+        return 3.0 if len(rounds) == 2 else 2.0
+
+    with Evaluator(SMALL_TRACE, settings, device="cpu") as evaluator:
+        monkeypatch.setattr(Runner, "_yardstick_ms", lambda runner, worker, timeout_s: 2.0)
+        assert evaluator.evaluate(SEED_PROGRAM).status == "ok"
+        monkeypatch.setattr(Runner, "_yardstick_ms", one_slow_round)
+        result = evaluator.evaluate(SEED_PROGRAM)
+    assert result.status == "ok", result.error
+    windows = SMALL_TRACE.num_windows - 1
+    assert result.timing["batches"] == windows + max(windows, timing.min_batches_alone)
+    assert result.timing["unsteady_batches"] == 0
+    assert len(rounds) == 3 and result.timing["yardstick_ms"] == [2.0, 2.0]
 
 
 def test_spending_the_budget_early_skips_neither_a_window_nor_its_variants_nor_the_rechecks(tmp_path):

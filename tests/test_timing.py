@@ -18,6 +18,7 @@ from evaluator.eplb.default_trace import default_trace
 from evaluator.eplb.invariants import check_plan
 from evaluator.eplb.problem import Problem
 from evaluator.evaluation.timing import (
+    PACE_CHANGE,
     BatchPlan,
     BatchTime,
     HarnessModel,
@@ -29,6 +30,7 @@ from evaluator.evaluation.timing import (
     estimate,
     median_interval,
     mostly_steady,
+    pace_change,
     precise_enough,
     steady,
     summarise,
@@ -204,8 +206,33 @@ def test_a_batch_lasts_long_enough_to_keep_the_harness_a_few_percent_of_it():
 
 def test_a_run_is_precise_enough_when_the_medians_interval_is_within_the_precision():
     settings = TimingSettings(precision=0.02)
-    assert precise_enough([10.0] * 22, settings)
-    assert not precise_enough([10.0, 14.0] * 11, settings)
+    batch = BatchTime(1, 9_000_000, 10_000_000, 0, False, False, pace_ms=2.0)
+    assert precise_enough([batch] * 22, 22, [2.0, 2.0], settings)
+    assert not precise_enough([batch, replace(batch, round_trip_ns=14_000_000)] * 11, 22, [2.0, 2.0], settings)
+
+
+def test_once_the_host_changed_its_pace_precision_is_read_against_the_pace_around_each_batch():
+    settings = TimingSettings(precision=0.02)
+    fast = BatchTime(1, 9_000_000, 10_000_000, 0, False, False, pace_ms=2.0)
+    slow = replace(fast, claim_ns=18_000_000, round_trip_ns=20_000_000, pace_ms=4.0)  # the host at half its pace
+    assert precise_enough([fast, slow] * 11, 22, [2.0, 4.0, 2.0], settings)
+    # the batches no round follows yet are read at the last round's pace: here the slow one's
+    assert precise_enough([fast, slow] * 6 + [slow] * 10, 12, [2.0, 4.0], settings)
+    assert not precise_enough([fast, slow] * 6 + [slow] * 10, 12, [4.0, 2.0], settings)
+    # a batch the host changed its pace around has no pace of its own and is left out, as the estimate leaves it out
+    changed = replace(fast, round_trip_ns=15_000_000, pace_change=0.5)
+    assert precise_enough([fast] * 16 + [changed] * 6, 22, [2.0, 3.0, 2.0], settings)
+    assert not precise_enough([fast] * 16 + [replace(changed, pace_change=0.0)] * 6, 22, [2.0, 3.0, 2.0], settings)
+
+
+def test_while_the_host_keeps_its_pace_precision_is_read_on_the_bare_round_trips():
+    """The yardstick's own noise from round to round (here 6%, under `PACE_CHANGE`) would widen the interval."""
+    settings = TimingSettings(precision=0.02)
+    first = [BatchTime(1, 9_000_000, 10_000_000, 0, False, False, pace_ms=2.0)] * 11
+    second = [replace(batch, pace_ms=2.12) for batch in first]
+    assert pace_change(2.0, 2.12) < PACE_CHANGE
+    assert precise_enough(first + second, 22, [1.94, 2.06, 2.18], settings)
+    assert not precise_enough(first + second, 22, [1.94, 2.06, 2.18, 2.5], settings)
 
 
 def test_the_budget_is_a_second_and_sixty_batches_or_the_seeds_time_for_sixty_calls():

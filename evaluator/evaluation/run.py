@@ -29,6 +29,7 @@ from evaluator.evaluation.lanes import Holding, Lane, Lanes
 from evaluator.evaluation.outputs import check_call
 from evaluator.evaluation.settings import Settings
 from evaluator.evaluation.timing import (
+    PACE_CHANGE,
     Batch,
     BatchPlan,
     BatchTime,
@@ -449,18 +450,30 @@ class _Calls:
                 continue
             if budget_spent(len(self.batches), self.timed_ns / 1e9, seed_time_ms, settings):
                 break
-            if precise_enough([timed.round_trip_ms_per_call for timed in self.batches], settings):
-                if not closed_once_precise:  # later, only where a round is due anyway: rounds cost time
-                    self._close_stretch()
-                    closed_once_precise = True
-                # else the host changed its pace around most of them: more batches
-                if self.rounds[-1][0] == len(self.batches) and mostly_steady(self.batches):
-                    break
+            if not self._precise():
+                continue
+            if self.rounds[-1][0] < len(self.batches):  # the last batches were read at the last round's pace
+                if closed_once_precise:  # later, only where a round is due anyway: rounds cost time
+                    continue
+                self._round()
+                closed_once_precise = True
+                if not self._precise():
+                    continue
+            if mostly_steady(self.batches):  # else the host changed its pace around most of them: more batches
+                break
         self._close_stretch()
 
+    def _precise(self) -> bool:
+        return precise_enough(self.batches, self.rounds[-1][0], self.paces, self.runner.settings.timing)
+
     def _round(self) -> None:
-        """A round of the yardstick now; the batches since the last round get the pace around them."""
+        """A round of the yardstick now; the batches since the last round get the pace around them. A round that
+        differs from the last by more than `PACE_CHANGE` is taken again at once, and the second stands: a change seen
+        once may be the yardstick's alone (a moment the host took the core), and would leave every batch around it
+        out of the time."""
         ms = self.pace()
+        if self.rounds and pace_change(self.rounds[-1][1], ms) > PACE_CHANGE:
+            ms = self.pace()
         if self.rounds:
             start, before, _ = self.rounds[-1]
             for index in range(start, len(self.batches)):

@@ -6,6 +6,7 @@ The sandbox only runs batches and stamps clocks; `run.py` drives a worker throug
 """
 
 from evaluator.evaluation.timing.estimate import (
+    PACE_CHANGE,
     BatchTime,
     HarnessModel,
     Timing,
@@ -23,6 +24,7 @@ from evaluator.evaluation.timing.protocol import (
     budget_spent,
     call_limit_s,
     calls_per_batch,
+    pace_changed,
     precise_enough,
     yardstick_due,
 )
@@ -36,8 +38,9 @@ from evaluator.evaluation.timing.reference import (
 from evaluator.evaluation.timing.schedule import Batch, BatchPlan, Call, call_inputs, vary, warmup_call
 
 __all__ = [
-    "YARDSTICK", "Batch", "BatchPlan", "BatchTime", "Call", "HarnessModel", "ReferenceCache",
+    "PACE_CHANGE", "YARDSTICK", "Batch", "BatchPlan", "BatchTime", "Call", "HarnessModel", "ReferenceCache",
     "SeedReference", "Timing", "TimingSettings", "TimingSummary", "budget_spent", "call_inputs", "call_limit_s",
     "calls_per_batch", "default_cache_path", "estimate", "median_interval", "mostly_steady", "pace_change",
-    "precise_enough", "relative_precision", "steady", "summarise", "vary", "warmup_call", "Yardstick", "yardstick_due",
+    "pace_changed", "precise_enough", "relative_precision", "steady", "summarise", "vary", "warmup_call", "Yardstick",
+    "yardstick_due",
 ]

@@ -9,7 +9,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from evaluator.evaluation.timing.estimate import PACE_CHANGE, HarnessModel, pace_change, relative_precision
+from evaluator.evaluation.timing.estimate import (
+    PACE_CHANGE,
+    BatchTime,
+    HarnessModel,
+    pace_change,
+    relative_precision,
+    steady,
+)
 
 
 @dataclass(frozen=True)
@@ -80,10 +87,21 @@ def calls_per_batch(call_ms: float, harness: HarnessModel, settings: TimingSetti
     return max(1, min(settings.max_batch_calls, wanted))
 
 
-def precise_enough(round_trips_ms_per_call: Sequence[float], settings: TimingSettings) -> bool:
-    """Whether the batches so far (their round trips per call, the evaluator's clock) time the program precisely
-    enough."""
-    return relative_precision(round_trips_ms_per_call) <= settings.precision
+def precise_enough(batches: Sequence[BatchTime], paced: int, paces_ms: Sequence[float],
+                   settings: TimingSettings) -> bool:
+    """Whether `batches` time the program precisely enough: the median's 95% interval within the settings' precision,
+    over their round trips per call (the evaluator's clock). Once the host changed its pace in the run (`pace_changed`
+    of the yardstick's times so far, `paces_ms`), each is read against the pace around it, leaving out those the host
+    changed its pace around (as `estimate` does); those after the first `paced`, which no round follows yet, against
+    the yardstick's last time. Against the pace only then: a host that switches between two paces spreads the bare
+    round trips over both, which no number of batches narrows, while on a steady host the yardstick's own noise from
+    round to round would only widen the interval."""
+    if not pace_changed(paces_ms):
+        values = [batch.round_trip_ms_per_call for batch in batches]
+    else:
+        values = [batch.round_trip_ms_per_call / batch.pace_ms for batch in steady(batches[:paced])]
+        values += [batch.round_trip_ms_per_call / paces_ms[-1] for batch in batches[paced:]]
+    return relative_precision(values) <= settings.precision
 
 
 def budget_spent(batches: int, spent_s: float, seed_time_ms: float, settings: TimingSettings) -> bool:
@@ -103,5 +121,11 @@ def yardstick_due(candidate_ns: int, paces_ms: Sequence[float], settings: Timing
     candidate's time since the last round (`candidate_ns`, that batch counted twice) past `pace_every_s`, or past
     `pace_changing_every_s` once two rounds in a row (`paces_ms`, the yardstick's times so far) differed by more than
     `PACE_CHANGE`: a host that changed its pace may change it again, and back, between rounds spaced widely."""
-    changed = any(pace_change(before, after) > PACE_CHANGE for before, after in zip(paces_ms, paces_ms[1:]))
-    return candidate_ns > (settings.pace_changing_every_s if changed else settings.pace_every_s) * 1e9
+    every_s = settings.pace_changing_every_s if pace_changed(paces_ms) else settings.pace_every_s
+    return candidate_ns > every_s * 1e9
+
+
+def pace_changed(paces_ms: Sequence[float]) -> bool:
+    """Whether two of the yardstick's rounds in a row (`paces_ms`, its times so far) differed by more than
+    `PACE_CHANGE`."""
+    return any(pace_change(before, after) > PACE_CHANGE for before, after in zip(paces_ms, paces_ms[1:]))
