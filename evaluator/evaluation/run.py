@@ -472,10 +472,10 @@ class _Calls:
         once may be the yardstick's alone (a moment the host took the core), and would leave every batch around it
         out of the time."""
         ms = self.pace()
-        if self.rounds and pace_change(self.rounds[-1][1], ms) > PACE_CHANGE:
-            ms = self.pace()
         if self.rounds:
             start, before, _ = self.rounds[-1]
+            if pace_change(before, ms) > PACE_CHANGE:
+                ms = self.pace()
             for index in range(start, len(self.batches)):
                 self.batches[index] = replace(self.batches[index], pace_ms=(before + ms) / 2,
                                               pace_change=pace_change(before, ms))
