@@ -4,6 +4,7 @@ and wrong arguments are refused before anything is measured; the lanes' use is r
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -13,7 +14,9 @@ from small_problem import SMALL_SETTINGS, SMALL_TRACE
 
 from evaluator.bench import timed_evaluations
 from evaluator.bench.evaluation import lane_use, run_shape
+from evaluator.bench.in_process import in_fresh_process
 from evaluator.bench.speed_classes import SPEED_CLASSES
+from evaluator.bench.tracking import EVALUATORS, ON_THE_DEVICE, follow
 from evaluator.evaluation import Evaluator
 from evaluator.exitcodes import ExitCode
 from evaluator.paths import SEED_PROGRAM
@@ -70,6 +73,54 @@ def test_the_aa_bench_needs_two_of_each_to_measure_a_spread(option):
     run = bench(option, "1", "--device", "cpu", benchmark="aa")
     assert run.returncode == ExitCode.BAD_INPUT and not run.stdout
     assert f"argument {option}: expected a whole number from 2" in run.stderr
+
+
+def test_a_fresh_process_gives_back_what_its_work_returns_or_says_what_failed():
+    assert in_fresh_process(lambda: {"ms": [1.5, 2.0]}, "timing") == {"ms": [1.5, 2.0]}
+
+    def refuses() -> None:
+        raise ValueError("no such class")
+
+    with pytest.raises(RuntimeError, match="^timing x failed: ValueError: no such class$"):
+        in_fresh_process(refuses, "timing x")
+    with pytest.raises(RuntimeError, match="^timing x failed: the process wrote nothing$"):
+        in_fresh_process(lambda: os._exit(3), "timing x")
+
+
+def test_the_tracking_figures_tell_a_yardstick_that_follows_a_class_from_one_that_does_not():
+    """Ten batches at the host's usual pace, one across a change, ten with the host slowed: the class takes 1.4 times
+    as long there, the evaluator's yardstick 1.75 times, another yardstick 1.4 times, which follows it."""
+    rounds = {EVALUATORS: [2.0] * 11 + [3.5] * 11, "follows": [1.0] * 11 + [1.4] * 11}
+    times = [10.0] * 10 + [12.0] + [14.0] * 10
+    row = follow("class", times, rounds)
+    assert (row.batches, row.usual_batches, row.slowed_batches, row.time_ms) == (21, 10, 10, 10.0)
+    assert row.slowed_over_usual == {"bare": pytest.approx(1.4), EVALUATORS: pytest.approx(0.8),
+                                     "follows": pytest.approx(1.0)}
+    assert row.yardsticks_slowed_over_usual == {EVALUATORS: pytest.approx(1.75), "follows": pytest.approx(1.4)}
+    assert row.yardsticks_ms == {EVALUATORS: 2.75, "follows": 1.2}  # the medians of 22 rounds, half of them slowed
+    # a host that kept its pace says nothing of how a yardstick follows
+    kept = follow("class", times, {name: [values[0]] * 22 for name, values in rounds.items()})
+    assert kept.slowed_batches == 0 and set(kept.slowed_over_usual.values()) == {None}
+    assert kept.time_ms == statistics.median(times)
+
+
+def test_the_tracking_bench_reports_each_class_against_each_yardstick():
+    run = bench("--seconds", "1", "--device", "cpu", "--json", benchmark="tracking")
+    assert run.returncode == ExitCode.OK, run.stderr
+    result = json.loads(run.stdout)
+    assert [row["name"] for row in result["classes"]] == [speed.name for speed in SPEED_CLASSES]
+    for row in result["classes"]:
+        assert list(row["slowed_over_usual"]) == ["bare", EVALUATORS, *ON_THE_DEVICE]
+        assert row["batches"] >= row["usual_batches"] + row["slowed_batches"] and row["time_ms"] > 0
+        assert all(value is None or value > 0 for value in row["slowed_over_usual"].values())
+    fastest, *_, slowest = result["classes"]
+    assert fastest["time_ms"] < slowest["time_ms"]
+
+
+def test_the_tracking_bench_refuses_less_than_a_second_a_class():
+    run = bench("--seconds", "0.5", "--device", "cpu", benchmark="tracking")
+    assert run.returncode == ExitCode.BAD_INPUT and "argument --seconds: expected a number from 1" in run.stderr
+    assert not run.stdout
 
 
 def test_a_soak_ends_each_class_in_its_status_and_leaves_nothing_behind():

@@ -10,8 +10,6 @@ medians' coefficient of variation across processes (the floor), and the evaluato
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import platform
 import statistics
@@ -25,11 +23,12 @@ import numpy as np
 import torch
 
 from evaluator.bench import coefficient_of_variation
+from evaluator.bench.in_process import InProcess, device_named, in_fresh_process, load, on_cores
 from evaluator.bench.speed_classes import SPEED_CLASSES, SpeedClass
 from evaluator.eplb.default_trace import default_trace
 from evaluator.evaluation import Evaluator, Result, Settings
 from evaluator.evaluation.lanes import lane_cores
-from evaluator.evaluation.timing import ReferenceCache, call_inputs, vary
+from evaluator.evaluation.timing import ReferenceCache, call_inputs
 
 IN_PROCESS_BATCHES = 22  # as many as the evaluator's first round on the default trace
 IN_PROCESS_BATCH_MS = 10.0  # a batch of calls lasts at least this long
@@ -122,69 +121,17 @@ def _in_process(programs: dict[str, Path], processes: int, device: str, cpus: tu
     medians: dict[str, list[float]] = {name: [] for name in programs}
     for _ in range(processes):
         for name, program in programs.items():
-            medians[name].append(_in_fresh_process(program, device, cpus, inputs, settings))
+            medians[name].append(float(in_fresh_process(lambda: _time_here(program, device, cpus, inputs, settings),
+                                                        f"timing {program.name} in-process")))
     return medians
-
-
-def _in_fresh_process(program: Path, device: str, cpus: tuple[int, ...] | None, inputs: np.ndarray,
-                      settings: Settings) -> float:
-    """Fork, and in the child time `program` without any harness; its median time per call in ms."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: nothing of it returns
-        os.close(read)
-        try:
-            figure = {"ms": _time_here(program, device, cpus, inputs, settings)}
-        except BaseException as error:
-            figure = {"error": f"{type(error).__name__}: {error}"}
-        os.write(write, json.dumps(figure).encode())
-        os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        reply = json.loads(pipe.read() or b'{"error": "the process wrote nothing"}')
-    os.waitpid(pid, 0)
-    if "error" in reply:
-        raise RuntimeError(f"timing {program.name} in-process failed: {reply['error']}")
-    return float(reply["ms"])
 
 
 def _time_here(program: Path, device: str, cpus: tuple[int, ...] | None, inputs: np.ndarray,
                settings: Settings) -> float:
     """`program`'s median time per call in this process: batches of fresh inputs after a warm-up."""
-    if cpus:
-        os.sched_setaffinity(0, cpus)
-        torch.set_num_threads(len(cpus))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    namespace: dict[str, object] = {"__name__": "bench_aa_program"}
-    exec(compile(program.read_text(encoding="utf-8"), str(program), "exec"), namespace)
-    function = namespace["rebalance_experts"]
-    args = settings.problem.rebalance_args()
-    rng = np.random.default_rng()
-    synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-
-    def fresh() -> torch.Tensor:
-        return torch.from_numpy(vary(inputs[int(rng.integers(len(inputs) - 1))], rng)).to(device)
-
-    ended = time.perf_counter() + IN_PROCESS_WARMUP_S
-    calls = 0
-    while calls < settings.timing.warmup_calls or time.perf_counter() < ended:
-        function(fresh(), *args)
-        calls += 1
-    weight = fresh()
-    synchronize()
-    started = time.perf_counter()
-    function(weight, *args)
-    synchronize()
-    per_call_ms = (time.perf_counter() - started) * 1e3
-    size = max(1, min(settings.timing.max_batch_calls, math.ceil(IN_PROCESS_BATCH_MS / per_call_ms)))
-    times = []
-    for _ in range(IN_PROCESS_BATCHES):
-        batch = [fresh() for _ in range(size)]
-        synchronize()
-        started = time.perf_counter()
-        for item in batch:
-            function(item, *args)
-        synchronize()
-        times.append((time.perf_counter() - started) * 1e3 / size)
-    return statistics.median(times)
+    on_cores(cpus)
+    calls = InProcess(load(program.read_text(encoding="utf-8"), program.stem), device_named(device), inputs,
+                      settings.problem.rebalance_args())
+    calls.warm_up(IN_PROCESS_WARMUP_S, settings.timing.warmup_calls)
+    size = calls.batch_size(IN_PROCESS_BATCH_MS, settings.timing.max_batch_calls)
+    return statistics.median(calls.batch_ms_per_call(size) for _ in range(IN_PROCESS_BATCHES))

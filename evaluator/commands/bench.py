@@ -8,7 +8,7 @@ import json
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 # the benchmarks that run evaluators import torch, so each is imported where it runs: `--help` does not need it
 from evaluator.bench import trace_load
@@ -161,15 +161,24 @@ def _add_aa_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
-def _run_aa(args: argparse.Namespace) -> int:
+def _measured(measure: Callable[[], Any], as_json: bool) -> Any:
+    """What `measure` returns, or None once it is printed as JSON (`as_json`). A RuntimeError, a benchmark that could
+    not measure, is an infra error."""
     try:
-        from evaluator.bench import aa
-
-        result = aa.measure(args.copies, args.processes, args.device, args.spares)
+        result = measure()
     except RuntimeError as error:
         raise CommandError(str(error), ExitCode.INFRA_ERROR) from None
-    if args.json:
+    if as_json:
         print(json.dumps(dataclasses.asdict(result)))
+        return None
+    return result
+
+
+def _run_aa(args: argparse.Namespace) -> int:
+    from evaluator.bench import aa
+
+    result = _measured(lambda: aa.measure(args.copies, args.processes, args.device, args.spares), args.json)
+    if result is None:
         return ExitCode.OK
     print(f"device {result.device} ({result.card}), torch {result.torch_version}, {result.cpus} CPUs; "
           f"{result.copies} copies of each class, {result.processes} processes in-process; lane CPUs "
@@ -184,11 +193,14 @@ def _run_aa(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _add_pace_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seconds", type=positive_number(MAX_SECONDS, minimum=2.0), default=30.0, metavar="S",
-                        help="how long the two workers take turns (default: %(default)s)")
-    add_device_argument(parser)
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+def _seconds_arguments(minimum: float, default: float, what: str) -> Callable[[argparse.ArgumentParser], None]:
+    """The arguments of a benchmark that runs for `--seconds` (at least `minimum`): what runs that long, `what`."""
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--seconds", type=positive_number(MAX_SECONDS, minimum=minimum), default=default,
+                            metavar="S", help=f"how long {what} (default: %(default)s)")
+        add_device_argument(parser)
+        parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    return add_arguments
 
 
 def _run_pace(args: argparse.Namespace) -> int:
@@ -214,6 +226,34 @@ def _run_pace(args: argparse.Namespace) -> int:
     print(f"beside a teardown   {beside} per call while another worker's processes exit "
           f"({result.teardown_ms:.0f} ms each), {result.quiet_ms:.3f} ms alone")
     return ExitCode.OK
+
+
+def _run_tracking(args: argparse.Namespace) -> int:
+    from evaluator.bench import tracking
+
+    result = _measured(lambda: tracking.measure(args.seconds, args.device), args.json)
+    if result is None:
+        return ExitCode.OK
+    print(f"device {result.device} ({result.card}), torch {result.torch_version}, {result.cpus} CPUs; lane CPUs "
+          f"{result.lane_cpus or 'shared'}; {result.seconds_per_class:g} s a class, {result.seconds:.0f} s in all")
+    print(f"slowed batches: {tracking.EVALUATORS} around them over {tracking.SLOWED:g} times its usual time; each "
+          "figure a median time in slowed batches over usual ones")
+    print("(1.00: the yardstick follows the class; -: too few slowed or usual batches)")
+    columns = list(result.classes[0].slowed_over_usual)
+    print(f"{'class':24} {'batches':>7} {'slowed':>6} {'time ms':>9}  " + "  ".join(f"{name:>20}" for name in columns))
+    for row in result.classes:
+        print(f"{row.name:24} {row.batches:7} {row.slowed_batches:6} {row.time_ms:9.3f}  "
+              + "  ".join(f"{_ratio(value):>20}" for value in row.slowed_over_usual.values()))
+    print("the yardsticks themselves in each class's run, slowed over usual (their median time per call):")
+    for row in result.classes:
+        print(f"  {row.name:22} " + ", ".join(
+            f"{name} {_ratio(value)} ({row.yardsticks_ms[name]:.3f} ms)"
+            for name, value in row.yardsticks_slowed_over_usual.items()))
+    return ExitCode.OK
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _add_soak_arguments(parser: argparse.ArgumentParser) -> None:
@@ -264,8 +304,15 @@ BENCHMARKS = (
     _Benchmark(
         "pace",
         "How still this machine's pace holds: the A/A noise any evaluator would see here.",
-        _add_pace_arguments,
+        _seconds_arguments(2.0, 30.0, "the two workers take turns"),
         _run_pace,
+    ),
+    _Benchmark(
+        "tracking",
+        "How each speed class's time follows the host's pace, against the evaluator's yardstick and two of the "
+        "candidates' kind.",
+        _seconds_arguments(1.0, 10.0, "each class's batches take turns with the yardsticks"),
+        _run_tracking,
     ),
     _Benchmark(
         "soak",
