@@ -31,7 +31,6 @@ from evaluator.evaluation.lanes import lane_cores
 from evaluator.evaluation.timing import ReferenceCache, call_inputs
 
 IN_PROCESS_BATCHES = 22  # as many as the evaluator's first round on the default trace
-IN_PROCESS_BATCH_MS = 10.0  # a batch of calls lasts at least this long
 IN_PROCESS_WARMUP_S = 0.1
 
 
@@ -133,5 +132,5 @@ def _time_here(program: Path, device: str, cpus: tuple[int, ...] | None, inputs:
     calls = InProcess(load(program.read_text(encoding="utf-8"), program.stem), device_named(device), inputs,
                       settings.problem.rebalance_args())
     calls.warm_up(IN_PROCESS_WARMUP_S, settings.timing.warmup_calls)
-    size = calls.batch_size(IN_PROCESS_BATCH_MS, settings.timing.max_batch_calls)
+    size = calls.batch_size(settings.timing.min_batch_ms, settings.timing.max_batch_calls)
     return statistics.median(calls.batch_ms_per_call(size) for _ in range(IN_PROCESS_BATCHES))

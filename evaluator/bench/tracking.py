@@ -33,8 +33,6 @@ SLOWED = 1.3  # a batch is slowed where the evaluator's yardstick took this many
 FEWEST = 5  # slowed and usual batches each, for a ratio
 USUAL_QUANTILE = 10
 WARMUP_S = 0.3
-BATCH_MS = 10.0
-YARDSTICK_CALLS = 2  # a round's time is the least of these, as the evaluator's rounds
 EVALUATORS = "seed (CPU)"  # the evaluator's yardstick, which tells slowed batches from usual ones
 ON_THE_DEVICE = {f"{speed.name} (device)": speed.source for speed in SPEED_CLASSES
                  if speed.name in ("seed-patch", "topk-snake")}
@@ -121,11 +119,12 @@ class _Yardstick:
     function: Callable[..., object]
     weight: torch.Tensor
     synchronize: Callable[[], None]
+    calls: int  # a round's time is the least of these, as the evaluator's rounds (`TimingSettings.yardstick_calls`)
 
     def ms(self) -> float:
-        """A round: the least of `YARDSTICK_CALLS` calls, each on a copy of the weight, the device synchronised."""
+        """A round: the least of `calls` calls, each on a copy of the weight, the device synchronised."""
         least = math.inf
-        for _ in range(YARDSTICK_CALLS):
+        for _ in range(self.calls):
             weight = self.weight.clone()
             self.synchronize()
             started = time.perf_counter()
@@ -142,14 +141,15 @@ def _batches_and_rounds(speed: SpeedClass, device: str, cpus: tuple[int, ...] | 
     device = device_named(device)
     calls = InProcess(load(speed.source(), speed.name), device, inputs, settings.problem.rebalance_args())
     cpu = torch.from_numpy(YARDSTICK.weight)
+    least_of = settings.timing.yardstick_calls
     yardsticks = [_Yardstick(EVALUATORS, load(YARDSTICK.program.read_text(encoding="utf-8"), "yardstick"), cpu,
-                             lambda: None)]
-    yardsticks += [_Yardstick(name, load(source(), name), cpu.to(device), calls.synchronize)
+                             lambda: None, least_of)]
+    yardsticks += [_Yardstick(name, load(source(), name), cpu.to(device), calls.synchronize, least_of)
                    for name, source in ON_THE_DEVICE.items()]
     calls.warm_up(WARMUP_S, settings.timing.warmup_calls)
     for yardstick in yardsticks:
         yardstick.ms()
-    size = calls.batch_size(BATCH_MS, settings.timing.max_batch_calls)
+    size = calls.batch_size(settings.timing.min_batch_ms, settings.timing.max_batch_calls)
     rounds = {yardstick.name: [yardstick.ms()] for yardstick in yardsticks}
     times = []
     ended = time.perf_counter() + seconds
