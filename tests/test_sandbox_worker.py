@@ -614,22 +614,48 @@ def test_a_closed_worker_leaves_no_exchange_behind(tmp_path, ending):
     assert exchanges_held() == before
 
 
+@pytest.fixture
+def moves(monkeypatch) -> list[tuple[int, set[int]]]:
+    """Every move of a process onto CPUs the worker makes, in order: (pid, CPUs)."""
+    made = []
+    pin_threads = process_module.pin_threads
+    monkeypatch.setattr(process_module, "pin_threads", lambda pid, cpus: (made.append((pid, set(cpus))),
+                                                                        pin_threads(pid, cpus))[1])
+    return made
+
+
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
 @pytest.mark.parametrize("wait", [True, False], ids=["waiting", "not-waiting"])
-def test_a_worker_moved_onto_other_cpus_goes_back_to_its_own_before_it_is_killed(monkeypatch, wait):
+def test_a_worker_moved_onto_other_cpus_goes_back_to_its_own_before_it_is_killed(moves, wait):
     """Its exit (a CUDA context's teardown) then runs on the cores it started on, not on those the next program is
     timed on."""
     first, last = min(os.sched_getaffinity(0)), max(os.sched_getaffinity(0))
-    moves = []
-    pin_threads = process_module.pin_threads
-    monkeypatch.setattr(process_module, "pin_threads", lambda pid, cpus: (moves.append((pid, set(cpus))),
-                                                                        pin_threads(pid, cpus))[1])
     worker = Worker.start(LIMITS, device="cpu", start_method="forkserver", cpus=[first])
     worker.prepare([last])
     worker.load(SEED)
     assert os.sched_getaffinity(worker.pid) == {last}
     worker.close(wait=wait)
     assert moves == [(worker.pid, {first}), (worker.pid, {last}), (worker.pid, {first})]
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+@pytest.mark.parametrize("wait", [True, False], ids=["waiting", "not-waiting"])
+def test_the_processes_a_moved_worker_started_go_back_with_it_before_they_are_killed(tmp_path, moves, wait):
+    """A child that holds a CUDA context of its own would otherwise exit on the core the next program is timed on."""
+    first, last = min(os.sched_getaffinity(0)), max(os.sched_getaffinity(0))
+    program = tmp_path / "child.py"
+    program.write_text("import subprocess, sys\n"
+                       "CHILD = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+                       "print(CHILD.pid, flush=True)\n"
+                       "def rebalance_experts(weight, *args):\n    return weight\n")
+    worker = Worker.start(LIMITS, device="cpu", start_method="forkserver", cpus=[first])
+    worker.prepare([last])
+    worker.load(program)
+    child = int(worker.output()[0].text())
+    assert os.sched_getaffinity(child) == {last}
+    worker.close(wait=wait)
+    assert (child, {first}) in moves
+    assert moves.index((child, {first})) > moves.index((worker.pid, {last}))
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")

@@ -494,14 +494,16 @@ class Worker:
                 "What the program reported:")
 
     def _move_back(self) -> None:
-        """Move the worker back onto the CPUs it started on, if `prepare` moved it: its exit (a CUDA context's
-        teardown takes about 0.1 s of CPU) then runs there, not on the cores the next program is timed on."""
+        """Move the worker and every process it started back onto the CPUs it started on, if `prepare` moved it:
+        their exits (a CUDA context's teardown takes about 0.1 s of CPU) then run there, not on the cores the next
+        program is timed on."""
         if self._moved and self._start_cpus is not None:
             self._moved = False
-            try:
-                pin_threads(self.pid, self._start_cpus)
-            except OSError:  # gone already
-                pass
+            for pid in (self.pid, *proctree.descendants(self.pid)):
+                try:
+                    pin_threads(pid, self._start_cpus)
+                except OSError:  # gone already
+                    pass
 
     def _stop_watchdog(self) -> None:
         self._stop_watching.set()
