@@ -134,9 +134,9 @@ def contract_holds(phy2log: torch.Tensor, log2phy: torch.Tensor, logcnt: torch.T
 @settings(max_examples=150, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), edits=st.integers(0, 3), drop_an_expert=st.booleans())
 def test_the_verdict_on_a_changed_plan_is_the_contracts(seed: int, edits: int, drop_an_expert: bool) -> None:
-    """Values set anywhere, entries swapped or copied within a row, a slot listed twice, slots swapped, the table
-    narrowed, an expert dropped from an otherwise consistent plan: a plan is valid exactly when every invariant,
-    read literally, holds."""
+    """Values set anywhere, entries swapped or copied within a row, a slot listed twice, slots swapped, an extreme
+    value, the table narrowed, an expert dropped from an otherwise consistent plan: a plan is valid exactly when
+    every invariant, read literally, holds, and the few passes that judge it first say so exactly too."""
     placement = random_phy2log(SMALL, seed)
     if drop_an_expert:
         placement[0][placement[0] == 0] = 1
@@ -149,7 +149,7 @@ def test_the_verdict_on_a_changed_plan_is_the_contracts(seed: int, edits: int, d
 
     layers, experts, width = log2phy.shape
     for _ in range(edits):
-        layer, kind = pick(layers), pick(8)
+        layer, kind = pick(layers), pick(9)
         if kind == 0:
             phy2log[layer, pick(SMALL.num_replicas)] = pick(experts + 4) - 2
         elif kind == 1:
@@ -170,9 +170,14 @@ def test_the_verdict_on_a_changed_plan_is_the_contracts(seed: int, edits: int, d
             if replicated and log2phy.shape[2] >= 2:
                 expert = replicated[pick(len(replicated))]
                 log2phy[layer, expert, 1] = log2phy[layer, expert, 0]
+        elif kind == 7:  # an extreme value anywhere: no sum, product or offset of the checks may wrap around
+            tensor = (phy2log, log2phy, logcnt)[pick(3)]
+            tensor.view(-1)[pick(tensor.numel())] = (-2**63, 2**63 - 1, 2**62)[pick(3)]
         else:
             log2phy = log2phy[:, :, :1 + pick(log2phy.shape[2])].contiguous()
-    assert check_plan((phy2log, log2phy, logcnt), SMALL).valid == contract_holds(phy2log, log2phy, logcnt, SMALL)
+    holds = contract_holds(phy2log, log2phy, logcnt, SMALL)
+    assert check_plan((phy2log, log2phy, logcnt), SMALL).valid == holds
+    assert _every_value_invariant_holds(phy2log, log2phy, logcnt, SMALL) == holds  # exact, not only never wrong
 
 
 def test_list_and_namedtuple_containers_are_accepted(plan: tuple[torch.Tensor, ...]) -> None:
@@ -201,6 +206,15 @@ def test_plan_is_a_private_copy(plan: tuple[torch.Tensor, ...]) -> None:
     assert torch.equal(check.plan.phy2log, expected)
 
 
+def test_an_owned_tensor_is_kept_where_it_needs_no_copy(plan: tuple[torch.Tensor, ...]) -> None:
+    phy2log, log2phy, logcnt = plan
+    transposed_twice = log2phy.transpose(0, 1).contiguous().transpose(0, 1)
+    check = check_plan((phy2log, transposed_twice, logcnt), SMALL, owned=True)
+    assert check.valid
+    assert check.plan.phy2log.data_ptr() == phy2log.data_ptr() and check.plan.logcnt.data_ptr() == logcnt.data_ptr()
+    assert check.plan.log2phy.is_contiguous() and torch.equal(check.plan.log2phy, log2phy)
+
+
 def test_gpus_with_duplicate_expert_counts_layer_gpu_pairs() -> None:
     problem = Problem(num_layers=3, num_experts=3, num_replicas=6, num_groups=1, num_nodes=1, num_gpus=2)
     # 3 slots per GPU. Layer 0: GPU 0 holds expert 0 twice. Layer 1: none. Layer 2: both GPUs, GPU 0 thrice.
@@ -208,6 +222,18 @@ def test_gpus_with_duplicate_expert_counts_layer_gpu_pairs() -> None:
     check = check_plan(plan_outputs(phy2log, 3, problem.max_replicas_per_expert), problem)
     assert check.valid
     assert check.gpus_with_duplicate_expert == 3
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), experts_used=st.integers(1, SMALL.num_experts))
+def test_gpus_with_duplicate_expert_is_the_literal_count(seed: int, experts_used: int) -> None:
+    """Layer-GPU pairs whose slots hold fewer distinct experts than slots, counted one by one."""
+    problem = Problem(num_layers=4, num_experts=experts_used, num_replicas=SMALL.num_replicas, num_groups=1,
+                      num_nodes=1, num_gpus=SMALL.num_gpus)
+    phy2log = random_phy2log(problem, seed)
+    check = check_plan(plan_outputs(phy2log, experts_used, problem.max_replicas_per_expert), problem)
+    per_gpu = phy2log.view(problem.num_layers, problem.num_gpus, problem.slots_per_gpu).tolist()
+    assert check.gpus_with_duplicate_expert == sum(len(set(slots)) < len(slots) for gpus in per_gpu for slots in gpus)
 
 
 def test_gpus_with_duplicate_expert_is_absent_when_invalid(plan: tuple[torch.Tensor, ...]) -> None:
@@ -483,6 +509,28 @@ def test_log2phy_slot_out_of_range(plan: tuple[torch.Tensor, ...]) -> None:
     violation = only(check_plan((phy2log, log2phy, logcnt), SMALL), "log2phy.range")
     assert violation.index == (1, 4, 0)
     assert f"not a slot in [0, {SMALL.num_replicas})" in violation.message
+
+
+def test_replica_counts_whose_sum_wraps_around_are_refused(plan: tuple[torch.Tensor, ...]) -> None:
+    """Four counts each raised by 2**62 leave an int64 sum of them unchanged: no check may trust it."""
+    phy2log, log2phy, logcnt = plan
+    logcnt[0, :4] += 2**62
+    assert not _every_value_invariant_holds(phy2log, log2phy, logcnt, SMALL)
+    assert {"log2phy.width", "phy2log.bincount"} <= ids(check_plan((phy2log, log2phy, logcnt), SMALL))
+
+
+def test_negative_slots_are_refused_even_where_they_would_wrap_to_a_slot_of_their_expert(
+        plan: tuple[torch.Tensor, ...]) -> None:
+    """An expert's first slot in the first layer and in the last, made negative so that, read as offsets from the
+    end of (or into) all layers' slots together, they would trade places: each would name a slot of its expert."""
+    phy2log, log2phy, logcnt = plan
+    layers, replicas = phy2log.shape
+    expert = next(e for e in range(SMALL.num_experts) if log2phy[-1, e, 0] != replicas - 1)  # -1 would be padding
+    first, last = int(log2phy[0, expert, 0]), int(log2phy[-1, expert, 0])
+    log2phy[0, expert, 0] = last - replicas
+    log2phy[-1, expert, 0] = first - (layers - 1) * replicas
+    assert not _every_value_invariant_holds(phy2log, log2phy, logcnt, SMALL)
+    assert "log2phy.range" in ids(check_plan((phy2log, log2phy, logcnt), SMALL))
 
 
 def test_garbage_reports_at_most_one_violation_per_invariant() -> None:

@@ -9,8 +9,8 @@ a value it has not vetted and nothing is allocated for a size it has not seen:
    on CPU or CUDA, int64, the contract's shape, with storage that really holds
    that shape. No data is read before this passes, so a tensor claiming 10^10
    elements is refused at no cost;
-3. the values, vectorised over all layers and experts at once, on one device,
-   on private copies of the tensors.
+3. the values, vectorised over all layers and experts at once, on private copies
+   of the tensors (on one device; the first passes in numpy, on CPU).
 
 Each invariant (an entry of contract.py) reports at most one violation: its first offending index in
 row-major order, and how many entries break it.
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from evaluator.eplb.contract import OUTPUT_NAMES, Violation
@@ -59,10 +60,14 @@ class PlanCheck:
         return not self.violations
 
 
-def check_plan(outputs: object, problem: Problem, device: torch.device | str | None = None) -> PlanCheck:
+def check_plan(outputs: object, problem: Problem, device: torch.device | str | None = None, *,
+               owned: bool = False) -> PlanCheck:
     """Check every invariant of `outputs`, what `rebalance_experts` returned for `problem`.
 
-    Values are checked on `device`, by default the device phy2log is on.
+    Values are checked, and the plan kept, on `device`, by default the device phy2log is on (the first passes run
+    on CPU, whatever the device). With `owned`, the caller vouches that the tensors are its own copies, which
+    nothing the candidate holds can reach (check_call's, copied out of the exchange): those already contiguous on
+    `device` become the plan's without being copied again.
     """
     items, container_violation = _unpack_outputs(outputs)
     if container_violation is not None:
@@ -81,10 +86,7 @@ def check_plan(outputs: object, problem: Problem, device: torch.device | str | N
     if structural:
         return PlanCheck(tuple(structural))
     target = torch.device(device) if device is not None else tensors[0].device
-    # Private copies: the candidate keeps no handle that could change them after the check.
-    phy2log, log2phy, logcnt = (
-        tensor.to(device=target, copy=True, memory_format=torch.contiguous_format) for tensor in tensors
-    )
+    phy2log, log2phy, logcnt = (_private(tensor, target, owned) for tensor in tensors)
     if not _every_value_invariant_holds(phy2log, log2phy, logcnt, problem):
         violations = _expert_count_violations(phy2log, logcnt, problem) + _log2phy_violations(phy2log, log2phy, logcnt)
         if violations:
@@ -179,32 +181,52 @@ def _storage_holds(tensor: torch.Tensor) -> bool:
     return (last + 1) * tensor.element_size() <= tensor.untyped_storage().nbytes()
 
 
+def _private(tensor: torch.Tensor, device: torch.device, owned: bool) -> torch.Tensor:
+    """`tensor` contiguous on `device`, in memory of its own: the candidate keeps no handle that could change it after
+    the check. An `owned` tensor is copied only where it must move or be made contiguous (`to` and `contiguous`
+    return the tensor itself where it needs neither)."""
+    if owned:
+        return tensor.to(device).contiguous()
+    return tensor.to(device=device, copy=True, memory_format=torch.contiguous_format)
+
+
 def _every_value_invariant_holds(phy2log: torch.Tensor, log2phy: torch.Tensor, logcnt: torch.Tensor,
                                  problem: Problem) -> bool:
-    """Whether the plan is valid, in a few passes over the columns of log2phy that can hold slots (and one over
-    the rest) rather than the many over all of it that naming each violation takes. False only sends the plan to
-    the checks that name the violations, which decide.
+    """Whether the plan is valid, in a few passes over log2phy's entries that list slots (and one over all of it)
+    rather than the many over all of it that naming each violation takes. False only sends the plan to the checks
+    that name the violations, which decide.
 
-    Enough: if 1 <= logcnt <= X, log2phy lists logcnt[e] slots of expert e then -1, and every slot is listed
-    once, then each slot holds an expert in range, expert e holds exactly the logcnt[e] slots it lists (so
-    logcnt is the bincount of phy2log, sums to R, and places every expert).
+    In numpy on CPU: torch spends more on each operation on tensors this small than the work itself, and there are
+    a dozen. The entries that logcnt makes slots are gathered into one flat, row-major list, so every operation runs
+    over one long array rather than over the many short rows of log2phy.
+
+    Enough: if 1 <= logcnt <= X, the listed entries are slots in [0, R) held by their expert, there are L * R of
+    them covering every slot (so each slot is listed once), and the -1s in log2phy are as many as the entries
+    left (so, with no listed entry -1, every one of those is padding -1), then expert e holds exactly the
+    logcnt[e] slots it lists: logcnt is the bincount of phy2log, sums to R, and places every expert. The order
+    matters on hostile values: logcnt is bounded before it is summed (no sum wraps around) and the slots before
+    they are offset and indexed with (no negative index reaches from the end).
     """
+    phy2log, log2phy, logcnt = (tensor.cpu().numpy() for tensor in (phy2log, log2phy, logcnt))
     layers, experts, width = log2phy.shape
-    listed_width = int(logcnt.max())
-    if int(logcnt.min()) < 1 or listed_width > width or not bool((log2phy[:, :, listed_width:] == -1).all()):
+    replicas = problem.num_replicas
+    counts = logcnt.reshape(-1)  # replicas of each (layer, expert) row of log2phy
+    listed = layers * replicas
+    if counts.min() < 1 or counts.max() > width or counts.sum() != listed:
         return False
-    head = log2phy[:, :, :listed_width]  # the only columns that can hold slots
-    used = torch.arange(listed_width, device=log2phy.device) < logcnt.unsqueeze(-1)
-    if not bool((head.masked_fill(used, -1) == -1).all()):
+    if np.count_nonzero(log2phy == -1) != log2phy.size - listed:
         return False
-    slots = head.masked_fill(~used, 0)
-    if not bool(((slots >= 0) & (slots < problem.num_replicas)).all()):
+    rows = np.repeat(np.arange(layers * experts), counts)  # the row of each listed entry
+    row_starts = np.cumsum(counts) - counts  # where each row's entries begin in the flat list
+    slots = log2phy.reshape(-1)[rows * width + np.arange(listed) - row_starts[rows]]
+    if slots.min() < 0 or slots.max() >= replicas:
         return False
-    owner = phy2log.gather(1, slots.view(layers, -1)).view(layers, experts, listed_width)
-    if not bool(((owner == torch.arange(experts, device=log2phy.device).view(1, experts, 1)) | ~used).all()):
+    layer_slots = slots + rows // experts * replicas  # slot p of layer l as l * R + p
+    if not np.array_equal(phy2log.reshape(-1)[layer_slots], rows % experts):
         return False
-    times_listed = torch.zeros_like(phy2log).scatter_add_(1, slots.view(layers, -1), used.view(layers, -1).long())
-    return bool((times_listed == 1).all())
+    covered = np.zeros(listed, dtype=bool)
+    covered[layer_slots] = True
+    return bool(covered.all())
 
 
 def _expert_count_violations(phy2log: torch.Tensor, logcnt: torch.Tensor, problem: Problem) -> list[Violation]:
@@ -348,8 +370,14 @@ def _log2phy_violations(phy2log: torch.Tensor, log2phy: torch.Tensor, logcnt: to
 
 
 def _gpus_with_duplicate_expert(phy2log: torch.Tensor, problem: Problem) -> int:
-    per_gpu = phy2log.view(problem.num_layers, problem.num_gpus, problem.slots_per_gpu).sort(-1).values
-    return int((per_gpu[..., 1:] == per_gpu[..., :-1]).any(-1).sum())
+    """In numpy, for the reason `_every_value_invariant_holds` is. Expert e on GPU i (counting every layer's GPUs)
+    is the key i * E + e: sorted within each GPU, no key equals one of another GPU, so a key equal to the one before
+    it is an expert its GPU holds twice, and the key // E names that GPU."""
+    gpus, experts = problem.num_layers * problem.num_gpus, problem.num_experts
+    per_gpu = phy2log.cpu().numpy().reshape(gpus, problem.slots_per_gpu) + np.arange(gpus)[:, None] * experts
+    keys = np.sort(per_gpu, axis=1).reshape(-1)
+    repeated = keys[1:][keys[1:] == keys[:-1]]
+    return len(np.unique(repeated // experts))
 
 
 def _first(mask: torch.Tensor) -> tuple[tuple[int, ...], int] | None:

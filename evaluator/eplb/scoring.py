@@ -59,9 +59,7 @@ def gpu_balancedness(
     Slot p carries loads[l, phy2log[l, p]] / logcnt[l, phy2log[l, p]]; GPU g sums
     slots g*S .. (g+1)*S-1. Computed on phy2log's device in float64.
     """
-    slot_loads = _slot_loads(phy2log, logcnt, loads, problem)
-    pairs, layers, _ = slot_loads.shape
-    return _mean_over_max(slot_loads.view(pairs, layers, problem.num_gpus, problem.slots_per_gpu).sum(-1))
+    return _gpu_ratio(_slot_loads(phy2log, logcnt, loads, problem), problem)
 
 
 def slot_balancedness(
@@ -159,8 +157,9 @@ def _score_plans(
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     phy2log = torch.stack([plan.phy2log.to(device) for plan in plans])
     logcnt = torch.stack([plan.logcnt.to(device) for plan in plans])
-    gpu = gpu_balancedness(phy2log, logcnt, future, problem)
-    slot = slot_balancedness(phy2log, logcnt, future, problem)
+    slot_loads = _slot_loads(phy2log, logcnt, future, problem)  # once for both ratios
+    gpu = _gpu_ratio(slot_loads, problem)
+    slot = _mean_over_max(slot_loads)
     return tuple(gpu.tolist()), tuple(slot.tolist())
 
 
@@ -174,10 +173,25 @@ def _slot_loads(phy2log: torch.Tensor, logcnt: torch.Tensor, loads: torch.Tensor
         if tuple(tensor.shape) != (pairs, layers, experts):
             raise ValueError(f"{name} has shape {list(tensor.shape)}, expected [{pairs}, {layers}, {experts}]")
     loads = loads.to(device=phy2log.device, dtype=torch.float64)
-    if not bool(torch.isfinite(loads).all()) or bool((loads < 0).any()):
+    if not _finite_and_non_negative(loads):
         raise ValueError("loads must be finite and non-negative")
     replicas_of_slot = logcnt.to(phy2log.device).gather(-1, phy2log).to(torch.float64)
     return loads.gather(-1, phy2log) / replicas_of_slot
+
+
+def _finite_and_non_negative(values: torch.Tensor) -> bool:
+    """In one pass (aminmax) rather than four, each of which costs more than the work on a plan's loads: NaN, which
+    aminmax propagates, fails both comparisons."""
+    if values.numel() == 0:  # no pairs to score; aminmax refuses an empty tensor
+        return True
+    low, high = torch.aminmax(values)
+    return float(low) >= 0 and math.isfinite(float(high))
+
+
+def _gpu_ratio(slot_loads: torch.Tensor, problem: Problem) -> torch.Tensor:
+    """`gpu_balancedness` from the slots' loads, [N, L, R] -> [N]."""
+    pairs, layers, _ = slot_loads.shape
+    return _mean_over_max(slot_loads.view(pairs, layers, problem.num_gpus, problem.slots_per_gpu).sum(-1))
 
 
 def _mean_over_max(unit_loads: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,8 @@ def check_call(result: CallResult, problem: Problem) -> PlanCheck:
     if result.returned_length is not None and result.returned_length != len(outputs):
         return PlanCheck((Violation("output.length", None, f"the candidate returned {result.returned_length} items, "
                                     "not the three (phy2log, log2phy, logcnt)"),))
-    check = check_plan(tuple(outputs), problem)
+    # Owned: the exchange's reader copied the arrays out of the shared region, so the candidate can reach none.
+    check = check_plan(tuple(outputs), problem, owned=True)
     if result.input_mutated:
         mutated = Violation("input.changed", None, "the candidate modified its input tensor in place; "
                             "the load statistics belong to the caller and must be left as they were")
