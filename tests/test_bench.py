@@ -18,6 +18,7 @@ from evaluator.bench.in_process import in_fresh_process
 from evaluator.bench.speed_classes import SPEED_CLASSES
 from evaluator.bench.tracking import EVALUATORS, ON_THE_DEVICE, follow
 from evaluator.evaluation import Evaluator
+from evaluator.evaluation.lanes import lane_cores
 from evaluator.exitcodes import ExitCode
 from evaluator.paths import SEED_PROGRAM
 
@@ -40,6 +41,7 @@ def test_the_pace_figures_are_read_off_the_rounds_they_report():
     assert result["round_trip_overhead_ms"] > 0 and result["python_loop_ms"] > 0
     assert result["quiet_ms"] > 0 and result["teardown_ms"] > 0
     assert result["beside_teardown_ms"] is None or result["beside_teardown_ms"] > 0
+    assert result["teardown_on_a_lane"] == (lane_cores(1)[1] is not None)  # as an evaluator here would pin a lane
 
 
 def test_a_run_too_short_to_compare_rounds_is_refused():

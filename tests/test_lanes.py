@@ -206,6 +206,21 @@ def test_a_lane_whose_processes_are_exiting_goes_to_the_next_thread_which_settle
     assert not held_elsewhere(following.lane.lock_address)
 
 
+def test_on_an_isolated_lane_the_next_thread_is_timed_while_the_last_processes_still_exit(lanes):
+    """They were moved onto the evaluator's cores before they were killed: their exits slow nothing on the lane's."""
+    gone = threading.Event()
+    holding = lanes.take()
+    holding.release(wait_gone=gone.wait)
+    following = lanes.take(give_up_at=time.monotonic() + 1)
+    isolated = dataclasses.replace(following.lane, cpus=(min(os.sched_getaffinity(0)),))
+    settling = settled_in_background(lanes, isolated)
+    settling.join(5)
+    assert not settling.is_alive()
+    assert held_elsewhere(following.lane.lock_address)  # other processes still wait for the exits
+    gone.set()
+    following.release()
+
+
 def test_a_lane_nobody_takes_is_unlocked_for_other_processes_once_its_processes_are_gone(lanes):
     gone = threading.Event()
     holding = lanes.take()

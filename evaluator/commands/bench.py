@@ -223,8 +223,10 @@ def _run_pace(args: argparse.Namespace) -> int:
     print(f"first call          {result.first_call_cold_ms:.1f} ms in a cold worker, "
           f"{result.first_call_warm_ms:.1f} ms after the warm-up")
     beside = "-" if result.beside_teardown_ms is None else f"{result.beside_teardown_ms:.3f} ms"
+    where = ("on a lane's core, the exiting processes moved off it" if result.teardown_on_a_lane
+             else "no core of its own: too few CPUs for a lane's")
     print(f"beside a teardown   {beside} per call while another worker's processes exit "
-          f"({result.teardown_ms:.0f} ms each), {result.quiet_ms:.3f} ms alone")
+          f"({result.teardown_ms:.0f} ms each), {result.quiet_ms:.3f} ms alone ({where})")
     return ExitCode.OK
 
 

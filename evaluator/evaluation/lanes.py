@@ -9,8 +9,10 @@ timed. The lock is held from a candidate's
 launch until its last process has exited, in this process (a thread lock) and across processes, so that
 evaluators in several processes on one machine, as loops that evaluate in process pools run them, never time
 two candidates on one device at once. Within a process, a lane whose holder's processes were killed but have not
-exited yet (a CUDA context's teardown takes about 0.1 s) may go to the next candidate at once: it launches and warms
-up meanwhile, and `Lanes.settle` waits for the exits before anything on the lane is timed.
+exited yet (a CUDA context's teardown takes about 0.1 s) may go to the next candidate at once. On an isolated lane
+their exits run on the evaluator's cores (each worker is moved there before it is killed) and nothing waits for them;
+otherwise the next candidate launches and warms up meanwhile, and `Lanes.settle` waits for the exits before anything
+on the lane is timed.
 
 The lock across processes is a listening Unix socket bound to an abstract address (Linux): the kernel lets
 one socket hold an address at a time and frees it when its holder closes it or dies. Unlike a lock file,
@@ -187,7 +189,11 @@ class Lanes:
 
     def settle(self, lane: Lane) -> None:
         """Wait until the processes that the last holder of `lane` (held by the caller) killed have exited: their
-        teardown would slow what is timed beside it."""
+        teardown would slow what is timed beside it. Not on an isolated lane, whose workers are moved off its cores
+        before they are killed (`Worker.close`): their exits run on the evaluator's cores, where a CUDA context's
+        teardown does not slow a program timed on the lane's core and device (`bench pace`)."""
+        if lane.isolated:
+            return
         with self._condition:
             exits = self._exits.get(lane.name)
         if exits is not None:

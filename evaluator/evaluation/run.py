@@ -273,7 +273,8 @@ class Runner:
     def _pace(self, lane: Lane, candidate: Worker) -> float:
         """The yardstick's time per call on `lane` now, with the candidate's processes stopped while it runs: a round
         of the yardstick (`_yardstick_ms`) in the lane's yardstick worker (started, from the lane's spares, the first
-        time). The first round comes before any timed batch: it waits for the exits of the lane's last processes."""
+        time). The first round comes before any timed batch: it waits for the exits of the lane's last processes where
+        they run on the lane's cores (`Lanes.settle`)."""
         self.lanes.settle(lane)
         candidate.pause()
         try:
