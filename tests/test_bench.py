@@ -8,13 +8,15 @@ import os
 import statistics
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from small_problem import SMALL_SETTINGS, SMALL_TRACE
 
 from evaluator.bench import timed_evaluations
+from evaluator.bench.aa import ClassFigures
 from evaluator.bench.evaluation import lane_use, run_shape
-from evaluator.bench.in_process import in_fresh_process
+from evaluator.bench.in_process import Forker, in_fresh_process
 from evaluator.bench.speed_classes import SPEED_CLASSES
 from evaluator.bench.tracking import EVALUATORS, ON_THE_DEVICE, follow
 from evaluator.evaluation import Evaluator
@@ -66,8 +68,23 @@ def test_the_aa_figures_are_read_off_the_evaluations_and_processes_they_report()
         assert row["speedup_max_over_min"] == pytest.approx(max(row["speedups"]) / min(row["speedups"]))
         assert len(row["in_process_each_ms"]) == 2 and row["in_process_ms"] == statistics.median(row["in_process_each_ms"])
         assert row["bias"] == pytest.approx(row["time_ms"] / row["in_process_ms"] - 1)
+        assert row["in_process_max_over_min"] == pytest.approx(max(row["in_process_each_ms"])
+                                                                / min(row["in_process_each_ms"]))
     fastest, *_, slowest = result["classes"]
     assert fastest["time_ms"] < slowest["time_ms"]
+
+
+@pytest.mark.parametrize(("speedups", "floor_ms", "verdict"), [
+    ([10.0, 10.5], [1.0, 1.3], "met"),
+    ([10.0, 12.0], [1.0, 1.05], "MISSED"),  # the host's fresh processes agree: the spread is the evaluator's
+    ([10.0, 12.0], [1.0, 1.3], "blocked by the host"),  # they are further apart themselves
+    ([10.0, 15.0], [1.0, 1.3], "MISSED"),  # but not as far
+])
+def test_a_spread_of_speedups_over_the_target_is_blocked_only_where_the_floor_spreads_as_far(speedups, floor_ms,
+                                                                                            verdict):
+    row = ClassFigures("seed-patch", 13.0, 2, 0, speedups, floor_ms, 1.1, 0.01, max(speedups) / min(speedups), 0.01,
+                       1.1, 0.01, max(floor_ms) / min(floor_ms), 0.0, 0.0)
+    assert row.targets()["max_over_min"] == verdict
 
 
 @pytest.mark.parametrize("option", ["--copies", "--processes"])
@@ -87,6 +104,31 @@ def test_a_fresh_process_gives_back_what_its_work_returns_or_says_what_failed():
         in_fresh_process(refuses, "timing x")
     with pytest.raises(RuntimeError, match="^timing x failed: the process wrote nothing$"):
         in_fresh_process(lambda: os._exit(3), "timing x")
+
+
+def test_a_forker_runs_each_request_in_a_fresh_process_of_its_own_and_says_what_failed():
+    def work(key: str) -> list[object]:
+        if key == "refused":
+            raise ValueError("no such class")
+        if key == "dies":
+            os._exit(3)
+        if key == "unwritable":
+            return {1, 2}
+        return [key, os.getpid(), os.getppid()]
+
+    with Forker(work) as forker, ThreadPoolExecutor(2) as threads:
+        replies = list(threads.map(lambda key: forker.run(key, f"timing {key}"), ["a", "b", "c", "d"]))
+        with pytest.raises(RuntimeError, match="^timing x failed: ValueError: no such class$"):
+            forker.run("refused", "timing x")
+        with pytest.raises(RuntimeError, match="^timing y failed: the process wrote nothing$"):
+            forker.run("dies", "timing y")
+        assert forker.run("e", "timing e")[0] == "e"  # it goes on after a failure
+        with pytest.raises(RuntimeError, match="^timing z failed: TypeError: Object of type set"):
+            forker.run("unwritable", "timing z")  # data JSON cannot hold
+    assert [key for key, _, _ in replies] == ["a", "b", "c", "d"]
+    pids, parents = {pid for _, pid, _ in replies}, {parent for _, _, parent in replies}
+    assert len(pids) == 4 and os.getpid() not in pids  # a fresh process for each
+    assert len(parents) == 1 and parents != {os.getpid()}  # each forked by the forker, not by this process
 
 
 def test_the_tracking_figures_tell_a_yardstick_that_follows_a_class_from_one_that_does_not():

@@ -1,11 +1,13 @@
 """A/A noise of `speedup` at four speeds, against the host's own floor measured in the same run.
 
 Copies of the four speed classes' programs (speed_classes.py), shuffled as a loop submits them, go through one
-evaluator with spares on, as `evaluate` runs several programs. First, each class is timed in-process, without the
-harness: fresh processes (forked from this one before it touches the device), each on the core the evaluator's lane
-will use, calling the program in batches of fresh inputs with the device synchronised around each batch, as the
-evaluator's protocol does. Per class: the A/A coefficient of variation of `speedup` and its max/min, the in-process
-medians' coefficient of variation across processes (the floor), and the evaluator's bias against them.
+evaluator with spares on, as `evaluate` runs several programs. Shuffled among them, each class is timed in-process,
+without the harness: in fresh processes (each forked from a `Forker` forked from this one before it touched the
+device), on the lane's core while the lane is held, calling the program in batches of fresh inputs with the device
+synchronised around each batch, as the evaluator's protocol does. So the floor is taken across the run, as the
+evaluations are: on a host whose pace drifts, a floor taken before them would be another host's. Per class: the A/A
+coefficient of variation of `speedup` and its max/min, the in-process medians' coefficient of variation and max/min
+across processes (the floor), and the evaluator's bias against them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,15 +26,17 @@ import numpy as np
 import torch
 
 from evaluator.bench import coefficient_of_variation
-from evaluator.bench.in_process import InProcess, device_named, in_fresh_process, load, on_cores
+from evaluator.bench.in_process import Forker, InProcess, device_named, load, on_cores
 from evaluator.bench.speed_classes import SPEED_CLASSES, SpeedClass
 from evaluator.eplb.default_trace import default_trace
 from evaluator.evaluation import Evaluator, Result, Settings
 from evaluator.evaluation.lanes import lane_cores
 from evaluator.evaluation.timing import ReferenceCache, call_inputs
 
+_EVALUATED, _IN_PROCESS = "evaluated", "in-process"
 IN_PROCESS_BATCHES = 22  # as many as the evaluator's first round on the default trace
 IN_PROCESS_WARMUP_S = 0.1
+MAX_OVER_MIN = 1.10  # the target for the speedups of one class
 
 
 @dataclass(frozen=True)
@@ -48,15 +53,24 @@ class ClassFigures:
     precision: float  # the median of the evaluations' own stated precision
     in_process_ms: float  # the median of the processes' medians
     in_process_cv: float  # across processes: the floor
+    in_process_max_over_min: float  # of the processes' medians
     bias: float  # time_ms over in_process_ms, less 1
     bias_ms: float
 
-    def meets_targets(self) -> dict[str, bool]:
-        """The issue's targets: CV at most 3% or one point above the floor; max/min at most 1.10; bias at most 10%
-        (at most 0.1 ms for the 0.5 ms class)."""
+    def targets(self) -> dict[str, str]:
+        """The targets, each "met" or "MISSED": CV at most 3% or one point above the floor; max/min at most 1.10;
+        bias at most 10% (at most 0.1 ms for the 0.5 ms class). A max/min over 1.10 is "blocked by the host" where
+        the fresh processes' medians are at least as far apart themselves: no timing of this host meets it."""
         bias_ok = abs(self.bias_ms) <= 0.1 if self.about_ms < 1 else abs(self.bias) <= 0.10
-        return {"cv": self.speedup_cv <= max(0.03, self.in_process_cv + 0.01),
-                "max_over_min": self.speedup_max_over_min <= 1.10, "bias": bias_ok}
+        spread = self.speedup_max_over_min
+        spread_verdict = ("met" if spread <= MAX_OVER_MIN else
+                          "blocked by the host" if spread <= self.in_process_max_over_min else "MISSED")
+        return {"cv": _verdict(self.speedup_cv <= max(0.03, self.in_process_cv + 0.01)), "max_over_min": spread_verdict,
+                "bias": _verdict(bias_ok)}
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "MISSED"
 
 
 @dataclass(frozen=True)
@@ -75,22 +89,34 @@ class AABenchResult:
 
 def measure(copies: int = 6, processes: int = 6, device: str = "auto", spares: int = 4,
             settings: Settings | None = None) -> AABenchResult:
-    """The in-process floor of each class, then `copies` of each class through one evaluator."""
+    """`copies` of each class through one evaluator, shuffled with `processes` in-process timings of each class."""
     settings = settings or Settings()
     started = time.perf_counter()
     trace = default_trace()
+    inputs = call_inputs(trace.windows)
     lane_cpus = lane_cores(1)[0][0]
     with tempfile.TemporaryDirectory(prefix="eplb-bench-aa-") as folder:
         programs = {speed.name: speed.write(Path(folder) / f"{speed.name}.py") for speed in SPEED_CLASSES}
-        # before anything in this process touches the device, which forked processes could then not use
-        floors = _in_process(programs, processes, device, lane_cpus, call_inputs(trace.windows), settings)
-        order = [(speed.name, copy) for speed in SPEED_CLASSES for copy in range(copies)]
-        order = [order[i] for i in np.random.default_rng().permutation(len(order))]
-        with Evaluator(trace, settings, device=device, spares=spares,
-                       seed_references=ReferenceCache(None)) as evaluator:
-            threads = len(evaluator.lanes.lanes) + 1
-            with ThreadPoolExecutor(threads) as pool:
-                results = list(pool.map(lambda item: (item[0], evaluator.evaluate(programs[item[0]])), order))
+        jobs = [(kind, speed.name) for speed in SPEED_CLASSES
+                for kind, count in ((_EVALUATED, copies), (_IN_PROCESS, processes)) for _ in range(count)]
+        jobs = [jobs[i] for i in np.random.default_rng().permutation(len(jobs))]
+        # forked before anything in this process touches the device, which its children could then not use
+        with Forker(lambda name: _time_here(programs[name], device, lane_cpus, inputs, settings)) as forker, \
+                Evaluator(trace, settings, device=device, spares=spares,
+                          seed_references=ReferenceCache(None)) as evaluator:
+
+            def run(job: tuple[str, str]) -> Result | float:
+                kind, name = job
+                if kind == _EVALUATED:
+                    return evaluator.evaluate(programs[name])
+                return _on_the_lane(evaluator, lambda: float(forker.run(name, f"timing {name} in-process")))
+
+            with ThreadPoolExecutor(len(evaluator.lanes.lanes) + 1) as pool:
+                outcomes = list(pool.map(run, jobs))
+    done = list(zip(jobs, outcomes))
+    results = [(name, outcome) for (kind, name), outcome in done if kind == _EVALUATED]
+    floors = {name: [outcome for (kind, of), outcome in done if kind == _IN_PROCESS and of == name]
+              for name in programs}
     first = next((result for _, result in results if result.ok), None)
     if first is None:
         raise RuntimeError(f"every evaluation failed; the first: {results[0][1].status}: {results[0][1].error}")
@@ -99,6 +125,16 @@ def measure(copies: int = 6, processes: int = 6, device: str = "auto", spares: i
     return AABenchResult(first.device, first.card, torch.__version__, os.cpu_count() or 0, platform.machine(),
                          copies, processes, list(lane_cpus) if lane_cpus else None, figures,
                          time.perf_counter() - started)
+
+
+def _on_the_lane(evaluator: Evaluator, work: Callable[[], float]) -> float:
+    """`work` while this thread holds the evaluator's first lane: no candidate is timed on its core meanwhile."""
+    holding = evaluator.lanes.take(evaluator.lanes.lanes[0].name)
+    try:
+        evaluator.lanes.settle(holding.lane)
+        return work()
+    finally:
+        holding.release()
 
 
 def _figures(speed: SpeedClass, results: list[Result], floor_ms: list[float]) -> ClassFigures:
@@ -111,18 +147,8 @@ def _figures(speed: SpeedClass, results: list[Result], floor_ms: list[float]) ->
     return ClassFigures(speed.name, speed.about_ms, len(results), len(results) - len(ok), speedups, floor_ms, time_ms,
                         coefficient_of_variation(speedups), max(speedups) / min(speedups),
                         statistics.median(result.timing["precision"] for result in ok), in_process_ms,
-                        coefficient_of_variation(floor_ms), time_ms / in_process_ms - 1, time_ms - in_process_ms)
-
-
-def _in_process(programs: dict[str, Path], processes: int, device: str, cpus: tuple[int, ...] | None,
-                inputs: np.ndarray, settings: Settings) -> dict[str, list[float]]:
-    """Each program's median time per call in `processes` fresh processes, the classes taking turns."""
-    medians: dict[str, list[float]] = {name: [] for name in programs}
-    for _ in range(processes):
-        for name, program in programs.items():
-            medians[name].append(float(in_fresh_process(lambda: _time_here(program, device, cpus, inputs, settings),
-                                                        f"timing {program.name} in-process")))
-    return medians
+                        coefficient_of_variation(floor_ms), max(floor_ms) / min(floor_ms), time_ms / in_process_ms - 1,
+                        time_ms - in_process_ms)
 
 
 def _time_here(program: Path, device: str, cpus: tuple[int, ...] | None, inputs: np.ndarray,

@@ -1,14 +1,16 @@
-"""Programs timed without the harness: in a fresh process forked from this one, on the lane's cores, called in batches
-of fresh inputs with the device synchronised around each batch, as the evaluator's protocol calls a candidate."""
+"""Programs timed without the harness: in a fresh process forked from this one (or from a `Forker` forked from it before
+it touched the device), on the lane's cores, called in batches of fresh inputs with the device synchronised around
+each batch, as the evaluator's protocol calls a candidate."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -19,20 +21,87 @@ from evaluator.evaluation.timing import vary
 def in_fresh_process(work: Callable[[], Any], what: str) -> Any:
     """Fork, and return what `work` returns in the child (JSON data). Fork before this process touches the device,
     which a forked child could then not use. Raises RuntimeError naming `what` if the child fails."""
+    return _data(_forked(work), what)
+
+
+class Forker:
+    """A process forked from this one before it touches the device, which runs each piece of work asked of it in a
+    fresh process of its own: such work can then take turns with what this process does on the device, where a
+    process forked from this one later could not use the device. A context manager; thread-safe."""
+
+    def __init__(self, work: Callable[[str], Any]) -> None:
+        """`work(key)` is what a request for `key` runs in the fresh process; its JSON data is the reply."""
+        requests_read, requests_write = os.pipe()
+        replies_read, replies_write = os.pipe()
+        self._pid = os.fork()
+        if self._pid == 0:  # the forker: nothing of it returns
+            os.close(requests_write)
+            os.close(replies_read)
+            _serve(work, requests_read, replies_write)
+        os.close(requests_read)
+        os.close(replies_write)
+        self._requests, self._replies = os.fdopen(requests_write, "wb"), os.fdopen(replies_read, "rb")
+        self._lock = threading.Lock()
+
+    def run(self, key: str, what: str) -> Any:
+        """What `work(key)` returns in a fresh process. Raises RuntimeError naming `what` if it fails."""
+        with self._lock:
+            try:
+                self._requests.write(json.dumps(key).encode() + b"\n")
+                self._requests.flush()
+                reply = self._replies.readline()
+            except OSError:  # the forker is gone: its end of the pipe closed
+                reply = b""
+        return _data(json.loads(reply or b'{"error": "the forker exited"}'), what)
+
+    def close(self) -> None:
+        """End the forker (it exits once its requests close) and collect it."""
+        self._requests.close()
+        self._replies.close()
+        os.waitpid(self._pid, 0)
+
+    def __enter__(self) -> Forker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _serve(work: Callable[[str], Any], requests: int, replies: int) -> NoReturn:
+    """The forker's loop: a fresh process for each request, until the requests close; then exit."""
+    try:
+        with os.fdopen(requests, "rb") as incoming, os.fdopen(replies, "wb") as outgoing:
+            for line in incoming:
+                key = json.loads(line)
+                outgoing.write(json.dumps(_forked(lambda: work(key))).encode() + b"\n")
+                outgoing.flush()
+    finally:
+        os._exit(0)
+
+
+def _forked(work: Callable[[], Any]) -> dict[str, Any]:
+    """Fork; the child's reply: {"data": what `work` returned} or {"error": why it failed}."""
     read, write = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: nothing of it returns
-        os.close(read)
+    if pid == 0:  # the child: nothing of it returns, whatever it raises
         try:
-            reply = {"data": work()}
-        except BaseException as error:
-            reply = {"error": f"{type(error).__name__}: {error}"}
-        os.write(write, json.dumps(reply).encode())
-        os._exit(0)
+            os.close(read)
+            try:
+                text = json.dumps({"data": work()})
+            except BaseException as error:  # data JSON cannot hold too
+                text = json.dumps({"error": f"{type(error).__name__}: {error}"})
+            with os.fdopen(write, "wb") as pipe:
+                pipe.write(text.encode())
+        finally:
+            os._exit(0)
     os.close(write)
     with os.fdopen(read, "rb") as pipe:
         reply = json.loads(pipe.read() or b'{"error": "the process wrote nothing"}')
     os.waitpid(pid, 0)
+    return reply
+
+
+def _data(reply: dict[str, Any], what: str) -> Any:
     if "error" in reply:
         raise RuntimeError(f"{what} failed: {reply['error']}")
     return reply["data"]

@@ -28,7 +28,7 @@ import numpy as np
 from evaluator.bench import coefficient_of_variation as _cv
 from evaluator.eplb.default_trace import default_trace
 from evaluator.eplb.problem import Problem
-from evaluator.evaluation.lanes import lane_cores
+from evaluator.evaluation.lanes import lane_cores, on_the_evaluators_cores
 from evaluator.evaluation.seed_plans import seed_patch_program, seed_patch_warm_up
 from evaluator.evaluation.timing import call_inputs
 from evaluator.sandbox import Limits, WarmUp, Worker, WorkerPool
@@ -118,7 +118,8 @@ def _beside_teardowns(program: Path, inputs: np.ndarray, args: tuple[int, ...], 
     before they were killed. The others are all started first: a worker starting beside the timed one (importing
     torch, warming up on the device) would slow it, a teardown need not."""
     (lane,), evaluator_cpus = lane_cores(1)
-    with Worker.start(Limits(), device, warm_up=warm_up, cpus=evaluator_cpus) as timed, \
+    with on_the_evaluators_cores(evaluator_cpus), \
+            Worker.start(Limits(), device, warm_up=warm_up, cpus=evaluator_cpus) as timed, \
             WorkerPool(Limits(), device, TEARDOWNS, warm_up=warm_up, replenish=False, cpus=evaluator_cpus) as others:
         timed.prepare(lane)
         timed.load(program)

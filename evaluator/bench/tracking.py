@@ -3,8 +3,9 @@
 A speedup is read against a yardstick timed beside the candidate (timing/reference.py): the seed on one small layer,
 Python loops on the CPU. Where the host slows, a candidate's time has to slow as much as the yardstick's for its
 speedup to hold. Here each speed class runs in a fresh process on the lane's core, without the harness, its batches
-taking turns with rounds of three yardsticks: the evaluator's, and two programs of the candidates' own kind on the
-device (the `seed-patch` and `topk-snake` classes' programs), each on the yardstick's layer. A batch counts as
+taking turns with rounds of four yardsticks: the evaluator's, and programs of the candidates' own kind on the device
+(the `seed-patch` and `topk-snake` classes' programs on the yardstick's layer, and the seed patch's on a problem of 12
+slots, whose loops are shorter). A batch counts as
 slowed where the evaluator's yardstick around it took more than `SLOWED` times its usual time (its tenth percentile
 in the run), and as usual within `PACE_CHANGE` of it. Per class: its time in slowed batches over its time in usual
 ones, bare and against each yardstick (1.00: the yardstick follows the class), and each yardstick's own.
@@ -25,8 +26,10 @@ import torch
 from evaluator.bench.in_process import InProcess, device_named, in_fresh_process, load, on_cores
 from evaluator.bench.speed_classes import SPEED_CLASSES, SpeedClass
 from evaluator.eplb.default_trace import default_trace
+from evaluator.eplb.problem import Problem
 from evaluator.evaluation import Settings
 from evaluator.evaluation.lanes import lane_cores
+from evaluator.evaluation.seed_plans import seed_patch_program
 from evaluator.evaluation.timing import PACE_CHANGE, YARDSTICK, call_inputs, pace_change
 
 SLOWED = 1.3  # a batch is slowed where the evaluator's yardstick took this many times its usual time around it
@@ -34,8 +37,16 @@ FEWEST = 5  # slowed and usual batches each, for a ratio
 USUAL_QUANTILE = 10
 WARMUP_S = 0.3
 EVALUATORS = "seed (CPU)"  # the evaluator's yardstick, which tells slowed batches from usual ones
-ON_THE_DEVICE = {f"{speed.name} (device)": speed.source for speed in SPEED_CLASSES
-                 if speed.name in ("seed-patch", "topk-snake")}
+# A smaller problem than the yardstick's, for a program whose loops run once per expert and slot: the seed patch's
+# takes about 17 ms a call on the yardstick's layer on an H100, too long for the evaluator to time beside every batch.
+SMALL_PROBLEM = Problem(num_layers=1, num_experts=8, num_replicas=12, num_groups=2, num_nodes=1, num_gpus=4)
+_SMALL_WEIGHT = np.random.default_rng(0).integers(0, 50_000, (1, SMALL_PROBLEM.num_experts)).astype(np.int64)
+# name -> the program's source, and the weight and arguments it is called on
+ON_THE_DEVICE: dict[str, tuple[Callable[[], str], np.ndarray, tuple[int, ...]]] = {
+    **{f"{speed.name} (device)": (speed.source, YARDSTICK.weight, YARDSTICK.args) for speed in SPEED_CLASSES
+       if speed.name in ("seed-patch", "topk-snake")},
+    "seed-patch, 12 slots (device)": (seed_patch_program, _SMALL_WEIGHT, SMALL_PROBLEM.rebalance_args()),
+}
 
 
 @dataclass(frozen=True)
@@ -118,6 +129,7 @@ class _Yardstick:
     name: str
     function: Callable[..., object]
     weight: torch.Tensor
+    args: tuple[int, ...]
     synchronize: Callable[[], None]
     calls: int  # a round's time is the least of these, as the evaluator's rounds (`TimingSettings.yardstick_calls`)
 
@@ -128,7 +140,7 @@ class _Yardstick:
             weight = self.weight.clone()
             self.synchronize()
             started = time.perf_counter()
-            self.function(weight, *YARDSTICK.args)
+            self.function(weight, *self.args)
             self.synchronize()
             least = min(least, (time.perf_counter() - started) * 1e3)
         return least
@@ -140,12 +152,11 @@ def _batches_and_rounds(speed: SpeedClass, device: str, cpus: tuple[int, ...] | 
     on_cores(cpus)
     device = device_named(device)
     calls = InProcess(load(speed.source(), speed.name), device, inputs, settings.problem.rebalance_args())
-    cpu = torch.from_numpy(YARDSTICK.weight)
     least_of = settings.timing.yardstick_calls
-    yardsticks = [_Yardstick(EVALUATORS, load(YARDSTICK.program.read_text(encoding="utf-8"), "yardstick"), cpu,
-                             lambda: None, least_of)]
-    yardsticks += [_Yardstick(name, load(source(), name), cpu.to(device), calls.synchronize, least_of)
-                   for name, source in ON_THE_DEVICE.items()]
+    yardsticks = [_Yardstick(EVALUATORS, load(YARDSTICK.program.read_text(encoding="utf-8"), "yardstick"),
+                             torch.from_numpy(YARDSTICK.weight), YARDSTICK.args, lambda: None, least_of)]
+    yardsticks += [_Yardstick(name, load(source(), name), torch.from_numpy(weight).to(device), args, calls.synchronize,
+                              least_of) for name, (source, weight, args) in ON_THE_DEVICE.items()]
     calls.warm_up(WARMUP_S, settings.timing.warmup_calls)
     for yardstick in yardsticks:
         yardstick.ms()

@@ -184,12 +184,13 @@ def _run_aa(args: argparse.Namespace) -> int:
           f"{result.copies} copies of each class, {result.processes} processes in-process; lane CPUs "
           f"{result.lane_cpus or 'shared'}; {result.seconds:.0f} s")
     print(f"{'class':24} {'time ms':>9} {'A/A CV':>7} {'max/min':>7} {'precision':>9} {'in-process ms':>13} "
-          f"{'floor CV':>8} {'bias':>7}  targets")
+          f"{'floor CV':>8} {'floor max/min':>13} {'bias':>7}  targets")
     for row in result.classes:
-        met = ", ".join(f"{name} {'met' if ok else 'MISSED'}" for name, ok in row.meets_targets().items())
+        verdicts = ", ".join(f"{name} {verdict}" for name, verdict in row.targets().items())
         print(f"{row.name:24} {row.time_ms:9.3f} {100 * row.speedup_cv:6.1f}% {row.speedup_max_over_min:7.3f} "
               f"{100 * row.precision:8.1f}% {row.in_process_ms:13.3f} {100 * row.in_process_cv:7.1f}% "
-              f"{100 * row.bias:6.1f}%  {met}" + (f"  ({row.failed} failed)" if row.failed else ""))
+              f"{row.in_process_max_over_min:13.3f} {100 * row.bias:6.1f}%  {verdicts}"
+              + (f"  ({row.failed} failed)" if row.failed else ""))
     return ExitCode.OK
 
 
@@ -242,10 +243,12 @@ def _run_tracking(args: argparse.Namespace) -> int:
           "figure a median time in slowed batches over usual ones")
     print("(1.00: the yardstick follows the class; -: too few slowed or usual batches)")
     columns = list(result.classes[0].slowed_over_usual)
-    print(f"{'class':24} {'batches':>7} {'slowed':>6} {'time ms':>9}  " + "  ".join(f"{name:>20}" for name in columns))
+    width = max(map(len, columns))
+    print(f"{'class':24} {'batches':>7} {'slowed':>6} {'time ms':>9}  "
+          + "  ".join(f"{name:>{width}}" for name in columns))
     for row in result.classes:
         print(f"{row.name:24} {row.batches:7} {row.slowed_batches:6} {row.time_ms:9.3f}  "
-              + "  ".join(f"{_ratio(value):>20}" for value in row.slowed_over_usual.values()))
+              + "  ".join(f"{_ratio(value):>{width}}" for value in row.slowed_over_usual.values()))
     print("the yardsticks themselves in each class's run, slowed over usual (their median time per call):")
     for row in result.classes:
         print(f"  {row.name:22} " + ", ".join(

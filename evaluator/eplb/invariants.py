@@ -370,9 +370,9 @@ def _log2phy_violations(phy2log: torch.Tensor, log2phy: torch.Tensor, logcnt: to
 
 
 def _gpus_with_duplicate_expert(phy2log: torch.Tensor, problem: Problem) -> int:
-    """In numpy, for the reason `_every_value_invariant_holds` is. Expert e on GPU i (counting every layer's GPUs)
-    is the key i * E + e: sorted within each GPU, no key equals one of another GPU, so a key equal to the one before
-    it is an expert its GPU holds twice, and the key // E names that GPU."""
+    """For a valid plan (0 <= phy2log < E). In numpy, for the reason `_every_value_invariant_holds` is. Expert e on
+    GPU i (counting every layer's GPUs) is the key i * E + e: sorted within each GPU, no key equals one of another
+    GPU, so a key equal to the one before it is an expert its GPU holds twice, and the key // E names that GPU."""
     gpus, experts = problem.num_layers * problem.num_gpus, problem.num_experts
     per_gpu = phy2log.cpu().numpy().reshape(gpus, problem.slots_per_gpu) + np.arange(gpus)[:, None] * experts
     keys = np.sort(per_gpu, axis=1).reshape(-1)

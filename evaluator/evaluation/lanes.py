@@ -32,7 +32,8 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -362,6 +363,18 @@ def lane_cores(lanes: int, cores: Sequence[tuple[int, ...]] | None = None,
 _pinning_lock = threading.Lock()
 _pinnings = 0
 _cpus_before: set[int] = set()
+
+
+@contextmanager
+def on_the_evaluators_cores(cpus: Sequence[int] | None) -> Iterator[None]:
+    """This process on `cpus` (the evaluator's, off the lanes': `lane_cores`) for the block, as an evaluator keeps
+    itself; left where it is without them."""
+    pinned = cpus is not None and _pin_this_process(cpus)
+    try:
+        yield
+    finally:
+        if pinned:
+            _unpin_this_process()
 
 
 def _pin_this_process(cpus: Sequence[int]) -> bool:

@@ -186,11 +186,12 @@ class Worker:
         deadline = time.monotonic() + timeout
         what = "preparing the worker"
         if cpus:
+            # set first: a move that fails part way has left some threads on `cpus`, to be moved back
+            self._moved = self._start_cpus is not None and set(cpus) != set(self._start_cpus)
             try:
                 pin_threads(self.pid, cpus)
             except OSError as error:
                 self._fail(Status.INFRA_ERROR, f"could not move the worker onto CPUs {sorted(cpus)}: {error}")
-            self._moved = self._start_cpus is not None and set(cpus) != set(self._start_cpus)
         self._send({"op": "prepare", "threads": len(cpus) if cpus else 1}, deadline, timeout, what)
         reply = self._receive(deadline, timeout, what, infra=True)
         if reply.get("op") != "prepared":
@@ -494,12 +495,14 @@ class Worker:
                 "What the program reported:")
 
     def _move_back(self) -> None:
-        """Move the worker and every process it started back onto the CPUs it started on, if `prepare` moved it:
-        their exits (a CUDA context's teardown takes about 0.1 s of CPU) then run there, not on the cores the next
-        program is timed on."""
+        """Before the kill: move the worker and every process it started back onto the CPUs it started on, if
+        `prepare` moved it. Their exits (a CUDA context's teardown takes about 0.1 s of CPU) then run there, not on the
+        cores the next program is timed on, and the next program is timed while they exit (`Lanes.settle`). The
+        group is stopped first, so that no process or thread starts on the lane's cores while they are moved."""
         if self._moved and self._start_cpus is not None:
             self._moved = False
-            for pid in (self.pid, *proctree.descendants(self.pid)):
+            self._process.signal_group(signal.SIGSTOP)
+            for pid in self._tree.members(include_strays=False):  # orphans go to the worker, a subreaper
                 try:
                     pin_threads(pid, self._start_cpus)
                 except OSError:  # gone already
