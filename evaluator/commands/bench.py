@@ -314,8 +314,8 @@ BENCHMARKS = (
     ),
     _Benchmark(
         "tracking",
-        "How each speed class's time follows the host's pace, against the evaluator's yardstick and two of the "
-        "candidates' kind.",
+        "How each speed class's time follows the host's pace, against the evaluator's yardstick and programs of the "
+        "candidates' kind on the device.",
         _seconds_arguments(1.0, 10.0, "each class's batches take turns with the yardsticks"),
         _run_tracking,
     ),
