@@ -83,7 +83,7 @@ def test_the_aa_figures_are_read_off_the_evaluations_and_processes_they_report()
 def test_a_spread_of_speedups_over_the_target_is_blocked_only_where_the_floor_spreads_as_far(speedups, floor_ms,
                                                                                             verdict):
     row = ClassFigures("seed-patch", 13.0, 2, 0, speedups, floor_ms, 1.1, 0.01, max(speedups) / min(speedups), 0.01,
-                       1.1, 0.01, max(floor_ms) / min(floor_ms), 0.0, 0.0)
+                       1.1, 0.01, max(floor_ms) / min(floor_ms), 0.0, 0.0, {}, [])
     assert row.targets()["max_over_min"] == verdict
 
 

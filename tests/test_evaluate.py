@@ -26,7 +26,7 @@ from evaluator.evaluation import Evaluator, Result, Settings
 from evaluator.evaluation.evaluate import HOLDOUT_TEXT_CHARS
 from evaluator.evaluation.run import Runner
 from evaluator.evaluation.timing import ReferenceCache, TimingSettings, default_cache_path
-from evaluator.evaluation.timing.estimate import ALLOWANCE
+from evaluator.evaluation.timing.estimate import ALLOWANCE, WEIGHTS
 from evaluator.paths import HARNESS_PROGRAM, PROJECT_ROOT, SEED_PROGRAM
 from evaluator.sandbox import Limits
 
@@ -633,11 +633,11 @@ def test_a_run_whose_last_round_finds_the_host_at_another_pace_goes_on_until_mos
     settings = Settings(problem=SMALL, timeout_s=60, timing=timing)
     rounds = []
     # a steady pace for the first evaluation: at the host's own, which may change, its run could reach its budget
-    monkeypatch.setattr(Runner, "_yardstick_ms", lambda runner, worker, timeout_s: 2.0)
+    monkeypatch.setattr(Runner, "_yardstick_ms", lambda runner, worker, yardstick, timeout_s: 2.0)
     with Evaluator(SMALL_TRACE, settings, device="cpu") as evaluator:
         assert evaluator.evaluate(SEED_PROGRAM).status == "ok"
 
-        def changing_pace(runner, worker, timeout_s):
+        def changing_pace(runner, worker, yardstick, timeout_s):
             rounds.append(None)
             return 2.0 if len(rounds) == 1 else 3.0  # the host's pace changed after the first round
 
@@ -660,12 +660,12 @@ def test_a_round_of_the_yardstick_that_alone_differs_is_taken_again_and_leaves_n
     settings = Settings(problem=SMALL, timeout_s=60, timing=timing)
     rounds = []
 
-    def one_slow_round(runner, worker, timeout_s):
+    def one_slow_round(runner, worker, yardstick, timeout_s):
         rounds.append(None)
         return 3.0 if len(rounds) == 2 else 2.0
 
     with Evaluator(SMALL_TRACE, settings, device="cpu") as evaluator:
-        monkeypatch.setattr(Runner, "_yardstick_ms", lambda runner, worker, timeout_s: 2.0)
+        monkeypatch.setattr(Runner, "_yardstick_ms", lambda runner, worker, yardstick, timeout_s: 2.0)
         assert evaluator.evaluate(SEED_PROGRAM).status == "ok"
         monkeypatch.setattr(Runner, "_yardstick_ms", one_slow_round)
         result = evaluator.evaluate(SEED_PROGRAM)
@@ -775,6 +775,26 @@ def test_a_result_states_its_speedup_with_an_interval_and_what_it_was_measured_a
     assert len(timing["yardstick_ms"]) >= 2  # before the first batch and after the last
     assert result.seed_time_ms == pytest.approx(timing["seed"]["ratio"] * timing["pace_ms"])
     assert result.speedup == pytest.approx(result.seed_time_ms / result.time_ms)
+    assert timing["pace_weight"] == 1.0 and timing["device_yardstick_ms"] == [] and timing["speedups_against"] == {}
+
+
+def test_where_the_devices_yardstick_runs_too_a_program_is_read_against_the_mix_of_the_two_it_follows():
+    """Each round times both yardsticks; the seed's ratio is measured against each, and the speedup is the seed's
+    ratio to the mix the program's batches follow over its time against that mix."""
+    settings = Settings(problem=SMALL, timeout_s=60, timing=TimingSettings(device_yardstick_on_cpu=True))
+    with Evaluator(SMALL_TRACE, settings, device="cpu", seed_references=ReferenceCache(None)) as evaluator:
+        result = evaluator.evaluate(SEED_PROGRAM)
+    assert result.status == "ok", result.error
+    timing, seed = result.timing, result.timing["seed"]
+    assert len(timing["device_yardstick_ms"]) == len(timing["yardstick_ms"]) >= 2
+    assert seed["device_ratio"] > 0 and seed["device_yardstick_ms"] > 0
+    weight = timing["pace_weight"]
+    assert weight in WEIGHTS
+    ratio = seed["ratio"] ** weight * seed["device_ratio"] ** (1 - weight)
+    assert result.seed_time_ms == pytest.approx(ratio * timing["pace_ms"])
+    assert set(timing["speedups_against"]) == {"yardstick", "device", "even"}
+    # the seed against itself, read at any of the three mixes
+    assert all(0.5 < gain < 2 for gain in timing["speedups_against"].values())
 
 
 def test_the_harness_model_comes_from_batches_run_back_to_back_not_from_the_seeds(monkeypatch):
@@ -784,8 +804,8 @@ def test_the_harness_model_comes_from_batches_run_back_to_back_not_from_the_seed
     measured = Runner.reference_calls
 
     def slow_round_trips(runner, lane, seed_calls, timeout_s):
-        batches, paces = measured(runner, lane, seed_calls, timeout_s)
-        return [dataclasses.replace(batch, round_trip_ns=batch.round_trip_ns + 50_000_000) for batch in batches], paces
+        batches, *paces = measured(runner, lane, seed_calls, timeout_s)
+        return [dataclasses.replace(batch, round_trip_ns=batch.round_trip_ns + 50_000_000) for batch in batches], *paces
 
     monkeypatch.setattr(Runner, "reference_calls", slow_round_trips)
     with Evaluator(SMALL_TRACE, Settings(problem=SMALL, timeout_s=60), device="cpu",

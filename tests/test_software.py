@@ -3,11 +3,13 @@ of one evaluator's code from another's."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 
 from small_problem import SMALL_SETTINGS, SMALL_TRACE
@@ -131,8 +133,19 @@ def test_unsound_entries_of_the_reference_cache_are_dropped_not_used(tmp_path):
         "harness not an object": {**sound, "harness": 3},
         "a field missing": {key: value for key, value in sound.items() if key != "processes"},
         "an unknown field": {**sound, "extra": 1},
+        "a device ratio without its yardstick": {**sound, "device_ratio": 40.0},
+        "a negative device ratio": {**sound, "device_ratio": -40.0, "device_yardstick_ms": 3.0},
+        "a device yardstick of no time": {**sound, "device_ratio": 40.0, "device_yardstick_ms": 0.0},
         "not an object": [1, 2],
     }))
     cache = ReferenceCache(path)
     assert cache.get("sound") == reference(50.0)
     assert [key for key in json.loads(path.read_text()) if cache.get(key) is not None] == ["sound"]
+
+
+def test_the_seeds_ratio_to_a_mix_of_the_two_yardsticks_mixes_its_ratios_to_each():
+    both = dataclasses.replace(reference(50.0), device_ratio=200.0, device_yardstick_ms=2.5)
+    assert both.ratio_at(1.0) == 50.0 and both.ratio_at(0.0) == 200.0
+    assert both.ratio_at(0.5) == pytest.approx(100.0)
+    assert reference(50.0).ratio_at(0.0) == 50.0  # measured without the device's yardstick: the yardstick's alone
+    assert SeedReference.from_json(json.loads(json.dumps(both.to_json()))) == both

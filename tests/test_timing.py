@@ -28,6 +28,7 @@ from evaluator.evaluation.timing import (
     call_limit_s,
     calls_per_batch,
     estimate,
+    following_weight,
     median_interval,
     mostly_steady,
     pace_change,
@@ -115,6 +116,33 @@ def test_a_program_timed_while_the_host_slows_down_is_read_against_the_pace_arou
     shifting = estimate(batches([10.0 * pace for pace in paces], paces=paces), HARNESS)
     assert shifting.time_ms / shifting.pace_ms == pytest.approx(steady.time_ms / steady.pace_ms)
     assert shifting.precision == pytest.approx(0.0)
+
+
+def two_paced(times: np.ndarray, cpu: np.ndarray, device: np.ndarray) -> list[BatchTime]:
+    """Batches taking `times` per call, the yardstick's pace around them `cpu` and the device's yardstick's `device`."""
+    return [replace(batch, device_pace_ms=pace)
+            for batch, pace in zip(batches(list(times), paces=list(cpu)), device)]
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3, 1.0])
+def test_a_program_is_read_against_the_mix_of_the_two_yardsticks_its_time_follows(weight):
+    """The host's two kinds of work slow apart: a program whose time follows a mix of them is read against that
+    mix, and its time against it holds still."""
+    rng = np.random.default_rng(0)
+    cpu = 2.0 * rng.uniform(1.0, 2.0, 40)
+    device = 3.0 * rng.uniform(1.0, 1.5, 40)
+    times = 10.0 * (cpu / 2.0) ** weight * (device / 3.0) ** (1 - weight)
+    measured = two_paced(times, cpu, device)
+    assert following_weight(measured, HARNESS) == pytest.approx(weight)
+    assert estimate(measured, HARNESS, weight).precision == pytest.approx(0.0, abs=1e-6)
+    assert estimate(measured, HARNESS, 1.0 - weight).precision > 0.01  # the other mix leaves a spread
+
+
+def test_without_the_devices_yardstick_a_program_is_read_against_the_yardstick_alone():
+    measured = batches([10.0, 12.0, 11.0], paces=[2.0, 2.4, 2.2])
+    assert following_weight(measured, HARNESS) == 1.0
+    assert [batch.pace_at(0.0) for batch in measured] == [2.0, 2.4, 2.2]
+    assert estimate(measured, HARNESS, 0.0).time_ms == estimate(measured, HARNESS).time_ms
 
 
 def test_a_program_slower_on_the_scored_windows_is_timed_there():

@@ -56,6 +56,10 @@ class ClassFigures:
     in_process_max_over_min: float  # of the processes' medians
     bias: float  # time_ms over in_process_ms, less 1
     bias_ms: float
+    # on a GPU lane, the CV and max/min of the speedups read against each pace alone: the yardstick, the device's
+    # yardstick, an even mix (the speedups above read against the mix each program follows best)
+    against: dict[str, tuple[float, float]]
+    pace_weights: list[float]  # the yardstick's weight in the mix each evaluation followed
 
     def targets(self) -> dict[str, str]:
         """The targets, each "met" or "MISSED": CV at most 3% or one point above the floor; max/min at most 1.10;
@@ -144,11 +148,18 @@ def _figures(speed: SpeedClass, results: list[Result], floor_ms: list[float]) ->
     speedups = [result.speedup for result in ok]
     time_ms = statistics.median(result.time_ms for result in ok)
     in_process_ms = statistics.median(floor_ms)
+    readings = [result.timing["speedups_against"] for result in ok]
+    against = {name: _spread([reading[name] for reading in readings]) for name in readings[0]} \
+        if all(readings) else {}
     return ClassFigures(speed.name, speed.about_ms, len(results), len(results) - len(ok), speedups, floor_ms, time_ms,
-                        coefficient_of_variation(speedups), max(speedups) / min(speedups),
-                        statistics.median(result.timing["precision"] for result in ok), in_process_ms,
-                        coefficient_of_variation(floor_ms), max(floor_ms) / min(floor_ms), time_ms / in_process_ms - 1,
-                        time_ms - in_process_ms)
+                        *_spread(speedups), statistics.median(result.timing["precision"] for result in ok),
+                        in_process_ms, *_spread(floor_ms), time_ms / in_process_ms - 1, time_ms - in_process_ms,
+                        against, [result.timing["pace_weight"] for result in ok])
+
+
+def _spread(values: list[float]) -> tuple[float, float]:
+    """The coefficient of variation and max/min of `values`."""
+    return coefficient_of_variation(values), max(values) / min(values)
 
 
 def _time_here(program: Path, device: str, cpus: tuple[int, ...] | None, inputs: np.ndarray,

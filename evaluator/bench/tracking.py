@@ -1,16 +1,15 @@
 """How each speed class's time follows the host's pace, against yardsticks of two kinds.
 
-A speedup is read against a yardstick timed beside the candidate (timing/reference.py): the seed on one small layer,
-Python loops on the CPU. Where the host slows, a candidate's time has to slow as much as the yardstick's for its
+A speedup is read against yardsticks timed beside the candidate (timing/reference.py): the seed on one small layer,
+Python loops on the CPU, and on a GPU the seed patch's program on a problem of 12 slots, torch's dispatch and kernel
+launches. Where the host slows, a candidate's time has to slow as much as the pace it is read against for its
 speedup to hold. Here each speed class runs in a fresh process on the lane's core, without the harness, its batches
-taking turns with rounds of four yardsticks: the evaluator's, and programs of the candidates' own kind on the device
-(the `seed-patch` and `topk-snake` classes' programs on the yardstick's layer, and the seed patch's on a problem of 12
-slots, whose loops are shorter). A batch counts as
-slowed where the evaluator's yardstick around it took more than `SLOWED` times its usual time (its tenth percentile
-in the run), and as usual within `PACE_CHANGE` of it. Per class: its time in slowed batches over its time in usual
-ones, bare and against each yardstick (1.00: the yardstick follows the class), and each yardstick's own.
+taking turns with rounds of four yardsticks: the evaluator's two, and the `seed-patch` and `topk-snake` classes'
+programs on the yardstick's layer on the device. A batch counts as slowed where the evaluator's CPU yardstick around
+it took more than `SLOWED` times its usual time (its tenth percentile in the run), and as usual within `PACE_CHANGE`
+of it. Per class: its time in slowed batches over its time in usual ones, bare and against each yardstick (1.00: the
+yardstick follows the class), and each yardstick's own.
 """
-
 from __future__ import annotations
 
 import math
@@ -26,26 +25,23 @@ import torch
 from evaluator.bench.in_process import InProcess, device_named, in_fresh_process, load, on_cores
 from evaluator.bench.speed_classes import SPEED_CLASSES, SpeedClass
 from evaluator.eplb.default_trace import default_trace
-from evaluator.eplb.problem import Problem
 from evaluator.evaluation import Settings
 from evaluator.evaluation.lanes import lane_cores
 from evaluator.evaluation.seed_plans import seed_patch_program
 from evaluator.evaluation.timing import PACE_CHANGE, YARDSTICK, call_inputs, pace_change
+from evaluator.evaluation.timing.reference import DEVICE_YARDSTICK_PROBLEM, DEVICE_YARDSTICK_WEIGHT
 
 SLOWED = 1.3  # a batch is slowed where the evaluator's yardstick took this many times its usual time around it
 FEWEST = 5  # slowed and usual batches each, for a ratio
 USUAL_QUANTILE = 10
 WARMUP_S = 0.3
 EVALUATORS = "seed (CPU)"  # the evaluator's yardstick, which tells slowed batches from usual ones
-# A smaller problem than the yardstick's, for a program whose loops run once per expert and slot: the seed patch's
-# takes about 17 ms a call on the yardstick's layer on an H100, too long for the evaluator to time beside every batch.
-SMALL_PROBLEM = Problem(num_layers=1, num_experts=8, num_replicas=12, num_groups=2, num_nodes=1, num_gpus=4)
-_SMALL_WEIGHT = np.random.default_rng(0).integers(0, 50_000, (1, SMALL_PROBLEM.num_experts)).astype(np.int64)
 # name -> the program's source, and the weight and arguments it is called on
 ON_THE_DEVICE: dict[str, tuple[Callable[[], str], np.ndarray, tuple[int, ...]]] = {
     **{f"{speed.name} (device)": (speed.source, YARDSTICK.weight, YARDSTICK.args) for speed in SPEED_CLASSES
        if speed.name in ("seed-patch", "topk-snake")},
-    "seed-patch, 12 slots (device)": (seed_patch_program, _SMALL_WEIGHT, SMALL_PROBLEM.rebalance_args()),
+    "seed-patch, 12 slots (device)": (seed_patch_program, DEVICE_YARDSTICK_WEIGHT,
+                                      DEVICE_YARDSTICK_PROBLEM.rebalance_args()),
 }
 
 

@@ -191,6 +191,12 @@ def _run_aa(args: argparse.Namespace) -> int:
               f"{100 * row.precision:8.1f}% {row.in_process_ms:13.3f} {100 * row.in_process_cv:7.1f}% "
               f"{row.in_process_max_over_min:13.3f} {100 * row.bias:6.1f}%  {verdicts}"
               + (f"  ({row.failed} failed)" if row.failed else ""))
+    if any(row.against for row in result.classes):
+        print("the speedups' CV (max/min) read against one pace alone:")
+        for row in result.classes:
+            print(f"  {row.name:24} " + ", ".join(f"{name} {100 * cv:.1f}% ({spread:.3f})"
+                                                 for name, (cv, spread) in row.against.items())
+                  + f"; the yardstick's weight followed {', '.join(f'{w:.1f}' for w in row.pace_weights)}")
     return ExitCode.OK
 
 

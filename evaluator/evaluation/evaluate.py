@@ -45,11 +45,14 @@ from evaluator.evaluation.result import Result, workload_summary
 from evaluator.evaluation.run import REFERENCE_TIMEOUT_S, Run, Runner, RunFailed
 from evaluator.evaluation.settings import Settings
 from evaluator.evaluation.timing import (
+    BatchTime,
     HarnessModel,
     ReferenceCache,
     SeedReference,
     call_inputs,
+    device_yardstick,
     estimate,
+    following_weight,
     relative_precision,
     steady,
     warmup_call,
@@ -126,7 +129,8 @@ class Evaluator:
         warm_up = seed_patch_warm_up(self._files, self.settings.problem, self._inputs.dtype.name)
         self.lanes = Lanes(self.settings.worker_limits(), device, spares, gpus, warm_up=warm_up, replenish=replenish,
                            start_method=self.settings.start_method)
-        self._runner = Runner(self.settings, self.lanes, self._inputs, self._score_on_next_window)
+        self._runner = Runner(self.settings, self.lanes, self._inputs, self._score_on_next_window,
+                              device_yardstick(warm_up.program))
 
     def __enter__(self) -> Evaluator:
         return self
@@ -240,20 +244,25 @@ class Evaluator:
         the seed patch). Not from the seed's: each of those follows a round of the yardstick on the same core, which
         leaves the harness's next round trip slower, and most of a candidate's batches follow another batch."""
         timing = self.settings.timing
-        ratios, seed_ms, yardstick_ms = [], [], []
+        ratios, device_ratios, seed_ms, yardstick_ms, device_yardstick_ms = [], [], [], [], []
         for _ in range(timing.reference_processes):
-            seed, paces = self._runner.reference_calls(lane, timing.reference_seed_calls, REFERENCE_TIMEOUT_S)
+            seed, paces, device_paces = self._runner.reference_calls(lane, timing.reference_seed_calls,
+                                                                     REFERENCE_TIMEOUT_S)
             seed_ms += [batch.claim_ns / 1e6 for batch in seed]
             yardstick_ms += paces
+            device_yardstick_ms += device_paces
             ratios += [batch.claim_ns / 1e6 / batch.pace_ms for batch in steady(seed)]
+            device_ratios += [batch.claim_ns / 1e6 / batch.pace_at(0.0) for batch in steady(seed)]
         rng = np.random.default_rng()
         batches = []
         for program in (HARNESS_PROGRAM, self._files / "warm_up.py"):  # the narrowest valid plan, the seed patch
             weights = [[warmup_call(self._inputs, rng).weight for _ in range(size)] for size in _HARNESS_BATCHES]
             batches += self._runner.trusted_batches(lane, program, weights, REFERENCE_TIMEOUT_S)
         pace = statistics.median(yardstick_ms)
+        device = (statistics.median(device_ratios), statistics.median(device_yardstick_ms)) if device_yardstick_ms \
+            else (None, None)
         return SeedReference(statistics.median(ratios), relative_precision(ratios), statistics.median(seed_ms), pace,
-                             timing.reference_processes, HarnessModel.fit(batches, pace))
+                             timing.reference_processes, HarnessModel.fit(batches, pace), *device)
 
     def _score(self, run: Run, reference: SeedReference) -> Result:
         report = combined_reports([run.scored[window] for window in sorted(run.scored)])
@@ -261,8 +270,9 @@ class Evaluator:
         if stale is not None:
             return Result(Status.INVALID_OUTPUT, stale.message, [asdict(stale)], workload=self._workload(),
                           stdout=run.stdout, stderr=run.stderr, **_device(run.info))
-        timing = estimate(run.batches, reference.harness)
-        seed_time_ms = reference.ratio * timing.pace_ms  # the seed's time at the pace the candidate ran at
+        weight = following_weight(run.batches, reference.harness)
+        timing = estimate(run.batches, reference.harness, weight)
+        seed_time_ms = reference.ratio_at(weight) * timing.pace_ms  # the seed's time at the pace the candidate ran at
         gain = speedup(seed_time_ms, timing.time_ms)
         # The speedup's interval: the candidate's time against the pace and the seed's ratio to it, each known to
         # within its own relative precision, combined as independent errors.
@@ -283,6 +293,8 @@ class Evaluator:
             gpus_with_duplicate_expert=run.duplicate_gpus,
             gpu_load=_gpu_load(run.scored[GPU_LOAD_WINDOW].gpu_loads),
             timing={**timing.to_json(), "seed": reference.to_json(), "yardstick_ms": run.yardstick_ms,
+                    "device_yardstick_ms": run.device_yardstick_ms,
+                    "speedups_against": _speedups_against(run.batches, reference),
                     "speedup_precision": relative, "variant_calls": len(run.variants),
                     "rechecked_calls": run.rechecked},
             workload=self._workload(),
@@ -334,6 +346,15 @@ def _gpu_load(loads: GpuLoads | None) -> dict[str, object] | None:
 def _remove_if_owner(folder: Path, owner_pid: int) -> None:
     if os.getpid() == owner_pid:
         remove_tree(folder)
+
+
+def _speedups_against(batches: list[BatchTime], reference: SeedReference) -> dict[str, float]:
+    """The speedup read against the yardstick alone, the device's alone and an even mix of the two, where both ran."""
+    if reference.device_ratio is None or any(batch.device_pace_ms is None for batch in batches):
+        return {}
+    return {name: speedup(reference.ratio_at(weight) * timing.pace_ms, timing.time_ms)
+            for name, weight in (("yardstick", 1.0), ("device", 0.0), ("even", 0.5))
+            for timing in [estimate(batches, reference.harness, weight)]}
 
 
 def _device(info: WorkerInfo) -> dict[str, object]:

@@ -36,6 +36,7 @@ from evaluator.evaluation.timing import (
     HarnessModel,
     YARDSTICK,
     SeedReference,
+    Yardstick,
     budget_spent,
     call_limit_s,
     calls_per_batch,
@@ -88,8 +89,9 @@ class Run:
     info: WorkerInfo
     scored: dict[int, BalancednessReport]  # window -> how the plan made on it balances the next window
     variants: list[tuple[int, float]]  # (window it varies, GPU balancedness on the next window of its plan)
-    batches: list[BatchTime]  # each with the yardstick's pace around it
+    batches: list[BatchTime]  # each with the yardsticks' pace around it
     yardstick_ms: list[float]  # the yardstick's time per call at each of its rounds, in order
+    device_yardstick_ms: list[float]  # the device's yardstick's, on a GPU lane (else none)
     rechecked: int  # calls repeated in the recheck's process
     duplicate_gpus: float
     phases: dict[str, float]  # where the run's wall time went, in ms
@@ -143,18 +145,22 @@ class Runner:
     """
 
     def __init__(self, settings: Settings, lanes: Lanes, inputs: np.ndarray,
-                 score_on_next_window: Callable[[Plan, int], BalancednessReport]) -> None:
+                 score_on_next_window: Callable[[Plan, int], BalancednessReport],
+                 device_yardstick: Yardstick | None = None) -> None:
         self.settings = settings
         self.lanes = lanes
         self.inputs = inputs
         self.score_on_next_window = score_on_next_window
+        self.device_yardstick = device_yardstick  # timed beside the yardstick on GPU lanes
         self._lane_used_at: dict[str, float] = {}  # lane name -> when a run on it last ended (monotonic)
-        self._yardsticks: dict[str, Worker] = {}  # lane name -> its yardstick's worker (used by the lane's holder)
+        # lane name -> its yardsticks' workers, each with its yardstick (used by the lane's holder)
+        self._yardsticks: dict[str, list[tuple[Yardstick, Worker]]] = {}
 
     def close(self) -> None:
         """Close the yardsticks' workers."""
-        for worker in list(self._yardsticks.values()):
-            worker.close()
+        for workers in list(self._yardsticks.values()):
+            for _, worker in workers:
+                worker.close()
         self._yardsticks.clear()
 
     def limits(self, seed_time_ms: float) -> Limits:
@@ -224,15 +230,17 @@ class Runner:
                 phase("validation_tail_ms")
         compute = {"warmup_ms": calls.warmup_claimed_ns / 1e6, "batches_ms": calls.timed_claimed_ns / 1e6,
                    "recheck_ms": recheck_ns / 1e6}
-        run = Run(worker.info, calls.scored, calls.variants, calls.batches, calls.paces, len(kept),
+        run = Run(worker.info, calls.scored, calls.variants, calls.batches, calls.paces, calls.device_paces, len(kept),
                   statistics.fmean(calls.duplicates), phases, compute, lane.name, stdout, stderr)
         return run, reference
 
-    def reference_calls(self, lane: Lane, seed_calls: int, timeout_s: float) -> tuple[list[BatchTime], list[float]]:
+    def reference_calls(self, lane: Lane, seed_calls: int,
+                        timeout_s: float) -> tuple[list[BatchTime], list[float], list[float]]:
         """The seed timed as a candidate is, in a fresh worker on `lane`, which the caller holds: the same warm-up, then
         `seed_calls` batches of one call on variants of the windows, every output validated where a candidate's is, and
         the yardstick timed before, between and after them in the lane's yardstick worker, the seed stopped meanwhile.
-        The seed's batches, each with the pace around it, and the yardstick's times in ms."""
+        The seed's batches, each with the pace around it, and the yardsticks' times in ms (the device's, on a GPU
+        lane)."""
         rng = np.random.default_rng(secrets.randbits(128))
         deadline = time.monotonic() + timeout_s
         plan = BatchPlan(self.inputs, 1, rng, min_variants=0, min_batches_alone=1)
@@ -241,7 +249,7 @@ class Runner:
             calls.warm_up(rng, HarnessModel(0.0, 0.0, 0.0), for_clocks=True)
             calls.time((plan.another() for _ in range(seed_calls)), seed_calls, math.inf)
             calls.settle(wait=True)
-        return calls.batches, calls.paces
+        return calls.batches, calls.paces, calls.device_paces
 
     def trusted_batches(self, lane: Lane, program: Path, batches: Sequence[list[np.ndarray]],
                         timeout_s: float) -> list[BatchTime]:
@@ -270,38 +278,50 @@ class Runner:
             yield _Calls(self, worker, validator, deadline, limits, rechecked, overlap=lane.isolated,
                          pace=lambda: self._pace(lane, worker))
 
-    def _pace(self, lane: Lane, candidate: Worker) -> float:
-        """The yardstick's time per call on `lane` now, with the candidate's processes stopped while it runs: a round
-        of the yardstick (`_yardstick_ms`) in the lane's yardstick worker (started, from the lane's spares, the first
-        time). The first round comes before any timed batch: it waits for the exits of the lane's last processes where
-        they run on the lane's cores (`Lanes.settle`)."""
+    def _pace(self, lane: Lane, candidate: Worker) -> tuple[float, float | None]:
+        """The yardsticks' times per call on `lane` now (the device's None but on a GPU lane), with the candidate's
+        processes stopped while they run: a round of each (`_yardstick_ms`) in the lane's yardstick workers (started,
+        from the lane's spares, the first time). The first round comes before any timed batch: it waits for the exits
+        of the lane's last processes where they run on the lane's cores (`Lanes.settle`)."""
         self.lanes.settle(lane)
         candidate.pause()
         try:
-            return self._yardstick_ms(self._yardstick_on(lane), REFERENCE_TIMEOUT_S)
+            times = [self._yardstick_ms(worker, yardstick, REFERENCE_TIMEOUT_S)
+                     for yardstick, worker in self._yardsticks_on(lane)]
         except SandboxFailure as error:
-            self._yardsticks.pop(lane.name, None)
+            for _, worker in self._yardsticks.pop(lane.name, []):
+                worker.close(wait=False)
             raise RunFailed(Status.INFRA_ERROR, f"the yardstick failed: {error.failure.message}") from None
         finally:
             candidate.resume()
+        return times[0], times[1] if len(times) > 1 else None
 
-    def _yardstick_ms(self, worker: Worker, timeout_s: float) -> float:
-        """One round of the yardstick in `worker`, which has the yardstick's program loaded: the least of the settings'
-        yardstick calls, each a batch of its own, in ms. The least, because a call the host stole the core from for a
-        moment (a virtual machine's vCPU is) would read the pace of every batch around it as slower."""
-        return min(worker.batch([YARDSTICK.weight], YARDSTICK.args, timeout_s).claim_ns / 1e6
+    def _yardstick_ms(self, worker: Worker, yardstick: Yardstick, timeout_s: float) -> float:
+        """One round of `yardstick` in `worker`, which has its program loaded: the least of the settings' yardstick
+        calls, each a batch of its own, in ms. The least, because a call the host stole the core from for a moment (a
+        virtual machine's vCPU is) would read the pace of every batch around it as slower."""
+        return min(worker.batch([yardstick.weight], yardstick.args, timeout_s).claim_ns / 1e6
                    for _ in range(self.settings.timing.yardstick_calls))
 
-    def _yardstick_on(self, lane: Lane) -> Worker:
-        """The lane's yardstick worker, on the lane's cores with the yardstick loaded and called once."""
-        worker = self._yardsticks.get(lane.name)
-        if worker is None or not worker.is_loaded():
-            worker = lane.pool.acquire()
-            self._yardsticks[lane.name] = worker
-            worker.prepare(lane.cpus)
-            worker.load(YARDSTICK.program, timeout_s=REFERENCE_TIMEOUT_S)
-            worker.batch([YARDSTICK.weight], YARDSTICK.args, REFERENCE_TIMEOUT_S)
-        return worker
+    def _yardsticks_on(self, lane: Lane) -> list[tuple[Yardstick, Worker]]:
+        """The lane's yardsticks (the device's too on a GPU lane), each in a worker of its own on the lane's cores
+        with its program loaded and called once."""
+        workers = self._yardsticks.get(lane.name)
+        if workers is None or not all(worker.is_loaded() for _, worker in workers):
+            for _, worker in workers or []:
+                worker.close(wait=False)
+            workers = self._yardsticks[lane.name] = []
+            yardsticks = [YARDSTICK]
+            on_a_gpu = lane.device != "cpu" or self.settings.timing.device_yardstick_on_cpu
+            if on_a_gpu and self.device_yardstick is not None:
+                yardsticks.append(self.device_yardstick)
+            for yardstick in yardsticks:
+                worker = lane.pool.acquire()
+                workers.append((yardstick, worker))
+                worker.prepare(lane.cpus)
+                worker.load(yardstick.program, timeout_s=REFERENCE_TIMEOUT_S)
+                worker.batch([yardstick.weight], yardstick.args, REFERENCE_TIMEOUT_S)
+        return workers
 
     @contextmanager
     def _trusted_process(self, lane: Lane, program: Path, deadline: float, timeout_s: float) -> Iterator[Worker]:
@@ -396,9 +416,10 @@ class _Calls:
     limits: Limits
     rechecked: _Sample  # the timed calls to repeat in a fresh process, by their number among the timed calls
     overlap: bool
-    pace: Callable[[], float]  # the yardstick's time now, the candidate stopped while it runs
-    # the yardstick's rounds: (batches done, its time in ms, the candidate's time in batches then in ns)
-    rounds: list[tuple[int, float, int]] = field(default_factory=list)
+    pace: Callable[[], tuple[float, float | None]]  # the yardsticks' times now, the candidate stopped while they run
+    # the yardsticks' rounds: (batches done, the yardstick's time in ms, the device's yardstick's (None but on a GPU
+    # lane), the candidate's time in batches then in ns)
+    rounds: list[tuple[int, float, float | None, int]] = field(default_factory=list)
     scored: dict[int, BalancednessReport] = field(default_factory=dict)
     variants: list[tuple[int, float]] = field(default_factory=list)
     batches: list[BatchTime] = field(default_factory=list)
@@ -414,7 +435,12 @@ class _Calls:
     @property
     def paces(self) -> list[float]:
         """The yardstick's time at each of its rounds so far, in ms."""
-        return [ms for _, ms, _ in self.rounds]
+        return [ms for _, ms, _, _ in self.rounds]
+
+    @property
+    def device_paces(self) -> list[float]:
+        """The device's yardstick's time at each round so far, in ms: none but on a GPU lane."""
+        return [ms for _, _, ms, _ in self.rounds if ms is not None]
 
     def warm_up(self, rng: np.random.Generator, harness: HarnessModel, for_clocks: bool) -> float:
         """Untimed calls, one at a time, until the settings' least count is reached and, `for_clocks`, their least
@@ -472,15 +498,16 @@ class _Calls:
         differs from the last by more than `PACE_CHANGE` is taken again at once, and the second stands: a change seen
         once may be the yardstick's alone (a moment the host took the core), and would leave every batch around it
         out of the time."""
-        ms = self.pace()
+        ms, device_ms = self.pace()
         if self.rounds:
-            start, before, _ = self.rounds[-1]
+            start, before, device_before, _ = self.rounds[-1]
             if pace_change(before, ms) > PACE_CHANGE:
-                ms = self.pace()
+                ms, device_ms = self.pace()
+            device_pace = None if device_ms is None or device_before is None else (device_before + device_ms) / 2
             for index in range(start, len(self.batches)):
                 self.batches[index] = replace(self.batches[index], pace_ms=(before + ms) / 2,
-                                              pace_change=pace_change(before, ms))
-        self.rounds.append((len(self.batches), ms, self.timed_ns))
+                                              pace_change=pace_change(before, ms), device_pace_ms=device_pace)
+        self.rounds.append((len(self.batches), ms, device_ms, self.timed_ns))
 
     def _close_stretch(self) -> None:
         """A round of the yardstick, unless one followed the last batch."""
@@ -518,7 +545,7 @@ class _Calls:
             self._take(outputs, f"timed call {number + 1} (planning on {what})", call.window, call.scored)
         if not self.overlap:
             self.settle(wait=True)
-        if yardstick_due(self.timed_ns - self.rounds[-1][2] + result.round_trip_ns, self.paces,
+        if yardstick_due(self.timed_ns - self.rounds[-1][3] + result.round_trip_ns, self.paces,
                          self.runner.settings.timing):
             self._round()
 

@@ -12,6 +12,7 @@ from evaluator.evaluation.timing.estimate import (
     Timing,
     TimingSummary,
     estimate,
+    following_weight,
     median_interval,
     mostly_steady,
     pace_change,
@@ -34,13 +35,14 @@ from evaluator.evaluation.timing.reference import (
     SeedReference,
     Yardstick,
     default_cache_path,
+    device_yardstick,
 )
 from evaluator.evaluation.timing.schedule import Batch, BatchPlan, Call, call_inputs, vary, warmup_call
 
 __all__ = [
     "PACE_CHANGE", "YARDSTICK", "Batch", "BatchPlan", "BatchTime", "Call", "HarnessModel", "ReferenceCache",
     "SeedReference", "Timing", "TimingSettings", "TimingSummary", "budget_spent", "call_inputs", "call_limit_s",
-    "calls_per_batch", "default_cache_path", "estimate", "median_interval", "mostly_steady", "pace_change",
-    "pace_changed", "precise_enough", "relative_precision", "steady", "summarise", "vary", "warmup_call", "Yardstick",
-    "yardstick_due",
+    "calls_per_batch", "default_cache_path", "device_yardstick", "estimate", "following_weight", "median_interval",
+    "mostly_steady", "pace_change", "pace_changed", "precise_enough", "relative_precision", "steady", "summarise",
+    "vary", "warmup_call", "Yardstick", "yardstick_due",
 ]

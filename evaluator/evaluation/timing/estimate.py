@@ -8,9 +8,11 @@ at its claim, or at its round trip less `ALLOWANCE` times the harness's model, w
 is timed at its claim, exactly what it spent; one whose clock lies gains at most the allowance's slack, a few percent
 of a batch sized to keep the harness that small.
 
-Each batch is read against the host's pace around it (the yardstick's time, reference.py): its time per call over
-the yardstick's is what the median and its interval are taken of, and the time reported is that median at the
-median pace of the run.
+Each batch is read against the host's pace around it (the yardsticks' times, reference.py): its time per call over
+the pace is what the median and its interval are taken of, and the time reported is that median at the median pace
+of the run. On a GPU lane two yardsticks give the pace, one of each kind of work a program does there (Python loops on
+the CPU, and torch's dispatch and kernel launches); a program is read against the mix of the two that its own batches
+follow best (`following_weight`).
 
 The calls on the trace's own windows, whose plans are scored, run in batches like any other; a program slower there
 than elsewhere (it recognised them) is timed at its pace there.
@@ -54,6 +56,14 @@ class BatchTime:
     first_round: bool  # one of the pairs each window gets, which run interleaved (schedule.py)
     pace_ms: float = 1.0  # the yardstick's time around it (reference.py): the mean of the times before and after
     pace_change: float = 0.0  # how far those two differ, over their mean
+    device_pace_ms: float | None = None  # the same of the device's yardstick, on a GPU lane
+
+    def pace_at(self, weight: float) -> float:
+        """The pace the batch is read against: the yardstick's to the power `weight` times the device's yardstick's
+        to the rest (the yardstick's alone where no device yardstick ran)."""
+        if self.device_pace_ms is None:
+            return self.pace_ms
+        return self.pace_ms ** weight * self.device_pace_ms ** (1 - weight)
 
     @property
     def steady(self) -> bool:
@@ -137,7 +147,8 @@ class Timing:
     time_ms: float  # the median over batches of their time per call against the pace, at the run's median pace
     interval_ms: tuple[float, float]  # 95% interval of that median
     precision: float  # half the interval's width over time_ms
-    pace_ms: float  # the yardstick's median time around the batches
+    pace_ms: float  # the median pace around the batches (`BatchTime.pace_at`)
+    pace_weight: float  # the yardstick's weight in that pace, against the device's yardstick's
     batches: int
     calls: int
     calls_per_batch: int
@@ -170,16 +181,38 @@ def steady(batches: Sequence[BatchTime]) -> list[BatchTime]:
     return [batch for batch in batches if batch.steady] if mostly_steady(batches) else list(batches)
 
 
-def estimate(batches: Sequence[BatchTime], harness: HarnessModel) -> Timing:
-    """The time per call of a program from its timed batches (all with the same number of calls): the median over
-    those the host kept its pace around (`steady`), or the scored calls' time where those were clearly slower than
-    the rest of the first round. That check takes every batch of the first round: a batch left out of the time is
-    still evidence of where the program spends it."""
+WEIGHTS = tuple(step / 10 for step in range(11))  # the mixes of the two yardsticks a program may follow
+
+
+def following_weight(batches: Sequence[BatchTime], harness: HarnessModel) -> float:
+    """The mix of the two yardsticks (`BatchTime.pace_at`'s weight, one of `WEIGHTS`) that the program's time follows
+    best: against which its steady batches' times per call spread least (the median absolute deviation of their
+    logarithms). 1.0, the yardstick alone, where no device yardstick ran."""
+    kept = steady(batches)
+    if not kept or any(batch.device_pace_ms is None for batch in kept):
+        return 1.0
+    times = np.log([batch_ms_per_call(batch, harness)[0] for batch in kept])
+    cpu = np.log([batch.pace_ms for batch in kept])
+    device = np.log([batch.device_pace_ms for batch in kept])  # type: ignore[misc]
+
+    def spread(weight: float) -> float:
+        against = times - weight * cpu - (1 - weight) * device
+        return float(np.median(np.abs(against - np.median(against))))
+
+    return min(WEIGHTS, key=spread)
+
+
+def estimate(batches: Sequence[BatchTime], harness: HarnessModel, weight: float = 1.0) -> Timing:
+    """The time per call of a program from its timed batches (all with the same number of calls), each read against
+    its pace at `weight` (`BatchTime.pace_at`): the median over those the host kept its pace around (`steady`), or the
+    scored calls' time where those were clearly slower than the rest of the first round. That check takes every batch
+    of the first round: a batch left out of the time is still evidence of where the program spends it."""
     if not batches:
         raise ValueError("no timed batches")
     times, doubts = zip(*(batch_ms_per_call(batch, harness) for batch in batches))
-    pace = statistics.median(batch.pace_ms for batch in batches)
-    against_pace = [time / batch.pace_ms * pace for time, batch in zip(times, batches)]
+    paces = [batch.pace_at(weight) for batch in batches]
+    pace = statistics.median(paces)
+    against_pace = [time / batch_pace * pace for time, batch_pace in zip(times, paces)]
     kept = steady(batches)
     every_batch = len(kept) == len(batches)  # too few steady ones to leave any out
     timed = [time for time, batch in zip(against_pace, batches) if every_batch or batch.steady]
@@ -199,10 +232,10 @@ def estimate(batches: Sequence[BatchTime], harness: HarnessModel) -> Timing:
     middle_batch = sorted(batches, key=lambda batch: batch.round_trip_ns / batch.calls)[len(batches) // 2]
     return Timing(
         time_ms=time_ms, interval_ms=(low, high), precision=(high - low) / 2 / time_ms, pace_ms=pace,
-        batches=len(batches),
+        pace_weight=weight, batches=len(batches),
         calls=sum(batch.calls for batch in batches), calls_per_batch=calls_per_batch, summary=summarise(times),
         round_trip_ms=statistics.median(batch.round_trip_ms_per_call for batch in batches),
-        harness_ms=harness.ms(middle_batch.calls, middle_batch.output_bytes, pace) / middle_batch.calls,
+        harness_ms=harness.ms(middle_batch.calls, middle_batch.output_bytes, middle_batch.pace_ms) / middle_batch.calls,
         claims_doubted=sum(doubts), unsteady_batches=len(batches) - len(kept), scored_work=verdict)
 
 

@@ -57,6 +57,9 @@ class TimingSettings:
     yardstick_calls: int = 2
     pace_every_s: float = 0.5
     pace_changing_every_s: float = 0.05
+    # On a GPU lane a second yardstick, of the candidates' own kind, is timed in each round (reference.py); this times
+    # it on CPU lanes too, where both are CPU work.
+    device_yardstick_on_cpu: bool = False
     # A candidate's call may take `call_limit_factor` times the seed's time per call on the device, and at least
     # `min_call_limit_s`; its first call, which may compile kernels, `first_call_limit_s`.
     call_limit_factor: float = 10.0

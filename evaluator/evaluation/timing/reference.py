@@ -13,6 +13,11 @@ programs' batches, run back to back (not to the seed's, each of which follows a 
 
 So a speedup is the seed's time over the candidate's at the same pace on the same core: neither the host's pace
 between the seed's measurement and the candidate's, nor its changes during a candidate's batches, move it.
+
+On a GPU lane a second yardstick is timed in each round: the seed patch's program on a problem of 12 slots, the work
+of most programs there (torch's dispatch and kernel launches, which a host under load slows less than Python loops).
+The seed's ratio is measured against each, and a program is read against the mix of the two it follows best
+(estimate.py), with the seed's ratio to that mix.
 """
 
 from __future__ import annotations
@@ -45,6 +50,15 @@ class Yardstick:
 YARDSTICK_PROBLEM = Problem(num_layers=1, num_experts=64, num_replicas=72, num_groups=2, num_nodes=1, num_gpus=8)
 YARDSTICK = Yardstick(SEED_PROGRAM, np.random.default_rng(0).integers(0, 50_000, (1, 64)).astype(np.int64),
                       YARDSTICK_PROBLEM.rebalance_args())
+# The seed patch's program loops once per expert and slot: on the yardstick's layer it takes about 12 ms a call on an
+# H100, on this problem about 3 ms, and follows the host's pace as closely.
+DEVICE_YARDSTICK_PROBLEM = Problem(num_layers=1, num_experts=8, num_replicas=12, num_groups=2, num_nodes=1, num_gpus=4)
+DEVICE_YARDSTICK_WEIGHT = np.random.default_rng(0).integers(0, 50_000, (1, 8)).astype(np.int64)
+
+
+def device_yardstick(seed_patch: Path) -> Yardstick:
+    """The device's yardstick: the seed patch's program (at `seed_patch`) on `DEVICE_YARDSTICK_PROBLEM`."""
+    return Yardstick(seed_patch, DEVICE_YARDSTICK_WEIGHT, DEVICE_YARDSTICK_PROBLEM.rebalance_args())
 
 
 @dataclass(frozen=True)
@@ -57,6 +71,14 @@ class SeedReference:
     yardstick_ms: float
     processes: int
     harness: HarnessModel
+    device_ratio: float | None = None  # the same against the device's yardstick, on a GPU lane
+    device_yardstick_ms: float | None = None
+
+    def ratio_at(self, weight: float) -> float:
+        """The seed's ratio to the pace at `weight` (`BatchTime.pace_at`)."""
+        if self.device_ratio is None:
+            return self.ratio
+        return self.ratio ** weight * self.device_ratio ** (1 - weight)
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -68,8 +90,10 @@ class SeedReference:
         harness = HarnessModel(**data["harness"])  # type: ignore[arg-type]
         reference = cls(**{**data, "harness": harness})  # type: ignore[arg-type]
         positive = (reference.ratio, reference.seed_time_ms, reference.yardstick_ms, harness.pace_ms)
+        device = (reference.device_ratio, reference.device_yardstick_ms)
         spreads = (reference.ratio_spread, *asdict(harness).values())
         if not (all(_finite(number) and number > 0 for number in positive)
+                and (device == (None, None) or all(_finite(number) and number > 0 for number in device))
                 and all(_finite(number) and number >= 0 for number in spreads)
                 and type(reference.processes) is int and reference.processes >= 1):
             raise ValueError(f"not a sound seed reference: {data!r:.300}")
