@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -66,11 +67,16 @@ def test_the_seed_is_correct_and_scored(tmp_path):
 
 
 def test_a_job_scores_on_a_secret_trace_unless_told_otherwise(tmp_path, monkeypatch):
+    def jobs(*folders_and_options: tuple[str, ...]) -> list[subprocess.CompletedProcess[str]]:
+        """Jobs side by side, as a loop runs them (they take turns on the device)."""
+        with ThreadPoolExecutor(len(folders_and_options)) as pool:
+            return list(pool.map(lambda job: shinka(SEED_PROGRAM, tmp_path / job[0], *job[1:], *options(SMALL)),
+                                 folders_and_options))
+
     monkeypatch.delenv(KEY_VARIABLE, raising=False)
-    unkeyed = [shinka(SEED_PROGRAM, tmp_path / f"unkeyed-{n}", *options(SMALL)) for n in range(2)]
+    unkeyed = jobs(("unkeyed-0",), ("unkeyed-1",))
     monkeypatch.setenv(KEY_VARIABLE, "k" * 32)
-    keyed = [shinka(SEED_PROGRAM, tmp_path / f"keyed-{n}", *options(SMALL)) for n in range(2)]
-    public = shinka(SEED_PROGRAM, tmp_path / "public", "--default-trace", *options(SMALL))
+    *keyed, public = jobs(("keyed-0",), ("keyed-1",), ("public", "--default-trace"))
     workloads = {name: [load_results(str(tmp_path / name))["metrics"]["private"]["workload"] for name in names]
                  for name, names in (("unkeyed", ["unkeyed-0", "unkeyed-1"]), ("keyed", ["keyed-0", "keyed-1"]),
                                      ("public", ["public"]))}

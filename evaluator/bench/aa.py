@@ -7,7 +7,8 @@ device), on the lane's core while the lane is held, calling the program in batch
 synchronised around each batch, as the evaluator's protocol does. So the floor is taken across the run, as the
 evaluations are: on a host whose pace drifts, a floor taken before them would be another host's. Per class: the A/A
 coefficient of variation of `speedup` and its max/min, the in-process medians' coefficient of variation and max/min
-across processes (the floor), and the evaluator's bias against them.
+across processes (the floor), and the evaluator's bias against them. The seed's reference comes from the cache, as
+`evaluate`'s does: every speedup of a run is read against the same one, so none of these figures depends on it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from evaluator.bench.speed_classes import SPEED_CLASSES, SpeedClass
 from evaluator.eplb.default_trace import default_trace
 from evaluator.evaluation import Evaluator, Result, Settings
 from evaluator.evaluation.lanes import lane_cores
-from evaluator.evaluation.timing import ReferenceCache, call_inputs
+from evaluator.evaluation.timing import ReferenceCache, call_inputs, default_cache_path
 
 _EVALUATED, _IN_PROCESS = "evaluated", "in-process"
 IN_PROCESS_BATCHES = 22  # as many as the evaluator's first round on the default trace
@@ -56,10 +57,9 @@ class ClassFigures:
     in_process_max_over_min: float  # of the processes' medians
     bias: float  # time_ms over in_process_ms, less 1
     bias_ms: float
-    # on a GPU lane, the CV and max/min of the speedups read against each pace alone: the yardstick, the device's
-    # yardstick, an even mix (the speedups above read against the mix each program follows best)
+    # on a GPU lane, the CV and max/min of the speedups read against each yardstick alone (the speedups above are
+    # read against their mix)
     against: dict[str, tuple[float, float]]
-    pace_weights: list[float]  # the yardstick's weight in the mix each evaluation followed
 
     def targets(self) -> dict[str, str]:
         """The targets, each "met" or "MISSED": CV at most 3% or one point above the floor; max/min at most 1.10;
@@ -107,7 +107,7 @@ def measure(copies: int = 6, processes: int = 6, device: str = "auto", spares: i
         # forked before anything in this process touches the device, which its children could then not use
         with Forker(lambda name: _time_here(programs[name], device, lane_cpus, inputs, settings)) as forker, \
                 Evaluator(trace, settings, device=device, spares=spares,
-                          seed_references=ReferenceCache(None)) as evaluator:
+                          seed_references=ReferenceCache(default_cache_path())) as evaluator:
 
             def run(job: tuple[str, str]) -> Result | float:
                 kind, name = job
@@ -154,7 +154,7 @@ def _figures(speed: SpeedClass, results: list[Result], floor_ms: list[float]) ->
     return ClassFigures(speed.name, speed.about_ms, len(results), len(results) - len(ok), speedups, floor_ms, time_ms,
                         *_spread(speedups), statistics.median(result.timing["precision"] for result in ok),
                         in_process_ms, *_spread(floor_ms), time_ms / in_process_ms - 1, time_ms - in_process_ms,
-                        against, [result.timing["pace_weight"] for result in ok])
+                        against)
 
 
 def _spread(values: list[float]) -> tuple[float, float]:

@@ -192,11 +192,10 @@ def _run_aa(args: argparse.Namespace) -> int:
               f"{row.in_process_max_over_min:13.3f} {100 * row.bias:6.1f}%  {verdicts}"
               + (f"  ({row.failed} failed)" if row.failed else ""))
     if any(row.against for row in result.classes):
-        print("the speedups' CV (max/min) read against one pace alone:")
+        print("the speedups' CV (max/min) read against each yardstick alone:")
         for row in result.classes:
             print(f"  {row.name:24} " + ", ".join(f"{name} {100 * cv:.1f}% ({spread:.3f})"
-                                                 for name, (cv, spread) in row.against.items())
-                  + f"; the yardstick's weight followed {', '.join(f'{w:.1f}' for w in row.pace_weights)}")
+                                                 for name, (cv, spread) in row.against.items()))
     return ExitCode.OK
 
 

@@ -52,7 +52,6 @@ from evaluator.evaluation.timing import (
     call_inputs,
     device_yardstick,
     estimate,
-    following_weight,
     relative_precision,
     steady,
     warmup_call,
@@ -270,7 +269,7 @@ class Evaluator:
         if stale is not None:
             return Result(Status.INVALID_OUTPUT, stale.message, [asdict(stale)], workload=self._workload(),
                           stdout=run.stdout, stderr=run.stderr, **_device(run.info))
-        weight = following_weight(run.batches, reference.harness)
+        weight = self.settings.timing.pace_weight if _both_yardsticks(run.batches, reference) else 1.0
         timing = estimate(run.batches, reference.harness, weight)
         seed_time_ms = reference.ratio_at(weight) * timing.pace_ms  # the seed's time at the pace the candidate ran at
         gain = speedup(seed_time_ms, timing.time_ms)
@@ -348,12 +347,17 @@ def _remove_if_owner(folder: Path, owner_pid: int) -> None:
         remove_tree(folder)
 
 
+def _both_yardsticks(batches: list[BatchTime], reference: SeedReference) -> bool:
+    """Whether the device's yardstick was timed around every batch and when the seed's reference was measured."""
+    return reference.device_ratio is not None and all(batch.device_pace_ms is not None for batch in batches)
+
+
 def _speedups_against(batches: list[BatchTime], reference: SeedReference) -> dict[str, float]:
-    """The speedup read against the yardstick alone, the device's alone and an even mix of the two, where both ran."""
-    if reference.device_ratio is None or any(batch.device_pace_ms is None for batch in batches):
+    """The speedup read against each yardstick alone, where both ran."""
+    if not _both_yardsticks(batches, reference):
         return {}
     return {name: speedup(reference.ratio_at(weight) * timing.pace_ms, timing.time_ms)
-            for name, weight in (("yardstick", 1.0), ("device", 0.0), ("even", 0.5))
+            for name, weight in (("yardstick", 1.0), ("device", 0.0))
             for timing in [estimate(batches, reference.harness, weight)]}
 
 

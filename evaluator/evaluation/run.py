@@ -312,8 +312,9 @@ class Runner:
                 worker.close(wait=False)
             workers = self._yardsticks[lane.name] = []
             yardsticks = [YARDSTICK]
-            on_a_gpu = lane.device != "cpu" or self.settings.timing.device_yardstick_on_cpu
-            if on_a_gpu and self.device_yardstick is not None:
+            timing = self.settings.timing
+            mixed = timing.pace_weight < 1 and (lane.device != "cpu" or timing.device_yardstick_on_cpu)
+            if mixed and self.device_yardstick is not None:
                 yardsticks.append(self.device_yardstick)
             for yardstick in yardsticks:
                 worker = lane.pool.acquire()

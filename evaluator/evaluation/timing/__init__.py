@@ -12,7 +12,6 @@ from evaluator.evaluation.timing.estimate import (
     Timing,
     TimingSummary,
     estimate,
-    following_weight,
     median_interval,
     mostly_steady,
     pace_change,
@@ -42,7 +41,7 @@ from evaluator.evaluation.timing.schedule import Batch, BatchPlan, Call, call_in
 __all__ = [
     "PACE_CHANGE", "YARDSTICK", "Batch", "BatchPlan", "BatchTime", "Call", "HarnessModel", "ReferenceCache",
     "SeedReference", "Timing", "TimingSettings", "TimingSummary", "budget_spent", "call_inputs", "call_limit_s",
-    "calls_per_batch", "default_cache_path", "device_yardstick", "estimate", "following_weight", "median_interval",
+    "calls_per_batch", "default_cache_path", "device_yardstick", "estimate", "median_interval",
     "mostly_steady", "pace_change", "pace_changed", "precise_enough", "relative_precision", "steady", "summarise",
     "vary", "warmup_call", "Yardstick", "yardstick_due",
 ]

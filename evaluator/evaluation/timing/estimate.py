@@ -11,8 +11,7 @@ of a batch sized to keep the harness that small.
 Each batch is read against the host's pace around it (the yardsticks' times, reference.py): its time per call over
 the pace is what the median and its interval are taken of, and the time reported is that median at the median pace
 of the run. On a GPU lane two yardsticks give the pace, one of each kind of work a program does there (Python loops on
-the CPU, and torch's dispatch and kernel launches); a program is read against the mix of the two that its own batches
-follow best (`following_weight`).
+the CPU, and torch's dispatch and kernel launches), mixed as `TimingSettings.pace_weight` says.
 
 The calls on the trace's own windows, whose plans are scored, run in batches like any other; a program slower there
 than elsewhere (it recognised them) is timed at its pace there.
@@ -179,27 +178,6 @@ def mostly_steady(batches: Sequence[BatchTime]) -> bool:
 def steady(batches: Sequence[BatchTime]) -> list[BatchTime]:
     """The batches the host kept its pace around, or all of them if fewer than half are."""
     return [batch for batch in batches if batch.steady] if mostly_steady(batches) else list(batches)
-
-
-WEIGHTS = tuple(step / 10 for step in range(11))  # the mixes of the two yardsticks a program may follow
-
-
-def following_weight(batches: Sequence[BatchTime], harness: HarnessModel) -> float:
-    """The mix of the two yardsticks (`BatchTime.pace_at`'s weight, one of `WEIGHTS`) that the program's time follows
-    best: against which its steady batches' times per call spread least (the median absolute deviation of their
-    logarithms). 1.0, the yardstick alone, where no device yardstick ran."""
-    kept = steady(batches)
-    if not kept or any(batch.device_pace_ms is None for batch in kept):
-        return 1.0
-    times = np.log([batch_ms_per_call(batch, harness)[0] for batch in kept])
-    cpu = np.log([batch.pace_ms for batch in kept])
-    device = np.log([batch.device_pace_ms for batch in kept])  # type: ignore[misc]
-
-    def spread(weight: float) -> float:
-        against = times - weight * cpu - (1 - weight) * device
-        return float(np.median(np.abs(against - np.median(against))))
-
-    return min(WEIGHTS, key=spread)
 
 
 def estimate(batches: Sequence[BatchTime], harness: HarnessModel, weight: float = 1.0) -> Timing:

@@ -57,8 +57,11 @@ class TimingSettings:
     yardstick_calls: int = 2
     pace_every_s: float = 0.5
     pace_changing_every_s: float = 0.05
-    # On a GPU lane a second yardstick, of the candidates' own kind, is timed in each round (reference.py); this times
-    # it on CPU lanes too, where both are CPU work.
+    # On a GPU lane a second yardstick, of the candidates' own kind, is timed in each round (reference.py), and each
+    # batch is read against the yardstick's pace to the power `pace_weight` times the device's yardstick's to the rest
+    # (1.0: the yardstick's alone, and no device yardstick is timed). `device_yardstick_on_cpu` times it on CPU lanes
+    # too, where both are CPU work.
+    pace_weight: float = 0.5
     device_yardstick_on_cpu: bool = False
     # A candidate's call may take `call_limit_factor` times the seed's time per call on the device, and at least
     # `min_call_limit_s`; its first call, which may compile kernels, `first_call_limit_s`.
@@ -77,6 +80,8 @@ class TimingSettings:
                                   "call_limit_factor",
                                   "min_call_limit_s", "first_call_limit_s")
                      if not (isinstance(getattr(self, name), (int, float)) and 0 < getattr(self, name) < math.inf)]
+        if not (isinstance(self.pace_weight, (int, float)) and 0 <= self.pace_weight <= 1):
+            problems.append(f"pace_weight must be from 0 to 1, got {self.pace_weight!r}")
         if problems:
             raise ValueError("invalid timing settings: " + "; ".join(problems))
 
