@@ -23,9 +23,17 @@ from evaluator.eplb.default_trace import DEFAULT_SEED, default_trace
 from evaluator.eplb.holdout import holdout_trace
 from evaluator.eplb.problem import Problem
 from evaluator.evaluation import Evaluator, Result, Settings
-from evaluator.evaluation.evaluate import HOLDOUT_TEXT_CHARS
+from evaluator.evaluation.evaluate import HOLDOUT_TEXT_CHARS, _device_pace_capped
 from evaluator.evaluation.run import Runner
-from evaluator.evaluation.timing import ReferenceCache, TimingSettings, default_cache_path
+from evaluator.evaluation.timing import (
+    YARDSTICK,
+    BatchTime,
+    HarnessModel,
+    ReferenceCache,
+    SeedReference,
+    TimingSettings,
+    default_cache_path,
+)
 from evaluator.evaluation.timing.estimate import ALLOWANCE
 from evaluator.paths import HARNESS_PROGRAM, PROJECT_ROOT, SEED_PROGRAM
 from evaluator.sandbox import Limits
@@ -649,17 +657,19 @@ def test_a_run_whose_last_round_finds_the_host_at_another_pace_goes_on_until_mos
     assert result.timing["yardstick_ms"] == [2.0] + [3.0] * (first_round + 1)
 
 
-def test_a_round_of_the_yardstick_that_alone_differs_is_taken_again_and_leaves_no_batch_out(monkeypatch):
-    """One slow round (a moment the host took the core from the yardstick) is taken again at once; the second
+@pytest.mark.parametrize("slow", ["yardstick", "device"])
+def test_a_round_of_a_yardstick_that_alone_differs_is_taken_again_and_leaves_no_batch_out(monkeypatch, slow):
+    """One slow round of either yardstick (a moment the host took the core) is taken again at once; the second
     stands, so no batch is read across a change that was not there, and the run ends with its first round."""
     timing = TimingSettings(precision=0.5, budget_s=60.0, clocks_hold_s=math.inf, pace_every_s=1e6,
-                            pace_changing_every_s=1e-9)
+                            pace_changing_every_s=1e-9, device_yardstick_on_cpu=True)
     settings = Settings(problem=SMALL, timeout_s=60, timing=timing)
     rounds = []
 
     def one_slow_round(runner, worker, yardstick, timeout_s):
-        rounds.append(None)
-        return 3.0 if len(rounds) == 2 else 2.0
+        which = "yardstick" if yardstick is YARDSTICK else "device"
+        rounds.append(which)
+        return 3.0 if which == slow and rounds.count(slow) == 2 else 2.0
 
     with Evaluator(SMALL_TRACE, settings, device="cpu") as evaluator:
         monkeypatch.setattr(Runner, "_yardstick_ms", lambda runner, worker, yardstick, timeout_s: 2.0)
@@ -670,7 +680,19 @@ def test_a_round_of_the_yardstick_that_alone_differs_is_taken_again_and_leaves_n
     windows = SMALL_TRACE.num_windows - 1
     assert result.timing["batches"] == windows + max(windows, timing.min_batches_alone)
     assert result.timing["unsteady_batches"] == 0
-    assert len(rounds) == 3 and result.timing["yardstick_ms"] == [2.0, 2.0]
+    assert rounds == ["yardstick", "device"] * 3
+    assert result.timing["yardstick_ms"] == result.timing["device_yardstick_ms"] == [2.0, 2.0]
+
+
+def test_a_device_pace_above_the_cpus_drift_is_capped_so_queued_kernels_gain_nothing():
+    """A candidate's kernels left queued when it was stopped still run and slow the device's yardstick: its pace is
+    held to the yardstick's drift since the seed's reference, so the mix reads no faster than the yardstick alone."""
+    reference = SeedReference(100.0, 0.01, 500.0, 4.0, 3, HarnessModel(0.3, 0.05, 0.1), device_ratio=125.0,
+                              device_yardstick_ms=3.2)
+    batch = BatchTime(1, 10_000_000, 11_000_000, 0, False, True, pace_ms=4.4)  # the host 1.1 times slower
+    honest, slowed = (dataclasses.replace(batch, device_pace_ms=ms) for ms in (3.3, 9.6))
+    kept, capped = _device_pace_capped([honest, slowed], reference)
+    assert kept == honest and capped.device_pace_ms == pytest.approx(4.4 * 3.2 / 4.0)
 
 
 def test_spending_the_budget_early_skips_neither_a_window_nor_its_variants_nor_the_rechecks(tmp_path):

@@ -10,6 +10,7 @@ it took more than `SLOWED` times its usual time (its tenth percentile in the run
 of it. Per class: its time in slowed batches over its time in usual ones, bare and against each yardstick (1.00: the
 yardstick follows the class), and each yardstick's own.
 """
+
 from __future__ import annotations
 
 import math

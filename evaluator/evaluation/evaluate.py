@@ -213,8 +213,9 @@ class Evaluator:
         """The seed's reference for the device and software of `lane` (held by the caller): from the cache, else
         measured now on it (lanes may hold GPUs of different models)."""
         info = lane.pool.worker_info()
+        yardsticks = "yardsticks cpu, device" if self._runner.times_device_yardstick(lane) else "yardstick cpu"
         key = " | ".join([info.device, info.card, *(f"{name} {value}" for name, value in software().items()),
-                          f"seed {self._seed_digest}", repr(self.settings.problem)])
+                          f"seed {self._seed_digest}", repr(self.settings.problem), yardsticks])
         cached = self._cached_reference(key)
         if cached is not None:  # without the lock: other lanes need not wait for one measuring
             return cached
@@ -260,7 +261,9 @@ class Evaluator:
         pace = statistics.median(yardstick_ms)
         device = (statistics.median(device_ratios), statistics.median(device_yardstick_ms)) if device_yardstick_ms \
             else (None, None)
-        return SeedReference(statistics.median(ratios), relative_precision(ratios), statistics.median(seed_ms), pace,
+        # the spread of the ratio to either yardstick, whichever is wider: the mix's is not wider than both
+        spread = max(relative_precision(ratios), relative_precision(device_ratios) if device_yardstick_ms else 0.0)
+        return SeedReference(statistics.median(ratios), spread, statistics.median(seed_ms), pace,
                              timing.reference_processes, HarnessModel.fit(batches, pace), *device)
 
     def _score(self, run: Run, reference: SeedReference) -> Result:
@@ -269,8 +272,10 @@ class Evaluator:
         if stale is not None:
             return Result(Status.INVALID_OUTPUT, stale.message, [asdict(stale)], workload=self._workload(),
                           stdout=run.stdout, stderr=run.stderr, **_device(run.info))
-        weight = self.settings.timing.pace_weight if _both_yardsticks(run.batches, reference) else 1.0
-        timing = estimate(run.batches, reference.harness, weight)
+        mixed = _both_yardsticks(run.batches, reference)
+        batches = _device_pace_capped(run.batches, reference) if mixed else run.batches
+        weight = self.settings.timing.pace_weight if mixed else 1.0
+        timing = estimate(batches, reference.harness, weight)
         seed_time_ms = reference.ratio_at(weight) * timing.pace_ms  # the seed's time at the pace the candidate ran at
         gain = speedup(seed_time_ms, timing.time_ms)
         # The speedup's interval: the candidate's time against the pace and the seed's ratio to it, each known to
@@ -293,7 +298,7 @@ class Evaluator:
             gpu_load=_gpu_load(run.scored[GPU_LOAD_WINDOW].gpu_loads),
             timing={**timing.to_json(), "seed": reference.to_json(), "yardstick_ms": run.yardstick_ms,
                     "device_yardstick_ms": run.device_yardstick_ms,
-                    "speedups_against": _speedups_against(run.batches, reference),
+                    "speedups_against": _speedups_against(batches, reference) if mixed else {},
                     "speedup_precision": relative, "variant_calls": len(run.variants),
                     "rechecked_calls": run.rechecked},
             workload=self._workload(),
@@ -352,13 +357,25 @@ def _both_yardsticks(batches: list[BatchTime], reference: SeedReference) -> bool
     return reference.device_ratio is not None and all(batch.device_pace_ms is not None for batch in batches)
 
 
+def _device_pace_capped(batches: list[BatchTime], reference: SeedReference) -> list[BatchTime]:
+    """`batches` with the device's yardstick's pace no further above its time at the seed's reference than the
+    yardstick's pace is above its own: on a loaded host the device's work slows less than Python loops
+    (benchmarks.md), and kernels a candidate left queued when it was stopped, which still run, would slow the
+    device's yardstick and read the candidate as faster."""
+    if reference.device_yardstick_ms is None:
+        return batches
+    scale = reference.device_yardstick_ms / reference.yardstick_ms
+    return [batch if batch.device_pace_ms is None else
+            replace(batch, device_pace_ms=min(batch.device_pace_ms, batch.pace_ms * scale)) for batch in batches]
+
+
 def _speedups_against(batches: list[BatchTime], reference: SeedReference) -> dict[str, float]:
-    """The speedup read against each yardstick alone, where both ran."""
-    if not _both_yardsticks(batches, reference):
-        return {}
-    return {name: speedup(reference.ratio_at(weight) * timing.pace_ms, timing.time_ms)
-            for name, weight in (("yardstick", 1.0), ("device", 0.0))
-            for timing in [estimate(batches, reference.harness, weight)]}
+    """The speedup read against each yardstick alone."""
+    speedups = {}
+    for name, weight in (("yardstick", 1.0), ("device", 0.0)):
+        timing = estimate(batches, reference.harness, weight)
+        speedups[name] = speedup(reference.ratio_at(weight) * timing.pace_ms, timing.time_ms)
+    return speedups
 
 
 def _device(info: WorkerInfo) -> dict[str, object]:

@@ -145,13 +145,12 @@ class Runner:
     """
 
     def __init__(self, settings: Settings, lanes: Lanes, inputs: np.ndarray,
-                 score_on_next_window: Callable[[Plan, int], BalancednessReport],
-                 device_yardstick: Yardstick | None = None) -> None:
+                 score_on_next_window: Callable[[Plan, int], BalancednessReport], device_yardstick: Yardstick) -> None:
         self.settings = settings
         self.lanes = lanes
         self.inputs = inputs
         self.score_on_next_window = score_on_next_window
-        self.device_yardstick = device_yardstick  # timed beside the yardstick on GPU lanes
+        self.device_yardstick = device_yardstick  # timed beside the yardstick where `times_device_yardstick`
         self._lane_used_at: dict[str, float] = {}  # lane name -> when a run on it last ended (monotonic)
         # lane name -> its yardsticks' workers, each with its yardstick (used by the lane's holder)
         self._yardsticks: dict[str, list[tuple[Yardstick, Worker]]] = {}
@@ -162,6 +161,12 @@ class Runner:
             for _, worker in workers:
                 worker.close()
         self._yardsticks.clear()
+
+    def times_device_yardstick(self, lane: Lane) -> bool:
+        """Whether rounds on `lane` time the device's yardstick too: on a GPU (on a CPU where the settings say), unless
+        the settings read batches against the yardstick alone."""
+        timing = self.settings.timing
+        return timing.pace_weight < 1 and (lane.device != "cpu" or timing.device_yardstick_on_cpu)
 
     def limits(self, seed_time_ms: float) -> Limits:
         """A candidate's limits on a device where the seed takes `seed_time_ms` per call."""
@@ -311,11 +316,7 @@ class Runner:
             for _, worker in workers or []:
                 worker.close(wait=False)
             workers = self._yardsticks[lane.name] = []
-            yardsticks = [YARDSTICK]
-            timing = self.settings.timing
-            mixed = timing.pace_weight < 1 and (lane.device != "cpu" or timing.device_yardstick_on_cpu)
-            if mixed and self.device_yardstick is not None:
-                yardsticks.append(self.device_yardstick)
+            yardsticks = [YARDSTICK, self.device_yardstick] if self.times_device_yardstick(lane) else [YARDSTICK]
             for yardstick in yardsticks:
                 worker = lane.pool.acquire()
                 workers.append((yardstick, worker))
@@ -495,19 +496,20 @@ class _Calls:
         return precise_enough(self.batches, self.rounds[-1][0], self.paces, self.runner.settings.timing)
 
     def _round(self) -> None:
-        """A round of the yardstick now; the batches since the last round get the pace around them. A round that
-        differs from the last by more than `PACE_CHANGE` is taken again at once, and the second stands: a change seen
-        once may be the yardstick's alone (a moment the host took the core), and would leave every batch around it
-        out of the time."""
+        """A round of the yardsticks now; the batches since the last round get the pace around them. A round in which
+        either yardstick differs from its last by more than `PACE_CHANGE` is taken again at once, and the second
+        stands: a change seen once may be the yardstick's alone (a moment the host took the core), and would leave
+        every batch around it out of the time."""
         ms, device_ms = self.pace()
         if self.rounds:
             start, before, device_before, _ = self.rounds[-1]
-            if pace_change(before, ms) > PACE_CHANGE:
+            if _change(before, ms, device_before, device_ms) > PACE_CHANGE:
                 ms, device_ms = self.pace()
             device_pace = None if device_ms is None or device_before is None else (device_before + device_ms) / 2
             for index in range(start, len(self.batches)):
                 self.batches[index] = replace(self.batches[index], pace_ms=(before + ms) / 2,
-                                              pace_change=pace_change(before, ms), device_pace_ms=device_pace)
+                                              device_pace_ms=device_pace,
+                                              pace_change=_change(before, ms, device_before, device_ms))
         self.rounds.append((len(self.batches), ms, device_ms, self.timed_ns))
 
     def _close_stretch(self) -> None:
@@ -576,6 +578,15 @@ class _Calls:
         while len(self.pending) > pending:
             self.pending[0].verdict.result()
             self.settle(wait=False)
+
+
+def _change(before_ms: float, after_ms: float, device_before_ms: float | None, device_after_ms: float | None) -> float:
+    """How far two rounds differ: the larger change of the two yardsticks (the yardstick's alone where the device's
+    was not timed in both)."""
+    change = pace_change(before_ms, after_ms)
+    if device_before_ms is None or device_after_ms is None:
+        return change
+    return max(change, pace_change(device_before_ms, device_after_ms))
 
 
 class _Sample:

@@ -213,7 +213,8 @@ def estimate(batches: Sequence[BatchTime], harness: HarnessModel, weight: float 
         pace_weight=weight, batches=len(batches),
         calls=sum(batch.calls for batch in batches), calls_per_batch=calls_per_batch, summary=summarise(times),
         round_trip_ms=statistics.median(batch.round_trip_ms_per_call for batch in batches),
-        harness_ms=harness.ms(middle_batch.calls, middle_batch.output_bytes, middle_batch.pace_ms) / middle_batch.calls,
+        harness_ms=harness.ms(middle_batch.calls, middle_batch.output_bytes,
+                              statistics.median(batch.pace_ms for batch in batches)) / middle_batch.calls,
         claims_doubted=sum(doubts), unsteady_batches=len(batches) - len(kept), scored_work=verdict)
 
 

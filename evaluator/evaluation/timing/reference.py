@@ -16,8 +16,8 @@ between the seed's measurement and the candidate's, nor its changes during a can
 
 On a GPU lane a second yardstick is timed in each round: the seed patch's program on a problem of 12 slots, the work
 of most programs there (torch's dispatch and kernel launches, which a host under load slows less than Python loops).
-The seed's ratio is measured against each, and a program is read against the mix of the two it follows best
-(estimate.py), with the seed's ratio to that mix.
+The seed's ratio is measured against each, and a program is read against a fixed mix of the two
+(`TimingSettings.pace_weight`), with the seed's ratio to the same mix.
 """
 
 from __future__ import annotations
