@@ -399,10 +399,13 @@ def test_the_workers_own_clock_made_to_claim_half_of_each_call_gains_nothing(sma
     assert result.speedup == pytest.approx(result.seed_time_ms / result.time_ms)
 
 
-def test_the_narrowest_outputs_with_a_clock_claiming_a_microsecond_gain_little(tmp_path):
+def test_the_narrowest_outputs_with_a_clock_claiming_a_microsecond_gain_at_most_the_allowance(tmp_path):
     """The harness's work grows with the outputs: a program returning the narrowest valid plan saves the harness
     work that wider outputs cost (on the default problem, whose widest plans are 4 MB), and claims a microsecond per
-    batch. Its 2 ms of real work per call count, less at most the harness's allowance spread over a batch."""
+    batch. Its 6 ms of real work per call count, less at most the harness's allowance: twice the model's time for
+    its outputs. (Less the harness's real time too, where the model holds; on a small virtual machine the harness's
+    time swings threefold between batches, so one run cannot show that.)"""
+    work_ms = 6
     body = f"""
     _spec = importlib.util.spec_from_file_location("narrowest_plan", {str(HARNESS_PROGRAM)!r})
     narrowest = importlib.util.module_from_spec(_spec)
@@ -416,7 +419,7 @@ def test_the_narrowest_outputs_with_a_clock_claiming_a_microsecond_gain_little(t
         if not _ticks:
             _ticks.append(_real())
             sys._getframe(1).f_locals["self"].now = _claims_a_microsecond
-        end = _real() + 2_000_000
+        end = _real() + {work_ms} * 1_000_000
         while _real() < end:
             pass
         return narrowest.rebalance_experts(weight, *args)
@@ -429,7 +432,9 @@ def test_the_narrowest_outputs_with_a_clock_claiming_a_microsecond_gain_little(t
     # a microsecond claimed for each batch: most are doubted, so the median is (on a host whose pace swings, the
     # harness's allowance, which follows the pace, may now and then exceed a batch's round trip)
     assert timing["claims_doubted"] > timing["batches"] / 2
-    assert claiming.time_ms >= 2.0 - (ALLOWANCE - 1) * timing["harness_ms"] - 0.2
+    # each batch read against the pace around it: 5% for the spin's wall-clock time read against a swinging pace
+    assert claiming.time_ms >= 0.95 * work_ms - ALLOWANCE * timing["harness_ms"]
+    assert claiming.time_ms >= work_ms / 2
 
 
 def test_a_stale_cached_plan_is_caught(small, tmp_path):
