@@ -22,6 +22,7 @@ from evaluator.evaluation.timing import (
     BatchPlan,
     BatchTime,
     HarnessModel,
+    Pace,
     TimingSettings,
     budget_spent,
     call_inputs,
@@ -41,6 +42,11 @@ from evaluator.evaluation.timing.estimate import ALLOWANCE
 from evaluator.paths import HARNESS_PROGRAM
 
 HARNESS = HarnessModel(fixed_ms=0.3, per_call_ms=0.05, per_mb_ms=0.1)
+
+
+def rounds(*ms: float) -> list[Pace]:
+    """Rounds of the yardstick alone (a CPU lane's)."""
+    return [Pace(value) for value in ms]
 WINDOWS = call_inputs(default_trace().windows)
 
 
@@ -232,22 +238,34 @@ def test_a_batch_lasts_long_enough_to_keep_the_harness_a_few_percent_of_it():
 def test_a_run_is_precise_enough_when_the_medians_interval_is_within_the_precision():
     settings = TimingSettings(precision=0.02)
     batch = BatchTime(1, 9_000_000, 10_000_000, 0, False, False, pace_ms=2.0)
-    assert precise_enough([batch] * 22, 22, [2.0, 2.0], settings)
-    assert not precise_enough([batch, replace(batch, round_trip_ns=14_000_000)] * 11, 22, [2.0, 2.0], settings)
+    assert precise_enough([batch] * 22, 22, rounds(2.0, 2.0), settings)
+    assert not precise_enough([batch, replace(batch, round_trip_ns=14_000_000)] * 11, 22, rounds(2.0, 2.0), settings)
 
 
 def test_once_the_host_changed_its_pace_precision_is_read_against_the_pace_around_each_batch():
     settings = TimingSettings(precision=0.02)
     fast = BatchTime(1, 9_000_000, 10_000_000, 0, False, False, pace_ms=2.0)
     slow = replace(fast, claim_ns=18_000_000, round_trip_ns=20_000_000, pace_ms=4.0)  # the host at half its pace
-    assert precise_enough([fast, slow] * 11, 22, [2.0, 4.0, 2.0], settings)
+    assert precise_enough([fast, slow] * 11, 22, rounds(2.0, 4.0, 2.0), settings)
     # the batches no round follows yet are read at the last round's pace: here the slow one's
-    assert precise_enough([fast, slow] * 6 + [slow] * 10, 12, [2.0, 4.0], settings)
-    assert not precise_enough([fast, slow] * 6 + [slow] * 10, 12, [4.0, 2.0], settings)
+    assert precise_enough([fast, slow] * 6 + [slow] * 10, 12, rounds(2.0, 4.0), settings)
+    assert not precise_enough([fast, slow] * 6 + [slow] * 10, 12, rounds(4.0, 2.0), settings)
     # a batch the host changed its pace around has no pace of its own and is left out, as the estimate leaves it out
     changed = replace(fast, round_trip_ns=15_000_000, pace_change=0.5)
-    assert precise_enough([fast] * 16 + [changed] * 6, 22, [2.0, 3.0, 2.0], settings)
-    assert not precise_enough([fast] * 16 + [replace(changed, pace_change=0.0)] * 6, 22, [2.0, 3.0, 2.0], settings)
+    changing = rounds(2.0, 3.0, 2.0)
+    assert precise_enough([fast] * 16 + [changed] * 6, 22, changing, settings)
+    assert not precise_enough([fast] * 16 + [replace(changed, pace_change=0.0)] * 6, 22, changing, settings)
+
+
+def test_on_a_gpu_lane_precision_is_read_against_the_mix_of_the_two_yardsticks():
+    """The device's yardstick alone changed (twofold): batches are read against the even mix, as `estimate` reads
+    them, where the yardstick's pace alone would leave them spread."""
+    mix = TimingSettings(precision=0.02, pace_weight=0.5)
+    fast = BatchTime(1, 9_000_000, 10_000_000, 0, False, False, pace_ms=2.0, device_pace_ms=3.0)
+    slow = replace(fast, round_trip_ns=round(10_000_000 * np.sqrt(2)), device_pace_ms=6.0)
+    changing = [Pace(2.0, 3.0), Pace(2.0, 6.0), Pace(2.0, 3.0)]
+    assert precise_enough([fast, slow] * 11, 22, changing, mix)
+    assert not precise_enough([fast, slow] * 11, 22, changing, replace(mix, pace_weight=1.0))
 
 
 def test_while_the_host_keeps_its_pace_precision_is_read_on_the_bare_round_trips():
@@ -256,8 +274,8 @@ def test_while_the_host_keeps_its_pace_precision_is_read_on_the_bare_round_trips
     first = [BatchTime(1, 9_000_000, 10_000_000, 0, False, False, pace_ms=2.0)] * 11
     second = [replace(batch, pace_ms=2.12) for batch in first]
     assert pace_change(2.0, 2.12) < PACE_CHANGE
-    assert precise_enough(first + second, 22, [1.94, 2.06, 2.18], settings)
-    assert not precise_enough(first + second, 22, [1.94, 2.06, 2.18, 2.5], settings)
+    assert precise_enough(first + second, 22, rounds(1.94, 2.06, 2.18), settings)
+    assert not precise_enough(first + second, 22, rounds(1.94, 2.06, 2.18, 2.5), settings)
 
 
 def test_the_budget_is_a_second_and_sixty_batches_or_the_seeds_time_for_sixty_calls():
@@ -284,12 +302,15 @@ def test_a_run_is_mostly_steady_when_the_host_kept_its_pace_around_half_its_batc
 
 def test_the_yardstick_follows_time_and_more_often_once_the_pace_changed():
     settings = TimingSettings(pace_every_s=0.5, pace_changing_every_s=0.05)
-    assert not yardstick_due(400_000_000, [2.5], settings)
-    assert yardstick_due(600_000_000, [2.5], settings)
-    assert not yardstick_due(60_000_000, [2.5, 2.6, 2.55], settings)  # within PACE_CHANGE
-    assert yardstick_due(60_000_000, [2.5, 4.2], settings)
-    assert not yardstick_due(40_000_000, [2.5, 4.2], settings)
-    assert yardstick_due(60_000_000, [2.5, 4.2, 4.2, 4.2], settings)  # the host changed once in this run
+    assert not yardstick_due(400_000_000, rounds(2.5), settings)
+    assert yardstick_due(600_000_000, rounds(2.5), settings)
+    assert not yardstick_due(60_000_000, rounds(2.5, 2.6, 2.55), settings)  # within PACE_CHANGE
+    assert yardstick_due(60_000_000, rounds(2.5, 4.2), settings)
+    assert not yardstick_due(40_000_000, rounds(2.5, 4.2), settings)
+    assert yardstick_due(60_000_000, rounds(2.5, 4.2, 4.2, 4.2), settings)  # the host changed once in this run
+    # on a GPU lane, a change of the device's yardstick alone is a change of the host's pace too
+    assert yardstick_due(60_000_000, [Pace(2.5, 3.0), Pace(2.55, 4.5)], settings)
+    assert not yardstick_due(60_000_000, [Pace(2.5, 3.0), Pace(2.55, 3.1)], settings)
 
 
 def test_a_call_may_take_ten_times_the_seeds_time_and_at_least_a_second():

@@ -34,6 +34,7 @@ from evaluator.evaluation.timing import (
     BatchPlan,
     BatchTime,
     HarnessModel,
+    Pace,
     YARDSTICK,
     SeedReference,
     Yardstick,
@@ -41,7 +42,6 @@ from evaluator.evaluation.timing import (
     call_limit_s,
     calls_per_batch,
     mostly_steady,
-    pace_change,
     precise_enough,
     warmup_call,
     yardstick_due,
@@ -235,8 +235,9 @@ class Runner:
                 phase("validation_tail_ms")
         compute = {"warmup_ms": calls.warmup_claimed_ns / 1e6, "batches_ms": calls.timed_claimed_ns / 1e6,
                    "recheck_ms": recheck_ns / 1e6}
-        run = Run(worker.info, calls.scored, calls.variants, calls.batches, calls.paces, calls.device_paces, len(kept),
-                  statistics.fmean(calls.duplicates), phases, compute, lane.name, stdout, stderr)
+        run = Run(worker.info, calls.scored, calls.variants, calls.batches, calls.yardstick_ms,
+                  calls.device_yardstick_ms, len(kept), statistics.fmean(calls.duplicates), phases, compute, lane.name,
+                  stdout, stderr)
         return run, reference
 
     def reference_calls(self, lane: Lane, seed_calls: int,
@@ -254,7 +255,7 @@ class Runner:
             calls.warm_up(rng, HarnessModel(0.0, 0.0, 0.0), for_clocks=True)
             calls.time((plan.another() for _ in range(seed_calls)), seed_calls, math.inf)
             calls.settle(wait=True)
-        return calls.batches, calls.paces, calls.device_paces
+        return calls.batches, calls.yardstick_ms, calls.device_yardstick_ms
 
     def trusted_batches(self, lane: Lane, program: Path, batches: Sequence[list[np.ndarray]],
                         timeout_s: float) -> list[BatchTime]:
@@ -283,7 +284,7 @@ class Runner:
             yield _Calls(self, worker, validator, deadline, limits, rechecked, overlap=lane.isolated,
                          pace=lambda: self._pace(lane, worker))
 
-    def _pace(self, lane: Lane, candidate: Worker) -> tuple[float, float | None]:
+    def _pace(self, lane: Lane, candidate: Worker) -> Pace:
         """The yardsticks' times per call on `lane` now (the device's None but on a GPU lane), with the candidate's
         processes stopped while they run: a round of each (`_yardstick_ms`) in the lane's yardstick workers (started,
         from the lane's spares, the first time). The first round comes before any timed batch: it waits for the exits
@@ -299,7 +300,7 @@ class Runner:
             raise RunFailed(Status.INFRA_ERROR, f"the yardstick failed: {error.failure.message}") from None
         finally:
             candidate.resume()
-        return times[0], times[1] if len(times) > 1 else None
+        return Pace(*times)
 
     def _yardstick_ms(self, worker: Worker, yardstick: Yardstick, timeout_s: float) -> float:
         """One round of `yardstick` in `worker`, which has its program loaded: the least of the settings' yardstick
@@ -418,10 +419,9 @@ class _Calls:
     limits: Limits
     rechecked: _Sample  # the timed calls to repeat in a fresh process, by their number among the timed calls
     overlap: bool
-    pace: Callable[[], tuple[float, float | None]]  # the yardsticks' times now, the candidate stopped while they run
-    # the yardsticks' rounds: (batches done, the yardstick's time in ms, the device's yardstick's (None but on a GPU
-    # lane), the candidate's time in batches then in ns)
-    rounds: list[tuple[int, float, float | None, int]] = field(default_factory=list)
+    pace: Callable[[], Pace]  # the yardsticks' times now, the candidate stopped while they run
+    # the yardsticks' rounds: (batches done, the yardsticks' times, the candidate's time in batches then in ns)
+    rounds: list[tuple[int, Pace, int]] = field(default_factory=list)
     scored: dict[int, BalancednessReport] = field(default_factory=dict)
     variants: list[tuple[int, float]] = field(default_factory=list)
     batches: list[BatchTime] = field(default_factory=list)
@@ -435,14 +435,19 @@ class _Calls:
     pending: deque[_Pending] = field(default_factory=deque)
 
     @property
-    def paces(self) -> list[float]:
-        """The yardstick's time at each of its rounds so far, in ms."""
-        return [ms for _, ms, _, _ in self.rounds]
+    def paces(self) -> list[Pace]:
+        """The yardsticks' times at each round so far."""
+        return [pace for _, pace, _ in self.rounds]
 
     @property
-    def device_paces(self) -> list[float]:
+    def yardstick_ms(self) -> list[float]:
+        """The yardstick's time at each of its rounds so far, in ms."""
+        return [pace.ms for _, pace, _ in self.rounds]
+
+    @property
+    def device_yardstick_ms(self) -> list[float]:
         """The device's yardstick's time at each round so far, in ms: none but on a GPU lane."""
-        return [ms for _, _, ms, _ in self.rounds if ms is not None]
+        return [pace.device_ms for _, pace, _ in self.rounds if pace.device_ms is not None]
 
     def warm_up(self, rng: np.random.Generator, harness: HarnessModel, for_clocks: bool) -> float:
         """Untimed calls, one at a time, until the settings' least count is reached and, `for_clocks`, their least
@@ -500,17 +505,17 @@ class _Calls:
         either yardstick differs from its last by more than `PACE_CHANGE` is taken again at once, and the second
         stands: a change seen once may be the yardstick's alone (a moment the host took the core), and would leave
         every batch around it out of the time."""
-        ms, device_ms = self.pace()
+        now = self.pace()
         if self.rounds:
-            start, before, device_before, _ = self.rounds[-1]
-            if _change(before, ms, device_before, device_ms) > PACE_CHANGE:
-                ms, device_ms = self.pace()
-            device_pace = None if device_ms is None or device_before is None else (device_before + device_ms) / 2
+            start, before, _ = self.rounds[-1]
+            if before.change(now) > PACE_CHANGE:
+                now = self.pace()
+            device_pace = None if now.device_ms is None or before.device_ms is None else \
+                (before.device_ms + now.device_ms) / 2
             for index in range(start, len(self.batches)):
-                self.batches[index] = replace(self.batches[index], pace_ms=(before + ms) / 2,
-                                              device_pace_ms=device_pace,
-                                              pace_change=_change(before, ms, device_before, device_ms))
-        self.rounds.append((len(self.batches), ms, device_ms, self.timed_ns))
+                self.batches[index] = replace(self.batches[index], pace_ms=(before.ms + now.ms) / 2,
+                                              device_pace_ms=device_pace, pace_change=before.change(now))
+        self.rounds.append((len(self.batches), now, self.timed_ns))
 
     def _close_stretch(self) -> None:
         """A round of the yardstick, unless one followed the last batch."""
@@ -548,7 +553,7 @@ class _Calls:
             self._take(outputs, f"timed call {number + 1} (planning on {what})", call.window, call.scored)
         if not self.overlap:
             self.settle(wait=True)
-        if yardstick_due(self.timed_ns - self.rounds[-1][3] + result.round_trip_ns, self.paces,
+        if yardstick_due(self.timed_ns - self.rounds[-1][2] + result.round_trip_ns, self.paces,
                          self.runner.settings.timing):
             self._round()
 
@@ -578,15 +583,6 @@ class _Calls:
         while len(self.pending) > pending:
             self.pending[0].verdict.result()
             self.settle(wait=False)
-
-
-def _change(before_ms: float, after_ms: float, device_before_ms: float | None, device_after_ms: float | None) -> float:
-    """How far two rounds differ: the larger change of the two yardsticks (the yardstick's alone where the device's
-    was not timed in both)."""
-    change = pace_change(before_ms, after_ms)
-    if device_before_ms is None or device_after_ms is None:
-        return change
-    return max(change, pace_change(device_before_ms, device_after_ms))
 
 
 class _Sample:

@@ -9,6 +9,7 @@ from evaluator.evaluation.timing.estimate import (
     PACE_CHANGE,
     BatchTime,
     HarnessModel,
+    Pace,
     Timing,
     TimingSummary,
     estimate,
@@ -39,7 +40,7 @@ from evaluator.evaluation.timing.reference import (
 from evaluator.evaluation.timing.schedule import Batch, BatchPlan, Call, call_inputs, vary, warmup_call
 
 __all__ = [
-    "PACE_CHANGE", "YARDSTICK", "Batch", "BatchPlan", "BatchTime", "Call", "HarnessModel", "ReferenceCache",
+    "PACE_CHANGE", "YARDSTICK", "Batch", "BatchPlan", "BatchTime", "Call", "HarnessModel", "Pace", "ReferenceCache",
     "SeedReference", "Timing", "TimingSettings", "TimingSummary", "budget_spent", "call_inputs", "call_limit_s",
     "calls_per_batch", "default_cache_path", "device_yardstick", "estimate", "median_interval",
     "mostly_steady", "pace_change", "pace_changed", "precise_enough", "relative_precision", "steady", "summarise",

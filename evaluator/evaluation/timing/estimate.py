@@ -43,6 +43,32 @@ def pace_change(before_ms: float, after_ms: float) -> float:
     return abs(after_ms - before_ms) / ((before_ms + after_ms) / 2)
 
 
+def mixed_pace(ms: float, device_ms: float | None, weight: float) -> float:
+    """The pace a batch is read against: the yardstick's time `ms` to the power `weight` times the device's yardstick's
+    to the rest (the yardstick's alone where no device yardstick ran)."""
+    return ms if device_ms is None else ms ** weight * device_ms ** (1 - weight)
+
+
+@dataclass(frozen=True)
+class Pace:
+    """The yardsticks' times per call at one round, in ms: the device's None where only the yardstick was timed."""
+
+    ms: float
+    device_ms: float | None = None
+
+    def at(self, weight: float) -> float:
+        """This round's pace as batches are read against it (`mixed_pace`)."""
+        return mixed_pace(self.ms, self.device_ms, weight)
+
+    def change(self, after: Pace) -> float:
+        """How far this round and the next (`after`) differ: the larger change of the two yardsticks (the
+        yardstick's alone where the device's was not timed in both)."""
+        change = pace_change(self.ms, after.ms)
+        if self.device_ms is None or after.device_ms is None:
+            return change
+        return max(change, pace_change(self.device_ms, after.device_ms))
+
+
 @dataclass(frozen=True)
 class BatchTime:
     """One timed batch as the evaluator saw it."""
@@ -58,11 +84,8 @@ class BatchTime:
     device_pace_ms: float | None = None  # the same of the device's yardstick, on a GPU lane
 
     def pace_at(self, weight: float) -> float:
-        """The pace the batch is read against: the yardstick's to the power `weight` times the device's yardstick's
-        to the rest (the yardstick's alone where no device yardstick ran)."""
-        if self.device_pace_ms is None:
-            return self.pace_ms
-        return self.pace_ms ** weight * self.device_pace_ms ** (1 - weight)
+        """The pace the batch is read against (`mixed_pace`)."""
+        return mixed_pace(self.pace_ms, self.device_pace_ms, weight)
 
     @property
     def steady(self) -> bool:

@@ -13,7 +13,7 @@ from evaluator.evaluation.timing.estimate import (
     PACE_CHANGE,
     BatchTime,
     HarnessModel,
-    pace_change,
+    Pace,
     relative_precision,
     steady,
 )
@@ -95,20 +95,21 @@ def calls_per_batch(call_ms: float, harness: HarnessModel, settings: TimingSetti
     return max(1, min(settings.max_batch_calls, wanted))
 
 
-def precise_enough(batches: Sequence[BatchTime], paced: int, paces_ms: Sequence[float],
+def precise_enough(batches: Sequence[BatchTime], paced: int, rounds: Sequence[Pace],
                    settings: TimingSettings) -> bool:
     """Whether `batches` time the program precisely enough: the median's 95% interval within the settings' precision,
     over their round trips per call (the evaluator's clock). Once the host changed its pace in the run (`pace_changed`
-    of the yardstick's times so far, `paces_ms`), each is read against the pace around it, leaving out those the host
-    changed its pace around (as `estimate` does); those after the first `paced`, which no round follows yet, against
-    the yardstick's last time. Against the pace only then: a host that switches between two paces spreads the bare
-    round trips over both, which no number of batches narrows, while on a steady host the yardstick's own noise from
-    round to round would only widen the interval."""
-    if not pace_changed(paces_ms):
+    of the yardsticks' rounds so far, `rounds`), each is read against the pace around it at the settings' weight (as
+    `estimate` reads them), leaving out those the host changed its pace around; those after the first `paced`, which no
+    round follows yet, against the last round's. Against the pace only then: a host that switches between two paces
+    spreads the bare round trips over both, which no number of batches narrows, while on a steady host the yardsticks'
+    own noise from round to round would only widen the interval."""
+    if not pace_changed(rounds):
         values = [batch.round_trip_ms_per_call for batch in batches]
     else:
-        values = [batch.round_trip_ms_per_call / batch.pace_ms for batch in steady(batches[:paced])]
-        values += [batch.round_trip_ms_per_call / paces_ms[-1] for batch in batches[paced:]]
+        weight = settings.pace_weight
+        values = [batch.round_trip_ms_per_call / batch.pace_at(weight) for batch in steady(batches[:paced])]
+        values += [batch.round_trip_ms_per_call / rounds[-1].at(weight) for batch in batches[paced:]]
     return relative_precision(values) <= settings.precision
 
 
@@ -124,16 +125,16 @@ def call_limit_s(seed_time_ms: float, settings: TimingSettings) -> float:
     return max(settings.min_call_limit_s, settings.call_limit_factor * seed_time_ms / 1e3)
 
 
-def yardstick_due(candidate_ns: int, paces_ms: Sequence[float], settings: TimingSettings) -> bool:
-    """Whether a round of the yardstick follows the batch just run: when another batch as long would take the
+def yardstick_due(candidate_ns: int, rounds: Sequence[Pace], settings: TimingSettings) -> bool:
+    """Whether a round of the yardsticks follows the batch just run: when another batch as long would take the
     candidate's time since the last round (`candidate_ns`, that batch counted twice) past `pace_every_s`, or past
-    `pace_changing_every_s` once two rounds in a row (`paces_ms`, the yardstick's times so far) differed by more than
+    `pace_changing_every_s` once two rounds in a row (`rounds`, the yardsticks' rounds so far) differed by more than
     `PACE_CHANGE`: a host that changed its pace may change it again, and back, between rounds spaced widely."""
-    every_s = settings.pace_changing_every_s if pace_changed(paces_ms) else settings.pace_every_s
+    every_s = settings.pace_changing_every_s if pace_changed(rounds) else settings.pace_every_s
     return candidate_ns > every_s * 1e9
 
 
-def pace_changed(paces_ms: Sequence[float]) -> bool:
-    """Whether two of the yardstick's rounds in a row (`paces_ms`, its times so far) differed by more than
-    `PACE_CHANGE`."""
-    return any(pace_change(before, after) > PACE_CHANGE for before, after in zip(paces_ms, paces_ms[1:]))
+def pace_changed(rounds: Sequence[Pace]) -> bool:
+    """Whether two of the yardsticks' rounds in a row (`rounds`, in order) differed by more than `PACE_CHANGE`
+    (`Pace.change`: either yardstick)."""
+    return any(before.change(after) > PACE_CHANGE for before, after in zip(rounds, rounds[1:]))
