@@ -23,7 +23,7 @@ from evaluator.eplb.default_trace import DEFAULT_SEED, default_trace
 from evaluator.eplb.holdout import holdout_trace
 from evaluator.eplb.problem import Problem
 from evaluator.evaluation import Evaluator, Result, Settings
-from evaluator.evaluation.evaluate import HOLDOUT_TEXT_CHARS, _device_pace_capped
+from evaluator.evaluation.evaluate import HOLDOUT_TEXT_CHARS
 from evaluator.evaluation.run import Runner
 from evaluator.evaluation.timing import (
     YARDSTICK,
@@ -696,7 +696,7 @@ def test_a_device_pace_above_the_cpus_drift_is_capped_so_queued_kernels_gain_not
                               device_yardstick_ms=3.2)
     batch = BatchTime(1, 10_000_000, 11_000_000, 0, False, True, pace_ms=4.4)  # the host 1.1 times slower
     honest, slowed = (dataclasses.replace(batch, device_pace_ms=ms) for ms in (3.3, 9.6))
-    kept, capped = _device_pace_capped([honest, slowed], reference)
+    kept, capped = reference.capped([honest, slowed])
     assert kept == honest and capped.device_pace_ms == pytest.approx(4.4 * 3.2 / 4.0)
 
 
@@ -793,8 +793,9 @@ def test_a_result_states_its_speedup_with_an_interval_and_what_it_was_measured_a
     result = small.evaluate(SEED_PROGRAM)
     assert result.status == "ok", result.error
     low, high = result.speedup_interval
-    # the seed against itself, the host's pace taken out of both (a loaded 2-core machine's may swing by half)
-    assert low < result.speedup < high and 0.75 < result.speedup < 1.33
+    # the seed against itself, the host's pace taken out of both: on a 2-core virtual machine, twelve such runs (four
+    # fresh references) read 0.74 to 1.13; an error in the reading would be twofold
+    assert low < result.speedup < high and 0.67 < result.speedup < 1.5
     timing = result.timing
     assert 0 < timing["precision"] < 1 and timing["batches"] >= SMALL_TRACE.num_windows - 1 + 12
     assert len(timing["yardstick_ms"]) >= 2  # before the first batch and after the last

@@ -23,6 +23,7 @@ from evaluator.evaluation.timing import (
     BatchTime,
     HarnessModel,
     Pace,
+    SeedReference,
     TimingSettings,
     budget_spent,
     call_inputs,
@@ -399,3 +400,17 @@ def test_the_harness_is_modelled_with_the_narrowest_valid_plan(problem):
     check = check_plan(outputs, problem)
     assert check.plan is not None, check.violations
     assert outputs[1].shape[-1] == math.ceil(problem.num_replicas / problem.num_experts)
+
+
+def test_the_seeds_reference_caps_the_devices_pace_as_a_candidates_is_so_the_seed_reads_as_itself():
+    """The device's yardstick's noise above the CPU yardstick's drift is trimmed from a candidate's batches; trimmed
+    from the seed's too, the seed's own batches read as a candidate's give a speedup of 1 (untrimmed there, 0.91)."""
+    seed = [BatchTime(1, 10_000_000, 10_500_000, 0, False, True, pace_ms=2.0, device_pace_ms=ms)
+            for ms in (3.0, 3.6, 3.6, 3.0, 3.6)]
+    rounds = [2.0] * 6, [3.0] * 6  # the yardsticks' rounds: the device's 3.0 ms at their median
+    trusted = [BatchTime(calls, calls * 1_000_000, calls * 1_000_000 + 400_000 + calls * 50_000, 0, False, False)
+               for calls in (1, 1, 8, 8)]
+    reference = SeedReference.measured([(seed, *rounds)] * 3, trusted)
+    assert reference.device_ratio == pytest.approx(10.0 / 3.0)  # against 3.0 ms, the capped pace of every batch
+    timing = estimate(reference.capped(seed), reference.harness, 0.5)
+    assert reference.ratio_at(0.5) * timing.pace_ms / timing.time_ms == pytest.approx(1.0)

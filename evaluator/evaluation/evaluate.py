@@ -11,7 +11,6 @@ import contextlib
 import functools
 import math
 import os
-import statistics
 import sys
 import threading
 import time
@@ -46,14 +45,11 @@ from evaluator.evaluation.run import REFERENCE_TIMEOUT_S, Run, Runner, RunFailed
 from evaluator.evaluation.settings import Settings
 from evaluator.evaluation.timing import (
     BatchTime,
-    HarnessModel,
     ReferenceCache,
     SeedReference,
     call_inputs,
     device_yardstick,
     estimate,
-    relative_precision,
-    steady,
     warmup_call,
 )
 from evaluator.files import remove_tree
@@ -244,27 +240,14 @@ class Evaluator:
         the seed patch). Not from the seed's: each of those follows a round of the yardstick on the same core, which
         leaves the harness's next round trip slower, and most of a candidate's batches follow another batch."""
         timing = self.settings.timing
-        ratios, device_ratios, seed_ms, yardstick_ms, device_yardstick_ms = [], [], [], [], []
-        for _ in range(timing.reference_processes):
-            seed, paces, device_paces = self._runner.reference_calls(lane, timing.reference_seed_calls,
-                                                                     REFERENCE_TIMEOUT_S)
-            seed_ms += [batch.claim_ns / 1e6 for batch in seed]
-            yardstick_ms += paces
-            device_yardstick_ms += device_paces
-            ratios += [batch.claim_ns / 1e6 / batch.pace_ms for batch in steady(seed)]
-            device_ratios += [batch.claim_ns / 1e6 / batch.pace_at(0.0) for batch in steady(seed)]
+        processes = [self._runner.reference_calls(lane, timing.reference_seed_calls, REFERENCE_TIMEOUT_S)
+                     for _ in range(timing.reference_processes)]
         rng = np.random.default_rng()
         batches = []
         for program in (HARNESS_PROGRAM, self._files / "warm_up.py"):  # the narrowest valid plan, the seed patch
             weights = [[warmup_call(self._inputs, rng).weight for _ in range(size)] for size in _HARNESS_BATCHES]
             batches += self._runner.trusted_batches(lane, program, weights, REFERENCE_TIMEOUT_S)
-        pace = statistics.median(yardstick_ms)
-        device = (statistics.median(device_ratios), statistics.median(device_yardstick_ms)) if device_yardstick_ms \
-            else (None, None)
-        # the spread of the ratio to either yardstick, whichever is wider: the mix's is not wider than both
-        spread = max(relative_precision(ratios), relative_precision(device_ratios) if device_yardstick_ms else 0.0)
-        return SeedReference(statistics.median(ratios), spread, statistics.median(seed_ms), pace,
-                             timing.reference_processes, HarnessModel.fit(batches, pace), *device)
+        return SeedReference.measured(processes, batches)
 
     def _score(self, run: Run, reference: SeedReference) -> Result:
         report = combined_reports([run.scored[window] for window in sorted(run.scored)])
@@ -273,7 +256,7 @@ class Evaluator:
             return Result(Status.INVALID_OUTPUT, stale.message, [asdict(stale)], workload=self._workload(),
                           stdout=run.stdout, stderr=run.stderr, **_device(run.info))
         mixed = _both_yardsticks(run.batches, reference)
-        batches = _device_pace_capped(run.batches, reference) if mixed else run.batches
+        batches = reference.capped(run.batches) if mixed else run.batches
         weight = self.settings.timing.pace_weight if mixed else 1.0
         timing = estimate(batches, reference.harness, weight)
         seed_time_ms = reference.ratio_at(weight) * timing.pace_ms  # the seed's time at the pace the candidate ran at
@@ -355,18 +338,6 @@ def _remove_if_owner(folder: Path, owner_pid: int) -> None:
 def _both_yardsticks(batches: list[BatchTime], reference: SeedReference) -> bool:
     """Whether the device's yardstick was timed around every batch and when the seed's reference was measured."""
     return reference.device_ratio is not None and all(batch.device_pace_ms is not None for batch in batches)
-
-
-def _device_pace_capped(batches: list[BatchTime], reference: SeedReference) -> list[BatchTime]:
-    """`batches` with the device's yardstick's pace no further above its time at the seed's reference than the
-    yardstick's pace is above its own: on a loaded host the device's work slows less than Python loops
-    (benchmarks.md), and kernels a candidate left queued when it was stopped, which still run, would slow the
-    device's yardstick and read the candidate as faster."""
-    if reference.device_yardstick_ms is None:
-        return batches
-    scale = reference.device_yardstick_ms / reference.yardstick_ms
-    return [batch if batch.device_pace_ms is None else
-            replace(batch, device_pace_ms=min(batch.device_pace_ms, batch.pace_ms * scale)) for batch in batches]
 
 
 def _speedups_against(batches: list[BatchTime], reference: SeedReference) -> dict[str, float]:

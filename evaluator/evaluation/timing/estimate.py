@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -183,6 +183,17 @@ class Timing:
 
     def to_json(self) -> dict[str, object]:
         return {**asdict(self), "interval_ms": list(self.interval_ms)}
+
+
+def device_pace_capped(batches: Sequence[BatchTime], device_over_cpu: float) -> list[BatchTime]:
+    """`batches` with the device's yardstick's pace around each at most `device_over_cpu` times the yardstick's (their
+    ratio when the seed's reference was measured): its drift held to the yardstick's. On a loaded host the device's
+    work slows less than Python loops (benchmarks.md), and kernels a candidate left queued when it was stopped, which
+    still run, would slow the device's yardstick and read the candidate as faster. The seed's reference is read with
+    the same cap, so that an honest program's noise is trimmed as the seed's was."""
+    return [batch if batch.device_pace_ms is None else
+            replace(batch, device_pace_ms=min(batch.device_pace_ms, batch.pace_ms * device_over_cpu))
+            for batch in batches]
 
 
 def batch_ms_per_call(batch: BatchTime, harness: HarnessModel) -> tuple[float, bool]:

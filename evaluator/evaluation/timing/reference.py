@@ -26,14 +26,22 @@ import fcntl
 import json
 import math
 import os
+import statistics
 import threading
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from evaluator.eplb.problem import Problem
-from evaluator.evaluation.timing.estimate import HarnessModel
+from evaluator.evaluation.timing.estimate import (
+    BatchTime,
+    HarnessModel,
+    device_pace_capped,
+    relative_precision,
+    steady,
+)
 from evaluator.files import write_atomically
 from evaluator.paths import SEED_PROGRAM
 
@@ -73,6 +81,36 @@ class SeedReference:
     harness: HarnessModel
     device_ratio: float | None = None  # the same against the device's yardstick, on a GPU lane
     device_yardstick_ms: float | None = None
+
+    @classmethod
+    def measured(cls, processes: Sequence[tuple[Sequence[BatchTime], Sequence[float], Sequence[float]]],
+                 harness_batches: Sequence[BatchTime]) -> SeedReference:
+        """The reference from the seed's fresh processes, each its batches (with the pace around each) and the
+        yardsticks' rounds (the device's none but on a GPU lane), and from trusted batches for the harness's model.
+        The ratio is the median over the steady batches of each process (`steady`); against the device's yardstick,
+        each batch's pace is capped as a candidate's is (`capped`). The spread is the wider of the two ratios'."""
+        kept = [batch for batches, _, _ in processes for batch in steady(batches)]
+        yardstick_ms = statistics.median(ms for _, paces, _ in processes for ms in paces)
+        device_paces = [ms for _, _, paces in processes for ms in paces]
+        ratios = [batch.claim_ns / 1e6 / batch.pace_ms for batch in kept]
+        spread = relative_precision(ratios)
+        device: tuple[float | None, float | None] = (None, None)
+        if device_paces:
+            device_yardstick_ms = statistics.median(device_paces)
+            device_ratios = [batch.claim_ns / 1e6 / batch.pace_at(0.0)
+                             for batch in device_pace_capped(kept, device_yardstick_ms / yardstick_ms)]
+            spread = max(spread, relative_precision(device_ratios))
+            device = statistics.median(device_ratios), device_yardstick_ms
+        seed_ms = statistics.median(batch.claim_ns / 1e6 for batches, _, _ in processes for batch in batches)
+        return cls(statistics.median(ratios), spread, seed_ms, yardstick_ms, len(processes),
+                   HarnessModel.fit(harness_batches, yardstick_ms), *device)
+
+    def capped(self, batches: Sequence[BatchTime]) -> list[BatchTime]:
+        """`batches` with the device's yardstick's pace around each capped as the seed's were (`device_pace_capped`,
+        at the two yardsticks' ratio at this reference)."""
+        if self.device_yardstick_ms is None:
+            return list(batches)
+        return device_pace_capped(batches, self.device_yardstick_ms / self.yardstick_ms)
 
     def ratio_at(self, weight: float) -> float:
         """The seed's ratio to the pace at `weight` (`BatchTime.pace_at`)."""
