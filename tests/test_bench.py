@@ -75,6 +75,25 @@ def test_the_aa_figures_are_read_off_the_evaluations_and_processes_they_report()
     assert fastest["time_ms"] < slowest["time_ms"]
 
 
+def test_a_lying_clock_is_caught_in_every_batch_and_its_gain_is_read_off_both_kinds_of_copy():
+    run = bench("--class", "topk-snake", "--copies", "1", "--device", "cpu", "--json", benchmark="clock")
+    assert run.returncode == ExitCode.OK, run.stderr
+    result = json.loads(run.stdout)
+    (row,) = result["classes"]
+    assert row["name"] == "topk-snake" and row["failed"] == 0 and result["copies"] == 1
+    assert row["gain"] == pytest.approx(row["lying_speedup"] / row["honest_speedup"])
+    # each batch of the lying copy claimed a microsecond: its round trip less the allowance sets its time
+    assert row["doubted"] > 0.5
+    assert row["harness_ms"] > 0 and row["model_ms"] > 0
+
+
+def test_the_clock_bench_names_the_speed_classes_it_knows():
+    run = bench("--class", "topk-snake", "--class", "fastest", "--device", "cpu", benchmark="clock")
+    assert run.returncode == ExitCode.BAD_INPUT and not run.stdout
+    assert "argument --class: 'fastest' is not a speed class; expected one of " in run.stderr
+    assert all(speed.name in run.stderr for speed in SPEED_CLASSES)
+
+
 @pytest.mark.parametrize(("speedups", "floor_ms", "verdict"), [
     ([10.0, 10.5], [1.0, 1.3], "met"),
     ([10.0, 12.0], [1.0, 1.05], "MISSED"),  # the host's fresh processes agree: the spread is the evaluator's

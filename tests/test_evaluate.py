@@ -19,6 +19,7 @@ import pytest
 from small_problem import SMALL, SMALL_TRACE
 
 from evaluator import apply_patch
+from evaluator.bench.clock import with_a_lying_clock
 from evaluator.eplb.default_trace import DEFAULT_SEED, default_trace
 from evaluator.eplb.holdout import holdout_trace
 from evaluator.eplb.problem import Problem
@@ -406,27 +407,22 @@ def test_the_narrowest_outputs_with_a_clock_claiming_a_microsecond_gain_at_most_
     its outputs. (Less the harness's real time too, where the model holds; on a small virtual machine the harness's
     time swings threefold between batches, so one run cannot show that.)"""
     work_ms = 6
-    body = f"""
+    honest = f"""
+    import importlib.util, time
     _spec = importlib.util.spec_from_file_location("narrowest_plan", {str(HARNESS_PROGRAM)!r})
     narrowest = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(narrowest)
-    _real = time.perf_counter_ns
-    _ticks = []
-    def _claims_a_microsecond():  # each stamp a microsecond after the last: a batch claims a microsecond
-        _ticks[0] += 1000
-        return _ticks[0]
     def rebalance_experts(weight, *args):
-        if not _ticks:
-            _ticks.append(_real())
-            sys._getframe(1).f_locals["self"].now = _claims_a_microsecond
-        end = _real() + {work_ms} * 1_000_000
-        while _real() < end:
+        end = time.perf_counter_ns() + {work_ms} * 1_000_000
+        while time.perf_counter_ns() < end:
             pass
         return narrowest.rebalance_experts(weight, *args)
     """
+    lying = tmp_path / "lying.py"
+    lying.write_text(with_a_lying_clock(textwrap.dedent(honest)))
     with Evaluator(default_trace(), Settings(), device="cpu",
                    seed_references=ReferenceCache(default_cache_path())) as evaluator:
-        claiming = evaluator.evaluate(program(tmp_path, body))
+        claiming = evaluator.evaluate(lying)
     assert claiming.status == "ok", claiming.error
     timing = claiming.timing
     # a microsecond claimed for each batch: most are doubted, so the median is (on a host whose pace swings, the

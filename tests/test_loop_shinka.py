@@ -144,6 +144,7 @@ def test_shinka_runs_the_shim_end_to_end(tmp_path, monkeypatch):
     "arguments, message",
     [
         (["--program_path", "{tmp}/missing.py", "--results_dir", "{tmp}/results"], "no such program file"),
+        (["--program_path", "{tmp}/" + "p" * 300, "--results_dir", "{tmp}/results"], "File name too long"),
         (["--program_path", str(SEED_PROGRAM), "--results_dir", "{tmp}/a-file"], "is a file, not a folder"),
         (["--program_path", str(SEED_PROGRAM), "--results_dir", "{tmp}/a-file/results"], "Not a directory"),
         # extra_cmd_args {holdout: true} arrives as "--holdout True": refused, not taken for something else
@@ -151,8 +152,8 @@ def test_shinka_runs_the_shim_end_to_end(tmp_path, monkeypatch):
          "unrecognized arguments: True"),
         (["--program_path", str(SEED_PROGRAM)], "--results_dir"),
     ],
-    ids=["missing-program", "results-dir-is-a-file", "results-dir-under-a-file", "flag-with-a-value",
-         "no-results-dir"],
+    ids=["missing-program", "program-name-too-long", "results-dir-is-a-file", "results-dir-under-a-file",
+         "flag-with-a-value", "no-results-dir"],
 )
 def test_a_bad_invocation_fails_clearly_and_writes_nothing(tmp_path, arguments, message):
     (tmp_path / "a-file").write_text("kept\n")

@@ -199,6 +199,39 @@ def _run_aa(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _add_clock_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--copies", type=whole_number(1, 10**4), default=3, metavar="N",
+                        help="evaluations of each speed class's program, honest and lying, shuffled in one run "
+                             "(default: %(default)s)")
+    parser.add_argument("--class", dest="classes", action="append", default=[], metavar="NAME",
+                        help="a speed class to measure, by the name `bench aa` prints it; again for more "
+                             "(default: all four)")
+    add_device_argument(parser)
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def _run_clock(args: argparse.Namespace) -> int:
+    from evaluator.bench import clock
+    from evaluator.bench.speed_classes import SPEED_CLASSES
+
+    names = [speed.name for speed in SPEED_CLASSES]
+    unknown = [name for name in args.classes if name not in names]
+    if unknown:
+        raise CommandError(f"argument --class: {one_line(unknown[0], TEXT_CHARS)!r} is not a speed class; expected one "
+                           f"of {', '.join(names)}")
+    result = _measured(lambda: clock.measure(args.copies, args.device, args.classes), args.json)
+    if result is None:
+        return ExitCode.OK
+    print(f"device {result.device} ({result.card}), torch {result.torch_version}; {result.copies} copies of each "
+          f"program, honest and with a clock that claims a microsecond a batch; {result.seconds:.0f} s")
+    print(f"{'class':24} {'honest':>9} {'lying':>9} {'gain':>6} {'doubted':>7}  harness ms a call, measured (model)")
+    for row in result.classes:
+        print(f"{row.name:24} {row.honest_speedup:9.3f} {row.lying_speedup:9.3f} {row.gain:6.3f} "
+              f"{100 * row.doubted:6.0f}%  {row.harness_ms:.4f} ({row.model_ms:.4f})"
+              + (f"  ({row.failed} failed)" if row.failed else ""))
+    return ExitCode.OK
+
+
 def _seconds_arguments(minimum: float, default: float, what: str) -> Callable[[argparse.ArgumentParser], None]:
     """The arguments of a benchmark that runs for `--seconds` (at least `minimum`): what runs that long, `what`."""
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -310,6 +343,12 @@ BENCHMARKS = (
         "A/A noise of the speedup at four speeds (0.5 to 60 ms per call), against the host's in-process floor.",
         _add_aa_arguments,
         _run_aa,
+    ),
+    _Benchmark(
+        "clock",
+        "What a program whose clock lies gains at each speed: each speed class's program, honest and lying.",
+        _add_clock_arguments,
+        _run_clock,
     ),
     _Benchmark(
         "pace",

@@ -68,16 +68,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.program_path.is_file():
+    try:
+        is_file = args.program_path.is_file()
+    except OSError as error:  # a name too long, say: is_file answers only for paths that can exist
+        raise CommandError(f"cannot read --program_path {args.program_path}: {error.strerror}") from None
+    if not is_file:
         raise CommandError(f"no such program file: --program_path {args.program_path}")
     problem, trace = evaluation_inputs(args)
     if trace.source == HOLDOUT_SOURCE and not os.environ.get(KEY_VARIABLE):
         print(f"note: {KEY_VARIABLE} is not set, so this job scores on a held-out trace of its own; set it in "
               "ShinkaEvolve's environment and every job scores on the same one", file=sys.stderr)
     results_dir: Path = args.results_dir
-    if results_dir.exists() and not results_dir.is_dir():
-        raise CommandError(f"--results_dir {results_dir} is a file, not a folder")
     try:
+        if results_dir.exists() and not results_dir.is_dir():
+            raise CommandError(f"--results_dir {results_dir} is a file, not a folder")
         prepare_results_dir(results_dir)
     except OSError as error:
         raise CommandError(f"cannot write results into --results_dir {results_dir}: {error}") from None
