@@ -412,5 +412,6 @@ def test_the_seeds_reference_caps_the_devices_pace_as_a_candidates_is_so_the_see
                for calls in (1, 1, 8, 8)]
     reference = SeedReference.measured([(seed, *rounds)] * 3, trusted)
     assert reference.device_ratio == pytest.approx(10.0 / 3.0)  # against 3.0 ms, the capped pace of every batch
-    timing = estimate(reference.capped(seed), reference.harness, 0.5)
-    assert reference.ratio_at(0.5) * timing.pace_ms / timing.time_ms == pytest.approx(1.0)
+    for weight in (0.5, 1.0, 0.0):  # the even mix, the yardstick alone (a CPU lane's reading), the device's alone
+        timing = estimate(reference.capped(seed), reference.harness, weight)
+        assert reference.ratio_at(weight) * timing.pace_ms / timing.time_ms == pytest.approx(1.0)
