@@ -100,8 +100,9 @@ def precise_enough(batches: Sequence[BatchTime], paced: int, rounds: Sequence[Pa
     """Whether `batches` time the program precisely enough: the median's 95% interval within the settings' precision,
     over their round trips per call (the evaluator's clock). Once the host changed its pace in the run (`pace_changed`
     of the yardsticks' rounds so far, `rounds`), each is read against the pace around it at the settings' weight (as
-    `estimate` reads them), leaving out those the host changed its pace around; those after the first `paced`, which no
-    round follows yet, against the last round's. Against the pace only then: a host that switches between two paces
+    `estimate` reads them, but for the cap on the device's pace, which needs the seed's reference: this decides only
+    when to stop), leaving out those the host changed its pace around; those after the first `paced`, which no round
+    follows yet, against the last round's. Against the pace only then: a host that switches between two paces
     spreads the bare round trips over both, which no number of batches narrows, while on a steady host the yardsticks'
     own noise from round to round would only widen the interval."""
     if not pace_changed(rounds):
