@@ -510,11 +510,10 @@ class _Calls:
             start, before, _ = self.rounds[-1]
             if before.change(now) > PACE_CHANGE:
                 now = self.pace()
-            device_pace = None if now.device_ms is None or before.device_ms is None else \
-                (before.device_ms + now.device_ms) / 2
+            around, change = before.midway(now), before.change(now)
             for index in range(start, len(self.batches)):
-                self.batches[index] = replace(self.batches[index], pace_ms=(before.ms + now.ms) / 2,
-                                              device_pace_ms=device_pace, pace_change=before.change(now))
+                self.batches[index] = replace(self.batches[index], pace_ms=around.ms, device_pace_ms=around.device_ms,
+                                              pace_change=change)
         self.rounds.append((len(self.batches), now, self.timed_ns))
 
     def _close_stretch(self) -> None:

@@ -60,6 +60,14 @@ class Pace:
         """This round's pace as batches are read against it (`mixed_pace`)."""
         return mixed_pace(self.ms, self.device_ms, weight)
 
+    def midway(self, after: Pace) -> Pace:
+        """The mean of this round's times and the next's (`after`): the pace around the batches between them (the
+        device's None unless timed in both)."""
+        ms = (self.ms + after.ms) / 2
+        if self.device_ms is None or after.device_ms is None:
+            return Pace(ms)
+        return Pace(ms, (self.device_ms + after.device_ms) / 2)
+
     def change(self, after: Pace) -> float:
         """How far this round and the next (`after`) differ: the larger change of the two yardsticks (the
         yardstick's alone where the device's was not timed in both)."""

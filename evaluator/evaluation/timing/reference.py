@@ -39,6 +39,7 @@ from evaluator.evaluation.timing.estimate import (
     BatchTime,
     HarnessModel,
     device_pace_capped,
+    mixed_pace,
     relative_precision,
     steady,
 )
@@ -113,10 +114,8 @@ class SeedReference:
         return device_pace_capped(batches, self.device_yardstick_ms / self.yardstick_ms)
 
     def ratio_at(self, weight: float) -> float:
-        """The seed's ratio to the pace at `weight` (`BatchTime.pace_at`)."""
-        if self.device_ratio is None:
-            return self.ratio
-        return self.ratio ** weight * self.device_ratio ** (1 - weight)
+        """The seed's ratio to the pace at `weight`, mixed as the pace is (`mixed_pace`)."""
+        return mixed_pace(self.ratio, self.device_ratio, weight)
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
