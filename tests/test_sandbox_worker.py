@@ -48,6 +48,9 @@ sys.path.insert(0, str(ROOT / "seeds"))
 import eplb  # noqa: E402  (the seed, run in-process as the reference)
 
 
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
 @pytest.fixture(scope="module")
 def pool():
     with WorkerPool(LIMITS, device="cpu", spares=2) as workers:
@@ -748,6 +751,49 @@ def test_input_mutation_is_reported(pool):
         np.testing.assert_array_equal(received, expected)
 
 
+CHANGES_ITS_INPUT = """
+import torch
+
+def rebalance_experts(weight, *args):
+    {change}
+    return torch.zeros(1)
+"""
+
+
+def mutations_reported(pool: WorkerPool, tmp_path: Path, change: str, device: str) -> list[bool]:
+    """Whether each call of a batch of three, of a program making `change` to its input, reported it changed: in a
+    worker of `pool` on the CPU, else in one of its own on `device`."""
+    program = tmp_path / "changes_its_input.py"
+    program.write_text(CHANGES_ITS_INPUT.format(change=change))
+    worker = pool.acquire() if device == "cpu" else Worker.start(LIMITS, device=device)
+    try:
+        worker.load(program)
+        batch = worker.batch([weight_for(SMALL, seed) for seed in range(3)], SMALL.rebalance_args())
+    finally:
+        worker.close()
+    return [call.input_mutated for call in batch.calls]
+
+
+ON_EITHER_DEVICE = pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+
+
+@ON_EITHER_DEVICE
+@pytest.mark.parametrize("change", [
+    "weight[-1, -1] += 1", "weight.resize_(1, weight.shape[1])", "weight.transpose_(0, 1)",
+    "weight.data = weight.data.double()", "weight.as_strided_(weight.shape, (0, 1))", "weight.set_()",
+    "weight.data = weight.data.cpu() + 1"],
+    ids=["one-element", "resized", "transposed", "another-dtype", "strides-changed", "storage-dropped",
+         "moved-to-the-cpu"])
+def test_every_kind_of_change_to_the_input_is_reported_in_every_call_of_a_batch(pool, tmp_path, change, device):
+    assert mutations_reported(pool, tmp_path, change, device) == [True, True, True]
+
+
+@ON_EITHER_DEVICE
+def test_an_input_left_as_it_was_is_not_reported_whatever_else_the_program_did_with_it(pool, tmp_path, device):
+    change = "weight.mul_(1); weight.data = weight.data.t().contiguous().t()"
+    assert mutations_reported(pool, tmp_path, change, device) == [False, False, False]
+
+
 def test_lists_are_described_not_sent(pool):
     result, _ = run(pool, HOSTILE / "returns_lists.py")
     assert result.returned_type == "list" and result.returned_length == 3
@@ -856,7 +902,6 @@ def test_a_failed_worker_raises_its_failure_again(pool):
 
 # ---- on a GPU ---------------------------------------------------------------------------------------
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 @needs_cuda

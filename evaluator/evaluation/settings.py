@@ -28,12 +28,13 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
 
     def worker_limits(self) -> Limits:
-        """`limits`, with an exchange large enough for a batch of the most calls: each call's input and its widest
-        valid plan (log2phy with one column more than there are spare slots), each array aligned."""
+        """`limits`, with an exchange large enough for a batch of the most calls: each call's input, its widest
+        valid plan (log2phy with one column more than there are spare slots) and its input as the call left it, each
+        array aligned."""
         problem = self.problem
         layers, experts, slots = problem.num_layers, problem.num_experts, problem.num_replicas
         widest_log2phy = layers * experts * (slots - experts + 1)
-        arrays = (layers * experts, layers * slots, layers * experts, widest_log2phy)  # int64 each
+        arrays = (layers * experts, layers * slots, layers * experts, widest_log2phy, layers * experts)  # int64 each
         per_call = sum(8 * count + 64 for count in arrays)
         widest = per_call * self.timing.max_batch_calls
         return replace(self.limits, exchange_bytes=max(self.limits.exchange_bytes, widest))

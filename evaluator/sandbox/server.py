@@ -283,7 +283,6 @@ class Server:
         # each call gets a tensor of its own: what its process does to the exchange after this is not its input
         weights = [tensor.to(item, runtime.device, non_blocking=True) if runtime.device == "cuda" else tensor.clone(item)
                    for item in staged]
-        references = [tensor.clone(weight) for weight in weights]
         try:
             returned, claim_ns = runtime.timed_batch(self.entry_point, weights, args)
         except BatchFailed as failed:
@@ -295,22 +294,43 @@ class Server:
             return {"op": "fail", "kind": "exception", "call": len(weights) - 1, "message": _interposed(interposed)}
         start = exchange.aligned(max(offset + tensor.numel(item) * tensor.element_size(item)
                                      for item, (_, _, offset) in zip(staged, inputs)))
-        calls = []
-        for weight, reference, value in zip(weights, references, returned):
-            try:
-                mutated = not runtime.equal(weight, reference)
-            except BaseException:  # the candidate changed the input's device, dtype or layout
-                mutated = True
+        calls, inputs_left = [], []
+        for weight, item, value in zip(weights, staged, returned):
             try:
                 entries, length, start = self._outputs(value, start)
             except BaseException as error:
                 return self._failure(error, "exception", "reading the returned values")
-            calls.append({"returned_type": _type_name(value), "returned_length": length, "outputs": entries,
-                          "input_mutated": mutated})
+            left, start = self._input_as_left(weight, item, start)
+            inputs_left.append(left)
+            calls.append({"returned_type": _type_name(value), "returned_length": length, "outputs": entries})
         self.runtime.synchronize()  # one wait for every copy
+        for call, item, left in zip(calls, staged, inputs_left):
+            call["input_mutated"] = left is None or not runtime.equal(left, item)
         for call, reused in zip(calls, _sharing_earlier_outputs(returned, runtime.tensor_type, tensor)):
             call["shares_memory_with"] = reused
         return {"op": "batch_result", "claim_ns": claim_ns, "calls": calls}
+
+    def _input_as_left(self, weight: Any, staged: Any, start: int) -> tuple[Any | None, int]:
+        """A call's input as the call left it, on the host, to compare with the exchange's copy (`staged`) once the
+        device is synchronised: copied into the exchange from `start` (without waiting) where it is on the device, so
+        that no call's check waits for the device on its own. None where its dtype, shape or layout changed, or it
+        cannot be read. Also where the next outputs may start."""
+        methods = self.runtime.tensor
+        try:
+            dtype, shape = methods.dtype(weight), methods.shape(weight)
+            if (dtype != methods.dtype(staged) or shape != methods.shape(staged)
+                    or methods.layout(weight) != self.runtime.strided):
+                return None, start
+            if methods.device(weight).type == "cpu":
+                return weight, start
+            end = exchange.aligned(start + methods.numel(weight) * methods.element_size(weight))
+            if end > self.region.size:  # only outputs wider than any valid plan's leave no room
+                return methods.to(weight, "cpu"), start
+            left = self.region.view(start, dtype, shape)
+            methods.copy_(left, weight, non_blocking=True)
+            return left, end
+        except BaseException:  # the candidate changed the input in a way no copy survives
+            return None, start
 
     def _call_failure(self, error: BaseException, index: int) -> dict[str, Any]:
         if isinstance(error, SystemExit):
