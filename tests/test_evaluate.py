@@ -353,7 +353,7 @@ def test_a_patched_clock_gains_nothing(small, tmp_path):
     """
     result = small.evaluate(program(tmp_path, body))
     assert result.status == "ok", result.error
-    # every call sleeps 50 ms, whatever the candidate's clocks say: the round trips less the harness's allowance
+    # every call sleeps 50 ms, whatever the candidate's clocks say: the round trips less at most the harness's allowance
     assert result.time_ms >= 50 - (ALLOWANCE - 1) * result.timing["harness_ms"] - 1
     assert result.timing["summary"]["median_ms"] >= 50  # the worker's own clock was out of its reach
     assert result.speedup == pytest.approx(result.seed_time_ms / result.time_ms)
@@ -401,12 +401,12 @@ def test_the_workers_own_clock_made_to_claim_half_of_each_call_gains_nothing(sma
     assert result.speedup == pytest.approx(result.seed_time_ms / result.time_ms)
 
 
-def test_the_narrowest_outputs_with_a_clock_claiming_a_microsecond_gain_at_most_the_allowance(tmp_path):
+def test_the_narrowest_outputs_with_a_clock_claiming_a_microsecond_gain_at_most_the_harness_expected(tmp_path):
     """The harness's work grows with the outputs: a program returning the narrowest valid plan saves the harness
     work that wider outputs cost (on the default problem, whose widest plans are 4 MB), and claims a microsecond per
-    batch. Its 6 ms of real work per call count, less at most the harness's allowance: twice the model's time for
-    its outputs. (Less the harness's real time too, where the model holds; on a small virtual machine the harness's
-    time swings threefold between batches, so one run cannot show that.)"""
+    batch. The run's claims are doubted as a whole: its 6 ms of real work per call count, less at most the harness's
+    expected time (less the harness's real time too, where the probes read it right; on a small virtual machine the
+    harness's time swings threefold between batches, so one run cannot show that)."""
     work_ms = 6
     honest = f"""
     import importlib.util, time
@@ -429,8 +429,9 @@ def test_the_narrowest_outputs_with_a_clock_claiming_a_microsecond_gain_at_most_
     # a microsecond claimed for each batch: most are doubted, so the median is (on a host whose pace swings, the
     # harness's allowance, which follows the pace, may now and then exceed a batch's round trip)
     assert timing["claims_doubted"] > timing["batches"] / 2
+    assert timing["harness_excess"] > 1 + timing["harness_tolerance"]
     # each batch read against the pace around it: 5% for the spin's wall-clock time read against a swinging pace
-    assert claiming.time_ms >= 0.95 * work_ms - ALLOWANCE * timing["harness_ms"]
+    assert claiming.time_ms >= 0.95 * work_ms - timing["harness_ms"]
     assert claiming.time_ms >= work_ms / 2
 
 

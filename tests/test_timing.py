@@ -9,6 +9,8 @@ import itertools
 import math
 import statistics
 from dataclasses import replace
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -39,8 +41,8 @@ from evaluator.evaluation.timing import (
     vary,
     yardstick_due,
 )
-from evaluator.evaluation.timing.estimate import ALLOWANCE
-from evaluator.paths import HARNESS_PROGRAM
+from evaluator.evaluation.timing.estimate import ALLOWANCE, HARNESS_TOLERANCE, harness_scale, harness_tolerance
+from evaluator.paths import HARNESS_PROGRAM, SEED_PROGRAM
 
 HARNESS = HarnessModel(fixed_ms=0.3, per_call_ms=0.05, per_mb_ms=0.1)
 
@@ -65,34 +67,90 @@ def batches(times_ms: list[float], calls: int = 1, harness_ms: float = 0.4, scor
 # --- a time from batches -----------------------------------------------------------------------------------
 
 
+def probes(harness_ms: float, calls: int = 1, pace: float = 1.0, count: int = 3) -> list[BatchTime]:
+    """Trusted batches of `calls` calls timed in a run's rounds at `pace`, whose harness took `harness_ms`."""
+    return [BatchTime(calls, 100_000, 100_000 + round(harness_ms * 1e6), 0, False, False, pace)] * count
+
+
+MODELLED = probes(HARNESS.ms(1, 0))  # probes that found the harness as modelled, each time
+
+
 @pytest.mark.parametrize("time_ms", [0.05, 1.0, 15.0, 500.0])
-def test_a_truthful_program_is_timed_at_its_claim_whatever_the_harness_took(time_ms):
+def test_a_truthful_program_is_timed_at_its_claim_whatever_the_harness_took_up_to_the_tolerance(time_ms):
     model_ms = HARNESS.ms(1, 0)
-    for harness_ms in (0.0, 0.4, ALLOWANCE * model_ms - 0.01):  # up to the allowance over the model's
-        timing = estimate(batches([time_ms] * 9, harness_ms=harness_ms), HARNESS)
+    for harness_ms in (0.0, 0.4, (1 + HARNESS_TOLERANCE) * model_ms - 0.01):
+        timing = estimate(batches([time_ms] * 9, harness_ms=harness_ms), HARNESS, probes=MODELLED)
         assert timing.time_ms == pytest.approx(time_ms) and timing.claims_doubted == 0
 
 
-def test_on_a_host_slower_than_where_the_harness_was_measured_a_truthful_claim_still_stands():
-    """The reference (and its harness's model) was measured where the yardstick took 1 ms; here it takes 2.6, and the
-    harness twice as long as its model there: the program is still timed at its claim, and a lying one still gains
-    no more than the allowance of the harness's time here."""
+def test_the_probes_scale_the_harness_model_to_what_the_harness_takes_in_the_run():
+    assert harness_scale([], HARNESS) == 1.0
+    assert harness_scale(probes(2 * HARNESS.ms(4, 0), calls=4), HARNESS) == pytest.approx(2.0)
+    # at a pace 2.6 times the model's, the model takes 2.6 times as long: a harness that did too is as modelled
+    assert harness_scale(probes(2.6 * HARNESS.ms(1, 0), pace=2.6), HARNESS) == pytest.approx(1.0)
+
+
+def test_the_tolerance_is_as_wide_as_the_probes_differ_within_its_bounds():
+    model_ms = HARNESS.ms(1, 0)
+    assert harness_tolerance(MODELLED, HARNESS) == HARNESS_TOLERANCE
+    assert harness_tolerance(probes(model_ms) + probes(1.6 * model_ms, count=2), HARNESS) == pytest.approx(0.6)
+    assert harness_tolerance(probes(model_ms) + probes(5 * model_ms, count=2), HARNESS) == ALLOWANCE - 1
+    assert harness_tolerance(probes(model_ms, count=1), HARNESS) == ALLOWANCE - 1  # one probe tells no spread
+    # a wandering harness leaves a run whose harness took 1.5 times the expected time its claims
+    wandering = probes(model_ms) + probes(1.6 * model_ms, count=2)
+    timing = estimate(batches([15.0] * 9, harness_ms=1.5 * model_ms), HARNESS, probes=wandering)
+    assert timing.claims_doubted == 0 and timing.time_ms == pytest.approx(15.0)
+
+
+def test_on_a_host_where_the_harness_takes_three_times_its_model_the_probes_keep_claims_honest():
+    """The harness's model was fitted where the yardstick took 1 ms; here it takes 2.6, and the harness three times
+    its model at that pace, as the run's probes show: a truthful program is still timed at its claim, and a lying one
+    gains nothing."""
     slow = 2.6
-    harness_ms = 2 * ALLOWANCE * HARNESS.ms(1, 0) * 0.9
-    truthful = estimate(batches([15.0] * 9, harness_ms=harness_ms, paces=[slow] * 9), HARNESS)
+    harness_ms = 3 * HARNESS.ms(1, 0, slow)
+    seen = probes(harness_ms, pace=slow)
+    truthful = estimate(batches([15.0] * 9, harness_ms=harness_ms, paces=[slow] * 9), HARNESS, probes=seen)
     assert truthful.time_ms == pytest.approx(15.0) and truthful.claims_doubted == 0
-    lying = estimate(batches([15.0] * 9, harness_ms=harness_ms, paces=[slow] * 9, claims_ms=[0.001] * 9), HARNESS)
-    assert 15.0 - lying.time_ms <= ALLOWANCE * HARNESS.ms(1, 0, slow) and lying.claims_doubted == 9
+    assert truthful.harness_excess == pytest.approx(1.0)
+    lying = estimate(batches([15.0] * 9, harness_ms=harness_ms, paces=[slow] * 9, claims_ms=[0.001] * 9), HARNESS,
+                     probes=seen)
+    assert lying.time_ms == pytest.approx(15.0) and lying.claims_doubted == 9
 
 
 @pytest.mark.parametrize("claimed_ms", [0.000001, 0.001, 7.5])
-def test_a_patched_clock_gains_no_more_than_the_harness_allowance(claimed_ms):
-    """A program of 15 ms claiming next to nothing, or half: timed at its round trips less the harness's allowance,
-    within that allowance of the truth."""
-    timing = estimate(batches([15.0] * 9, claims_ms=[claimed_ms] * 9), HARNESS)
-    allowance = ALLOWANCE * HARNESS.ms(1, 0)
-    assert timing.time_ms == pytest.approx(15.0 + 0.4 - allowance)
-    assert 15.0 - timing.time_ms <= allowance and timing.claims_doubted == 9
+def test_a_patched_clock_gains_no_more_than_the_harness_took_beyond_its_expected_time(claimed_ms):
+    """A program of 15 ms claiming next to nothing, or half: its claims are doubted as a whole, and each batch timed at
+    its round trip less the harness's expected time, off the truth by what the harness took beyond that."""
+    timing = estimate(batches([15.0] * 9, claims_ms=[claimed_ms] * 9), HARNESS, probes=MODELLED)
+    assert timing.time_ms == pytest.approx(15.0 + 0.4 - HARNESS.ms(1, 0))
+    assert timing.claims_doubted == 9 and timing.harness_excess > 1 + HARNESS_TOLERANCE
+
+
+def test_a_clock_claiming_just_under_the_tolerance_gains_at_most_the_tolerances_share_of_the_harness():
+    calls, expected_ms = 16, HARNESS.ms(16, 0)
+    just_under = [0.5 * calls - HARNESS_TOLERANCE * expected_ms + 1e-6] * 9
+    timing = estimate(batches([0.5] * 9, calls=calls, harness_ms=expected_ms, claims_ms=just_under), HARNESS,
+                      probes=probes(expected_ms, calls=calls))
+    assert timing.claims_doubted == 0  # neither the run's harness nor any batch's was beyond what is allowed
+    assert 0.5 - timing.time_ms == pytest.approx(HARNESS_TOLERANCE * expected_ms / calls, rel=1e-3)
+
+
+def test_a_clock_lying_in_a_third_of_the_batches_moves_the_median_only_within_the_honest_batches_spread():
+    times = [0.50, 0.51, 0.52, 0.53, 0.54, 0.55, 0.56, 0.57, 0.58]
+    claims = [time if index % 3 else 0.001 for index, time in enumerate(times)]
+    honest = estimate(batches(times), HARNESS, probes=MODELLED)
+    lying = estimate(batches(times, claims_ms=claims), HARNESS, probes=MODELLED)
+    assert lying.claims_doubted == 3 and lying.harness_excess < 1 + HARNESS_TOLERANCE
+    assert min(times) <= lying.time_ms <= honest.time_ms
+
+
+def test_a_program_whose_harness_takes_far_more_than_the_probes_is_charged_the_excess():
+    """Its claims are true, but its batches spent beyond them far more than the trusted probes did: no claim in the run
+    is taken beyond what the round trips bear out, and each batch is timed at its round trip less the harness's
+    expected time."""
+    expected_ms = HARNESS.ms(1, 0)
+    timing = estimate(batches([15.0] * 9, harness_ms=2 * expected_ms), HARNESS, probes=probes(expected_ms))
+    assert timing.time_ms == pytest.approx(15.0 + expected_ms) and timing.claims_doubted == 9
 
 
 def test_batches_run_while_the_host_changed_its_pace_are_left_out_as_long_as_most_are_steady():
@@ -104,14 +162,6 @@ def test_batches_run_while_the_host_changed_its_pace_are_left_out_as_long_as_mos
     assert timing.time_ms == pytest.approx(10.0) and (timing.batches, timing.unsteady_batches) == (11, 3)
     everywhere = estimate([replace(batch, pace_change=0.3) for batch in built], HARNESS)
     assert (everywhere.batches, everywhere.unsteady_batches) == (11, 0)
-
-
-def test_a_batch_of_many_calls_leaves_a_lying_clock_only_a_sliver_of_each_call():
-    calls = 16
-    honest = estimate(batches([0.5] * 9, calls=calls, harness_ms=HARNESS.ms(calls, 0)), HARNESS)
-    lying = estimate(batches([0.5] * 9, calls=calls, harness_ms=HARNESS.ms(calls, 0), claims_ms=[0.001] * 9), HARNESS)
-    assert honest.time_ms == pytest.approx(0.5)
-    assert honest.time_ms - lying.time_ms == pytest.approx((ALLOWANCE - 1) * HARNESS.ms(calls, 0) / calls)
 
 
 def test_a_program_timed_while_the_host_slows_down_is_read_against_the_pace_around_each_batch():
@@ -383,23 +433,34 @@ def test_a_variant_carries_as_many_tokens_in_each_layer_as_its_window_so_no_sum_
 # --- the seed's reference -----------------------------------------------------------------------------------
 
 
+def imported(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.parametrize("problem", [
     Problem(),
     Problem(num_layers=8, num_gpus=144, num_nodes=18),
     Problem(num_layers=2, num_experts=8, num_replicas=8, num_groups=4, num_nodes=2, num_gpus=4),
     Problem(num_layers=3, num_experts=6, num_replicas=18, num_groups=3, num_nodes=2, num_gpus=2),
 ], ids=["deepseek-v3-prefill", "decode-144-gpus", "no-redundancy", "three-replicas-each"])
-def test_the_harness_is_modelled_with_the_narrowest_valid_plan(problem):
+def test_the_harness_is_modelled_with_the_narrowest_valid_plan_and_probed_with_it_in_the_seeds_shapes(problem):
     """The harness's work grows with the outputs; the program it is measured with returns a valid plan whose log2phy
     is as narrow as R/E allows (some expert holds at least that many slots), so no candidate's outputs are smaller."""
-    spec = importlib.util.spec_from_file_location("narrowest_plan", HARNESS_PROGRAM)
-    program = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(program)
+    program, seed = (imported(path) for path in (HARNESS_PROGRAM, SEED_PROGRAM))
     weight = torch.randint(0, 1000, (problem.num_layers, problem.num_experts))
     outputs = program.rebalance_experts(weight, *problem.rebalance_args())
     check = check_plan(outputs, problem)
     assert check.plan is not None, check.violations
     assert outputs[1].shape[-1] == math.ceil(problem.num_replicas / problem.num_experts)
+    # the harness's probe: the same plan, with outputs as large as the seed's
+    probe = program.in_the_seeds_shapes(weight, *problem.rebalance_args())
+    assert check_plan(probe, problem).plan is not None
+    seeds = seed.rebalance_experts(weight, *problem.rebalance_args())
+    assert [output.shape for output in probe] == [output.shape for output in seeds]
+    assert torch.equal(probe[1][..., :outputs[1].shape[-1]], outputs[1])
 
 
 def test_the_seeds_reference_caps_the_devices_pace_as_a_candidates_is_so_the_seed_reads_as_itself():

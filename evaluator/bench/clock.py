@@ -1,13 +1,15 @@
 """What a program whose clock lies gains, at each speed.
 
 A program can reach the worker's clock through its caller's frame (the worker's batch loop) and make every batch claim
-a microsecond. The evaluator holds a claim to the batch's round trip less twice the harness's model (evaluation.md,
-step 8), so the lie gains about the harness's share of a batch, which is larger the faster the program: the
-harness's part per call (each call's inputs and outputs copied) is the same however calls are batched. Each speed
-class's program, honest and lying, `copies` times each, shuffled through one evaluator on the default trace. Per
-class: the median speedup of each, the gain (the lying copies' over the honest ones'), the share of the lying copies'
-batches that were doubted (near all of them, or the lie did not take), and the harness per call, as the honest copies'
-round trips less their time and as the model has it. The seed's reference comes from the cache, as `evaluate`'s does.
+a microsecond. The evaluator then times each batch at its round trip less the harness's expected time, its model
+scaled by the run's probes (evaluation.md, step 8), so the lie gains what that expectation is off by, a share of the
+harness that is larger the faster the program: the harness's part per call (each call's inputs and outputs copied) is
+the same however calls are batched. Each speed class's program, honest and lying, `copies` times each, shuffled
+through one evaluator on the default trace. Per class: the median speedup of each, the gain (the lying copies' over
+the honest ones'), the share of the lying copies' batches that were doubted (near all of them, or the lie did not
+take), the harness per call, as the honest copies' round trips less their time and as expected, and the largest
+excess of an honest copy (its batches' harness over the expected, in the median: its claims are doubted as a whole
+above `HARNESS_TOLERANCE` over 1). The seed's reference comes from the cache, as `evaluate`'s does.
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ class ClockFigures:
     gain: float  # lying_speedup over honest_speedup
     doubted: float  # the share of the lying copies' batches timed at their round trip, not at their claim
     harness_ms: float  # per call, the median over the honest copies of their round trip less their time
-    model_ms: float  # per call, the median over the honest copies of the harness's model
+    expected_ms: float  # per call, the median over the honest copies of the harness's expected time
+    honest_excess: float  # the largest over the honest copies of their harness over the expected, in the median
     failed: int  # evaluations not ok, of either kind
 
 
@@ -122,6 +125,7 @@ def _figures(speed: SpeedClass, results: list[tuple[bool, Result]]) -> ClockFigu
                                                                              for result in lying)
     harness_ms = statistics.median(result.timing["round_trip_ms"] - result.timing["summary"]["median_ms"]
                                    for result in honest)
-    model_ms = statistics.median(result.timing["harness_ms"] for result in honest)
+    expected_ms = statistics.median(result.timing["harness_ms"] for result in honest)
     return ClockFigures(speed.name, speed.about_ms, honest_speedup, lying_speedup, lying_speedup / honest_speedup,
-                        doubted, harness_ms, model_ms, len(results) - len(honest) - len(lying))
+                        doubted, harness_ms, expected_ms, max(result.timing["harness_excess"] for result in honest),
+                        len(results) - len(honest) - len(lying))

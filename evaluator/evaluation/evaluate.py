@@ -258,7 +258,7 @@ class Evaluator:
         mixed = _both_yardsticks(run.batches, reference)
         batches = reference.capped(run.batches) if mixed else run.batches
         weight = self.settings.timing.pace_weight if mixed else 1.0
-        timing = estimate(batches, reference.harness, weight)
+        timing = estimate(batches, reference.harness, weight, run.probes)
         seed_time_ms = reference.ratio_at(weight) * timing.pace_ms  # the seed's time at the pace the candidate ran at
         gain = speedup(seed_time_ms, timing.time_ms)
         # The speedup's interval: the candidate's time against the pace and the seed's ratio to it, each known to
@@ -281,7 +281,7 @@ class Evaluator:
             gpu_load=_gpu_load(run.scored[GPU_LOAD_WINDOW].gpu_loads),
             timing={**timing.to_json(), "seed": reference.to_json(), "yardstick_ms": run.yardstick_ms,
                     "device_yardstick_ms": run.device_yardstick_ms,
-                    "speedups_against": _speedups_against(batches, reference) if mixed else {},
+                    "speedups_against": _speedups_against(batches, run.probes, reference) if mixed else {},
                     "speedup_precision": relative, "variant_calls": len(run.variants),
                     "rechecked_calls": run.rechecked},
             workload=self._workload(),
@@ -340,11 +340,12 @@ def _both_yardsticks(batches: list[BatchTime], reference: SeedReference) -> bool
     return reference.device_ratio is not None and all(batch.device_pace_ms is not None for batch in batches)
 
 
-def _speedups_against(batches: list[BatchTime], reference: SeedReference) -> dict[str, float]:
+def _speedups_against(batches: list[BatchTime], probes: list[BatchTime],
+                      reference: SeedReference) -> dict[str, float]:
     """The speedup read against each yardstick alone."""
     speedups = {}
     for name, weight in (("yardstick", 1.0), ("device", 0.0)):
-        timing = estimate(batches, reference.harness, weight)
+        timing = estimate(batches, reference.harness, weight, probes)
         speedups[name] = speedup(reference.ratio_at(weight) * timing.pace_ms, timing.time_ms)
     return speedups
 

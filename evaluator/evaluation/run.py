@@ -46,7 +46,7 @@ from evaluator.evaluation.timing import (
     warmup_call,
     yardstick_due,
 )
-from evaluator.paths import SEED_PROGRAM
+from evaluator.paths import HARNESS_PROGRAM, SEED_PROGRAM
 from evaluator.sandbox import BatchResult, CallResult, Failure, Output, SandboxFailure, Worker, WorkerInfo
 from evaluator.status import Status
 
@@ -90,6 +90,7 @@ class Run:
     scored: dict[int, BalancednessReport]  # window -> how the plan made on it balances the next window
     variants: list[tuple[int, float]]  # (window it varies, GPU balancedness on the next window of its plan)
     batches: list[BatchTime]  # each with the yardsticks' pace around it
+    probes: list[BatchTime]  # the harness's probes of the rounds, each with the yardstick's pace then
     yardstick_ms: list[float]  # the yardstick's time per call at each of its rounds, in order
     device_yardstick_ms: list[float]  # the device's yardstick's, on a GPU lane (else none)
     rechecked: int  # calls repeated in the recheck's process
@@ -151,6 +152,9 @@ class Runner:
         self.inputs = inputs
         self.score_on_next_window = score_on_next_window
         self.device_yardstick = device_yardstick  # timed beside the yardstick where `times_device_yardstick`
+        # a trusted batch in each round as long as the candidate's, of outputs in the seed's shapes (estimate.py)
+        self.harness_probe = Yardstick(HARNESS_PROGRAM, inputs[0], settings.problem.rebalance_args(),
+                                       "in_the_seeds_shapes")
         self._lane_used_at: dict[str, float] = {}  # lane name -> when a run on it last ended (monotonic)
         # lane name -> its yardsticks' workers, each with its yardstick (used by the lane's holder)
         self._yardsticks: dict[str, list[tuple[Yardstick, Worker]]] = {}
@@ -219,7 +223,7 @@ class Runner:
                                  np.random.default_rng(secrets.randbits(128)), settings.timing.min_variants,
                                  settings.timing.min_batches_alone)
                 with _made_ahead(plan.batches()) as batches:  # each made while the batch before runs
-                    calls.time(batches, plan.first_round_batches, reference.seed_time_ms)
+                    calls.time(batches, plan.first_round_batches, reference.seed_time_ms, plan.calls_per_batch)
                 phase("batches_ms")
                 stdout, stderr = _tails(worker.output())
                 worker.close(wait=False)  # killed before the recheck's process starts
@@ -235,7 +239,7 @@ class Runner:
                 phase("validation_tail_ms")
         compute = {"warmup_ms": calls.warmup_claimed_ns / 1e6, "batches_ms": calls.timed_claimed_ns / 1e6,
                    "recheck_ms": recheck_ns / 1e6}
-        run = Run(worker.info, calls.scored, calls.variants, calls.batches, calls.yardstick_ms,
+        run = Run(worker.info, calls.scored, calls.variants, calls.batches, calls.probes, calls.yardstick_ms,
                   calls.device_yardstick_ms, len(kept), statistics.fmean(calls.duplicates), phases, compute, lane.name,
                   stdout, stderr)
         return run, reference
@@ -253,7 +257,7 @@ class Runner:
         with self._trusted_process(lane, SEED_PROGRAM, deadline, timeout_s) as worker, \
                 self._calls(lane, worker, deadline, Limits(timeout_s, timeout_s, timeout_s), _Sample(0, rng)) as calls:
             calls.warm_up(rng, HarnessModel(0.0, 0.0, 0.0), for_clocks=True)
-            calls.time((plan.another() for _ in range(seed_calls)), seed_calls, math.inf)
+            calls.time((plan.another() for _ in range(seed_calls)), seed_calls, math.inf, probe_calls=0)
             calls.settle(wait=True)
         return calls.batches, calls.yardstick_ms, calls.device_yardstick_ms
 
@@ -282,25 +286,29 @@ class Runner:
         worker stopped."""
         with _validation_threads(_VALIDATION_THREADS if lane.isolated else 1) as validator:
             yield _Calls(self, worker, validator, deadline, limits, rechecked, overlap=lane.isolated,
-                         pace=lambda: self._pace(lane, worker))
+                         pace=lambda probe_calls: self._pace(lane, worker, probe_calls))
 
-    def _pace(self, lane: Lane, candidate: Worker) -> Pace:
-        """The yardsticks' times per call on `lane` now (the device's None but on a GPU lane), with the candidate's
-        processes stopped while they run: a round of each (`_yardstick_ms`) in the lane's yardstick workers (started,
-        from the lane's spares, the first time). The first round comes before any timed batch: it waits for the exits
-        of the lane's last processes where they run on the lane's cores (`Lanes.settle`)."""
+    def _pace(self, lane: Lane, candidate: Worker, probe_calls: int) -> Pace:
+        """The yardsticks' times per call on `lane` now (the device's None but on a GPU lane), and the harness's probe
+        (a batch of `probe_calls` calls; none if 0), with the candidate's processes stopped while they run: a round of
+        each yardstick (`_yardstick_ms`) in the lane's trusted workers (started, from the lane's spares, the first
+        time), the probe first, after the candidate's batch as a candidate's batch follows another. The first round
+        comes before any timed batch: it waits for the exits of the lane's last processes where they run on the lane's
+        cores (`Lanes.settle`)."""
         self.lanes.settle(lane)
         candidate.pause()
         try:
-            times = [self._yardstick_ms(worker, yardstick, REFERENCE_TIMEOUT_S)
-                     for yardstick, worker in self._yardsticks_on(lane)]
+            (probe, probe_worker), *yardsticks = self._trusted_workers_on(lane)
+            probed = _batch_time(probe_worker.batch([probe.weight] * probe_calls, probe.args, REFERENCE_TIMEOUT_S)) \
+                if probe_calls else None
+            times = [self._yardstick_ms(worker, yardstick, REFERENCE_TIMEOUT_S) for yardstick, worker in yardsticks]
         except SandboxFailure as error:
             for _, worker in self._yardsticks.pop(lane.name, []):
                 worker.close(wait=False)
             raise RunFailed(Status.INFRA_ERROR, f"the yardstick failed: {error.failure.message}") from None
         finally:
             candidate.resume()
-        return Pace(*times)
+        return Pace(*times, probe=None if probed is None else replace(probed, pace_ms=times[0]))
 
     def _yardstick_ms(self, worker: Worker, yardstick: Yardstick, timeout_s: float) -> float:
         """One round of `yardstick` in `worker`, which has its program loaded: the least of the settings' yardstick
@@ -309,21 +317,25 @@ class Runner:
         return min(worker.batch([yardstick.weight], yardstick.args, timeout_s).claim_ns / 1e6
                    for _ in range(self.settings.timing.yardstick_calls))
 
-    def _yardsticks_on(self, lane: Lane) -> list[tuple[Yardstick, Worker]]:
-        """The lane's yardsticks (the device's too on a GPU lane), each in a worker of its own on the lane's cores
-        with its program loaded and called once."""
+    def _trusted_workers_on(self, lane: Lane) -> list[tuple[Yardstick, Worker]]:
+        """The harness's probe, then the lane's yardsticks (the device's too on a GPU lane), each in a worker of its
+        own on the lane's cores with its program loaded and called once (the probe's plan validated)."""
         workers = self._yardsticks.get(lane.name)
         if workers is None or not all(worker.is_loaded() for _, worker in workers):
             for _, worker in workers or []:
                 worker.close(wait=False)
             workers = self._yardsticks[lane.name] = []
-            yardsticks = [YARDSTICK, self.device_yardstick] if self.times_device_yardstick(lane) else [YARDSTICK]
+            yardsticks = [self.harness_probe, YARDSTICK]
+            if self.times_device_yardstick(lane):
+                yardsticks.append(self.device_yardstick)
             for yardstick in yardsticks:
                 worker = lane.pool.acquire()
                 workers.append((yardstick, worker))
                 worker.prepare(lane.cpus)
-                worker.load(yardstick.program, timeout_s=REFERENCE_TIMEOUT_S)
-                worker.batch([yardstick.weight], yardstick.args, REFERENCE_TIMEOUT_S)
+                worker.load(yardstick.program, yardstick.entry_point, timeout_s=REFERENCE_TIMEOUT_S)
+                first = worker.call(yardstick.weight, yardstick.args, REFERENCE_TIMEOUT_S)
+                if yardstick is self.harness_probe:
+                    _require_valid(check_call(first, self.settings.problem), "the harness's probe", worker)
         return workers
 
     @contextmanager
@@ -419,7 +431,7 @@ class _Calls:
     limits: Limits
     rechecked: _Sample  # the timed calls to repeat in a fresh process, by their number among the timed calls
     overlap: bool
-    pace: Callable[[], Pace]  # the yardsticks' times now, the candidate stopped while they run
+    pace: Callable[[int], Pace]  # the yardsticks' times now and a probe of so many calls, the candidate stopped
     # the yardsticks' rounds: (batches done, the yardsticks' times, the candidate's time in batches then in ns)
     rounds: list[tuple[int, Pace, int]] = field(default_factory=list)
     scored: dict[int, BalancednessReport] = field(default_factory=dict)
@@ -433,6 +445,12 @@ class _Calls:
     warmup_claimed_ns: int = 0
     timed_claimed_ns: int = 0
     pending: deque[_Pending] = field(default_factory=deque)
+    probe_calls: int = 0  # in each round's probe of the harness: as many as the candidate's batches hold
+
+    @property
+    def probes(self) -> list[BatchTime]:
+        """The harness's probes of the rounds so far."""
+        return [pace.probe for _, pace, _ in self.rounds if pace.probe is not None]
 
     @property
     def paces(self) -> list[Pace]:
@@ -470,12 +488,14 @@ class _Calls:
             self._take(outputs, f"warm-up call {count} (planning on a variant of window {call.window})", None, False)
         return min(paces) if paces else 0.0
 
-    def time(self, batches: Iterator[Batch], first_round: int, seed_time_ms: float) -> None:
+    def time(self, batches: Iterator[Batch], first_round: int, seed_time_ms: float, probe_calls: int) -> None:
         """`batches` in turn, at least `first_round` of them, until they time the program precisely enough with most
         of them steady, or they have spent its budget (the evaluator's clock), on a device where the seed takes
-        `seed_time_ms` a call; the yardstick before them, after them, and between them where `yardstick_due` says.
-        A batch is given the mean of the yardstick's times before and after it, and how far they differ."""
+        `seed_time_ms` a call; the yardstick before them, after them, and between them where `yardstick_due` says,
+        each round with a probe of the harness of `probe_calls` calls (none if 0). A batch is given the mean of the
+        yardstick's times before and after it, and how far they differ."""
         settings = self.runner.settings.timing
+        self.probe_calls = probe_calls
         self._round()
         closed_once_precise = False
         for batch in batches:
@@ -505,11 +525,11 @@ class _Calls:
         either yardstick differs from its last by more than `PACE_CHANGE` is taken again at once, and the second
         stands: a change seen once may be the yardstick's alone (a moment the host took the core), and would leave
         every batch around it out of the time."""
-        now = self.pace()
+        now = self.pace(self.probe_calls)
         if self.rounds:
             start, before, _ = self.rounds[-1]
             if before.change(now) > PACE_CHANGE:
-                now = self.pace()
+                now = self.pace(self.probe_calls)
             around, change = before.midway(now), before.change(now)
             for index in range(start, len(self.batches)):
                 self.batches[index] = replace(self.batches[index], pace_ms=around.ms, device_pace_ms=around.device_ms,

@@ -3,10 +3,16 @@
 A batch's calls run back to back in the worker, the device synchronised before the first and after the last. Two
 clocks time it: the worker's own (its claim: the calls alone), and the evaluator's round trip (the calls and the
 harness's work around them: the inputs written and sent to the device, the outputs copied back, two frames). The
-claim comes from the candidate's process, so it counts only as far as the round trip bears it out: a batch is timed
-at its claim, or at its round trip less `ALLOWANCE` times the harness's model, whichever is more. An honest program
-is timed at its claim, exactly what it spent; one whose clock lies gains at most the allowance's slack, a few percent
-of a batch sized to keep the harness that small.
+claim comes from the candidate's process, so it counts only as far as the round trip bears it out. What the harness
+takes is known from trusted batches: its model (fitted with the seed's reference) scaled by the probes, batches of a
+trusted program timed in the run's rounds, as many calls as the candidate's and outputs of the seed's shapes
+(`harness_scale`). Where the candidate's batches spent beyond their claims more than that, in the median, by more
+than the probes differ among themselves (`harness_tolerance`), its claims are doubted as a whole and each batch is
+timed at its round trip less the harness's expected time; else each batch is timed at its claim, or at its round trip
+less `ALLOWANCE` times the harness's expected time where that is more (a claim that only some batches forge). An
+honest program is timed at its claim, exactly what it spent; one whose clock lies gains the probes' error, or,
+claiming just under the tolerance, the tolerance's share of the harness's time: a quarter on a host whose harness
+keeps its pace, up to its whole time on one whose harness wanders.
 
 Each batch is read against the host's pace around it (the yardsticks' times, reference.py): its time per call over
 the pace is what the median and its interval are taken of, and the time reported is that median at the median pace
@@ -26,7 +32,10 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-ALLOWANCE = 2.0  # how many times its model the harness may take before a claim below the round trip is doubted
+ALLOWANCE = 2.0  # how many times its expected time the harness may take in one batch before its claim is doubted
+# How far the harness's time in a run's batches (their round trips less their claims), in the median, may exceed its
+# expected time before the run's claims are doubted as a whole, at least: more where the probes differ more.
+HARNESS_TOLERANCE = 0.25
 # The scored batches count as slower than the others when a rank test puts them above by this many standard
 # deviations (by chance about one run in two hundred) and their excess is more than this share of a call: a smaller
 # excess buys a program little, and an honest one is not charged for noise.
@@ -51,10 +60,12 @@ def mixed_pace(ms: float, device_ms: float | None, weight: float) -> float:
 
 @dataclass(frozen=True)
 class Pace:
-    """The yardsticks' times per call at one round, in ms: the device's None where only the yardstick was timed."""
+    """The yardsticks' times per call at one round, in ms: the device's None where only the yardstick was timed; and
+    the harness's probe timed in the round (`harness_scale`), if one was."""
 
     ms: float
     device_ms: float | None = None
+    probe: BatchTime | None = None
 
     def at(self, weight: float) -> float:
         """This round's pace as batches are read against it (`mixed_pace`)."""
@@ -184,7 +195,10 @@ class Timing:
     calls_per_batch: int
     summary: TimingSummary  # of the batches' times per call, as measured
     round_trip_ms: float  # median round trip per call, the harness's work included
-    harness_ms: float  # the harness's model per call, at the median batch
+    harness_ms: float  # the harness's expected time per call, at the median batch
+    harness_scale: float  # how many times its model the harness took in the run's probes (`harness_scale`)
+    harness_excess: float  # the batches' round trips less their claims over that, in the median (`harness_excess`)
+    harness_tolerance: float  # how far over 1 that may be before the run's claims are doubted (`harness_tolerance`)
     claims_doubted: int  # batches timed at their round trip, their claim too far below it
     unsteady_batches: int  # left out: the host changed its pace around them
     scored_work: str  # "agrees", or how much slower the calls on the trace's windows were
@@ -204,11 +218,44 @@ def device_pace_capped(batches: Sequence[BatchTime], device_over_cpu: float) -> 
             for batch in batches]
 
 
-def batch_ms_per_call(batch: BatchTime, harness: HarnessModel) -> tuple[float, bool]:
-    """A batch's time per call: its claim, or its round trip less the harness's allowance if that is more; and
-    whether it was that (the claim doubted)."""
+def harness_scale(probes: Sequence[BatchTime], harness: HarnessModel) -> float:
+    """How many times its model the harness took in `probes` (trusted batches, whose claims are true: the median of
+    their round trips less their claims over the model at the pace around each); 1 without probes."""
+    if not probes:
+        return 1.0
+    return statistics.median((probe.round_trip_ns - probe.claim_ns) / 1e6
+                             / harness.ms(probe.calls, probe.output_bytes, probe.pace_ms) for probe in probes)
+
+
+def harness_tolerance(probes: Sequence[BatchTime], harness: HarnessModel) -> float:
+    """How far a run's harness may exceed its expected time, in the median, before the run's claims are doubted as a
+    whole: as far as the probes' largest harness exceeds their median (over the model, as `harness_scale` reads
+    them), at least `HARNESS_TOLERANCE` and at most `ALLOWANCE` less 1, which it is with fewer than two probes."""
+    if len(probes) < 2:
+        return ALLOWANCE - 1
+    ratios = [(probe.round_trip_ns - probe.claim_ns) / 1e6 / harness.ms(probe.calls, probe.output_bytes, probe.pace_ms)
+              for probe in probes]
+    return min(ALLOWANCE - 1, max(HARNESS_TOLERANCE, max(ratios) / statistics.median(ratios) - 1))
+
+
+def harness_ms(batch: BatchTime, harness: HarnessModel, scale: float) -> float:
+    """The harness's expected time in `batch`: its model at the pace around the batch, times `scale`
+    (`harness_scale`)."""
+    return scale * harness.ms(batch.calls, batch.output_bytes, batch.pace_ms)
+
+
+def harness_excess(batches: Sequence[BatchTime], harness: HarnessModel, scale: float) -> float:
+    """The median over `batches` of their round trips less their claims over the harness's expected time: about 1
+    where the claims are true."""
+    return statistics.median((batch.round_trip_ns - batch.claim_ns) / 1e6 / harness_ms(batch, harness, scale)
+                             for batch in batches)
+
+
+def batch_ms_per_call(batch: BatchTime, harness_ms: float, allowance: float = ALLOWANCE) -> tuple[float, bool]:
+    """A batch's time per call: its claim, or its round trip less `allowance` times the harness's expected time
+    (`harness_ms`) if that is more; and whether it was that (the claim doubted)."""
     claim_ms = batch.claim_ns / 1e6
-    bound_ms = batch.round_trip_ns / 1e6 - ALLOWANCE * harness.ms(batch.calls, batch.output_bytes, batch.pace_ms)
+    bound_ms = batch.round_trip_ns / 1e6 - allowance * harness_ms
     return max(claim_ms, bound_ms) / batch.calls, bound_ms > claim_ms
 
 
@@ -222,14 +269,19 @@ def steady(batches: Sequence[BatchTime]) -> list[BatchTime]:
     return [batch for batch in batches if batch.steady] if mostly_steady(batches) else list(batches)
 
 
-def estimate(batches: Sequence[BatchTime], harness: HarnessModel, weight: float = 1.0) -> Timing:
-    """The time per call of a program from its timed batches (all with the same number of calls), each read against
+def estimate(batches: Sequence[BatchTime], harness: HarnessModel, weight: float = 1.0,
+             probes: Sequence[BatchTime] = ()) -> Timing:
+    """The time per call of a program from its timed batches (all with the same number of calls), each timed at its
+    claim as far as the harness's time, its model scaled by `probes` (`harness_scale`), bears it out, and read against
     its pace at `weight` (`BatchTime.pace_at`): the median over those the host kept its pace around (`steady`), or the
     scored calls' time where those were clearly slower than the rest of the first round. That check takes every batch
     of the first round: a batch left out of the time is still evidence of where the program spends it."""
     if not batches:
         raise ValueError("no timed batches")
-    times, doubts = zip(*(batch_ms_per_call(batch, harness) for batch in batches))
+    scale, tolerance = harness_scale(probes, harness), harness_tolerance(probes, harness)
+    excess = harness_excess(batches, harness, scale)
+    allowance = 1.0 if excess > 1 + tolerance else ALLOWANCE  # the claims doubted as a whole, or batch by batch
+    times, doubts = zip(*(batch_ms_per_call(batch, harness_ms(batch, harness, scale), allowance) for batch in batches))
     paces = [batch.pace_at(weight) for batch in batches]
     pace = statistics.median(paces)
     against_pace = [time / batch_pace * pace for time, batch_pace in zip(times, paces)]
@@ -255,9 +307,10 @@ def estimate(batches: Sequence[BatchTime], harness: HarnessModel, weight: float 
         pace_weight=weight, batches=len(batches),
         calls=sum(batch.calls for batch in batches), calls_per_batch=calls_per_batch, summary=summarise(times),
         round_trip_ms=statistics.median(batch.round_trip_ms_per_call for batch in batches),
-        harness_ms=harness.ms(middle_batch.calls, middle_batch.output_bytes,
-                              statistics.median(batch.pace_ms for batch in batches)) / middle_batch.calls,
-        claims_doubted=sum(doubts), unsteady_batches=len(batches) - len(kept), scored_work=verdict)
+        harness_ms=scale * harness.ms(middle_batch.calls, middle_batch.output_bytes,
+                                      statistics.median(batch.pace_ms for batch in batches)) / middle_batch.calls,
+        harness_scale=scale, harness_excess=excess, harness_tolerance=tolerance, claims_doubted=sum(doubts),
+        unsteady_batches=len(batches) - len(kept), scored_work=verdict)
 
 
 def scored_excess_ms(scored: Sequence[float], others: Sequence[float], calls_per_batch: int) -> float:

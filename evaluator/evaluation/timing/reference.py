@@ -54,6 +54,7 @@ class Yardstick:
     program: Path
     weight: np.ndarray
     args: tuple[int, ...]
+    entry_point: str = "rebalance_experts"
 
 
 YARDSTICK_PROBLEM = Problem(num_layers=1, num_experts=64, num_replicas=72, num_groups=2, num_nodes=1, num_gpus=8)

@@ -66,6 +66,10 @@ class BatchPlan:
         self._planned = planned
 
     @property
+    def calls_per_batch(self) -> int:
+        return self._size
+
+    @property
     def first_round_batches(self) -> int:
         return len(self._first_round)
 
