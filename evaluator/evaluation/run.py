@@ -299,8 +299,8 @@ class Runner:
         candidate.pause()
         try:
             (probe, probe_worker), *yardsticks = self._trusted_workers_on(lane)
-            probed = _batch_time(probe_worker.batch([probe.weight] * probe_calls, probe.args, REFERENCE_TIMEOUT_S)) \
-                if probe_calls else None
+            weights = [self.inputs[index % len(self.inputs)] for index in range(probe_calls)]  # each written afresh
+            probed = _batch_time(probe_worker.batch(weights, probe.args, REFERENCE_TIMEOUT_S)) if probe_calls else None
             times = [self._yardstick_ms(worker, yardstick, REFERENCE_TIMEOUT_S) for yardstick, worker in yardsticks]
         except SandboxFailure as error:
             for _, worker in self._yardsticks.pop(lane.name, []):

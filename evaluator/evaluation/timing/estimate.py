@@ -11,8 +11,8 @@ than the probes differ among themselves (`harness_tolerance`), its claims are do
 timed at its round trip less the harness's expected time; else each batch is timed at its claim, or at its round trip
 less `ALLOWANCE` times the harness's expected time where that is more (a claim that only some batches forge). An
 honest program is timed at its claim, exactly what it spent; one whose clock lies gains the probes' error, or,
-claiming just under the tolerance, the tolerance's share of the harness's time: a quarter on a host whose harness
-keeps its pace, up to its whole time on one whose harness wanders.
+claiming just under the tolerance, the tolerance's share of the harness's time: a half on a host whose harness keeps
+its pace, up to its whole time on one whose harness wanders.
 
 Each batch is read against the host's pace around it (the yardsticks' times, reference.py): its time per call over
 the pace is what the median and its interval are taken of, and the time reported is that median at the median pace
@@ -34,8 +34,10 @@ import numpy as np
 
 ALLOWANCE = 2.0  # how many times its expected time the harness may take in one batch before its claim is doubted
 # How far the harness's time in a run's batches (their round trips less their claims), in the median, may exceed its
-# expected time before the run's claims are doubted as a whole, at least: more where the probes differ more.
-HARNESS_TOLERANCE = 0.25
+# expected time before the run's claims are doubted as a whole, at least: more where the probes differ more. On a
+# 2-core machine honest programs' batches spent 1.2 to 1.6 times the probes' harness: the evaluator's own threads
+# (the next batch made, the replies read) share the cores with them, not with the probes.
+HARNESS_TOLERANCE = 0.5
 # The scored batches count as slower than the others when a rank test puts them above by this many standard
 # deviations (by chance about one run in two hundred) and their excess is more than this share of a call: a smaller
 # excess buys a program little, and an honest one is not charged for noise.
