@@ -231,5 +231,5 @@ def test_the_run_shape_is_read_off_the_evaluations():
     assert 0 <= shape.unsteady_batches <= shape.batches
     batch_ms = statistics.median(timing["round_trip_ms"] * timing["calls_per_batch"] for timing in timings)
     assert 0 < shape.harness_ms_per_batch < batch_ms
-    assert shape.model_ms_per_batch > 0
+    assert shape.expected_ms_per_batch > 0
     assert 0 <= shape.claims_doubted <= shape.batches

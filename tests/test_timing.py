@@ -88,6 +88,10 @@ def test_the_probes_scale_the_harness_model_to_what_the_harness_takes_in_the_run
     assert harness_scale(probes(2 * HARNESS.ms(4, 0), calls=4), HARNESS) == pytest.approx(2.0)
     # at a pace 2.6 times the model's, the model takes 2.6 times as long: a harness that did too is as modelled
     assert harness_scale(probes(2.6 * HARNESS.ms(1, 0), pace=2.6), HARNESS) == pytest.approx(1.0)
+    # a model of no time at all (no trusted batch spent any) counts as a microsecond, and divides nothing by zero
+    nothing = HarnessModel(0.0, 0.0, 0.0)
+    assert harness_scale(probes(0.5), nothing) == pytest.approx(500)
+    assert estimate(batches([15.0] * 9), nothing, probes=probes(0.5)).time_ms == pytest.approx(15.0)
 
 
 def test_the_tolerance_is_as_wide_as_the_probes_differ_within_its_bounds():

@@ -37,10 +37,10 @@ class RunShape:
     batches: float
     yardstick_rounds: float
     unsteady_batches: float  # left out of the time: the host changed its pace around them
-    # a batch's round trip beyond the program's time, as measured: at most twice the model's, since a batch whose
+    # a batch's round trip beyond the program's time, as measured: at most twice the expected, since a batch whose
     # claim falls further below its round trip is timed at its round trip less that (its claim doubted)
     harness_ms_per_batch: float
-    model_ms_per_batch: float  # the same, as the harness's model has it
+    expected_ms_per_batch: float  # the same, as expected (the harness's model scaled by the run's probes)
     claims_doubted: float
 
 
@@ -145,7 +145,7 @@ def run_shape(results: Sequence[Result]) -> RunShape:
         unsteady_batches=statistics.median([timing["unsteady_batches"] for timing in timings]),
         harness_ms_per_batch=statistics.median([(timing["round_trip_ms"] - timing["summary"]["median_ms"])
                                                 * timing["calls_per_batch"] for timing in timings]),
-        model_ms_per_batch=statistics.median([timing["harness_ms"] * timing["calls_per_batch"] for timing in timings]),
+        expected_ms_per_batch=statistics.median([timing["harness_ms"] * timing["calls_per_batch"] for timing in timings]),
         claims_doubted=statistics.median([timing["claims_doubted"] for timing in timings]),
     )
 

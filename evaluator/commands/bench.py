@@ -115,7 +115,7 @@ def _run_evaluator(args: argparse.Namespace) -> int:
     runs = result.runs
     print(f"runs                batches {runs.batches:g}, yardstick rounds {runs.yardstick_rounds:g}, unsteady "
           f"batches {runs.unsteady_batches:g}, claims doubted {runs.claims_doubted:g} (medians); a batch's harness "
-          f"{runs.harness_ms_per_batch:.2f} ms (the model's {runs.model_ms_per_batch:.2f} ms)")
+          f"{runs.harness_ms_per_batch:.2f} ms (expected {runs.expected_ms_per_batch:.2f} ms)")
     phases = ", ".join(f"{name.removesuffix('_ms')} {value:.0f}" for name, value in result.phases_ms_median.items())
     print(f"phases (ms)         {phases}")
     overheads = ", ".join(f"{name.removesuffix('_ms')} {value:.0f}"

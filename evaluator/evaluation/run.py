@@ -302,10 +302,11 @@ class Runner:
             weights = [self.inputs[index % len(self.inputs)] for index in range(probe_calls)]  # each written afresh
             probed = _batch_time(probe_worker.batch(weights, probe.args, REFERENCE_TIMEOUT_S)) if probe_calls else None
             times = [self._yardstick_ms(worker, yardstick, REFERENCE_TIMEOUT_S) for yardstick, worker in yardsticks]
-        except SandboxFailure as error:
+        except (SandboxFailure, RunFailed) as error:
             for _, worker in self._yardsticks.pop(lane.name, []):
                 worker.close(wait=False)
-            raise RunFailed(Status.INFRA_ERROR, f"the yardstick failed: {error.failure.message}") from None
+            message = error.failure.message if isinstance(error, SandboxFailure) else error.error
+            raise RunFailed(Status.INFRA_ERROR, f"the yardstick or the harness's probe failed: {message}") from None
         finally:
             candidate.resume()
         return Pace(*times, probe=None if probed is None else replace(probed, pace_ms=times[0]))

@@ -220,13 +220,22 @@ def device_pace_capped(batches: Sequence[BatchTime], device_over_cpu: float) -> 
             for batch in batches]
 
 
+def _model_ms(batch: BatchTime, harness: HarnessModel) -> float:
+    """The harness's model for `batch` at the pace around it, at least a microsecond."""
+    return max(harness.ms(batch.calls, batch.output_bytes, batch.pace_ms), 1e-3)
+
+
+def harness_over_model(batch: BatchTime, harness: HarnessModel) -> float:
+    """A batch's round trip less its claim over the harness's model at the pace around it."""
+    return (batch.round_trip_ns - batch.claim_ns) / 1e6 / _model_ms(batch, harness)
+
+
 def harness_scale(probes: Sequence[BatchTime], harness: HarnessModel) -> float:
     """How many times its model the harness took in `probes` (trusted batches, whose claims are true: the median of
-    their round trips less their claims over the model at the pace around each); 1 without probes."""
+    `harness_over_model`); 1 without probes."""
     if not probes:
         return 1.0
-    return statistics.median((probe.round_trip_ns - probe.claim_ns) / 1e6
-                             / harness.ms(probe.calls, probe.output_bytes, probe.pace_ms) for probe in probes)
+    return statistics.median(harness_over_model(probe, harness) for probe in probes)
 
 
 def harness_tolerance(probes: Sequence[BatchTime], harness: HarnessModel) -> float:
@@ -235,22 +244,20 @@ def harness_tolerance(probes: Sequence[BatchTime], harness: HarnessModel) -> flo
     them), at least `HARNESS_TOLERANCE` and at most `ALLOWANCE` less 1, which it is with fewer than two probes."""
     if len(probes) < 2:
         return ALLOWANCE - 1
-    ratios = [(probe.round_trip_ns - probe.claim_ns) / 1e6 / harness.ms(probe.calls, probe.output_bytes, probe.pace_ms)
-              for probe in probes]
-    return min(ALLOWANCE - 1, max(HARNESS_TOLERANCE, max(ratios) / statistics.median(ratios) - 1))
+    ratios = [harness_over_model(probe, harness) for probe in probes]
+    return min(ALLOWANCE - 1, max(HARNESS_TOLERANCE, max(ratios) / max(statistics.median(ratios), 1e-9) - 1))
 
 
 def harness_ms(batch: BatchTime, harness: HarnessModel, scale: float) -> float:
     """The harness's expected time in `batch`: its model at the pace around the batch, times `scale`
     (`harness_scale`)."""
-    return scale * harness.ms(batch.calls, batch.output_bytes, batch.pace_ms)
+    return scale * _model_ms(batch, harness)
 
 
 def harness_excess(batches: Sequence[BatchTime], harness: HarnessModel, scale: float) -> float:
     """The median over `batches` of their round trips less their claims over the harness's expected time: about 1
     where the claims are true."""
-    return statistics.median((batch.round_trip_ns - batch.claim_ns) / 1e6 / harness_ms(batch, harness, scale)
-                             for batch in batches)
+    return statistics.median(harness_over_model(batch, harness) for batch in batches) / max(scale, 1e-9)
 
 
 def batch_ms_per_call(batch: BatchTime, harness_ms: float, allowance: float = ALLOWANCE) -> tuple[float, bool]:
