@@ -90,8 +90,19 @@ def test_the_probes_scale_the_harness_model_to_what_the_harness_takes_in_the_run
     assert harness_scale(probes(2.6 * HARNESS.ms(1, 0), pace=2.6), HARNESS) == pytest.approx(1.0)
     # a model of no time at all (no trusted batch spent any) counts as a microsecond, and divides nothing by zero
     nothing = HarnessModel(0.0, 0.0, 0.0)
-    assert harness_scale(probes(0.5), nothing) == pytest.approx(500)
-    assert estimate(batches([15.0] * 9), nothing, probes=probes(0.5)).time_ms == pytest.approx(15.0)
+    assert harness_scale(probes(0.5), nothing) == ALLOWANCE
+    assert estimate(batches([15.0] * 9, harness_ms=0.0), nothing, probes=probes(0.5)).time_ms == pytest.approx(15.0)
+
+
+def test_probes_slowed_far_beyond_the_model_raise_a_lying_clocks_allowance_no_further_than_the_model_alone_does():
+    """A candidate that leaves work on the device while it is stopped slows the probes beside it tenfold: the
+    harness's expected time grows to at most `ALLOWANCE` times its model, and a lying clock gains no more than that
+    less the harness's real time."""
+    model_ms = HARNESS.ms(1, 0)
+    slowed = probes(10 * model_ms)
+    assert harness_scale(slowed, HARNESS) == ALLOWANCE
+    lying = estimate(batches([15.0] * 9, harness_ms=model_ms, claims_ms=[0.001] * 9), HARNESS, probes=slowed)
+    assert 15.0 - lying.time_ms == pytest.approx(ALLOWANCE * model_ms - model_ms)
 
 
 def test_the_tolerance_is_as_wide_as_the_probes_differ_within_its_bounds():
@@ -106,12 +117,12 @@ def test_the_tolerance_is_as_wide_as_the_probes_differ_within_its_bounds():
     assert timing.claims_doubted == 0 and timing.time_ms == pytest.approx(15.0)
 
 
-def test_on_a_host_where_the_harness_takes_three_times_its_model_the_probes_keep_claims_honest():
-    """The harness's model was fitted where the yardstick took 1 ms; here it takes 2.6, and the harness three times
-    its model at that pace, as the run's probes show: a truthful program is still timed at its claim, and a lying one
+def test_on_a_host_where_the_harness_takes_twice_its_model_the_probes_keep_claims_honest():
+    """The harness's model was fitted where the yardstick took 1 ms; here it takes 2.6, and the harness twice its
+    model at that pace, as the run's probes show: a truthful program is still timed at its claim, and a lying one
     gains nothing."""
     slow = 2.6
-    harness_ms = 3 * HARNESS.ms(1, 0, slow)
+    harness_ms = 2 * HARNESS.ms(1, 0, slow)
     seen = probes(harness_ms, pace=slow)
     truthful = estimate(batches([15.0] * 9, harness_ms=harness_ms, paces=[slow] * 9), HARNESS, probes=seen)
     assert truthful.time_ms == pytest.approx(15.0) and truthful.claims_doubted == 0

@@ -232,10 +232,12 @@ def harness_over_model(batch: BatchTime, harness: HarnessModel) -> float:
 
 def harness_scale(probes: Sequence[BatchTime], harness: HarnessModel) -> float:
     """How many times its model the harness took in `probes` (trusted batches, whose claims are true: the median of
-    `harness_over_model`); 1 without probes."""
+    `harness_over_model`), at most `ALLOWANCE`; 1 without probes. At most that, because a candidate can slow the
+    probes (kernels it left queued on the device when it was stopped still run beside them), and each batch's
+    allowance grows with them: so far, it gains no more than the model's allowance alone lets it."""
     if not probes:
         return 1.0
-    return statistics.median(harness_over_model(probe, harness) for probe in probes)
+    return min(ALLOWANCE, statistics.median(harness_over_model(probe, harness) for probe in probes))
 
 
 def harness_tolerance(probes: Sequence[BatchTime], harness: HarnessModel) -> float:
