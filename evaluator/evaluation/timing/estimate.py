@@ -117,6 +117,11 @@ class BatchTime:
     def round_trip_ms_per_call(self) -> float:
         return self.round_trip_ns / 1e6 / self.calls
 
+    @property
+    def beyond_claim_ms(self) -> float:
+        """The round trip less the claim: the harness's time, where the claim is true."""
+        return (self.round_trip_ns - self.claim_ns) / 1e6
+
 
 @dataclass(frozen=True)
 class HarnessModel:
@@ -144,7 +149,7 @@ class HarnessModel:
         if not batches:
             raise ValueError("no trusted batches to fit the harness's model to")
         rows = np.array([[1.0, batch.calls, batch.output_bytes / 1e6] for batch in batches])
-        spent = np.array([(batch.round_trip_ns - batch.claim_ns) / 1e6 for batch in batches])
+        spent = np.array([batch.beyond_claim_ms for batch in batches])
         kept = [0, 1, 2]
         while True:
             solution = _least_absolute_deviations(rows[:, kept], spent)
@@ -227,7 +232,7 @@ def _model_ms(batch: BatchTime, harness: HarnessModel) -> float:
 
 def harness_over_model(batch: BatchTime, harness: HarnessModel) -> float:
     """A batch's round trip less its claim over the harness's model at the pace around it."""
-    return (batch.round_trip_ns - batch.claim_ns) / 1e6 / _model_ms(batch, harness)
+    return batch.beyond_claim_ms / _model_ms(batch, harness)
 
 
 def harness_scale(probes: Sequence[BatchTime], harness: HarnessModel) -> float:
