@@ -38,7 +38,6 @@ from evaluator.eplb.holdout import holdout_trace
 from evaluator.eplb.trace import Trace
 from evaluator.evaluation import Evaluator, Result, Settings
 from evaluator.evaluation.backend import BACKENDS, CandidateEvaluator
-from evaluator.evaluation.timing import ReferenceCache, default_cache_path
 from evaluator.parent import resolve_parent
 from evaluator.patch import PatchError, apply_parsed, parse_patch
 from evaluator.paths import DEFAULT_STORE
@@ -114,8 +113,7 @@ def shared_evaluator() -> CandidateEvaluator:
                 _shared = RayEvaluator(trace, settings, address=config.address, device=config.device,
                                        spares=config.spares)
             else:
-                _shared = Evaluator(trace, settings, device=config.device, spares=config.spares,
-                                    seed_references=ReferenceCache(default_cache_path()))
+                _shared = Evaluator(trace, settings, device=config.device, spares=config.spares)
         return _shared
 
 

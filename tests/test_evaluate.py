@@ -36,6 +36,7 @@ from evaluator.evaluation.timing import (
     default_cache_path,
 )
 from evaluator.evaluation.timing.estimate import ALLOWANCE
+from evaluator.evaluation.timing.reference import ratio_spread
 from evaluator.paths import HARNESS_PROGRAM, PROJECT_ROOT, SEED_PROGRAM
 from evaluator.sandbox import Limits
 
@@ -818,6 +819,26 @@ def test_where_the_devices_yardstick_runs_too_a_program_is_read_against_an_even_
     assert set(timing["speedups_against"]) == {"yardstick", "device"}
     # read against either yardstick alone (how close to 1 is the host's figure; the arithmetic is test_timing's)
     assert all(math.isfinite(gain) and gain > 0 for gain in timing["speedups_against"].values())
+
+
+def test_the_seeds_reference_times_processes_as_its_settings_ask_and_says_how_precise_it_came_out(monkeypatch):
+    """A precision never reached and no budget: exactly the least number of fresh processes; the reference's spread is
+    theirs (the rule's arithmetic is test_timing's)."""
+    measured, processes = Runner.reference_calls, []
+
+    def kept(runner, lane, seed_calls, timeout_s):
+        processes.append(measured(runner, lane, seed_calls, timeout_s))
+        return processes[-1]
+
+    monkeypatch.setattr(Runner, "reference_calls", kept)
+    timing = TimingSettings(reference_processes=2, reference_precision=1e-9, reference_budget_s=0.0)
+    with Evaluator(SMALL_TRACE, Settings(problem=SMALL, timeout_s=60, timing=timing), device="cpu",
+                   seed_references=ReferenceCache(None)) as evaluator:
+        result = evaluator.evaluate(SEED_PROGRAM)
+    assert result.status == "ok", result.error
+    seed = result.timing["seed"]
+    assert len(processes) == seed["processes"] == 2
+    assert seed["ratio_spread"] == pytest.approx(ratio_spread(processes))
 
 
 def test_the_harness_model_comes_from_batches_run_back_to_back_not_from_the_seeds(monkeypatch):

@@ -36,12 +36,14 @@ from evaluator.evaluation.timing import (
     mostly_steady,
     pace_change,
     precise_enough,
+    reference_timed_enough,
     steady,
     summarise,
     vary,
     yardstick_due,
 )
 from evaluator.evaluation.timing.estimate import ALLOWANCE, HARNESS_TOLERANCE, harness_scale, harness_tolerance
+from evaluator.evaluation.timing.reference import ratio_spread
 from evaluator.paths import HARNESS_PROGRAM, SEED_PROGRAM
 
 HARNESS = HarnessModel(fixed_ms=0.3, per_call_ms=0.05, per_mb_ms=0.1)
@@ -357,6 +359,38 @@ def test_the_budget_is_a_second_and_sixty_batches_or_the_seeds_time_for_sixty_ca
     assert not budget_spent(22, 11.9, 400.0, settings)
 
 
+def _seed_process(*claims_ms: float, pace_ms: float = 2.0, device_pace_ms: float | None = None):
+    """A fresh process of the seed as the reference takes it: one-call batches of these claims at a steady pace."""
+    batches = [BatchTime(1, round(ms * 1e6), round(ms * 1e6) + 500_000, 0, False, True, pace_ms=pace_ms,
+                         device_pace_ms=device_pace_ms) for ms in claims_ms]
+    return batches, [pace_ms] * (len(claims_ms) + 1), [] if device_pace_ms is None else [device_pace_ms] * 3
+
+
+def test_the_seeds_reference_takes_processes_until_its_ratio_is_precise_or_its_budget_is_spent():
+    settings = TimingSettings(reference_processes=3, reference_precision=0.02, reference_budget_s=30.0)
+    still = _seed_process(300.0, 300.0, 301.0, 300.0, 299.0)
+    noisy = _seed_process(240.0, 300.0, 360.0, 270.0, 330.0)
+    assert ratio_spread([still] * 3) <= 0.02 < ratio_spread([noisy] * 3)
+    assert not reference_timed_enough([still] * 2, 1.0, settings)  # precise already, but fewer than the least
+    assert reference_timed_enough([still] * 3, 1.0, settings)
+    assert not reference_timed_enough([noisy] * 3, 29.0, settings)  # not precise yet, and the budget is not spent
+    assert reference_timed_enough([noisy] * 3, 30.0, settings)
+    # more of the same noise narrows the median's interval: enough processes are precise without the budget
+    many = next(count for count in itertools.count(3) if reference_timed_enough([noisy] * count, 1.0, settings))
+    assert 3 < many and ratio_spread([noisy] * many) <= 0.02
+
+
+def test_on_a_gpu_the_seeds_reference_is_as_precise_as_the_wider_of_its_two_ratios():
+    """A yardstick that followed every call of the seed gives a ratio known exactly; the device's, which kept one pace,
+    a ratio as noisy as the calls: the reference is only as precise as that one."""
+    claims = (240.0, 300.0, 360.0, 270.0, 330.0)
+    batches, _, _ = _seed_process(*claims, device_pace_ms=3.0)
+    followed = [replace(batch, pace_ms=batch.claim_ns / 1e6 / 150) for batch in batches]
+    spread = ratio_spread([(followed, [1.0] * 6, [3.0] * 3)] * 3)
+    assert spread == pytest.approx(ratio_spread([_seed_process(*claims)] * 3)) and spread > 0.02
+    assert ratio_spread([(followed, [1.0] * 6, [])] * 3) == pytest.approx(0.0)  # off a GPU, the exact one alone
+
+
 def test_a_run_is_mostly_steady_when_the_host_kept_its_pace_around_half_its_batches_or_more():
     steady_batch = BatchTime(1, 10, 11, 0, False, False, pace_ms=2.0, pace_change=0.05)
     changed = replace(steady_batch, pace_change=0.4)
@@ -387,7 +421,9 @@ def test_a_call_may_take_ten_times_the_seeds_time_and_at_least_a_second():
 
 @pytest.mark.parametrize("field, value", [("max_batch_calls", 0), ("precision", 0.0), ("budget_s", math.inf),
                                           ("warmup_calls", 1.5), ("pace_every_s", -1.0),
-                                          ("pace_weight", 1.5), ("pace_weight", "half")])
+                                          ("pace_weight", 1.5), ("pace_weight", "half"),
+                                          ("reference_precision", 0.0), ("reference_budget_s", -1.0),
+                                          ("reference_budget_s", math.inf)])
 def test_timing_settings_refuse_nonsense(field, value):
     with pytest.raises(ValueError, match=field):
         TimingSettings(**{field: value})

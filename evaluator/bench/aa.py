@@ -32,7 +32,7 @@ from evaluator.bench.speed_classes import SPEED_CLASSES, SpeedClass
 from evaluator.eplb.default_trace import default_trace
 from evaluator.evaluation import Evaluator, Result, Settings
 from evaluator.evaluation.lanes import lane_cores
-from evaluator.evaluation.timing import ReferenceCache, call_inputs, default_cache_path
+from evaluator.evaluation.timing import call_inputs
 
 _EVALUATED, _IN_PROCESS = "evaluated", "in-process"
 IN_PROCESS_BATCHES = 22  # as many as the evaluator's first round on the default trace
@@ -106,8 +106,7 @@ def measure(copies: int = 6, processes: int = 6, device: str = "auto", spares: i
         jobs = [jobs[i] for i in np.random.default_rng().permutation(len(jobs))]
         # forked before anything in this process touches the device, which its children could then not use
         with Forker(lambda name: _time_here(programs[name], device, lane_cpus, inputs, settings)) as forker, \
-                Evaluator(trace, settings, device=device, spares=spares,
-                          seed_references=ReferenceCache(default_cache_path())) as evaluator:
+                Evaluator(trace, settings, device=device, spares=spares) as evaluator:
 
             def run(job: tuple[str, str]) -> Result | float:
                 kind, name = job

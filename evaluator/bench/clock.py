@@ -27,7 +27,6 @@ import torch
 from evaluator.bench.speed_classes import SPEED_CLASSES, SpeedClass
 from evaluator.eplb.default_trace import default_trace
 from evaluator.evaluation import Evaluator, Result, Settings
-from evaluator.evaluation.timing import ReferenceCache, default_cache_path
 
 # Appended to a program that defines `rebalance_experts`: from its first call on, each stamp of the worker's clock is a
 # microsecond after the last, so each batch claims a microsecond.
@@ -97,8 +96,7 @@ def measure(copies: int = 3, device: str = "auto", names: Sequence[str] = (),
             programs[speed.name, True] = _written(Path(folder) / f"{speed.name}-lying.py", with_a_lying_clock(source))
         jobs = [key for key in programs for _ in range(copies)]
         jobs = [jobs[i] for i in np.random.default_rng().permutation(len(jobs))]
-        with Evaluator(default_trace(), settings or Settings(), device=device,
-                       seed_references=ReferenceCache(default_cache_path())) as evaluator:
+        with Evaluator(default_trace(), settings or Settings(), device=device) as evaluator:
             results = [(key, evaluator.evaluate(programs[key])) for key in jobs]
     figures = [_figures(speed, [(lying, result) for (name, lying), result in results if name == speed.name])
                for speed in speeds]

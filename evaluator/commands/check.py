@@ -13,7 +13,6 @@ from evaluator.commands.stored import shown_name
 from evaluator.commands.terminal import Activity, show, table
 from evaluator.eplb.default_trace import default_trace
 from evaluator.evaluation.settings import Settings
-from evaluator.evaluation.timing import ReferenceCache, default_cache_path
 from evaluator.exitcodes import ExitCode
 from evaluator.regression import SPEED_TOLERANCE, Verdict, judge
 from evaluator.store import CandidateStore, StoreError
@@ -51,8 +50,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 from evaluator.evaluation.evaluate import Evaluator  # imports torch: not at the top, which --help runs
 
-                evaluator = Evaluator(default_trace(), Settings(), device=args.device,
-                                      seed_references=ReferenceCache(default_cache_path()), announce=activity.doing)
+                evaluator = Evaluator(default_trace(), Settings(), device=args.device, announce=activity.doing)
             except ValueError as error:  # no such device
                 raise CommandError(f"--device {args.device}: {error}") from None
         with evaluator:

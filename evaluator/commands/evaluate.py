@@ -30,7 +30,6 @@ from evaluator.eplb.problem import Problem
 from evaluator.eplb.trace import Trace
 from evaluator.evaluation.result import Result, workload_summary
 from evaluator.evaluation.settings import Settings
-from evaluator.evaluation.timing import ReferenceCache, default_cache_path
 from evaluator.exitcodes import ExitCode
 from evaluator.sandbox import Limits
 from evaluator.software import software
@@ -117,8 +116,7 @@ def open_evaluator(args: argparse.Namespace, problem: Problem, trace: Trace, pro
     from evaluator.evaluation.evaluate import Evaluator  # imports torch: not at the top, which --help runs
     try:
         return Evaluator(trace, settings_from(args, problem), device=args.device,
-                         gpus=args.gpu_ids, seed_references=ReferenceCache(default_cache_path()),
-                         retime_seed=args.retime_seed, replenish=programs > 1, announce=announce)
+                         gpus=args.gpu_ids, retime_seed=args.retime_seed, replenish=programs > 1, announce=announce)
     except ValueError as error:
         raise _device_error(args, error) from None
 

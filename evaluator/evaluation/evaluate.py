@@ -48,8 +48,10 @@ from evaluator.evaluation.timing import (
     ReferenceCache,
     SeedReference,
     call_inputs,
+    default_cache_path,
     device_yardstick,
     estimate,
+    reference_timed_enough,
     warmup_call,
 )
 from evaluator.files import remove_tree
@@ -96,6 +98,8 @@ class Evaluator:
     starts beside the candidate being timed. Where the machine has a core for each device and three more, this
     process's threads move off the devices' cores for as long as the evaluator is open.
 
+    The seed's reference is kept in `seed_references`, by default the cache folder's file (`default_cache_path`),
+    which other evaluators on the machine share; `ReferenceCache(None)` keeps it in memory, for this evaluator alone.
     `announce(what)` is entered around the one step that takes long once, the seed's timing on a device, so that a
     command can show it as progress.
     """
@@ -112,7 +116,7 @@ class Evaluator:
         self.trace = trace
         self._inputs = call_inputs(trace.windows)
         self._loads = window_loads(trace.windows)
-        self._references = seed_references or ReferenceCache(None)
+        self._references = seed_references or ReferenceCache(default_cache_path())
         self._retime_seed = retime_seed  # ignore the cached reference once
         self._seed_digest = sha256_text(SEED_PROGRAM.read_text(encoding="utf-8"))[:12]  # part of the reference's key
         software()  # the package's digest read now, not in the first evaluation's time
@@ -234,14 +238,16 @@ class Evaluator:
         return None if self._retime_seed else self._references.get(key)
 
     def _measure_reference(self, lane: Lane) -> SeedReference:
-        """The seed's ratio to the yardstick in several fresh processes on `lane`, each timing the seed as a candidate
-        is timed (the yardstick before, between and after its calls); and the harness's model, from two trusted
-        programs' batches run back to back, with no round of the yardstick between them (the narrowest valid plan,
-        the seed patch). Not from the seed's: each of those follows a round of the yardstick on the same core, which
-        leaves the harness's next round trip slower, and most of a candidate's batches follow another batch."""
+        """The seed's ratio to the yardstick in fresh processes on `lane`, each timing the seed as a candidate is timed
+        (the yardstick before, between and after its calls), as many as `reference_timed_enough` asks; and the
+        harness's model, from two trusted programs' batches run back to back, with no round of the yardstick between
+        them (the narrowest valid plan, the seed patch). Not from the seed's: each of those follows a round of the
+        yardstick on the same core, which leaves the harness's next round trip slower, and most of a candidate's
+        batches follow another batch."""
         timing = self.settings.timing
-        processes = [self._runner.reference_calls(lane, timing.reference_seed_calls, REFERENCE_TIMEOUT_S)
-                     for _ in range(timing.reference_processes)]
+        started, processes = time.monotonic(), []
+        while not reference_timed_enough(processes, time.monotonic() - started, timing):
+            processes.append(self._runner.reference_calls(lane, timing.reference_seed_calls, REFERENCE_TIMEOUT_S))
         rng = np.random.default_rng()
         batches = []
         for program in (HARNESS_PROGRAM, self._files / "warm_up.py"):  # the narrowest valid plan, the seed patch

@@ -27,6 +27,7 @@ from evaluator.evaluation.timing.protocol import (
     calls_per_batch,
     pace_changed,
     precise_enough,
+    reference_timed_enough,
     yardstick_due,
 )
 from evaluator.evaluation.timing.reference import (
@@ -42,7 +43,7 @@ from evaluator.evaluation.timing.schedule import Batch, BatchPlan, Call, call_in
 __all__ = [
     "PACE_CHANGE", "YARDSTICK", "Batch", "BatchPlan", "BatchTime", "Call", "HarnessModel", "Pace", "ReferenceCache",
     "SeedReference", "Timing", "TimingSettings", "TimingSummary", "budget_spent", "call_inputs", "call_limit_s",
-    "calls_per_batch", "default_cache_path", "device_yardstick", "estimate", "median_interval",
-    "mostly_steady", "pace_change", "pace_changed", "precise_enough", "relative_precision", "steady", "summarise",
-    "vary", "warmup_call", "Yardstick", "yardstick_due",
+    "calls_per_batch", "default_cache_path", "device_yardstick", "estimate", "median_interval", "mostly_steady",
+    "pace_change", "pace_changed", "precise_enough", "reference_timed_enough", "relative_precision", "steady",
+    "summarise", "vary", "warmup_call", "Yardstick", "yardstick_due",
 ]

@@ -1,6 +1,6 @@
 """The timing protocol's settings and decisions: how many calls a batch holds, when the yardstick is timed, when a run
-has been timed enough, and how long a call may take. Every decision is taken on the evaluator's own clock, never on a
-number the candidate's process reports.
+and the seed's reference have been timed enough, and how long a call may take. Every decision is taken on the
+evaluator's own clock, never on a number the candidate's process reports.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from evaluator.evaluation.timing.estimate import (
     relative_precision,
     steady,
 )
+from evaluator.evaluation.timing.reference import SeedProcess, ratio_spread
 
 
 @dataclass(frozen=True)
@@ -47,13 +48,16 @@ class TimingSettings:
     budget_batches: int = 60
     min_batches_alone: int = 12
     min_variants: int = 8  # variant calls in the first round, however short the trace
-    # The seed's reference: `reference_processes` fresh processes, each timing `reference_seed_calls` calls of the
-    # seed timed as a candidate is. Beside a candidate, the yardstick is timed before its first batch, after its last,
-    # and between them so that at most about `pace_every_s` of its time lies between two rounds, or
-    # `pace_changing_every_s` once the host changed its pace in the run (`yardstick_due`). The yardstick's time is the
-    # least of `yardstick_calls` calls each time.
+    # The seed's reference: fresh processes, each timing `reference_seed_calls` calls of the seed timed as a candidate
+    # is, at least `reference_processes` of them, and more until the seed's ratio to the yardstick is known to within
+    # `reference_precision` (its 95% interval) or the reference has taken `reference_budget_s`. Beside a candidate,
+    # the yardstick is timed before its first batch, after its last, and between them so that at most about
+    # `pace_every_s` of its time lies between two rounds, or `pace_changing_every_s` once the host changed its pace in
+    # the run (`yardstick_due`). The yardstick's time is the least of `yardstick_calls` calls each time.
     reference_processes: int = 3
     reference_seed_calls: int = 5
+    reference_precision: float = 0.02
+    reference_budget_s: float = 10.0
     yardstick_calls: int = 2
     pace_every_s: float = 0.5
     pace_changing_every_s: float = 0.05
@@ -75,11 +79,12 @@ class TimingSettings:
         problems = [f"{name} must be at least 1, got {getattr(self, name)!r}" for name in counts
                     if not (type(getattr(self, name)) is int and getattr(self, name) >= 1)]
         problems += [f"{name} must be positive and finite, got {getattr(self, name)!r}"
-                     for name in ("min_batch_ms", "harness_share", "precision", "budget_s", "pace_every_s",
-                                  "pace_changing_every_s",
-                                  "call_limit_factor",
-                                  "min_call_limit_s", "first_call_limit_s")
+                     for name in ("min_batch_ms", "harness_share", "precision", "budget_s", "reference_precision",
+                                  "pace_every_s", "pace_changing_every_s", "call_limit_factor", "min_call_limit_s",
+                                  "first_call_limit_s")
                      if not (isinstance(getattr(self, name), (int, float)) and 0 < getattr(self, name) < math.inf)]
+        if not (isinstance(self.reference_budget_s, (int, float)) and 0 <= self.reference_budget_s < math.inf):
+            problems.append(f"reference_budget_s must be zero or more and finite, got {self.reference_budget_s!r}")
         if not (isinstance(self.pace_weight, (int, float)) and 0 <= self.pace_weight <= 1):
             problems.append(f"pace_weight must be from 0 to 1, got {self.pace_weight!r}")
         if problems:
@@ -119,6 +124,14 @@ def budget_spent(batches: int, spent_s: float, seed_time_ms: float, settings: Ti
     device where the seed takes `seed_time_ms` a call."""
     return spent_s >= settings.budget_s and (
         batches >= settings.budget_batches or spent_s * 1e3 >= settings.budget_batches * seed_time_ms)
+
+
+def reference_timed_enough(processes: Sequence[SeedProcess], spent_s: float, settings: TimingSettings) -> bool:
+    """Whether the seed's reference has timed enough fresh processes (`processes`, in `spent_s` on the evaluator's
+    clock): the settings' least number, and then its ratio as precise as they ask (`ratio_spread`) or their budget
+    spent."""
+    return len(processes) >= settings.reference_processes and (
+        ratio_spread(processes) <= settings.reference_precision or spent_s >= settings.reference_budget_s)
 
 
 def call_limit_s(seed_time_ms: float, settings: TimingSettings) -> float:

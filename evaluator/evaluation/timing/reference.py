@@ -71,6 +71,11 @@ def device_yardstick(seed_patch: Path) -> Yardstick:
     return Yardstick(seed_patch, DEVICE_YARDSTICK_WEIGHT, DEVICE_YARDSTICK_PROBLEM.rebalance_args())
 
 
+SeedProcess = tuple[Sequence[BatchTime], Sequence[float], Sequence[float]]
+"""One fresh process of the seed, timed as a candidate is: its batches (with the pace around each) and the yardsticks'
+rounds in ms (the device's none but on a GPU lane)."""
+
+
 @dataclass(frozen=True)
 class SeedReference:
     """The seed's time per call against the yardstick's on one device and software version."""
@@ -85,26 +90,15 @@ class SeedReference:
     device_yardstick_ms: float | None = None
 
     @classmethod
-    def measured(cls, processes: Sequence[tuple[Sequence[BatchTime], Sequence[float], Sequence[float]]],
-                 harness_batches: Sequence[BatchTime]) -> SeedReference:
-        """The reference from the seed's fresh processes, each its batches (with the pace around each) and the
-        yardsticks' rounds (the device's none but on a GPU lane), and from trusted batches for the harness's model.
-        The ratio is the median over the steady batches of each process (`steady`); against the device's yardstick,
-        each batch's pace is capped as a candidate's is (`capped`). The spread is the wider of the two ratios'."""
-        kept = [batch for batches, _, _ in processes for batch in steady(batches)]
-        yardstick_ms = statistics.median(ms for _, paces, _ in processes for ms in paces)
-        device_paces = [ms for _, _, paces in processes for ms in paces]
-        ratios = [batch.claim_ns / 1e6 / batch.pace_ms for batch in kept]
-        spread = relative_precision(ratios)
-        device: tuple[float | None, float | None] = (None, None)
-        if device_paces:
-            device_yardstick_ms = statistics.median(device_paces)
-            device_ratios = [batch.claim_ns / 1e6 / batch.pace_at(0.0)
-                             for batch in device_pace_capped(kept, device_yardstick_ms / yardstick_ms)]
-            spread = max(spread, relative_precision(device_ratios))
-            device = statistics.median(device_ratios), device_yardstick_ms
+    def measured(cls, processes: Sequence[SeedProcess], harness_batches: Sequence[BatchTime]) -> SeedReference:
+        """The reference from the seed's fresh processes (`SeedProcess`) and from trusted batches for the harness's
+        model. The ratio is the median over the steady batches of each process (`steady`); against the device's
+        yardstick, each batch's pace is capped as a candidate's is (`capped`). The spread is the wider of the two
+        ratios' (`ratio_spread`)."""
+        ratios, device_ratios, yardstick_ms, device_yardstick_ms = _ratios(processes)
         seed_ms = statistics.median(batch.claim_ns / 1e6 for batches, _, _ in processes for batch in batches)
-        return cls(statistics.median(ratios), spread, seed_ms, yardstick_ms, len(processes),
+        device = (None, None) if device_ratios is None else (statistics.median(device_ratios), device_yardstick_ms)
+        return cls(statistics.median(ratios), ratio_spread(processes), seed_ms, yardstick_ms, len(processes),
                    HarnessModel.fit(harness_batches, yardstick_ms), *device)
 
     def capped(self, batches: Sequence[BatchTime]) -> list[BatchTime]:
@@ -136,6 +130,28 @@ class SeedReference:
                 and type(reference.processes) is int and reference.processes >= 1):
             raise ValueError(f"not a sound seed reference: {data!r:.300}")
         return reference
+
+
+def ratio_spread(processes: Sequence[SeedProcess]) -> float:
+    """The relative precision (half the 95% interval over the median) of the seed's ratio to the yardstick over
+    `processes`; on a GPU lane, the wider of its ratios to the two yardsticks'."""
+    ratios, device_ratios, _, _ = _ratios(processes)
+    return max(relative_precision(ratios), relative_precision(device_ratios) if device_ratios else 0.0)
+
+
+def _ratios(processes: Sequence[SeedProcess]) -> tuple[list[float], list[float] | None, float, float | None]:
+    """The seed's steady batches' times over the yardstick's pace around each, and over the device's yardstick's
+    (capped as a candidate's is; None off a GPU lane); the yardsticks' median times."""
+    kept = [batch for batches, _, _ in processes for batch in steady(batches)]
+    yardstick_ms = statistics.median(ms for _, paces, _ in processes for ms in paces)
+    ratios = [batch.claim_ns / 1e6 / batch.pace_ms for batch in kept]
+    device_paces = [ms for _, _, paces in processes for ms in paces]
+    if not device_paces:
+        return ratios, None, yardstick_ms, None
+    device_yardstick_ms = statistics.median(device_paces)
+    device_ratios = [batch.claim_ns / 1e6 / batch.pace_at(0.0)
+                     for batch in device_pace_capped(kept, device_yardstick_ms / yardstick_ms)]
+    return ratios, device_ratios, yardstick_ms, device_yardstick_ms
 
 
 class ReferenceCache:
