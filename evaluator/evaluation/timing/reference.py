@@ -98,7 +98,7 @@ class SeedReference:
         ratios, device_ratios, yardstick_ms, device_yardstick_ms = _ratios(processes)
         seed_ms = statistics.median(batch.claim_ns / 1e6 for batches, _, _ in processes for batch in batches)
         device = (None, None) if device_ratios is None else (statistics.median(device_ratios), device_yardstick_ms)
-        return cls(statistics.median(ratios), ratio_spread(processes), seed_ms, yardstick_ms, len(processes),
+        return cls(statistics.median(ratios), _spread(ratios, device_ratios), seed_ms, yardstick_ms, len(processes),
                    HarnessModel.fit(harness_batches, yardstick_ms), *device)
 
     def capped(self, batches: Sequence[BatchTime]) -> list[BatchTime]:
@@ -136,6 +136,10 @@ def ratio_spread(processes: Sequence[SeedProcess]) -> float:
     """The relative precision (half the 95% interval over the median) of the seed's ratio to the yardstick over
     `processes`; on a GPU lane, the wider of its ratios to the two yardsticks'."""
     ratios, device_ratios, _, _ = _ratios(processes)
+    return _spread(ratios, device_ratios)
+
+
+def _spread(ratios: Sequence[float], device_ratios: Sequence[float] | None) -> float:
     return max(relative_precision(ratios), relative_precision(device_ratios) if device_ratios else 0.0)
 
 
